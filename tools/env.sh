@@ -1,0 +1,15 @@
+# Sourced by tools/build and tools/path: the pins, the cache location and a Go environment that
+# never leaves the cache (module cache and build cache included) and never fetches a toolchain.
+_tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tools/versions.env
+. "$_tools_dir/versions.env"
+
+TALON_OPA_CACHE=${TALON_OPA_CACHE:-$HOME/.cache/talon-opa}
+export TALON_OPA_CACHE
+export GOMODCACHE="$TALON_OPA_CACHE/gomod"
+export GOCACHE="$TALON_OPA_CACHE/gobuild"
+export GOTOOLCHAIN=local
+export GOFLAGS=-modcacherw
+export CGO_ENABLED=0
+
+ALL_COMPONENTS="opa etcd k8s kwok jaeger nats"
