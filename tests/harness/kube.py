@@ -1,0 +1,397 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, controller-manager, scheduler and
+kwok simulating the nodes (pods reach Running; `exec` and `logs` go through the API server to kwok).
+
+Authentication is by static token (admin in system:masters); RBAC is on, so a test can get its own
+ServiceAccount bound to a given ClusterRole and see what it is forbidden to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from engine import binaries
+from engine.kube import KubeApiError, KubeClient, KubeConfig
+from tests.harness import process
+from tests.harness.process import Component, free_port
+
+NODES = ("kwok-node-1", "kwok-node-2")
+
+
+def _write_kubeconfig(path: Path, server: str, token: str, namespace: str = "default") -> Path:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "user", "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user", "namespace": namespace}}],
+        "current-context": "test",
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@dataclass
+class KubeCluster:
+    workdir: Path
+    components: list[Component] = field(default_factory=list)
+    server: str = ""
+    admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    kubeconfig: Path = field(init=False)
+    kwok_workdir: Path = field(init=False)
+    container_log: Path = field(init=False)
+    api: KubeClient = field(init=False)
+
+    async def start(self) -> None:
+        w = self.workdir
+        w.mkdir(parents=True, exist_ok=True)
+        etcd_port, etcd_peer = free_port(), free_port()
+        etcd = process.start(
+            "etcd",
+            "etcd",
+            [
+                "--name=t",
+                f"--data-dir={w / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=t=http://127.0.0.1:{etcd_peer}",
+                f"--listen-metrics-urls=http://127.0.0.1:{free_port()}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            w,
+        )
+        self.components.append(etcd)
+        await etcd.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/readyz"), within=30)
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (w / "sa.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        (w / "tokens.csv").write_text(f"{self.admin_token},admin,admin,system:masters\n")
+        port = free_port()
+        self.server = f"https://127.0.0.1:{port}"
+        apiserver = process.start(
+            "kube-apiserver",
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                f"--cert-dir={w / 'apiserver-certs'}",
+                f"--token-auth-file={w / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={w / 'sa.key'}",
+                f"--service-account-signing-key-file={w / 'sa.key'}",
+                "--service-cluster-ip-range=10.96.0.0/24",
+                "--allow-privileged=true",
+                "--disable-admission-plugins=ServiceAccount",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--profiling=false",
+            ],
+            w,
+        )
+        self.components.append(apiserver)
+        await apiserver.wait_ready(lambda: _http_ok(f"{self.server}/readyz"), within=90)
+
+        self.kubeconfig = _write_kubeconfig(w / "admin.kubeconfig", self.server, self.admin_token)
+        self.api = KubeClient(KubeConfig.from_file(self.kubeconfig))
+
+        allow = "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"
+        kcm_port, sched_port = free_port(), free_port()
+        kcm = process.start(
+            "kube-controller-manager",
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={kcm_port}",
+                allow,
+                "--controllers=*",
+                f"--service-account-private-key-file={w / 'sa.key'}",
+                "--use-service-account-credentials=false",
+                "--concurrent-deployment-syncs=10",
+                "--concurrent-replicaset-syncs=10",
+            ],
+            w,
+        )
+        sched = process.start(
+            "kube-scheduler",
+            "kube-scheduler",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={sched_port}",
+                allow,
+            ],
+            w,
+        )
+        self.components += [kcm, sched]
+
+        self.kwok_workdir = w / "kwok-exec"
+        self.kwok_workdir.mkdir(exist_ok=True)
+        self.container_log = w / "container.log"
+        self.container_log.write_text("")
+        extra = w / "kwok-extra.yaml"
+        extra.write_text(
+            yaml.safe_dump_all(
+                [
+                    {
+                        "kind": "ClusterLogs",
+                        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                        "metadata": {"name": "all-logs"},
+                        "spec": {"logs": [{"logsFile": str(self.container_log), "follow": False}]},
+                    },
+                    {
+                        "kind": "ClusterExec",
+                        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                        "metadata": {"name": "all-exec"},
+                        "spec": {
+                            "execs": [
+                                {
+                                    "local": {
+                                        "workDir": str(self.kwok_workdir),
+                                        "envs": [{"name": "KWOK_EXEC", "value": "1"}],
+                                    }
+                                }
+                            ]
+                        },
+                    },
+                ]
+            )
+        )
+        stages = Path(binaries.find("kwok-stages"))
+        kwok_port = free_port()
+        kwok = process.start(
+            "kwok",
+            "kwok",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--node-ip=127.0.0.1",
+                f"--node-port={kwok_port}",
+                f"--server-address=127.0.0.1:{kwok_port}",
+                "--node-lease-duration-seconds=40",
+                f"--config={stages / 'node' / 'fast'}",
+                f"--config={stages / 'node' / 'heartbeat-with-lease'}",
+                f"--config={stages / 'pod' / 'fast'}",
+                f"--config={extra}",
+            ],
+            w,
+        )
+        self.components.append(kwok)
+        await kcm.wait_ready(lambda: _http_ok(f"https://127.0.0.1:{kcm_port}/healthz"), within=60)
+        await sched.wait_ready(lambda: _http_ok(f"https://127.0.0.1:{sched_port}/healthz"), within=60)
+        await kwok.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{kwok_port}/healthz"), within=60)
+        for name in NODES:
+            await self.create_node(name)
+        for name in NODES:
+            await self.wait_for(lambda n=name: self._node_ready(n), f"node {name} Ready", within=60)
+
+    async def stop(self) -> None:
+        if hasattr(self, "api"):
+            await self.api.close()
+        for c in reversed(self.components):
+            c.stop()
+        self.components.clear()
+
+    def component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    # ---- waiting -------------------------------------------------------------------------------
+
+    async def wait_for(self, check: Any, what: str, within: float = 60.0) -> Any:
+        """Poll the async `check` until it returns a truthy value; fail naming `what` and the logs."""
+        deadline = time.monotonic() + within
+        last: object = None
+        while time.monotonic() < deadline:
+            dead = [c for c in self.components if not c.alive]
+            if dead:
+                raise process.ComponentFailed(
+                    f"waiting for {what}: {dead[0].name} died; log tail:\n{dead[0].log_tail()}"
+                )
+            try:
+                value = await check()
+                if value:
+                    return value
+                last = value
+            except KubeApiError as e:
+                last = e
+            await asyncio.sleep(0.1)
+        hint = "\n".join(f"--- {c.name}\n{c.log_tail(10)}" for c in self.components)
+        raise TimeoutError(f"{what}: not reached after {within}s (last: {last!r})\n{hint}")
+
+    async def _node_ready(self, name: str) -> bool:
+        node = await self.api.get(f"/api/v1/nodes/{name}")
+        conds = node.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+    # ---- objects -------------------------------------------------------------------------------
+
+    async def create_node(self, name: str) -> None:
+        await self.api.post(
+            "/api/v1/nodes",
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                    "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "type": "kwok"},
+                },
+                "status": {
+                    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                    "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                },
+            },
+        )
+
+    async def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> str:
+        await self.api.post(
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}},
+        )
+        return name
+
+    async def new_namespace(self, prefix: str = "t") -> str:
+        return await self.create_namespace(f"{prefix}-{secrets.token_hex(3)}")
+
+    @staticmethod
+    def pod_template(app: str, labels: Mapping[str, str] | None = None, containers: int = 1) -> dict[str, Any]:
+        return {
+            "metadata": {"labels": {"app": app, **(labels or {})}},
+            "spec": {
+                "containers": [
+                    {"name": f"c{i}" if i else app, "image": "registry.invalid/fake:1"} for i in range(containers)
+                ],
+                "tolerations": [{"operator": "Exists"}],
+                "terminationGracePeriodSeconds": 30,
+            },
+        }
+
+    async def create_workload(
+        self, kind: str, namespace: str, name: str, *, replicas: int = 1, labels: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Create a Deployment, StatefulSet or DaemonSet running fake pods; returns the object."""
+        plural = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}[kind]
+        spec: dict[str, Any] = {
+            "selector": {"matchLabels": {"app": name}},
+            "template": self.pod_template(name, labels),
+        }
+        if kind != "DaemonSet":
+            spec["replicas"] = replicas
+        if kind == "StatefulSet":
+            spec["serviceName"] = name
+        obj: dict[str, Any] = await self.api.post(
+            f"/apis/apps/v1/namespaces/{namespace}/{plural}",
+            {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name}, "spec": spec},
+        )
+        return obj
+
+    async def create_pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        node: str | None = NODES[0],
+        containers: int = 1,
+    ) -> dict[str, Any]:
+        """A bare pod (no owner); bound to `node` directly unless node is None (then scheduled)."""
+        tpl = self.pod_template(name, labels, containers)
+        if node:
+            tpl["spec"]["nodeName"] = node
+        obj: dict[str, Any] = await self.api.post(
+            f"/api/v1/namespaces/{namespace}/pods",
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, **tpl["metadata"]}, "spec": tpl["spec"]},
+        )
+        return obj
+
+    async def running_pods(self, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": selector} if selector else None
+        items = (await self.api.get(f"/api/v1/namespaces/{namespace}/pods", params=params))["items"]
+        return [
+            p
+            for p in items
+            if p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+        ]
+
+    async def wait_running(
+        self, namespace: str, selector: str | None = None, count: int = 1, within: float = 60.0
+    ) -> list[dict[str, Any]]:
+        """Wait until `count` pods (matching the label selector) are Running; returns them."""
+
+        async def check() -> list[dict[str, Any]] | None:
+            pods = await self.running_pods(namespace, selector)
+            return pods if len(pods) >= count else None
+
+        pods: list[dict[str, Any]] = await self.wait_for(
+            check, f"{count} running pod(s) in {namespace} ({selector or 'all'})", within
+        )
+        return pods
+
+    async def service_account_with_role(
+        self, namespace: str, name: str, rules: Sequence[Mapping[str, Any]]
+    ) -> KubeConfig:
+        """A ServiceAccount bound to a new ClusterRole with `rules`; returns a KubeConfig using its token."""
+        await self.api.post(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts",
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+        )
+        role = f"{namespace}-{name}"
+        await self.api.post(
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": role},
+                "rules": [dict(r) for r in rules],
+            },
+        )
+        await self.api.post(
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": role},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+            },
+        )
+        tr = await self.api.post(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
+        )
+        path = _write_kubeconfig(
+            self.workdir / f"{role}.kubeconfig", self.server, tr["status"]["token"], namespace=namespace
+        )
+        return KubeConfig.from_file(path)
+
+
+async def _http_ok(url: str) -> bool:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(url, ssl=False, timeout=aiohttp.ClientTimeout(total=2)) as r,
+    ):
+        return r.status == 200
