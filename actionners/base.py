@@ -6,7 +6,7 @@ Validation, docs (`talon-opa actionners list`) and the generated RBAC all read t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
@@ -56,6 +56,9 @@ class Spec(Generic[P]):
     grants: tuple[Grant, ...] = ()
     output: Literal["none", "optional", "required"] = "none"
     example: str = ""  # a YAML snippet for the docs
+    # the grants a use with these decoded parameters needs (e.g. label at pod level: no node rights);
+    # None: always `grants`, which must cover every use
+    grants_for: Callable[[P], tuple[Grant, ...]] | None = None
 
     @property
     def category(self) -> str:
@@ -64,6 +67,23 @@ class Spec(Generic[P]):
     def decode(self, raw: Mapping[str, Any]) -> P:
         """Decode and validate raw parameters (from YAML or a plan); raises ParamsInvalid."""
         return _params.decode(self.params, raw)
+
+    def normalize(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """Decode and validate, then return the canonical JSON parameters (canonical keys, defaults filled)."""
+        return _params.to_json(self.decode(raw))
+
+    def unknown_keys(self, raw: Mapping[str, Any]) -> list[str]:
+        """Keys of `raw` that match no parameter: ignored, as Talon does; the loader warns about them."""
+        return _params.unknown_keys(self.params, raw)
+
+    def grants_used(self, raw: Mapping[str, Any] | None = None) -> tuple[Grant, ...]:
+        """The grants needed by a use with these raw parameters (all of `grants` when unknown)."""
+        if raw is None or self.grants_for is None:
+            return self.grants
+        try:
+            return self.grants_for(self.decode(raw))
+        except ParamsInvalid:
+            return self.grants
 
     def defaults(self) -> dict[str, Any]:
         """The effective defaults, as JSON values (what a plan step carries when rules say nothing)."""
