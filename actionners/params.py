@@ -367,7 +367,7 @@ def _decode_value(tp: Any, value: Any, path: str, mode: Decoding) -> tuple[Any, 
     inner, _ = _unwrap_optional(tp)
     origin = typing.get_origin(inner)
     if inner is str:
-        return _decode_str(value, path, mode)
+        return _decode_str(value, path, mode, path)
     if inner is bool:
         return _decode_bool(value, path, mode)
     if inner is int:
@@ -383,7 +383,7 @@ def _problem(path: str, want: str, value: Any, hint: str) -> list[_base.ParamPro
     return [_base.ParamProblem(path, f"expected {want}, got {_describe(value)}", hint)]
 
 
-def _decode_str(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base.ParamProblem]]:
+def _decode_str(value: Any, path: str, mode: Decoding, key: str = "") -> tuple[Any, list[_base.ParamProblem]]:
     if value is None:
         return "", []  # a null inside a list or map is Go's zero value
     if isinstance(value, str):
@@ -392,7 +392,8 @@ def _decode_str(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base.
     if mode == "settings" and text is not None:
         return text, []
     if text is not None:
-        return None, _problem(path, "a string", value, f'quote the value: "{text}"')
+        written = f'{key}: "{text}"' if key else f'"{text}"'
+        return None, _problem(path, "a string", value, f"quote the value: {written}")
     return None, _problem(path, "a string", value, "write a single quoted value")
 
 
@@ -457,7 +458,7 @@ def _decode_map(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base.
                 _base.ParamProblem(f"{path}[{key}]", f"key {key!r} is not a string", f'quote the key: "{text or key}"')
             )
             continue
-        decoded, found = _decode_str(item, f"{path}[{key}]", mode)
+        decoded, found = _decode_str(item, f"{path}[{key}]", mode, key)
         problems.extend(found)
         out[key] = decoded
     return out, problems

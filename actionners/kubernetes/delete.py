@@ -18,11 +18,12 @@ class Delete:
         name="kubernetes:delete",
         kind="actionner",
         description=(
-            "Delete the audited resource (ka.target.*): namespace, configmap, secret, deployment, daemonset, "
-            "statefulset, replicaset, service, serviceaccount, role or clusterrole; stops the rule's later actions "
-            "by default. ka.target.namespace is needed except for namespaces and clusterroles"
+            "Delete the resource a Kubernetes audit alert is about (ka.target.*): a namespace, configmap, secret, "
+            "deployment, daemonset, statefulset, replicaset, service, serviceaccount, role or clusterrole; "
+            "stops the rule's later actions by default"
         ),
         params=NoParams,
+        # Talon also lists ka.target.namespace, but namespaces and clusterroles have none: checked at run time.
         needs_fields=("ka.target.resource", "ka.target.name"),
         continues=False,
         grants=(
