@@ -303,3 +303,46 @@ def test_actionners_list_has_talons_shape() -> None:
 def test_docs_actionners_md_is_generated_from_the_registry() -> None:
     committed = (ROOT / "docs" / "actionners.md").read_text(encoding="utf-8")
     assert committed == cli_list.markdown(REGISTRY), "run: .venv/bin/python -m actionners.cli_list docs/actionners.md"
+
+
+def test_rbac_command_prints_the_cluster_role_of_the_rules_in_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine import cli
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        """\
+- action: Label the node
+  actionner: kubernetes:label
+  parameters:
+    level: node
+    labels:
+      quarantine: "true"
+
+- rule: Shell in a container
+  match:
+    rules: [Terminal shell in container]
+  notifiers: [k8sevents]
+  actions:
+    - action: Label the node
+    - action: Keep the logs
+      actionner: kubernetes:log
+      output:
+        target: local:file
+        parameters:
+          destination: /tmp
+""",
+        encoding="utf-8",
+    )
+    assert cli.main(["rbac", "-r", str(rules), "--name", "responder"]) == 0
+    role = yaml.safe_load(capsys.readouterr().out)
+    assert role["metadata"] == {"name": "responder"}
+    assert _rules(role) == {
+        ("", "events", "create"),
+        ("", "namespaces", "get"),
+        ("", "nodes", "get"),
+        ("", "nodes", "patch"),
+        ("", "pods", "get"),
+        ("", "pods/log", "get"),
+    }
