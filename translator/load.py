@@ -107,6 +107,7 @@ class RawRule:
     dry_run: Text | None = None
     notifiers: list[Text] = field(default_factory=list)
     actions: list[RawAction] = field(default_factory=list)
+    broken: set[str] = field(default_factory=set)  # keys already reported while decoding (no cascades)
 
 
 @dataclass(slots=True)
@@ -405,6 +406,8 @@ class _Decoder:
         acts = m.get("actions")
         if acts is not None and acts.kind == "seq":
             for i, a in enumerate(acts.data):
+                if a.kind in ("null", "str", "int", "float", "bool", "seq"):
+                    rule.broken.add("actions")
                 if a.kind == "null":
                     self._error(
                         a.where,
@@ -422,6 +425,7 @@ class _Decoder:
                 self._unknown(am, set(_ACTION_KEYS), r, an.value if an else "", "")
                 rule.actions.append(self._action(am, a.where, an or Text("", a.where), rule=r))
         elif acts is not None and acts.kind != "null":
+            rule.broken.add("actions")
             self._type(acts, "a list", "actions", *ctx, "write 'actions:' followed by '- action: <name>' items")
         return rule
 

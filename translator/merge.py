@@ -122,6 +122,7 @@ def _merge_rule(base: RawRule, new: RawRule) -> None:
     if new.match.source is not None:
         m.source = new.match.source
     base.actions = base.actions + copy.deepcopy(new.actions)
+    base.broken |= new.broken
 
 
 Mismatch = Callable[[str], None]  # called with the parameter key when rule and block kinds differ

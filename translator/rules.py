@@ -39,8 +39,10 @@ class Report:
     merged: tuple[MergedRule, ...] = ()
 
 
-def merge_files(paths: Sequence[str | Path]) -> tuple[list[MergedRule], list[RuleProblem], list[RuleProblem]]:
-    """Load, merge and resolve, with the syntactic checks only (Talon's `ParseRules`, used by `rules print`)."""
+def merge_files(
+    paths: Sequence[str | Path], *, syntax: bool = True
+) -> tuple[list[MergedRule], list[RuleProblem], list[RuleProblem]]:
+    """Load, merge and resolve, with the syntactic checks (Talon's `ParseRules`, used by `rules print`)."""
     loaded = load.load_files(paths)
     problems, warnings = list(loaded.problems), list(loaded.warnings)
     if loaded.fatal:
@@ -52,7 +54,8 @@ def merge_files(paths: Sequence[str | Path]) -> tuple[list[MergedRule], list[Rul
         actions = tuple(merge.resolve_rule(r, merged.blocks, warnings))
         used.update(a.name.value for a in r.actions)
         rules.append(MergedRule(r, actions))
-        problems += validate.check_syntax(r, actions)
+        if syntax:
+            problems += validate.check_syntax(r, actions)
     for name, block in merged.blocks.items():
         if name not in used:
             warnings.append(
@@ -68,9 +71,9 @@ def merge_files(paths: Sequence[str | Path]) -> tuple[list[MergedRule], list[Rul
 
 def check_rules(paths: Sequence[str | Path], registry: RegistryLike) -> Report:
     """Load, merge, resolve and validate (§2.4 and §2.5); build the model when there is no problem."""
-    rules, problems, warnings = merge_files(paths)
-    for mr in rules:
-        problems += validate.check_semantics(mr.rule, mr.actions, registry, warnings)
+    rules, problems, warnings = merge_files(paths, syntax=False)
+    for mr in rules:  # rule by rule (Talon: §2.4 for all, then §2.5), so a rule's problems stay together
+        problems += validate.check_rule(mr.rule, mr.actions, registry, warnings)
     if problems:
         return Report(None, tuple(problems), tuple(warnings), tuple(rules))
     model = RuleSet(tuple(_rule(mr, registry) for mr in rules), tuple(str(p) for p in paths))

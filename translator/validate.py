@@ -138,7 +138,7 @@ def check_syntax(rule: RawRule, actions: Sequence[Resolved]) -> list[RuleProblem
     for p in (_flag_problem(rule.continue_, "continue", r), _flag_problem(rule.dry_run, "dry_run", r)):
         if p is not None:
             out.append(p)
-    if not actions:
+    if not actions and "actions" not in rule.broken:
         add(rule.where, "no action specified", "add 'actions:' with at least one '- action: <name>'", field="actions")
     for i, res in enumerate(actions):
         a = res.action
