@@ -4,7 +4,10 @@ A plugin's parameters are a frozen, kw_only dataclass whose fields are declared 
 
     @dataclass(frozen=True, kw_only=True, slots=True)
     class LogParams:
-        tail_lines: int = param(20, doc="lines per container", check=at_least(0), zero_is_default=True)
+        tail_lines: int = param(20, doc="lines to fetch; 0: 20", check=between(0), zero_is_default=True)
+
+`check` validates a decoded value (`between`, `one_of`, `cidr`, `each(cidr)`...); a `problems(self)` method
+on the class checks several fields together, once each field is valid.
 
 Actionner and output parameters decode like Talon's `utils.DecodeParams` (mapstructure without weak
 typing, then go-playground/validator): keys match case-insensitively (an exact match first), unknown keys
@@ -110,13 +113,8 @@ def default_of(f: dataclasses.Field[Any]) -> Any:
 def decode(cls: type[T], raw: Mapping[str, Any]) -> T:
     """Decode and validate `raw` into an instance of the dataclass `cls`; raises ParamsInvalid."""
     if not isinstance(raw, Mapping):
-        raise _base.ParamsInvalid(
-            [
-                _base.ParamProblem(
-                    "parameters", f"expected a map of parameters, got {_describe(raw)}", "write key: value pairs"
-                )
-            ]
-        )
+        message = f"expected a map of parameters, got {_describe(raw)}"
+        raise _base.ParamsInvalid([_base.ParamProblem("parameters", message, "write key: value pairs")])
     mode: Decoding = getattr(cls, "decoding", "strict")
     hints = typing.get_type_hints(cls)
     matched = _match_keys(cls, raw)
@@ -250,7 +248,7 @@ def cidr(value: Any) -> Iterable[Bad]:
         yield Bad(f"wrong CIDR {value!r}", 'write an address and a prefix length, e.g. "10.0.0.0/8" or "fd00::/8"')
 
 
-_ABS_OR_PERCENT = re.compile(r"[+-]?\d+%?")
+_ABS_OR_PERCENT = re.compile(r"[+-]?[0-9]+%?")
 
 
 def absolute_or_percent(value: Any) -> Iterable[Bad]:
@@ -420,10 +418,10 @@ def _decode_int(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base.
         number = value
     elif isinstance(value, float) and math.isfinite(value):
         number = int(value)  # mapstructure truncates a float into an int field
-    elif mode == "settings" and isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value):
+    elif mode == "settings" and isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value):
         number = int(value)
     if number is None:
-        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
             hint = f"write the number without quotes: {value.strip()}"
         else:
             hint = "write a whole number, e.g. 5"
