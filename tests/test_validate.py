@@ -141,6 +141,17 @@ CASES = [
     pytest.param(
         "- rule: R\n  actions:\n    -\n", 3, 6, "R", "", "actions[0]", "bare '-' in 'actions'", "", id="bare action"
     ),
+    pytest.param(
+        "- rule: R\n  actions:\n    - action: a\n      actionner: test:label\n      parameters: [1]\n",
+        5,
+        19,
+        "R",
+        "a",
+        "parameters",
+        "'parameters' must be a mapping, not a list",
+        "name: value",
+        id="parameters given a list (no cascade)",
+    ),
     # §2.4 syntax
     pytest.param(
         "- rule: R\n  continue: yes\n" + OK_ACTION,
@@ -588,3 +599,20 @@ def test_parameters_are_json(tmp_path: Path) -> None:
     rs = load_ruleset([write(tmp_path, "- rule: R\n" + OK_ACTION)], REGISTRY)
     params: Mapping[str, Any] = rs.rules[0].actions[0].parameters
     assert params == {"labels": {"k": "v"}, "level": "pod"}
+
+
+def test_yaml_anchors_and_merge_keys(tmp_path: Path) -> None:
+    text = """\
+- action: a
+  actionner: test:label
+  parameters: &common {labels: {k: v}}
+- rule: R
+  actions:
+    - action: b
+      actionner: test:label
+      parameters:
+        <<: *common
+        level: node
+"""
+    rs = load_ruleset([write(tmp_path, text)], REGISTRY)
+    assert rs.rules[0].actions[0].parameters == {"labels": {"k": "v"}, "level": "node"}

@@ -85,6 +85,7 @@ class RawAction:
     additional_contexts: list[Text] = field(default_factory=list)
     parameters: dict[str, Value] | None = None  # each Value knows where its key was written
     output: RawOutput | None = None
+    broken: set[str] = field(default_factory=set)  # keys already reported while decoding (no cascades)
 
 
 @dataclass(slots=True)
@@ -441,13 +442,21 @@ class _Decoder:
             additional_contexts=self._strings(m, "additional_contexts", *ctx),
         )
         act.parameters = self._params(m, "parameters", *ctx)
+        if act.parameters is None and m.get("parameters") is not None and m["parameters"].kind not in ("null", "map"):
+            act.broken.add("parameters")
         out_v = m.get("output")
         if out_v is not None and out_v.kind == "map":
             om: dict[str, Value] = out_v.data
             self._unknown(om, set(_OUTPUT_KEYS), *ctx, prefix="output.")
             act.output = RawOutput(out_v.where, self._string(om, "target", *ctx, prefix="output."))
             act.output.parameters = self._params(om, "parameters", *ctx, prefix="output.")
+            target_v, params_v = om.get("target"), om.get("parameters")
+            if (target_v is not None and target_v.kind in ("seq", "map")) or (
+                params_v is not None and params_v.kind not in ("null", "map")
+            ):
+                act.broken.add("output")
         elif out_v is not None and out_v.kind != "null":
+            act.broken.add("output")
             self._type(out_v, "a mapping", "output", *ctx, "write 'output:' with 'target:' and 'parameters:'")
         return act
 

@@ -72,6 +72,7 @@ def _merge_block(base: RawAction, new: RawAction) -> None:
     base.ignore_errors = _later(base.ignore_errors, new.ignore_errors)
     base.additional_contexts = base.additional_contexts + list(new.additional_contexts)
     base.parameters = merge_block_params(base.parameters, new.parameters)
+    base.broken |= new.broken
     if new.output is not None:
         if base.output is None:
             base.output = RawOutput(new.output.where)
@@ -178,6 +179,7 @@ def resolve_action(
     res.continue_ = ra.continue_ if _set(ra.continue_) else block.continue_
     res.additional_contexts = list(ra.additional_contexts or block.additional_contexts)
     res.parameters = resolve_params(ra.parameters, block.parameters, warn_params)
+    res.broken = ra.broken | block.broken
     if ra.output is not None or block.output is not None:
         ro = ra.output or RawOutput(block.output.where if block.output else ra.where)
         bo = block.output or RawOutput(ro.where)

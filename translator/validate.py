@@ -228,7 +228,10 @@ def check_semantics(
                 )
             )
             continue
-        out += _check_params(spec, a.parameters, a.where, "parameters.", r, an, warnings)
+        if "parameters" not in a.broken:
+            out += _check_params(spec, a.parameters, a.where, "parameters.", r, an, warnings)
+        if "output" in a.broken:
+            continue
         target = a.output.target if a.output is not None else None
         if target is None or not target.value:
             if spec.output == "required":
