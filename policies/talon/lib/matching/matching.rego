@@ -1,0 +1,68 @@
+# METADATA
+# title: Which rules match the alert
+# description: |
+#   Candidates come from the generated index (data.talon.index) in O(1) lookups, plus the
+#   registered native rules (data.talon.native), so decision time does not grow with the number of
+#   rules; each candidate's `match` is then evaluated through its package, never by enumerating
+#   data.talon.rules (that would evaluate every rule of every package).
+package talon.lib.matching
+
+import data.talon.lib.order
+
+# the matched rules, in plan order
+ordered := order.sorted(matches)
+
+# METADATA
+# description: one entry per matched rule package, in the shape talon.lib.order expects
+matches contains entry if {
+	some name in candidates
+	data.talon.rules[name].match
+	entry := {
+		"key": [_position(name), _kind(name), name],
+		"name": _display_name(name),
+		"continue": _continue(name),
+		"dry_run": _dry_run(name),
+		"notifiers": _notifiers(name),
+		"actions": _actions(name),
+	}
+}
+
+candidates contains name if some name in data.talon.index.by_rule[input.rule]
+
+candidates contains name if {
+	some tag, _ in input.tags_set
+	some name in data.talon.index.by_tag[tag]
+}
+
+candidates contains name if some name in data.talon.index.always
+
+candidates contains name if some name, _ in data.talon.native
+
+# a native rule sorts after a translated rule at the same position
+_kind(name) := 1 if data.talon.native[name]
+
+else := 0
+
+_position(name) := value if value := data.talon.rules[name].position
+
+else := order.last_position
+
+_display_name(name) := value if value := data.talon.rules[name].name
+
+else := name
+
+_continue(name) := value if value := data.talon.rules[name].continue
+
+else := true
+
+_dry_run(name) := value if value := data.talon.rules[name].dry_run
+
+else := false
+
+_notifiers(name) := value if value := data.talon.rules[name].notifiers
+
+else := []
+
+_actions(name) := value if value := data.talon.rules[name].actions
+
+else := []
