@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import ssl
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -246,8 +247,7 @@ class KubeClient:
                 headers=self._headers(),
                 protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
                 ssl=self._ssl,
-                timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
-                receive_timeout=timeout,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=timeout, ws_close=timeout),
                 max_msg_size=0,
             ) as ws:
                 if stdin is not None:
@@ -277,6 +277,10 @@ def _exit_code(status: Mapping[str, Any]) -> int:
     for cause in (status.get("details") or {}).get("causes") or []:
         if cause.get("reason") == "ExitCode":
             return int(cause.get("message", "1"))
+    # kubelets that run commands locally (kwok) report a non-zero exit only in the message
+    found = re.search(r"exit status (\d+)$", str(status.get("message", "")))
+    if found:
+        return int(found.group(1))
     raise TalonError(f"exec failed: {status.get('message', status)}", hint="")
 
 
