@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -144,12 +145,13 @@ def falco_alert(rule: str) -> bytes:
 
 
 def opa_input(body: bytes) -> dict[str, Any]:
-    return events.decode_alert(body, "application/json").opa_input()
+    doc: dict[str, Any] = events.decode_alert(body, "application/json").opa_input()
+    return doc
 
 
 def quantile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank quantile of an already sorted list."""
-    k = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values) + 0.5) - 1))
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1))
     return sorted_values[k]
 
 

@@ -21,6 +21,7 @@ import aiohttp
 
 from actionners import registry
 from engine import binaries, events
+from engine import decide as decide_module
 from engine.errors import AlertError, OpaError, RulesError, TalonError
 from engine.opa_process import OpaProcess
 from translator import bundle, rego
@@ -160,14 +161,6 @@ async def decide(
             f"OPA returned no result for data{path.removeprefix('/v1/data').replace('/', '.')}",
             hint="the bundle does not define talon.plan: check policies/ and the generated Rego",
         )
-    result = body["result"]
-    if not (
-        isinstance(result, dict)
-        and isinstance(result.get("matched_rules"), list)
-        and isinstance(result.get("steps"), list)
-    ):
-        raise OpaError(
-            f"the decision at {path} is not a plan: {json.dumps(result)[:500]}",
-            hint='it must be {"matched_rules": [...], "steps": [...]}',
-        )
+    result: dict[str, Any] = body["result"]
+    decide_module.parse_plan(result)  # the engine's own shape check: what it would refuse, we refuse
     return result
