@@ -1,0 +1,87 @@
+"""Logs: one JSON object per line (or text for humans), with the trace id on every line about an alert.
+
+Messages are fixed (Talon's: `event`, `match`, `action`, `output`, `notification`, `rules`...); variables
+go in `extra={...}` and become fields. The trace id comes from the current OpenTelemetry span, so every
+line logged while an alert is handled carries it without the caller passing it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from typing import Any, TextIO
+
+from opentelemetry import trace
+
+LOGGER = "talon_opa"
+
+# attributes every LogRecord has; anything else was passed in `extra`
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+
+_COLORS = {"DEBUG": "\x1b[90m", "INFO": "\x1b[32m", "WARNING": "\x1b[33m", "ERROR": "\x1b[31m", "CRITICAL": "\x1b[31m"}
+
+
+def get(name: str = "") -> logging.Logger:
+    """The engine's logger (or a child of it)."""
+    return logging.getLogger(f"{LOGGER}.{name}" if name else LOGGER)
+
+
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's extra fields, plus the trace id of the current span when there is one."""
+    out = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+    if "trace_id" not in out:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            out["trace_id"] = format(ctx.trace_id, "032x")
+    return out
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        doc.update(fields(record))
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, color: bool) -> None:
+        super().__init__()
+        self.color = color
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        level = record.levelname[:4]
+        if self.color:
+            level = f"{_COLORS.get(record.levelname, '')}{level}\x1b[0m"
+        extras = " ".join(f"{k}={_text(v)}" for k, v in fields(record).items())
+        line = f"{stamp} {level} {record.getMessage()}" + (f" {extras}" if extras else "")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _text(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False)
+    return json.dumps(s, ensure_ascii=False) if (" " in s or not s) else s
+
+
+def setup(log_format: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+    """Send the engine's logs to `stream` (stderr) in the given format; idempotent."""
+    logger = get()
+    for h in list(logger.handlers):
+        if getattr(h, "_talon_opa", False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler._talon_opa = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(color=log_format == "color"))
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False

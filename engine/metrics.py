@@ -1,0 +1,84 @@
+"""Prometheus metrics: Talon's five counters (so existing dashboards work) plus the engine's own.
+
+Each engine has its own CollectorRegistry (tests run several engines in one process). Labels stay
+low-cardinality: Falco rule, Talon rule, action, actionner, notifier, target, status; never the alert's
+output text nor object names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+TALON = "falcosecurity_falco_talon"
+OURS = "talon_opa"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SLOW = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """Every metric of one engine, registered in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        # Talon's counters (the client adds `_total`)
+        self.events = Counter(
+            f"{TALON}_events", "Alerts received (before deduplication)", ["event", "priority", "source"], registry=r
+        )
+        self.matches = Counter(
+            f"{TALON}_matches",
+            "Rules matched, once per matching rule",
+            ["rule", "event", "priority", "source"],
+            registry=r,
+        )
+        self.actions = Counter(
+            f"{TALON}_actions",
+            "Steps run, by result (success, failure, ignored, dry_run)",
+            ["rule", "action", "actionner", "status"],
+            registry=r,
+        )
+        self.notifications = Counter(
+            f"{TALON}_notifications",
+            "Notifications sent, by result",
+            ["rule", "action", "actionner", "notifier", "status"],
+            registry=r,
+        )
+        self.outputs = Counter(
+            f"{TALON}_outputs", "Artifacts written to an output, by result", ["action", "target", "status"], registry=r
+        )
+        # ours
+        self.decision_seconds = Histogram(
+            f"{OURS}_decision_duration_seconds", "OPA decision latency (engine → OPA → plan)", buckets=_FAST, registry=r
+        )
+        self.action_seconds = Histogram(
+            f"{OURS}_action_duration_seconds",
+            "Duration of a step's action",
+            ["actionner", "status"],
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.queue_depth = Gauge(f"{OURS}_queue_depth", "Alerts accepted and not yet started", registry=r)
+        self.in_flight = Gauge(f"{OURS}_alerts_in_flight", "Alerts being decided or executed", registry=r)
+        self.dedup_hits = Counter(f"{OURS}_dedup_hits", "Alerts skipped as duplicates within the window", registry=r)
+        self.opa_errors = Counter(
+            f"{OURS}_opa_errors", "OPA failures (unreachable, 5xx, bad answer, child exit)", ["kind"], registry=r
+        )
+        self.rejected = Counter(
+            f"{OURS}_intake_rejected", "Alerts refused at intake, by HTTP status", ["status"], registry=r
+        )
+        self.reloads = Counter(f"{OURS}_rules_reloads", "Rules reloads, by result", ["status"], registry=r)
+        self.alerts_failed = Counter(
+            f"{OURS}_alerts_failed", "Alerts whose processing failed before or outside a step", ["stage"], registry=r
+        )
+        self.bundle_info = Gauge(
+            f"{OURS}_bundle_info", "The bundle revision in use (value 1)", ["revision"], registry=r
+        )
+
+    def set_revision(self, revision: str) -> None:
+        self.bundle_info.clear()
+        self.bundle_info.labels(revision=revision).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
