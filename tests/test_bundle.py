@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from engine import binaries
 from engine.errors import OpaError
 from engine.opa_process import OpaProcess
 from translator import bundle
@@ -233,3 +236,52 @@ def test_signing_a_directory_bundle_is_refused(tmp_path: Path, library: Path, ke
     with pytest.raises(bundle.BundleError, match=r"FILE\.tar\.gz"):
         bundle.build_bundle(GENERATED, tmp_path / "dir", library=library, signing_key=keys[0])
     assert not (tmp_path / "dir").exists()
+
+
+@pytest.fixture
+def signed_seed(tmp_path: Path, keys: tuple[Path, Path]) -> tuple[Path, dict[str, object]]:
+    """`talon-opa rules translate --signing-key` of the seed rules: (bundle, the shell alert's OPA input)."""
+    from engine import events
+
+    seed = Path("/work/shared/samples/rules/seed-scenarios.yaml")
+    out = tmp_path / "seed.tar.gz"
+    args = ["rules", "translate", "-r", str(seed), "-o", str(out), "--signing-key", str(keys[0])]
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args],
+        cwd=binaries.REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"revision {bundle.read_manifest(out)['revision']} bundle {out}\n"
+    alert = Path("/work/shared/samples/alerts/falco-terminal-shell-in-container.json").read_bytes()
+    return out, events.decode_alert(alert, "application/json").opa_input()
+
+
+async def test_rules_translate_signs_a_bundle_opa_serves_and_refuses_once_tampered(
+    tmp_path: Path, keys: tuple[Path, Path], signed_seed: tuple[Path, dict[str, object]]
+) -> None:
+    out, shell = signed_seed
+    members = tar_members(out)
+    assert ".signatures.json" in members
+
+    opa = OpaProcess(bundle=out, verification_key=keys[1])
+    await opa.start()
+    try:
+        got = await plan_of(opa, shell)
+        assert isinstance(got, dict)
+        assert got["matched_rules"] == ["Shell in a container"]
+    finally:
+        await opa.stop()
+
+    # tamper a generated module (a rule's match) in a re-tarred copy: OPA must refuse to activate it
+    name = next(n for n in members if n.endswith(".rego") and not n.startswith("talon/lib/") and b"match" in members[n])
+    tampered = tmp_path / "tampered.tar.gz"
+    write_tar(tampered, {**members, name: members[name] + b"\n# tampered\n"})
+    bad = OpaProcess(bundle=tampered, verification_key=keys[1])
+    with pytest.raises(OpaError) as e:
+        await bad.start(ready_within=15)
+    await bad.stop()
+    assert f"{name}: digest mismatch" in str(e.value)
