@@ -9,7 +9,6 @@ names file:line:column.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -24,6 +23,7 @@ from engine.errors import RuleProblem, Where
 
 Kind = Literal["null", "bool", "int", "float", "str", "seq", "map"]
 
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: same nodes and marks
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
 
@@ -161,7 +161,7 @@ def load_text(text: str, file: str, out: Loaded | None = None) -> Loaded:
     """Decode one file's content (used by tests and by `load_files`)."""
     out = out if out is not None else Loaded()
     try:
-        docs = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        docs = list(yaml.compose_all(text, Loader=_LOADER))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = Where(file, mark.line + 1, mark.column + 1) if mark else Where(file, 1, 1)
@@ -333,7 +333,7 @@ class _Decoder:
             v = self.value(vnode, depth + 1)
             if v is None:
                 return None
-            data[key] = dataclasses.replace(v, key_where=kwhere)
+            data[key] = Value(v.kind, v.data, v.where, v.text, v.quoted, kwhere)
         for k, v in merged.items():
             data.setdefault(k, v)
         return Value("map", data, where)

@@ -43,7 +43,7 @@ def merge_items(items: Sequence[RawItem]) -> Merged:
             if name in out.blocks:
                 _merge_block(out.blocks[name], item.block)
             else:
-                out.blocks[name] = copy.deepcopy(item.block)
+                out.blocks[name] = _copy_action(item.block)
     by_name: dict[str, RawRule] = {}
     for item in items:
         if item.rule is not None:
@@ -51,8 +51,32 @@ def merge_items(items: Sequence[RawItem]) -> Merged:
             if name in by_name:
                 _merge_rule(by_name[name], item.rule)
             else:
-                by_name[name] = copy.deepcopy(item.rule)
+                by_name[name] = _copy_rule(item.rule)
                 out.rules.append(by_name[name])
+    return out
+
+
+def _copy_action(a: RawAction) -> RawAction:
+    """A copy whose containers can be changed without touching `a` (Texts and Values are never changed)."""
+    out = copy.copy(a)
+    out.additional_contexts = list(a.additional_contexts)
+    out.parameters = dict(a.parameters) if a.parameters is not None else None
+    out.broken = set(a.broken)
+    if a.output is not None:
+        out.output = RawOutput(
+            a.output.where, a.output.target, dict(a.output.parameters) if a.output.parameters is not None else None
+        )
+    return out
+
+
+def _copy_rule(r: RawRule) -> RawRule:
+    out = copy.copy(r)
+    out.match = copy.copy(r.match)
+    out.match.rules, out.match.tags = list(r.match.rules), list(r.match.tags)
+    out.match.output_fields = list(r.match.output_fields)
+    out.notifiers = list(r.notifiers)
+    out.actions = [_copy_action(a) for a in r.actions]
+    out.broken = set(r.broken)
     return out
 
 
@@ -122,7 +146,7 @@ def _merge_rule(base: RawRule, new: RawRule) -> None:
         m.priority = new.match.priority
     if new.match.source is not None:
         m.source = new.match.source
-    base.actions = base.actions + copy.deepcopy(new.actions)
+    base.actions = base.actions + [_copy_action(a) for a in new.actions]
     base.broken |= new.broken
 
 

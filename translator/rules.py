@@ -72,8 +72,9 @@ def merge_files(
 def check_rules(paths: Sequence[str | Path], registry: RegistryLike) -> Report:
     """Load, merge, resolve and validate (§2.4 and §2.5); build the model when there is no problem."""
     rules, problems, warnings = merge_files(paths, syntax=False)
+    cache: validate.DecodeCache = {}
     for mr in rules:  # rule by rule (Talon: §2.4 for all, then §2.5), so a rule's problems stay together
-        problems += validate.check_rule(mr.rule, mr.actions, registry, warnings)
+        problems += validate.check_rule(mr.rule, mr.actions, registry, warnings, cache)
     if problems:
         return Report(None, tuple(problems), tuple(warnings), tuple(rules))
     model = RuleSet(tuple(_rule(mr, registry) for mr in rules), tuple(str(p) for p in paths))

@@ -8,6 +8,7 @@ contain `=` (split on the first `=`/`!=`); the parsers here are also what the mo
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -94,6 +95,9 @@ def parse_condition(piece: str) -> FieldCondition | None:
     return FieldCondition(piece[:i], "=", piece[i + 1 :].replace('"', ""))
 
 
+# (plugin name, parameters as JSON) -> (problems, unknown keys): one per load, shared by its rules
+DecodeCache = dict[tuple[str, str], tuple[list[_base.ParamProblem], list[str]]]
+
 # --- the checks ---------------------------------------------------------------------------------------
 
 _FLAG_HINT = "write true or false"
@@ -119,11 +123,15 @@ def _one_of(names: Sequence[str], given: str) -> str:
 
 
 def check_rule(
-    rule: RawRule, actions: Sequence[Resolved], registry: RegistryLike, warnings: list[RuleProblem]
+    rule: RawRule,
+    actions: Sequence[Resolved],
+    registry: RegistryLike,
+    warnings: list[RuleProblem],
+    cache: DecodeCache | None = None,
 ) -> list[RuleProblem]:
     """Every problem of one merged rule (§2.4 then §2.5); warnings are appended to `warnings`."""
     problems = check_syntax(rule, actions)
-    problems += check_semantics(rule, actions, registry, warnings)
+    problems += check_semantics(rule, actions, registry, warnings, cache)
     return problems
 
 
@@ -205,9 +213,14 @@ def check_syntax(rule: RawRule, actions: Sequence[Resolved]) -> list[RuleProblem
 
 
 def check_semantics(
-    rule: RawRule, actions: Sequence[Resolved], registry: RegistryLike, warnings: list[RuleProblem]
+    rule: RawRule,
+    actions: Sequence[Resolved],
+    registry: RegistryLike,
+    warnings: list[RuleProblem],
+    cache: DecodeCache | None = None,
 ) -> list[RuleProblem]:
     """§2.5 (`validateRules`): actionner and output names and parameters, required outputs."""
+    cache = cache if cache is not None else {}
     r = rule.name.value
     out: list[RuleProblem] = []
     for res in actions:
@@ -229,7 +242,7 @@ def check_semantics(
             )
             continue
         if "parameters" not in a.broken:
-            out += _check_params(spec, a.parameters, a.where, "parameters.", r, an, warnings)
+            out += _check_params(spec, a.parameters, a.where, "parameters.", r, an, warnings, cache)
         if "output" in a.broken:
             continue
         target = a.output.target if a.output is not None else None
@@ -272,7 +285,9 @@ def check_semantics(
             )
             continue
         if a.output.parameters:  # empty: reported by check_syntax
-            out += _check_params(ospec, a.output.parameters, a.output.where, "output.parameters.", r, an, warnings)
+            out += _check_params(
+                ospec, a.output.parameters, a.output.where, "output.parameters.", r, an, warnings, cache
+            )
         if spec.output == "none":
             warnings.append(
                 RuleProblem(
@@ -306,13 +321,21 @@ def _check_params(
     rule: str,
     action: str,
     warnings: list[RuleProblem],
+    cache: DecodeCache,
 ) -> list[RuleProblem]:
     raw = {k: v.plain() for k, v in (params or {}).items()}
+    key = (spec.name, json.dumps(raw, sort_keys=True, default=repr))
+    if key not in cache:  # many rules share one action block: decode each distinct set of parameters once
+        found: list[_base.ParamProblem] = []
+        try:
+            spec.decode(raw)
+        except _base.ParamsInvalid as e:
+            found = list(e.problems)
+        cache[key] = (found, unknown_keys(spec, raw))
+    found, unknown = cache[key]
     out: list[RuleProblem] = []
-    try:
-        spec.decode(raw)
-    except _base.ParamsInvalid as e:
-        for p in e.problems:
+    if found:
+        for p in found:
             out.append(
                 RuleProblem(
                     locate(params or {}, p.field, where),
@@ -323,16 +346,16 @@ def _check_params(
                     field=prefix + p.field,
                 )
             )
-    for key in unknown_keys(spec, raw):
-        v = (params or {}).get(key)
+    for name in unknown:
+        v = (params or {}).get(name)
         warnings.append(
             RuleProblem(
                 (v.key_where or v.where) if v is not None else where,
-                f"unknown parameter {key!r} of {spec.name} is ignored",
-                hint=_one_of(list(spec.defaults()), key),
+                f"unknown parameter {name!r} of {spec.name} is ignored",
+                hint=_one_of(list(spec.defaults()), name),
                 rule=rule,
                 action=action,
-                field=prefix + key,
+                field=prefix + name,
             )
         )
     return out
