@@ -149,8 +149,9 @@ class Engine:
             else:
                 self.kube = KubeClient(kube_config, session=http)
             deps = Deps(http=http, kube=self.kube)
-            names = [*cfg.default_notifiers, *built.notifiers]
-            notifiers = build_notifiers(self.registry, names, cfg.notifiers, deps)
+            notifiers = build_notifiers(self.registry, cfg.default_notifiers, cfg.notifiers, deps)
+            fresh = [n for n in built.notifiers if n not in notifiers]
+            notifiers.update(build_notifiers(self.registry, fresh, cfg.notifiers, deps, strict=False))
             self.executor = Executor(
                 registry=self.registry,
                 deps=deps,
@@ -241,7 +242,9 @@ class Engine:
             assert self.executor is not None
             try:
                 fresh = [n for n in built.notifiers if n not in self.executor.notifiers]
-                new_notifiers = build_notifiers(self.registry, fresh, self.cfg.notifiers, self.executor.deps)
+                new_notifiers = build_notifiers(
+                    self.registry, fresh, self.cfg.notifiers, self.executor.deps, strict=False
+                )
                 await self.supervisor.swap(built.path, built.revision)
             except TalonError as e:
                 if not self.supervisor.external:
@@ -365,7 +368,7 @@ class Engine:
                             "output": alert.output,
                         },
                     )
-                for rule in plan.matched_rules:
+                for rule in plan.acted_rules():
                     self.metrics.matches.labels(rule, alert.rule, alert.priority, alert.source).inc()
                     log.info("match", extra={"id": job.alert_id, "rule": rule, "event": alert.rule})
                 assert self.executor is not None

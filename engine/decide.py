@@ -62,6 +62,12 @@ class Plan:
     attempts: int = 1
     seconds: float = 0.0
 
+    def acted_rules(self) -> tuple[str, ...]:
+        """The matched rules Talon iterates: up to the last one with steps (a rule `continue: false` ends it)."""
+        with_steps = {s.rule for s in self.steps}
+        last = max((i for i, r in enumerate(self.matched_rules) if r in with_steps), default=len(self.matched_rules) - 1)
+        return self.matched_rules[: last + 1]
+
 
 def parse_plan(result: Any) -> tuple[tuple[str, ...], tuple[Step, ...]]:
     """Check the shape of `data.talon.plan`; OpaError naming what is wrong."""

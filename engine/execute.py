@@ -97,15 +97,28 @@ def alert_target(alert: Alert) -> tuple[str, str]:
 
 
 def build_notifiers(
-    registry: Registry, names: Sequence[str], settings: Mapping[str, Mapping[str, Any]], deps: Deps
+    registry: Registry,
+    names: Sequence[str],
+    settings: Mapping[str, Mapping[str, Any]],
+    deps: Deps,
+    *,
+    strict: bool = True,
 ) -> dict[str, Notifier]:
-    """Instances of the named notifiers with their decoded settings; TalonError naming the first bad one."""
+    """Instances of the named notifiers with their decoded settings; TalonError naming the first bad one.
+
+    `strict=False` skips names the registry does not know (rules' notifiers: the loader warned, as Talon
+    ignores them); bad settings are an error either way.
+    """
     out: dict[str, Notifier] = {}
     for name in dict.fromkeys(names):
         cls = registry.notifiers.get(name)
         if cls is None:
+            if not strict:
+                continue
             known = ", ".join(registry.notifiers) or "none"
-            raise TalonError(f"unknown notifier {name!r}", hint=f"use one of: {known} (names are case-sensitive)")
+            raise TalonError(
+                f"unknown notifier {name!r} in default_notifiers", hint=f"use one of: {known} (names are case-sensitive)"
+            )
         spec = cls.spec
         raw = settings.get(name) or settings.get(name.lower()) or {}
         try:
@@ -386,7 +399,12 @@ class Executor:
 
     async def notify(self, alert: Alert, step: Step, note: Note) -> None:
         """Send the note to default_notifiers and the step's notifiers, concurrently; failures are reported."""
-        names = list(dict.fromkeys([*self.default_notifiers, *step.notifiers]))
+        # a rule's notifier unknown to the registry was reported when the rules loaded (Talon ignores it)
+        names = [
+            n
+            for n in dict.fromkeys([*self.default_notifiers, *step.notifiers])
+            if n in self.notifiers or n in self.registry.notifiers
+        ]
         if not names:
             return
         async with asyncio.TaskGroup() as tg:

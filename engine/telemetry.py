@@ -108,7 +108,10 @@ def fail(span: Span, error: BaseException | str, error_type: str | None = None) 
 
 
 def ok(span: Span, message: str = "") -> None:
-    span.set_status(Status(StatusCode.OK, message) if message else Status(StatusCode.OK))
+    """Mark a span successful (OTel allows a description on errors only: `message` goes in an attribute)."""
+    if message:
+        span.set_attribute(RESULT, message[:1000])
+    span.set_status(Status(StatusCode.OK))
 
 
 def current_trace_id() -> str:

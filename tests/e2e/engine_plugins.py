@@ -1,0 +1,100 @@
+"""Scripted plugins for engine tests: the real specs of kubernetes:label / terminate, with a `run` that
+records each call and behaves as its labels say ("behaviour": ok | fail | crash | sleep | wait), and a
+notifier that records every note. The registry they form goes through the real translator and OPA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from actionners.base import Spec
+from actionners.kubernetes import label, terminate
+from actionners.params import NoParams
+from actionners.registry import Registry
+from actionners.runtime import Deps, Outcome
+from engine.errors import StepFailed
+from engine.events import Alert
+from notifiers.base import Note
+
+
+@dataclass
+class Script:
+    """What the plugins did, shared by the test and the plugins."""
+
+    calls: list[tuple[str, str, str]] = field(default_factory=list)  # (actionner, pod, behaviour)
+    notes: list[Note] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    running: dict[str, int] = field(default_factory=dict)  # per pod: runs under way
+    max_running: dict[str, int] = field(default_factory=dict)  # per pod: most concurrent runs seen
+    fail_notifier: bool = False
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.notes.clear()
+        self.gate = asyncio.Event()
+        self.running.clear()
+        self.max_running.clear()
+        self.fail_notifier = False
+
+
+SCRIPT = Script()
+
+
+async def _behave(actionner: str, alert: Alert, behaviour: str) -> Outcome:
+    pod = alert.pod_name() or ""
+    SCRIPT.calls.append((actionner, pod, behaviour))
+    SCRIPT.running[pod] = SCRIPT.running.get(pod, 0) + 1
+    SCRIPT.max_running[pod] = max(SCRIPT.max_running.get(pod, 0), SCRIPT.running[pod])
+    try:
+        if behaviour == "fail":
+            raise StepFailed(f"scripted failure of {actionner}", hint="this is a test")
+        if behaviour == "crash":
+            raise KeyError("scripted bug")
+        if behaviour == "sleep":
+            await asyncio.sleep(30)
+        if behaviour == "wait":
+            await SCRIPT.gate.wait()
+        return Outcome.done(f"{actionner} did {behaviour}", pod=pod, namespace=alert.namespace() or "")
+    finally:
+        SCRIPT.running[pod] -= 1
+
+
+class ScriptedLabel:
+    spec = label.Label.spec
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def run(self, alert: Alert, params: label.LabelParams) -> Outcome:
+        return await _behave("kubernetes:label", alert, params.labels.get("behaviour", "ok"))
+
+
+class ScriptedTerminate:
+    spec = terminate.Terminate.spec
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def run(self, alert: Alert, params: terminate.TerminateParams) -> Outcome:
+        behaviour = "fail" if params.grace_period_seconds == 13 else "ok"
+        return await _behave("kubernetes:terminate", alert, behaviour)
+
+
+class Recorder:
+    spec: ClassVar[Spec[NoParams]] = Spec(
+        name="recorder", kind="notifier", description="records notes (tests)", params=NoParams
+    )
+
+    def __init__(self, deps: Deps, settings: Any) -> None:
+        self.settings = settings
+
+    async def notify(self, note: Note) -> None:
+        SCRIPT.notes.append(note)
+        if SCRIPT.fail_notifier:
+            raise ConnectionError("scripted notifier outage")
+
+
+def scripted_registry() -> Registry:
+    return Registry.of(ScriptedLabel, ScriptedTerminate, Recorder)
