@@ -1,0 +1,51 @@
+"""The engine's child OPA: killed mid-stream it is restarted, and the queued alerts are decided after."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from tests.e2e.engine_harness import DRY_RUN_RULES, running_engine, shell_alert
+
+
+async def test_opa_killed_mid_stream_is_restarted_and_queued_alerts_are_decided(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, DRY_RUN_RULES) as e:
+        supervisor = e.engine.supervisor
+        first_pid = supervisor.pid
+        assert first_pid is not None
+        n_before, n_after = 5, 20
+        for i in range(n_before):
+            assert (await e.post(json_body=shell_alert(f"before-{i}"))).status == 200
+        os.kill(first_pid, signal.SIGKILL)
+        # sent while OPA is dead or restarting: accepted at once, decided once it is back
+        replies = await asyncio.gather(*(e.post(json_body=shell_alert(f"after-{i}")) for i in range(n_after)))
+        assert {r.status for r in replies} == {200}
+        await asyncio.wait_for(e.drained(), 30)
+        assert supervisor.restarts >= 1
+        assert supervisor.pid not in (None, first_pid)
+        assert await e.metric("falcosecurity_falco_talon_actions_total", status="dry_run") == n_before + n_after
+        assert await e.metric("talon_opa_opa_errors_total", kind="exited") >= 1
+        assert await e.metric("talon_opa_alerts_failed_total") == 0
+        ready = await e.get("/readyz")
+        assert ready.status == 200
+
+
+async def test_readyz_is_503_while_opa_is_down(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, DRY_RUN_RULES) as e:
+        supervisor = e.engine.supervisor
+        # stop the restarts for a moment by holding the supervisor's lock, then kill the child
+        async with supervisor._lock:
+            pid = supervisor.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.3)
+            reply = await e.get("/readyz")
+            assert reply.status == 503
+            assert reply.body["reason"] == "opa unreachable"
+        for _ in range(100):
+            if (await e.get("/readyz")).status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await e.get("/readyz")).status == 200
