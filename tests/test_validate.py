@@ -520,6 +520,7 @@ def test_warnings(tmp_path: Path) -> None:
     - action: a
       actionner: test:stop
       contexts: [aws]
+      additional_contexts: [k8snode, gcp]
       parameters: {gracePeriods: 3}
     - action: b
       actionner: test:label
@@ -530,12 +531,13 @@ def test_warnings(tmp_path: Path) -> None:
     ruleset, warnings = load_ruleset_with_warnings([write(tmp_path, text)], REGISTRY)
     got = {(w.where.line, w.field or w.action): w for w in warnings}
     assert got[(9, "contexts")].hint == "did you mean additional_contexts?"
-    assert "unknown parameter 'gracePeriods'" in got[(10, "parameters.gracePeriods")].message
+    assert "unknown parameter 'gracePeriods'" in got[(11, "parameters.gracePeriods")].message
+    assert "unknown context 'gcp'" in got[(10, "additional_contexts")].message
     assert "unknown notifier 'slak'" in got[(4, "notifiers")].message
     assert "unknown key 'paramaters'" in got[(5, "paramaters")].message
     assert "not used by any rule" in got[(1, "unused")].message
-    assert "output is ignored" in got[(14, "output")].message
-    assert "neither" in got[(15, "")].message
+    assert "output is ignored" in got[(15, "output")].message
+    assert "neither" in got[(16, "")].message
     assert ruleset.rules[0].actions[1].output is None  # ignored at run time: not in the plan
 
 

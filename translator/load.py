@@ -280,9 +280,10 @@ class _Decoder:
 
     def _scalar(self, node: yaml.ScalarNode, where: Where) -> Value:
         text: str = node.value
-        quoted = node.style not in (None, "")
+        if node.style not in (None, ""):
+            return Value("str", text, where, text, quoted=True)
         implicit = self._resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
-        if quoted or (node.tag == _STR and implicit != _STR):
+        if node.tag == _STR and implicit != _STR:  # an explicit !!str
             return Value("str", text, where, text, quoted=True)
         if node.tag == implicit:
             kind, data = _resolve_plain(text)

@@ -196,14 +196,18 @@ def resolve_action(
         if on_mismatch is not None:
             on_mismatch(key, "output.parameters.", ra.output.parameters if ra.output else None)
 
-    res = copy.copy(ra)
-    res.description = ra.description if _set(ra.description) else block.description
-    res.actionner = ra.actionner if _set(ra.actionner) else block.actionner
-    res.ignore_errors = ra.ignore_errors if _set(ra.ignore_errors) else block.ignore_errors
-    res.continue_ = ra.continue_ if _set(ra.continue_) else block.continue_
-    res.additional_contexts = list(ra.additional_contexts or block.additional_contexts)
-    res.parameters = resolve_params(ra.parameters, block.parameters, warn_params)
-    res.broken = ra.broken | block.broken
+    res = RawAction(
+        name=ra.name,
+        where=ra.where,
+        description=ra.description if _set(ra.description) else block.description,
+        actionner=ra.actionner if _set(ra.actionner) else block.actionner,
+        continue_=ra.continue_ if _set(ra.continue_) else block.continue_,
+        ignore_errors=ra.ignore_errors if _set(ra.ignore_errors) else block.ignore_errors,
+        additional_contexts=list(ra.additional_contexts or block.additional_contexts),
+        parameters=resolve_params(ra.parameters, block.parameters, warn_params),
+        output=ra.output,
+        broken=ra.broken | block.broken,
+    )
     if ra.output is not None or block.output is not None:
         ro = ra.output or RawOutput(block.output.where if block.output else ra.where)
         bo = block.output or RawOutput(ro.where)

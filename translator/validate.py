@@ -50,6 +50,7 @@ class RegistryLike(Protocol):
 
 # --- Talon's syntax (rules.go:80-90), with our fixes where noted --------------------------------------
 
+CONTEXTS = ("aws", "k8snode")  # Talon's additional_contexts sources (reference §4)
 PRIORITIES = ("Debug", "Informational", "Notice", "Warning", "Error", "Critical", "Alert", "Emergency")
 RANKS = {p.lower(): i + 1 for i, p in enumerate(PRIORITIES)}  # anything else ranks 0
 _PRIORITY = re.compile(r"(?i)^(<|>)?(=)?(Debug|Informational|Notice|Warning|Error|Critical|Alert|Emergency|)$")
@@ -241,6 +242,18 @@ def check_semantics(
                 )
             )
             continue
+        for ctx in a.additional_contexts:
+            if ctx.value not in CONTEXTS:
+                warnings.append(
+                    RuleProblem(
+                        ctx.where,
+                        f"unknown context {ctx.value!r}: fetching it will fail at run time",
+                        hint=f"use one of: {', '.join(CONTEXTS)}",
+                        rule=r,
+                        action=an,
+                        field="additional_contexts",
+                    )
+                )
         if "parameters" not in a.broken:
             out += _check_params(spec, a.parameters, a.where, "parameters.", r, an, warnings, cache)
         if "output" in a.broken:
