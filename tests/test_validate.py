@@ -288,6 +288,17 @@ CASES = [
         id="tag with a dash",
     ),
     pytest.param(
+        '- rule: R\n  match:\n    priority: "Warning\\n"\n' + OK_ACTION,
+        3,
+        15,
+        "R",
+        "",
+        "match.priority",
+        "incorrect priority",
+        "",
+        id="priority with a trailing newline",
+    ),
+    pytest.param(
         "- rule: R\n  match:\n    tags: [mitre_]\n" + OK_ACTION,
         3,
         12,
@@ -618,3 +629,11 @@ def test_yaml_anchors_and_merge_keys(tmp_path: Path) -> None:
 """
     rs = load_ruleset([write(tmp_path, text)], REGISTRY)
     assert rs.rules[0].actions[0].parameters == {"labels": {"k": "v"}, "level": "node"}
+
+
+def test_conditions_split_on_the_first_operator(tmp_path: Path) -> None:
+    text = "- rule: R\n  match:\n    output_fields: ['a=b!c, d!=e=f, proc.aname[2]=']\n" + OK_ACTION
+    [rule] = load_ruleset([write(tmp_path, text)], REGISTRY).rules
+    assert rule.match.output_fields == (
+        (FieldCondition("a", "=", "b!c"), FieldCondition("d", "!=", "e=f"), FieldCondition("proc.aname[2]", "=", "")),
+    )

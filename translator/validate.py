@@ -53,10 +53,11 @@ class RegistryLike(Protocol):
 CONTEXTS = ("aws", "k8snode")  # Talon's additional_contexts sources (reference §4)
 PRIORITIES = ("Debug", "Informational", "Notice", "Warning", "Error", "Critical", "Alert", "Emergency")
 RANKS = {p.lower(): i + 1 for i, p in enumerate(PRIORITIES)}  # anything else ranks 0
-_PRIORITY = re.compile(r"(?i)^(<|>)?(=)?(Debug|Informational|Notice|Warning|Error|Critical|Alert|Emergency|)$")
+# Go's `$` is the end of the text; Python's also matches before a final newline: hence \Z
+_PRIORITY = re.compile(r"(?i)^(<|>)?(=)?(Debug|Informational|Notice|Warning|Error|Critical|Alert|Emergency|)\Z")
 _PRIORITY_OP = re.compile(r"^(<|>)?(=)?")
 _ACTIONNER = re.compile(r"[a-z]+:[a-z]+")  # unanchored and case-sensitive, as Talon's
-_TAG = re.compile(r"(?i)^[a-z_0-9.]*[a-z0-9]$")
+_TAG = re.compile(r"(?i)^[a-z_0-9.]*[a-z0-9]\Z")
 # Talon: (?i)^[a-z0-9.\[\]]*(!)?(=). Fix: `_` too, and anything but `]`/`=` inside brackets.
 _FIELD_KEY = re.compile(r"(?i)^(?:[a-z0-9._\[\]]|\[[^\]=]*\])*!?=")
 
