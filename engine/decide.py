@@ -65,7 +65,9 @@ class Plan:
     def acted_rules(self) -> tuple[str, ...]:
         """The matched rules Talon iterates: up to the last one with steps (a rule `continue: false` ends it)."""
         with_steps = {s.rule for s in self.steps}
-        last = max((i for i, r in enumerate(self.matched_rules) if r in with_steps), default=len(self.matched_rules) - 1)
+        last = max(
+            (i for i, r in enumerate(self.matched_rules) if r in with_steps), default=len(self.matched_rules) - 1
+        )
         return self.matched_rules[: last + 1]
 
 

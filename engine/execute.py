@@ -117,7 +117,8 @@ def build_notifiers(
                 continue
             known = ", ".join(registry.notifiers) or "none"
             raise TalonError(
-                f"unknown notifier {name!r} in default_notifiers", hint=f"use one of: {known} (names are case-sensitive)"
+                f"unknown notifier {name!r} in default_notifiers",
+                hint=f"use one of: {known} (names are case-sensitive)",
             )
         spec = cls.spec
         raw = settings.get(name) or settings.get(name.lower()) or {}

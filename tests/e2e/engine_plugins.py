@@ -62,7 +62,7 @@ async def _behave(actionner: str, alert: Alert, behaviour: str) -> Outcome:
 
 
 class ScriptedLabel:
-    spec = label.Label.spec
+    spec: ClassVar[Spec[Any]] = label.Label.spec
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
@@ -72,7 +72,7 @@ class ScriptedLabel:
 
 
 class ScriptedTerminate:
-    spec = terminate.Terminate.spec
+    spec: ClassVar[Spec[Any]] = terminate.Terminate.spec
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps

@@ -174,7 +174,9 @@ async def test_a_step_that_hangs_times_out(tmp_path: Path) -> None:
       actionner: kubernetes:label
       parameters: {labels: {behaviour: sleep}}
 """
-    async with running_engine(tmp_path, rules, registry=scripted_registry(), kube_config=UNUSED_KUBE, step_timeout_seconds=0.3) as e:
+    async with running_engine(
+        tmp_path, rules, registry=scripted_registry(), kube_config=UNUSED_KUBE, step_timeout_seconds=0.3
+    ) as e:
         await e.post(json_body=shell_alert("slow"))
         await asyncio.wait_for(e.drained(), 10)
         [note] = SCRIPT.notes
@@ -222,7 +224,9 @@ async def test_a_configured_dedup_key_groups_by_rule_and_pod(tmp_path: Path) -> 
     SCRIPT.reset()
     SCRIPT.gate.set()
     dedup = config.Deduplication(time_window_seconds=5, key=("rule", "k8s.pod.name"))
-    async with running_engine(tmp_path, FLOW_RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, deduplication=dedup) as e:
+    async with running_engine(
+        tmp_path, FLOW_RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, deduplication=dedup
+    ) as e:
         a = await e.post(json_body=shell_alert("keyed", output="one"))
         b = await e.post(json_body=shell_alert("keyed", output="two"))
         c = await e.post(json_body=shell_alert("keyed-2", output="one"))
@@ -235,7 +239,9 @@ async def test_a_configured_dedup_key_groups_by_rule_and_pod(tmp_path: Path) -> 
 async def test_a_full_queue_answers_503_and_loses_nothing(tmp_path: Path) -> None:
     SCRIPT.reset()  # gate closed: the first alert holds the only worker
     queue = config.Queue(capacity=2, workers=1, drain_timeout_seconds=10)
-    async with running_engine(tmp_path, FLOW_RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, queue=queue) as e:
+    async with running_engine(
+        tmp_path, FLOW_RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, queue=queue
+    ) as e:
         assert (await e.post(json_body=shell_alert("q-0"))).status == 200
         for _ in range(100):
             if SCRIPT.calls:

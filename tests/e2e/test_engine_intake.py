@@ -64,8 +64,9 @@ async def test_intake_refuses_an_oversized_body_with_413(engine: RunningEngine) 
     assert reply.status == 413
     assert "4096" in reply.body["error"]
     assert "max_body_bytes" in reply.body["hint"]
+
     # chunked, without Content-Length: refused while reading
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(10):
             yield b" " * 1000
 

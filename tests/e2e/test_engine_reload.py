@@ -53,9 +53,7 @@ async def test_a_bad_reload_keeps_the_old_rules_and_a_good_one_goes_live(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="talon_opa")
-    async with running_engine(
-        tmp_path, RULES.format(name="Old"), watch_rules=True, watch_interval_seconds=0.1
-    ) as e:
+    async with running_engine(tmp_path, RULES.format(name="Old"), watch_rules=True, watch_interval_seconds=0.1) as e:
         old_revision = (await e.get("/readyz")).body["revision"]
         assert await acted(e, "Old", "p-1") == 1
 

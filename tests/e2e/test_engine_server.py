@@ -1,0 +1,132 @@
+"""`talon-opa server` as a process: config file + env, dry-run without Kubernetes credentials, JSON logs
+with trace ids, /metrics, and SIGTERM draining every accepted alert."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from engine.opa_process import free_port
+from tests.e2e.engine_harness import DRY_RUN_RULES, shell_alert
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def wait_ready(url: str, proc: asyncio.subprocess.Process, within: float = 60) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(int(within / 0.1)):
+            assert proc.returncode is None, "the server exited"
+            try:
+                async with http.get(url + "/readyz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("server not ready")
+
+
+async def test_server_runs_dry_run_without_credentials_and_drains_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(DRY_RUN_RULES.replace("  dry_run: true\n", ""))  # not dry-run in the rules
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"listen_port": 1, "print_all_events": True, "queue": {"workers": 2}}))
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    env["LISTEN_PORT"] = str(port)  # env wins over the file, as with Talon
+    env["DEDUPLICATION_TIME_WINDOW_SECONDS"] = "0"
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "server",
+            "-c",
+            str(cfg),
+            "-r",
+            str(rules),
+            stdout=out,
+            stderr=out,
+            env=env,
+            cwd=REPO,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(url, proc)
+        trace_ids = []
+        async with aiohttp.ClientSession() as http:
+            for i in range(30):
+                async with http.post(url + "/", json=shell_alert(f"srv-{i}")) as r:
+                    assert r.status == 200
+                    trace_ids.append((await r.json())["trace_id"])
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    messages = [line["message"] for line in lines]
+    assert any("DRY-RUN" in m for m in messages), "no credentials is said loudly"
+    actions = [line for line in lines if line["message"] == "action"]
+    assert len(actions) == 30, "SIGTERM drained every accepted alert"
+    assert {a["status"] for a in actions} == {"dry_run"}
+    assert {a["trace_id"] for a in actions} == set(trace_ids)
+    events = [line for line in lines if line["message"] == "event"]
+    assert all("trace_id" in e for e in events)
+    assert "drained, every accepted alert finished" in messages
+    assert messages[-1] == "stopped"
+
+
+async def test_server_exits_1_naming_the_bad_config_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("listen_port: not-a-port\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "server",
+        "-c",
+        str(cfg),
+        "-r",
+        "x.yaml",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert b"listen_port" in err
+    assert b"whole number" in err
+
+
+async def test_server_exits_1_with_every_rules_problem_and_its_place(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "- rule: Broken\n  match:\n    rules: [x]\n  actions:\n    - action: Nope\n      actionner: kubernetes:nope\n"
+    )
+    env = {**os.environ, "LISTEN_PORT": str(free_port())}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "server",
+        "-r",
+        str(rules),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    problems = [line for line in lines if line["message"] == "invalid rules"]
+    assert problems
+    assert problems[0]["where"].startswith(f"{rules}:6:")
