@@ -2,12 +2,49 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
 
 from actionners.base import Spec
 from actionners.params import Decoding, http_url, param
+from engine.errors import TalonError
+
+if TYPE_CHECKING:
+    from actionners.runtime import Deps
+    from notifiers.base import Note
+
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+BODY_EXCERPT = 300  # characters of a refusal's body kept in the error
+
+
+def body(note: Note) -> dict[str, Any]:
+    """Talon's LogLine as JSON: its keys, in its order, empty fields left out (reference §5.3)."""
+    doc: dict[str, Any] = {
+        "objects": note.titled_objects(),
+        "trace_id": note.trace_id,
+        "rule": note.rule,
+        "event": note.event,
+        "message": note.message,
+        "output": note.output,
+        "category": note.category,
+        "output_target": note.output_target,
+        "actionner": note.actionner,
+        "action": note.action,
+        "error": note.error,
+        "status": note.status,
+    }
+    return {k: v for k, v in doc.items() if v}
+
+
+def _shown(url: str) -> str:
+    """The URL without credentials, query or fragment (they may carry secrets)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -35,3 +72,27 @@ notifiers:
       Authorization: Bearer xxxx
 """,
     )
+
+    def __init__(self, deps: Deps, settings: WebhookSettings) -> None:
+        self._http = deps.http
+        self._settings = settings
+
+    async def notify(self, note: Note) -> None:
+        s = self._settings
+        headers = {"Content-Type": s.content_type, "User-Agent": s.user_agent, **s.custom_headers}
+        data = json.dumps(body(note)).encode()
+        method = s.http_method.upper()
+        try:
+            async with self._http.request(method, s.url, data=data, headers=headers, timeout=TIMEOUT) as r:
+                if 200 <= r.status < 300:
+                    return
+                text = (await r.text(errors="replace"))[:BODY_EXCERPT]
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise TalonError(
+                f"webhook {method} {_shown(s.url)}: {type(e).__name__}: {e}",
+                hint="check that the webhook url is reachable from talon-opa",
+            ) from e
+        raise TalonError(
+            f"webhook {method} {_shown(s.url)}: HTTP {r.status}: {text}",
+            hint="the receiver refused the notification: check its url, method and custom_headers",
+        )

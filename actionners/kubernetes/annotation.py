@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from actionners.base import Spec
-from actionners.kubernetes.label import LEVEL_DOC, NODE_GRANTS, POD_GRANTS, metadata_grants
+from actionners.kubernetes import _pods
+from actionners.kubernetes.label import LEVEL_DOC, NODE_GRANTS, POD_GRANTS, metadata_grants, run_metadata
 from actionners.params import non_empty, param
+
+if TYPE_CHECKING:
+    from actionners.runtime import Deps, Outcome
+    from engine.events import Alert
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -39,3 +44,10 @@ class Annotation:
       security.falco.org/last-alert: "Terminal shell in container"
 """,
     )
+
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+
+    async def run(self, alert: Alert, params: AnnotationParams) -> Outcome:
+        kube = _pods.kube_of(self._deps, self.spec.name)
+        return await run_metadata(kube, alert, "annotations", params.annotations, params.level)
