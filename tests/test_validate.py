@@ -575,7 +575,7 @@ def test_model(tmp_path: Path) -> None:
     - action: stop again
       actionner: test:stop
       continue: "true"
-      ignore_errors: true
+      ignore_errors: True
     - action: dump
       actionner: test:dump
       output: {target: local:file, parameters: {destination: /tmp}}
@@ -637,3 +637,20 @@ def test_conditions_split_on_the_first_operator(tmp_path: Path) -> None:
     assert rule.match.output_fields == (
         (FieldCondition("a", "=", "b!c"), FieldCondition("d", "!=", "e=f"), FieldCondition("proc.aname[2]", "=", "")),
     )
+
+
+def test_keys_on_the_wrong_kind_of_item_are_warned_about(tmp_path: Path) -> None:
+    text = """\
+- action: X
+  actionner: test:label
+  parameters: {labels: {a: b}}
+  match: {rules: [a]}
+- rule: Y
+  ignore_errors: true
+  actions: [{action: X}]
+"""
+    _, warnings = load_ruleset_with_warnings([write(tmp_path, text)], REGISTRY)
+    assert [(w.where.line, w.rule, w.action, w.field, w.hint) for w in warnings] == [
+        (4, "", "X", "match", "did you mean 'rule: X'?"),
+        (6, "Y", "", "ignore_errors", "put it on an action under 'actions:'"),
+    ]

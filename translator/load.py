@@ -139,6 +139,8 @@ _ACTION_KEYS = (
     "output",
 )
 _RULE_KEYS = ("rule", "description", "continue", "dry_run", "notifiers", "match", "actions")
+_RULE_ONLY = ("match", "actions", "notifiers", "dry_run")
+_ACTION_ONLY = ("actionner", "parameters", "output", "ignore_errors", "additional_contexts")
 _MATCH_KEYS = ("rules", "priority", "tags", "output_fields", "source")
 _OUTPUT_KEYS = ("target", "parameters")
 
@@ -379,7 +381,27 @@ class _Decoder:
                         hint="name it with 'rule: <name>' or 'action: <name>'",
                     )
                 )
+        if block is not None and rule is None:
+            self._misplaced(m, _RULE_ONLY, block.name.value, "", f"did you mean 'rule: {block.name.value}'?")
+        if rule is not None and block is None:
+            self._misplaced(m, _ACTION_ONLY, rule.name.value, "", "put it on an action under 'actions:'")
         self.out.items.append(RawItem(v.where, block, rule))
+
+    def _misplaced(self, m: dict[str, Value], keys: tuple[str, ...], rule: str, action: str, hint: str) -> None:
+        for k in keys:
+            if k in m:
+                v = m[k]
+                kind = "an action block" if keys is _RULE_ONLY else "a rule"
+                self.out.warnings.append(
+                    RuleProblem(
+                        v.key_where or v.where,
+                        f"{k!r} has no meaning on {kind} and is ignored",
+                        hint=hint,
+                        rule=rule if keys is _ACTION_ONLY else "",
+                        action=rule if keys is _RULE_ONLY else action,
+                        field=k,
+                    )
+                )
 
     def _rule(self, m: dict[str, Value], where: Where, name: Text, check_only: bool = False) -> RawRule:
         r = name.value
