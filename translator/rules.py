@@ -75,10 +75,23 @@ def check_rules(paths: Sequence[str | Path], registry: RegistryLike) -> Report:
     cache: validate.DecodeCache = {}
     for mr in rules:  # rule by rule (Talon: §2.4 for all, then §2.5), so a rule's problems stay together
         problems += validate.check_rule(mr.rule, mr.actions, registry, warnings, cache)
+    warnings = _once(warnings)
     if problems:
         return Report(None, tuple(problems), tuple(warnings), tuple(rules))
     model = RuleSet(tuple(_rule(mr, registry) for mr in rules), tuple(str(p) for p in paths))
     return Report(model, (), tuple(warnings), tuple(rules))
+
+
+def _once(warnings: list[RuleProblem]) -> list[RuleProblem]:
+    """A warning about one place (e.g. an action block shared by many rules) is given once, for its first rule."""
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for w in warnings:
+        key = (w.where, w.message, w.field)
+        if key not in seen:
+            seen.add(key)
+            out.append(w)
+    return out
 
 
 def load_ruleset(paths: Sequence[str | Path], registry: RegistryLike) -> RuleSet:
