@@ -262,6 +262,7 @@ class _Decoder:
         self.file = file
         self.out = out
         self._resolver = yaml.SafeLoader("")
+        self._implicit: dict[str, str] = {}  # text -> the tag PyYAML gives it implicitly
 
     # --- nodes → Values -------------------------------------------------------------------------------
     def value(self, node: yaml.Node, depth: int = 0) -> Value | None:
@@ -284,7 +285,10 @@ class _Decoder:
         text: str = node.value
         if node.style not in (None, ""):
             return Value("str", text, where, text, quoted=True)
-        implicit = self._resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+        implicit = self._implicit.get(text)
+        if implicit is None:
+            implicit = self._resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+            self._implicit[text] = implicit
         if node.tag == _STR and implicit != _STR:  # an explicit !!str
             return Value("str", text, where, text, quoted=True)
         if node.tag == implicit:
