@@ -61,7 +61,7 @@ def event(note: Note, namespace: str, pod_uid: str | None, now: dt.datetime) -> 
         "type": "Normal",
         "eventTime": now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "source": {"component": TALON},
-        "reportingController": f"falcosecurity.org/{TALON}",
+        "reportingComponent": f"falcosecurity.org/{TALON}",  # Go field ReportingController
         "reportingInstance": TALON,
     }
 
