@@ -98,3 +98,22 @@ class Recorder:
 
 def scripted_registry() -> Registry:
     return Registry.of(ScriptedLabel, ScriptedTerminate, Recorder)
+
+
+class KubeLabel:
+    """A minimal kubernetes:label over the injected KubeClient (the engine's Deps wiring, for real)."""
+
+    spec: ClassVar[Spec[Any]] = label.Label.spec
+
+    def __init__(self, deps: Deps) -> None:
+        assert deps.kube is not None
+        self.kube = deps.kube
+
+    async def run(self, alert: Alert, params: label.LabelParams) -> Outcome:
+        pod, ns = alert.pod_name() or "", alert.namespace() or ""
+        await self.kube.patch(f"/api/v1/namespaces/{ns}/pods/{pod}", {"metadata": {"labels": dict(params.labels)}})
+        return Outcome.done(f"labelled pod {pod}", pod=pod, namespace=ns)
+
+
+def kube_registry() -> Registry:
+    return Registry.of(KubeLabel, Recorder)
