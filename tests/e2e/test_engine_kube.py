@@ -9,9 +9,11 @@ import pytest
 
 from actionners.kubernetes import label
 from engine.kube import KubeConfig
-from tests.e2e.engine_harness import running_engine, shell_alert
+from tests.e2e.engine_harness import SAMPLES, running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, kube_registry
 from tests.harness.kube import KubeCluster
+
+SEED = SAMPLES / "rules" / "seed-scenarios.yaml"
 
 LABEL_RULES = """\
 - rule: Shell in a container
@@ -83,7 +85,7 @@ async def test_the_shipped_label_actionner_labels_the_pod(kube: KubeCluster, nam
 async def test_seed_scenario_labels_the_pod_and_records_a_kubernetes_event(
     kube: KubeCluster, namespace: str, tmp_path: Path
 ) -> None:
-    seed = (Path(__file__).resolve().parents[3] / "shared" / "samples" / "rules" / "seed-scenarios.yaml").read_text()
+    seed = SEED.read_text()
     await kube.create_pod(namespace, "shell-1")
     async with running_engine(
         tmp_path,
