@@ -217,7 +217,9 @@ class OpaClient:
         revision = ""
         bundles = (body.get("provenance") or {}).get("bundles") or {}
         if isinstance(bundles, dict):
-            revision = ",".join(str(b.get("revision", "")) for b in bundles.values() if isinstance(b, dict))
+            revision = ",".join(
+                str(b["revision"]) for b in bundles.values() if isinstance(b, dict) and b.get("revision")
+            )
         return Plan(matched, steps, str(body.get("decision_id", "")), revision, 1, seconds)
 
     async def decide(
