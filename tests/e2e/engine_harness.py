@@ -16,7 +16,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from actionners.registry import Registry
-from engine import config
+from engine import config, server
 from engine.app import Engine, create_app
 from engine.kube import KubeConfig
 from engine.opa_process import free_port
@@ -131,6 +131,7 @@ async def running_engine(
     kube_config: KubeConfig | None = None,
     registry: Registry | None = None,
     span_exporter: SpanExporter | None = None,
+    connector: aiohttp.BaseConnector | None = None,
     **changes: Any,
 ) -> AsyncIterator[RunningEngine]:
     """Start the engine (rules → bundle → child OPA) and its HTTP listener; drain and stop at exit."""
@@ -143,10 +144,12 @@ async def running_engine(
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, cfg.address, cfg.listen_port)
+        tls = server.ssl_context(cfg.tls)
+        site = web.TCPSite(runner, cfg.address, cfg.listen_port, ssl_context=tls)
         await site.start()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-            yield RunningEngine(engine, f"http://{cfg.address}:{cfg.listen_port}", http, rules)
+        scheme = "https" if tls else "http"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), connector=connector) as http:
+            yield RunningEngine(engine, f"{scheme}://{cfg.address}:{cfg.listen_port}", http, rules)
     finally:
         await runner.cleanup()
 
