@@ -270,3 +270,13 @@ async def test_a_missing_result_is_an_error_not_an_empty_plan(tmp_path: Path, op
             await cli_bundle.decide(http, server.base_url, {"rule": "x"})
         with pytest.raises(OpaError, match="is not a plan: matched_rules is not a list"):
             await cli_bundle.decide(http, server.base_url, {"rule": "x"}, path="/v1/data/talon/odd/plan")
+
+
+def test_translated_bundle_passes_check_strict_and_is_opa_fmt_clean(tmp_path: Path) -> None:
+    from translator import bundle
+
+    out = tmp_path / "seed"
+    done = talon_opa("rules", "translate", "-r", str(SEED), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    bundle.check_bundle(out)
+    assert bundle.run_opa(["fmt", "--list", str(out)], what="opa fmt") == ""
