@@ -29,7 +29,11 @@ log = logs.get("decide")
 
 
 class OpaUnavailable(OpaError):
-    """OPA could not be reached or failed transiently (retried)."""
+    """OPA could not be reached (`status` None) or answered 5xx: retried."""
+
+    def __init__(self, message: str, *, hint: str = "", status: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +202,7 @@ class OpaClient:
             ep.in_flight -= 1
         seconds = time.perf_counter() - started
         if status >= 500:
-            raise OpaUnavailable(f"OPA answered HTTP {status}: {text[:1000]}", hint="see OPA's log")
+            raise OpaUnavailable(f"OPA answered HTTP {status}: {text[:1000]}", hint="see OPA's log", status=status)
         if status != 200:
             raise OpaError(
                 f"OPA answered HTTP {status}: {text[:1000]}",
@@ -237,7 +241,7 @@ class OpaClient:
             try:
                 plan = await self.decide_once(opa_input)
             except OpaUnavailable as e:
-                is_5xx = "answered HTTP" in str(e)
+                is_5xx = e.status is not None
                 self._on_error("http_5xx" if is_5xx else "unavailable")
                 if is_5xx:
                     fivexx += 1
