@@ -280,3 +280,25 @@ def test_translated_bundle_passes_check_strict_and_is_opa_fmt_clean(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     bundle.check_bundle(out)
     assert bundle.run_opa(["fmt", "--list", str(out)], what="opa fmt") == ""
+
+
+def test_plan_adds_native_rego_rules_after_the_translated_ones(tmp_path: Path) -> None:
+    native = tmp_path / "mine"
+    native.mkdir()
+    (native / "block_c2.rego").write_text(
+        "package talon.rules.block_c2\n\n"
+        'name := "Block C2 by CIDR"\n\n'
+        'match if net.cidr_contains("198.51.100.0/24", input.output_fields["fd.sip"])\n\n'
+        'actions := [{"action": "Isolate", "actionner": "kubernetes:networkpolicy", "parameters": {}}]\n'
+    )
+    (native / "registry.rego").write_text("package talon.native\n\nblock_c2 := true\n")
+    (native / "block_c2_test.rego").write_text("package talon.rules.block_c2_test\n\ntest_never_bundled if false\n")
+    alert = ALERTS / "falco-outbound-connection-to-c2-servers.json"  # fd.sip 198.51.100.66, namespace payments
+
+    done = talon_opa("rules", "plan", "-r", str(SEED), "--rego", str(native), "--event", str(alert))
+
+    assert done.returncode == 0, done.stderr
+    native_action = {"action": "Isolate", "actionner": "kubernetes:networkpolicy", "parameters": {}, "continue": True}
+    isolate = step("Block C2 by CIDR", native_action)
+    expected = plan(["Data exfiltration", "Block C2 by CIDR"], [*EXFILTRATION["steps"], isolate])
+    assert done.stdout == line(expected) + "\n"
