@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -152,6 +153,8 @@ async def running_engine(
             yield RunningEngine(engine, f"{scheme}://{cfg.address}:{cfg.listen_port}", http, rules)
     finally:
         await runner.cleanup()
+    leaked = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("talon-opa-") and not t.done()]
+    assert not leaked, f"the engine left tasks running: {leaked}"
 
 
 DRY_RUN_RULES = """\
