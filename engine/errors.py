@@ -41,14 +41,14 @@ class RuleProblem:
     field: str = ""
 
     def __str__(self) -> str:
-        parts = [str(self.where)]
+        parts = []
         if self.rule:
             parts.append(f"rule {self.rule!r}")
         if self.action:
             parts.append(f"action {self.action!r}")
         if self.field:
             parts.append(f"field {self.field!r}")
-        text = ": ".join([", ".join(parts), self.message])
+        text = ": ".join([str(self.where), *([", ".join(parts)] if parts else []), self.message])
         return f"{text} ({self.hint})" if self.hint else text
 
 
