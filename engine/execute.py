@@ -19,6 +19,7 @@ field, bad parameters) are notified too, and a failing notifier is counted as a 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -79,6 +80,25 @@ class _Failure(Exception):
 def field_text(alert: Alert, name: str) -> str | None:
     """An output field as Talon's actionners read it: strings as is, numbers in decimal, else absent."""
     return alert.field_str(name)
+
+
+def with_talon_context(alert: Alert, step: Step) -> Alert:
+    """A copy of the alert whose context carries Talon's `falco-talon.*` keys for this step (§2.10).
+
+    A fresh copy per step: keys of one step never leak into the next one (Talon shares the map).
+    """
+    flag = {True: "true", False: "false"}
+    context = {
+        **alert.context,
+        "falco-talon.rule": step.rule,
+        "falco-talon.action": step.action,
+        "falco-talon.actionner": step.actionner,
+        "falco-talon.action.continue": flag[step.continue_],
+        "falco-talon.action.ignore_errors": flag[step.ignore_errors],
+        "falco-talon.rule.dry_run": flag[step.dry_run],
+        "falco-talon.action.parameters": json.dumps(step.parameters, sort_keys=True, separators=(",", ":")),
+    }
+    return dataclasses.replace(alert, context=context)
 
 
 def missing_fields(alert: Alert, needs: Sequence[str]) -> list[str]:
@@ -295,7 +315,7 @@ class Executor:
             )
         try:
             async with asyncio.timeout(self.step_timeout):
-                outcome = await run(alert, params)
+                outcome = await run(with_talon_context(alert, step), params)
         except TimeoutError as e:
             raise _Failure(
                 "timeout", f"{step.actionner} did not finish within {self.step_timeout}s", "raise step_timeout_seconds"

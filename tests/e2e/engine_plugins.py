@@ -25,6 +25,7 @@ class Script:
 
     calls: list[tuple[str, str, str]] = field(default_factory=list)  # (actionner, pod, behaviour)
     notes: list[Note] = field(default_factory=list)
+    contexts: list[dict[str, Any]] = field(default_factory=list)  # the alert's context per call
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     running: dict[str, int] = field(default_factory=dict)  # per pod: runs under way
     max_running: dict[str, int] = field(default_factory=dict)  # per pod: most concurrent runs seen
@@ -33,6 +34,7 @@ class Script:
     def reset(self) -> None:
         self.calls.clear()
         self.notes.clear()
+        self.contexts.clear()
         self.gate = asyncio.Event()
         self.running.clear()
         self.max_running.clear()
@@ -45,6 +47,7 @@ SCRIPT = Script()
 async def _behave(actionner: str, alert: Alert, behaviour: str) -> Outcome:
     pod = alert.pod_name() or ""
     SCRIPT.calls.append((actionner, pod, behaviour))
+    SCRIPT.contexts.append(dict(alert.context))
     SCRIPT.running[pod] = SCRIPT.running.get(pod, 0) + 1
     SCRIPT.max_running[pod] = max(SCRIPT.max_running.get(pod, 0), SCRIPT.running[pod])
     try:

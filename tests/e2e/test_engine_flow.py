@@ -118,6 +118,12 @@ async def test_steps_follow_talons_control_flow(engine: RunningEngine) -> None:
         ("kubernetes:terminate", "flow", "ok"),  # D1 continue: true
         ("kubernetes:label", "flow", "ok"),  # D2; rule D stops later rules: E and "Any other shell" never run
     ]
+    # each step sees Talon's context for itself only (no key of an earlier step leaks)
+    assert SCRIPT.contexts[0]["falco-talon.rule"] == "A plain steps"
+    assert SCRIPT.contexts[0]["falco-talon.action"] == "A1 ok"
+    assert SCRIPT.contexts[1]["falco-talon.action"] == "A2 fails"
+    assert SCRIPT.contexts[3]["falco-talon.action.ignore_errors"] == "true"
+    assert SCRIPT.contexts[0]["falco-talon.action.parameters"] == '{"labels":{"behaviour":"ok"},"level":"pod"}'
     m = engine.metric
     assert await m("falcosecurity_falco_talon_actions_total", status="failure") == 3
     assert await m("falcosecurity_falco_talon_actions_total", status="success") == 3
