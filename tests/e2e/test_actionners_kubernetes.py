@@ -383,3 +383,71 @@ async def test_networkpolicy_never_clobbers_a_policy_it_did_not_create(
     after = await kube.api.get(f"{NP_PATH.format(ns=namespace)}/{replica_set}")
     assert after["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
     assert after["spec"] == foreign["spec"]
+
+
+async def test_networkpolicy_refuses_a_pod_owned_by_a_job(kube: KubeCluster, namespace: str, run: Run) -> None:
+    template = kube.pod_template("batch")
+    template["spec"]["restartPolicy"] = "Never"
+    await kube.api.post(
+        f"/apis/batch/v1/namespaces/{namespace}/jobs",
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "batch"}, "spec": {"template": template}},
+    )
+
+    async def job_pod() -> str:
+        items = (await kube.api.get(f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": "app=batch"}))[
+            "items"
+        ]
+        return str(items[0]["metadata"]["name"]) if items else ""
+
+    pod = await kube.wait_for(job_pod, "the Job's pod")
+
+    with pytest.raises(StepFailed, match=f"can't find the owner and/or labels for the pod '{pod}'") as caught:
+        await run(NetworkPolicy, namespace, pod)
+
+    assert "owned by a Job 'batch'" in str(caught.value)
+    assert (await kube.api.get(NP_PATH.format(ns=namespace)))["items"] == []
+
+
+# ---- concurrency and refusals ------------------------------------------------------------------
+
+
+class _RacingClient(KubeClient):
+    """Another writer changes the pod between our GET and our first PATCH."""
+
+    raced = False
+
+    async def patch(self, path: str, body: Any, *, patch_type: str = "merge", **kw: Any) -> Any:
+        if not self.raced:
+            self.raced = True
+            await self.other.patch(path, {"metadata": {"labels": {"stale": None, "other": "writer"}}})
+        return await super().patch(path, body, patch_type=patch_type, **kw)
+
+    other: KubeClient
+
+
+async def test_label_rereads_a_pod_changed_by_another_writer(kube: KubeCluster, namespace: str) -> None:
+    await kube.create_pod(namespace, "api-1", labels={"stale": "x"})
+    client = _RacingClient(kube.api.config)
+    client.other = kube.api
+    try:
+        async with aiohttp.ClientSession() as session:
+            params = Label.spec.decode({"labels": {"stale": "", "quarantine": "true"}})
+            await Label(Deps(http=session, kube=client)).run(alert(namespace, "api-1"), params)
+    finally:
+        await client.close()
+
+    assert client.raced
+    labels = (await read_pod(kube, namespace, "api-1"))["metadata"]["labels"]
+    assert labels == {"app": "api-1", "other": "writer", "quarantine": "true"}
+
+
+async def test_label_with_an_invalid_value_fails_with_the_api_reason(
+    kube: KubeCluster, namespace: str, run: Run
+) -> None:
+    await kube.create_pod(namespace, "api-1")
+
+    with pytest.raises(KubeApiError) as caught:
+        await run(Label, namespace, "api-1", labels={"quarantine": "not a valid value!"})
+
+    assert caught.value.status == 422
+    assert "metadata.labels" in str(caught.value)
