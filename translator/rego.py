@@ -1,26 +1,23 @@
 """The Rego generator: a validated RuleSet -> one Rego module per rule plus the lookup index (data).
 
-Each Talon rule becomes `package talon.rules.<slug>` (docs/rego.md, "Rule packages") with `name`,
-`position`, `continue`, `match` and `actions` (the plan's steps, parameters fully merged). Match
-conditions are equality tests on plain `input` paths, so they stay inside OPA's rule index, and
-`talon/index/data.json` maps the alert's rule name and tags to the candidate packages: the
-hand-written `talon.plan` looks candidates up in O(1) instead of evaluating every rule package, so
-decision time does not grow with the number of rules. Output is formatted with `opa fmt`.
+Each Talon rule becomes `package talon.rules.<slug>` (docs/rego.md) holding its `match` rule: equality
+tests on plain `input` paths, so they stay inside OPA's rule index. `talon/index/data.json` holds
+(1) the lookup from the alert's rule name and tags to the candidate packages, so the hand-written
+`talon.plan` finds candidates in O(1) instead of evaluating every rule package, and (2) each rule's
+static part of the plan (name, position, continue, its complete steps with merged parameters), read
+in one lookup once the rule matched. Decision time does not grow with the number of rules.
+Modules are written in `opa fmt`'s layout (tests check it with the real binary).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-import subprocess
-import tempfile
 import unicodedata
-from collections.abc import Iterable, Mapping
-from pathlib import Path, PurePath
+from collections.abc import Iterable
+from pathlib import PurePath
 from typing import Any
 
-from engine import binaries
 from engine.errors import TalonError
 from translator.model import Action, FieldCondition, Match, Rule, RuleSet
 
@@ -34,6 +31,7 @@ _KEYWORDS = frozenset(
     | {"not", "null", "package", "some", "true", "with"}
 )
 _MAX_SLUG = 64
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def slugify(name: str) -> str:
@@ -68,9 +66,11 @@ def generate(ruleset: RuleSet) -> dict[str, str]:
     by_rule: dict[str, list[str]] = {}
     by_tag: dict[str, list[str]] = {}
     always: list[str] = []
+    entries: dict[str, dict[str, Any]] = {}
     slugs = assign_slugs(rule.name for rule in ruleset.rules)
     for position, (rule, slug) in enumerate(zip(ruleset.rules, slugs, strict=True), start=1):
         files[f"{RULES_DIR}/{slug}.rego"] = rule_module(rule, slug, position)
+        entries[slug] = entry(rule, slug, position)
         keys = index_keys(rule.match)
         if keys is None:
             always.append(slug)
@@ -78,9 +78,11 @@ def generate(ruleset: RuleSet) -> dict[str, str]:
             table = by_rule if keys[0] == "rule" else by_tag
             for key in keys[1]:
                 table.setdefault(key, []).append(slug)
-    files = format_modules(files)
-    index = {"by_rule": by_rule, "by_tag": by_tag, "always": always}
-    files[INDEX_PATH] = json.dumps(index, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    index = {"by_rule": by_rule, "by_tag": by_tag, "always": always, "rules": entries}
+    try:
+        files[INDEX_PATH] = json.dumps(index, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError as e:
+        raise TalonError(f"a parameter cannot be expressed in JSON: {e}", hint="use finite numbers") from e
     return files
 
 
@@ -102,29 +104,6 @@ def _yaml_string(text: str) -> str:
     return json.dumps(text)  # a JSON string is a YAML double-quoted scalar; ASCII keeps it one line
 
 
-def literal(value: Any, indent: int = 0) -> str:
-    """A JSON value as a Rego literal, laid out like `opa fmt` (one item per line, trailing commas)."""
-    pad = "\t" * (indent + 1)
-    end = "\t" * indent
-    if isinstance(value, Mapping):
-        if not value:
-            return "{}"
-        items = "".join(f"{pad}{_string(str(k))}: {literal(v, indent + 1)},\n" for k, v in value.items())
-        return "{\n" + items + end + "}"
-    if isinstance(value, list | tuple):
-        if not value:
-            return "[]"
-        items = "".join(f"{pad}{literal(v, indent + 1)},\n" for v in value)
-        return "[\n" + items + end + "]"
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise TalonError(f"parameter value {value} cannot be expressed in Rego", hint="use a finite number")
-    if value is None or isinstance(value, bool | int | float):
-        return json.dumps(value)
-    raise TalonError(f"parameter value {value!r} is not a JSON value", hint="use strings, numbers, lists and maps")
-
-
 def step(rule: Rule, action: Action) -> dict[str, Any]:
     """One step of the plan, exactly in DESIGN §3.2's shape."""
     output = None
@@ -143,15 +122,34 @@ def step(rule: Rule, action: Action) -> dict[str, Any]:
     }
 
 
+def entry(rule: Rule, slug: str, position: int) -> dict[str, Any]:
+    """The static part of a matched rule, in the shape of policies/talon/lib/order (kind 0: translated)."""
+    return {
+        "key": [position, 0, slug],
+        "name": rule.name,
+        "continue": rule.continue_,
+        "dry_run": rule.dry_run,
+        "notifiers": list(rule.notifiers),
+        "actions": [step(rule, action) for action in rule.actions],
+    }
+
+
 _COMPARE = {"": "==", "=": "==", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
 
 
+def _ref(base: str, key: str) -> str:
+    """`base.key` when key is a plain identifier, else `base["key"]`: the form `opa fmt` writes."""
+    if _IDENT.fullmatch(key) and key not in _KEYWORDS:
+        return f"{base}.{key}"
+    return f"{base}[{_string(key)}]"
+
+
 def _tag_conditions(group: frozenset[str]) -> list[str]:
-    return [f"input.tags_set[{_string(tag)}]" for tag in sorted(group)]
+    return [_ref("input.tags_set", tag) for tag in sorted(group)]
 
 
 def _field_condition(cond: FieldCondition) -> str:
-    ref = f"input.output_fields_str[{_string(cond.field)}] == {_string(cond.value)}"
+    ref = f"{_ref('input.output_fields_str', cond.field)} == {_string(cond.value)}"
     return ref if cond.op == "=" else f"not {ref}"  # "!=" holds on a missing field, as in Talon
 
 
@@ -200,34 +198,9 @@ def rule_module(rule: Rule, slug: str, position: int) -> str:
     if rule.description:
         meta.append(f"# description: {_yaml_string(rule.description.strip())}")
     meta += ["# custom:", f"#   position: {position}", f"#   defined_at: {_yaml_string(where)}"]
-    steps = [step(rule, action) for action in rule.actions]
     parts = [
         HEADER + "\n",
         "\n".join(meta) + f"\npackage talon.rules.{slug}\n",
-        f"name := {_string(rule.name)}\n",
-        f"position := {position}\n",
-        f"continue := {json.dumps(rule.continue_)}\n",
         match_rules(rule.match),
-        f"actions := {literal(steps)}\n",
     ]
     return "\n".join(parts)
-
-
-def format_modules(files: Mapping[str, str]) -> dict[str, str]:
-    """Every `.rego` file run through `opa fmt` (one process for all of them)."""
-    rego = {path: text for path, text in files.items() if path.endswith(".rego")}
-    if not rego:
-        return dict(files)
-    with tempfile.TemporaryDirectory(prefix="talon-opa-fmt-") as tmp:
-        root = Path(tmp)
-        for path, text in rego.items():
-            target = root / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
-        done = subprocess.run(
-            [binaries.find("opa"), "fmt", "-w", str(root)], capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            raise TalonError(f"opa fmt failed on the generated Rego: {done.stderr.strip()}", hint="report this bug")
-        formatted = {path: (root / path).read_text(encoding="utf-8") for path in rego}
-    return {path: formatted.get(path, text) for path, text in files.items()}

@@ -17,14 +17,21 @@ ordered := order.sorted(matches)
 matches contains entry if {
 	some name in candidates
 	data.talon.rules[name].match
-	entry := {
+	entry := _entry(name)
+}
+
+# a translated rule's entry is precomputed by the generator (one lookup); a native one is built
+_entry(name) := entry if entry := data.talon.index.rules[name]
+
+else := entry if {
+	base := {
 		"key": [_position(name), _kind(name), name],
 		"name": _display_name(name),
 		"continue": _continue(name),
 		"dry_run": _dry_run(name),
 		"notifiers": _notifiers(name),
-		"actions": _actions(name),
 	}
+	entry := object.union(base, {"actions": [order.step(base, action) | some action in _actions(name)]})
 }
 
 candidates contains name if some name in data.talon.index.by_rule[input.rule]

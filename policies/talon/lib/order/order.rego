@@ -1,8 +1,8 @@
 # METADATA
 # title: Order matched rules and build the plan's steps
 # description: |
-#   Pure functions over matched-rule entries:
-#   {"key": [position, kind, package], "name", "continue", "dry_run", "notifiers", "actions"}.
+#   Pure functions over matched-rule entries: {"key": [position, kind, package], "name",
+#   "continue", "dry_run", "notifiers", "actions"}, kind 0 translated, 1 native.
 #   Sets have no order: the order comes from `key` (position first), compared by OPA's term order.
 package talon.lib.order
 
@@ -25,8 +25,8 @@ _stop(ordered) := min(stops) if {
 
 else := count(ordered)
 
-# the steps of the included entries, in order, each completed with the step defaults
-steps(ordered) := [step(e, action) | some e in included(ordered); some action in e.actions]
+# the steps of the included entries, in order (entries carry complete steps)
+steps(ordered) := [action | some e in included(ordered); some action in e.actions]
 
 # METADATA
 # description: a step in the plan's shape; keys the action gives win over the rule's defaults
