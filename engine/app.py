@@ -126,6 +126,7 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._started = False
+        self._full_log = logs.Throttle(1.0)
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -329,7 +330,12 @@ class Engine:
             if not queued:
                 telemetry.fail(span, "queue full", "queue_full")
                 span.end()
-                log.warning("queue full, alert refused", extra={"capacity": self.queue.capacity})
+                held = self._full_log.allow()
+                if held is not None:
+                    log.warning(
+                        "queue full, alert refused",
+                        extra={"capacity": self.queue.capacity, "also_refused_since_last_line": held},
+                    )
                 return Accepted(
                     503,
                     error=f"queue full: {self.queue.capacity} alerts are waiting",

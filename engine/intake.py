@@ -43,6 +43,7 @@ class Intake:
         self.max_body = cfg.intake.max_body_bytes
         self.token = cfg.auth.token
         self.header = cfg.auth.header
+        self._refused_log = logs.Throttle(1.0)
 
     def _authorized(self, request: web.Request) -> bool:
         if not self.token:
@@ -99,7 +100,12 @@ class Intake:
             alert = events.decode_alert(body, request.headers.get("Content-Type"))
         except AlertError as e:
             metrics.rejected.labels(status=str(e.status)).inc()
-            log.warning("alert refused", extra={"status": e.status, "error": str(e), "field": e.field})
+            held = self._refused_log.allow()
+            if held is not None:
+                log.warning(
+                    "alert refused",
+                    extra={"status": e.status, "error": str(e), "field": e.field, "also_refused_since_last_line": held},
+                )
             return refuse(e.status, Exception.__str__(e), e.field, e.hint)
         accepted = self.engine.accept(alert, request.headers)
         if accepted.status != 200:

@@ -11,6 +11,7 @@ import datetime
 import json
 import logging
 import sys
+import time
 from typing import Any, TextIO
 
 from opentelemetry import trace
@@ -71,6 +72,25 @@ class TextFormatter(logging.Formatter):
 def _text(v: Any) -> str:
     s = v if isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False)
     return json.dumps(s, ensure_ascii=False) if (" " in s or not s) else s
+
+
+class Throttle:
+    """At most one log line per `interval` seconds for a repeated condition (overload must not flood logs)."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def allow(self) -> int | None:
+        """None: stay quiet; else how many lines were held back since the last one."""
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return None
+        self._next = now + self.interval
+        held, self._suppressed = self._suppressed, 0
+        return held
 
 
 def setup(log_format: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
