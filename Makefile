@@ -6,10 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: help venv tools lint typecheck pytest test constraints clean
+.PHONY: help venv tools run lint typecheck pytest test constraints clean
 
 help:
 	@echo "make test    build the components (first time only), then lint, type-check and run the tests"
+	@echo "make run     start the engine on 127.0.0.1:2803 with examples/ rules and its own OPA"
 	@echo "make tools   build the real components into \$$TALON_OPA_CACHE (default ~/.cache/talon-opa)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -21,6 +22,11 @@ venv: $(STAMP)
 
 tools:
 	tools/build
+
+# the engine needs only OPA from tools/; with no kubeconfig it runs every step in dry-run and says so
+run: venv
+	tools/build opa
+	$(BIN)/talon-opa server -c examples/config.yaml -r examples/rules.yaml
 
 lint: venv
 	$(BIN)/ruff check .

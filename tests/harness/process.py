@@ -12,7 +12,6 @@ import atexit
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,14 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import binaries
+from engine.opa_process import free_port
 
 LIVE: list[Component] = []
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ComponentFailed(RuntimeError):
@@ -110,3 +104,4 @@ def stop_all() -> None:
 
 
 atexit.register(stop_all)
+__all__ = ["Component", "ComponentFailed", "free_port", "start", "stop_all"]
