@@ -42,6 +42,7 @@ from engine.queue import AlertQueue, Deduplicator, QueueClosed, dedup_key_of
 
 log = logs.get("engine")
 
+BUNDLE_PATH = "/v1/bundles/talon.tar.gz"
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5, sock_read=30)
 _AUTO: Any = object()
 
@@ -117,7 +118,9 @@ class Engine:
             retry_initial=cfg.opa.retry_initial_seconds,
             retry_max=cfg.opa.retry_max_seconds,
             on_error=lambda kind: self.metrics.opa_errors.labels(kind=kind).inc(),
+            expected_revision=lambda: self.supervisor.revision,
         )
+        self.bundle_archive: tuple[str, bytes] | None = None  # (revision, .tar.gz) served to a sidecar
         self.intake = Intake(self)
         self.built: reload.Built | None = None
         self.executor: Executor | None = None
@@ -139,6 +142,8 @@ class Engine:
         for w in built.warnings:
             log.warning("rules warning", extra={"where": str(w)})
         try:
+            if self.supervisor.external:
+                self.bundle_archive = (built.revision, await asyncio.to_thread(reload.pack, built.path))
             await self.supervisor.start(built.path, built.revision)
             kube_config = kube_config_of(cfg) if self._kube_config is _AUTO else self._kube_config
             if kube_config is None:
@@ -217,7 +222,6 @@ class Engine:
             self.registry,
             self.workdir,
             native,
-            "bundle" if self.supervisor.external else None,
         )
 
     async def reload(self) -> bool:
@@ -246,6 +250,8 @@ class Engine:
                 new_notifiers = build_notifiers(
                     self.registry, fresh, self.cfg.notifiers, self.executor.deps, strict=False
                 )
+                if self.supervisor.external:
+                    self.bundle_archive = (built.revision, await asyncio.to_thread(reload.pack, built.path))
                 await self.supervisor.swap(built.path, built.revision)
             except TalonError as e:
                 if not self.supervisor.external:
@@ -452,12 +458,25 @@ def create_app(engine: Engine) -> web.Application:
         resp.headers["Content-Type"] = metrics.CONTENT_TYPE
         return resp
 
+    async def bundle(request: web.Request) -> web.Response:
+        # the bundle service a sidecar OPA polls (services.engine + bundles.talon in its config)
+        if engine.bundle_archive is None:
+            return refuse(404, "no bundle is served: OPA runs as the engine's child", "path")
+        if not engine.intake.authorized(request):
+            return refuse(401, "missing or invalid token", engine.cfg.auth.header)
+        revision, data = engine.bundle_archive
+        etag = f'"{revision}"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(body=data, content_type="application/gzip", headers={"ETag": etag})
+
     async def api(request: web.Request) -> web.Response:
         return refuse(404, f"no such API: {request.path}", "path", hint="/v1/ is reserved for the engine's API")
 
     app.router.add_route("*", "/healthz", healthz)
     app.router.add_route("GET", "/readyz", readyz)
     app.router.add_route("GET", "/metrics", metrics_)
+    app.router.add_route("GET", BUNDLE_PATH, bundle)
     app.router.add_route("*", "/v1/{tail:.*}", api)
     app.router.add_route("*", "/{tail:.*}", engine.intake.handle)
     return app

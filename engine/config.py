@@ -88,7 +88,7 @@ class Opa:
     """Where decisions come from: a sidecar at `url`, or (default) a child OPA the engine runs."""
 
     url: str = ""
-    """a sidecar's base URL (http://127.0.0.1:8181 or unix:///path/opa.sock); empty: run a child OPA"""
+    """a sidecar's base URL (http://127.0.0.1:8181 or unix:///path/opa.sock), polling our bundle; empty: a child"""
     unix_socket: bool = True
     """the child OPA listens on a unix socket (else on a loopback TCP port)"""
     token: str = ""
@@ -102,7 +102,7 @@ class Opa:
     decision_logs: bool = True
     """the child OPA logs its decisions (so each decision gets a decision id, shown on the trace)"""
     bundle_dir: str = ""
-    """where translated bundles are written; empty: a private temporary folder"""
+    """where translated bundles are written (writable); empty: a private temporary folder"""
     ready_timeout_seconds: float = 30.0
     """how long a new child OPA has to load its bundle"""
     rego: tuple[str, ...] = ()

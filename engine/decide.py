@@ -173,8 +173,12 @@ class OpaClient:
         retry_initial: float = 0.05,
         retry_max: float = 2.0,
         on_error: Callable[[str], None] | None = None,
+        expected_revision: Callable[[], str] | None = None,
     ) -> None:
         self._endpoint = endpoint
+        # the bundle revision OPA should decide with: without a result, a sidecar that has not loaded it
+        # yet is "unavailable" (retried), not "wrong"
+        self._expected = expected_revision or (lambda: "")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._retry_initial = retry_initial
         self._retry_max = retry_max
@@ -212,19 +216,25 @@ class OpaClient:
             body = json.loads(text)
         except ValueError as e:
             raise OpaError(f"OPA answered with invalid JSON: {text[:200]}", hint="see OPA's log") from e
-        if not isinstance(body, dict) or "result" not in body:
+        if not isinstance(body, dict):
+            raise OpaError(f"OPA answered with a non-object: {text[:200]}", hint="see OPA's log")
+        revisions: list[str] = []
+        bundles = (body.get("provenance") or {}).get("bundles") or {}
+        if isinstance(bundles, dict):
+            revisions = [str(b["revision"]) for b in bundles.values() if isinstance(b, dict) and b.get("revision")]
+        if "result" not in body:
+            expected = self._expected()
+            if expected and expected not in revisions:
+                raise OpaUnavailable(
+                    f"OPA has not activated bundle revision {expected} yet (it has {revisions or 'none'})",
+                    hint="a sidecar polls the engine for its bundle: check its `bundles` configuration",
+                )
             raise OpaError(
                 "OPA returned no result for data.talon.plan",
                 hint="the bundle does not define talon.plan: check policies/ and the generated Rego",
             )
         matched, steps = parse_plan(body["result"])
-        revision = ""
-        bundles = (body.get("provenance") or {}).get("bundles") or {}
-        if isinstance(bundles, dict):
-            revision = ",".join(
-                str(b["revision"]) for b in bundles.values() if isinstance(b, dict) and b.get("revision")
-            )
-        return Plan(matched, steps, str(body.get("decision_id", "")), revision, 1, seconds)
+        return Plan(matched, steps, str(body.get("decision_id", "")), ",".join(revisions), 1, seconds)
 
     async def decide(
         self,

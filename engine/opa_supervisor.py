@@ -6,8 +6,15 @@ blue/green: a second child starts on it and must activate it (full validation by
 decisions move to it; the old child then stops. A decision is thus made entirely with the old rules or
 entirely with the new ones, and a bundle OPA refuses never goes live.
 
-Sidecar mode (`opa.url`): the sidecar loads the bundles the engine writes to `opa.bundle_dir` itself
-(e.g. `opa run --bundle --watch`); readiness waits until it reports the revision the engine built.
+Sidecar mode (`opa.url`): the engine serves its current bundle at `GET /v1/bundles/talon.tar.gz` (ETag =
+revision, the intake's token required when set) and the sidecar polls it, activating each new revision
+atomically. Sidecar config (`opa run --server --config-file`):
+
+    services: {engine: {url: "http://127.0.0.1:2803", credentials: {bearer: {token: "<auth.token>"}}}}
+    bundles: {talon: {service: engine, resource: /v1/bundles/talon.tar.gz,
+                      polling: {min_delay_seconds: 1, max_delay_seconds: 2}}}
+
+Readiness waits until the sidecar reports the revision the engine built; until then decisions are retried.
 """
 
 from __future__ import annotations

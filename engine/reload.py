@@ -12,9 +12,11 @@ still being written (truncate then write) is only read once it has settled.
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import os
 import shutil
+import tarfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,29 +50,29 @@ class Built:
         return tuple(dict.fromkeys(n for r in self.ruleset.rules for n in r.notifiers))
 
 
-def build(
-    paths: Sequence[str],
-    registry: RegistryLike,
-    workdir: Path,
-    native: Sequence[Path] = (),
-    name: str | None = None,
-) -> Built:
+def build(paths: Sequence[str], registry: RegistryLike, workdir: Path, native: Sequence[Path] = ()) -> Built:
     """Load and validate the rules, write and check their bundle under `workdir` (blocking: run in a thread).
 
-    `name`: the bundle folder's name (a fixed one for a sidecar that watches it, replaced atomically);
-    None: a new folder each time. Raises RulesError (every problem with its place) or a TalonError from
-    the bundle step.
+    Raises RulesError (every problem with its place) or a TalonError from the bundle step.
     """
     ruleset, warnings = rules_loader.load_ruleset_with_warnings(paths, registry)
     files = rego.generate(ruleset)
-    out = workdir / (name or f"bundle-{os.getpid()}-{next(_SEQ)}")
+    out = workdir / f"bundle-{os.getpid()}-{next(_SEQ)}"
     try:
         revision = bundle.build_bundle(files, out, native=list(native), check=True)
     except BaseException:
-        if name is None:
-            shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
         raise
     return Built(ruleset, revision, out, tuple(warnings))
+
+
+def pack(path: Path) -> bytes:
+    """A bundle directory as the .tar.gz OPA downloads from a bundle service (what a sidecar polls)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            tar.add(f, arcname=f.relative_to(path).as_posix(), recursive=False)
+    return buf.getvalue()
 
 
 def log_problems(error: RulesError, *, reload: bool) -> None:
