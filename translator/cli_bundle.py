@@ -29,8 +29,9 @@ from translator import rules as rules_loader
 from translator.model import RuleSet
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-PLAN_PATH = "/v1/data/talon/plan"
+PLAN_PATH = decide_module.PLAN_PATH
 DECIDE_TIMEOUT_S = 10.0
+OPA_READY_S = 600.0  # OPA compiles every rule's module at start: about a minute for 10,000 rules
 
 
 class _Invalid(TalonError):
@@ -131,7 +132,7 @@ def decode_alerts(data: bytes) -> list[events.Alert]:
 
 async def _print_plans(bundle_path: Path, inputs: Sequence[dict[str, Any]]) -> None:
     opa = OpaProcess(bundle=bundle_path)
-    await opa.start()
+    await opa.start(ready_within=OPA_READY_S)
     try:
         async with aiohttp.ClientSession(connector=opa.connector(), headers=opa.headers()) as http:
             for opa_input in inputs:
