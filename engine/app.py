@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import tempfile
 import time
 import uuid
@@ -216,12 +215,9 @@ class Engine:
 
     async def _build(self) -> reload.Built:
         native = [Path(p) for p in self.cfg.opa.rego]
+        key = Path(self.cfg.opa.signing_key) if self.cfg.opa.signing_key else None
         return await asyncio.to_thread(
-            reload.build,
-            list(self.cfg.rules_files),
-            self.registry,
-            self.workdir,
-            native,
+            reload.build, list(self.cfg.rules_files), self.registry, self.workdir, native, key
         )
 
     async def reload(self) -> bool:
@@ -240,7 +236,7 @@ class Engine:
             old = self.built
             if old is not None and built.revision == old.revision:
                 if built.path != old.path:
-                    shutil.rmtree(built.path, ignore_errors=True)
+                    reload.remove(built.path)
                 self.metrics.reloads.labels(status="unchanged").inc()
                 log.info("rules unchanged", extra={"revision": built.revision})
                 return True
@@ -254,8 +250,7 @@ class Engine:
                     self.bundle_archive = (built.revision, await asyncio.to_thread(reload.pack, built.path))
                 await self.supervisor.swap(built.path, built.revision)
             except TalonError as e:
-                if not self.supervisor.external:
-                    shutil.rmtree(built.path, ignore_errors=True)
+                reload.remove(built.path)
                 self.metrics.reloads.labels(status="failure").inc()
                 log.error("rules rejected", extra={"error": str(e), "kept": "the previous rules stay active"})
                 return False
@@ -263,7 +258,7 @@ class Engine:
             self.built = built
             self.metrics.set_revision(built.revision)
             if old is not None and old.path != built.path:
-                shutil.rmtree(old.path, ignore_errors=True)
+                reload.remove(old.path)
             for w in built.warnings:
                 log.warning("rules warning", extra={"where": str(w)})
             self.metrics.reloads.labels(status="success").inc()

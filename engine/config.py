@@ -107,6 +107,10 @@ class Opa:
     """how long a new child OPA has to load its bundle"""
     rego: tuple[str, ...] = ()
     """the user's own Rego files or folders, added to the bundle beside the translated rules"""
+    signing_key: str = ""
+    """PEM private key: every bundle is built as a signed .tar.gz (a sidecar verifies it with its key)"""
+    verification_key: str = ""
+    """PEM public key the child OPA verifies each bundle with (needs signing_key)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +402,17 @@ def _validate(cfg: Config) -> None:
             raise bad(name, f"is {seconds}", "use a positive number of seconds")
     if cfg.opa.url and not cfg.opa.url.startswith(("http://", "https://", "unix://")):
         raise bad("opa.url", f"is {cfg.opa.url!r}", "use http://host:port or unix:///path/to/opa.sock")
+    for key, f in (("opa.signing_key", cfg.opa.signing_key), ("opa.verification_key", cfg.opa.verification_key)):
+        if f and not Path(f).is_file():
+            raise bad(key, f"names {f}, which is not a readable file", "give the path of a PEM key file")
+    if cfg.opa.verification_key and not cfg.opa.url and not cfg.opa.unix_socket:
+        raise bad(
+            "opa.verification_key",
+            "needs opa.unix_socket: true for the child OPA",
+            "a verifying child OPA is reached only through its private unix socket (no token)",
+        )
+    if cfg.opa.verification_key and not cfg.opa.signing_key:
+        raise bad("opa.verification_key", "is set without opa.signing_key", "set both: the engine signs, OPA verifies")
     if bool(cfg.tls.cert_file) != bool(cfg.tls.key_file):
         raise bad("tls.cert_file/tls.key_file", "must be set together", "give both the certificate and its key")
     if cfg.tls.client_ca_file and not cfg.tls.cert_file:

@@ -42,7 +42,10 @@ class OpaSupervisor:
         self.cfg = cfg
         self.workdir = workdir
         self.metrics = metrics
-        self.token = cfg.token or ("" if cfg.url else new_token())
+        # OpaProcess loads its token policy as a second, unsigned bundle, which OPA refuses once a
+        # verification key is set: a verifying child relies on its private unix socket instead
+        verifying_child = bool(cfg.verification_key) and not cfg.url
+        self.token = "" if verifying_child else (cfg.token or ("" if cfg.url else new_token()))
         self.revision = ""  # the revision of the bundle decisions should come from
         self.bundle: Path | None = None
         self.restarts = 0
@@ -97,6 +100,7 @@ class OpaSupervisor:
             token=self.token or None,
             log_path=self.workdir / f"opa-{self._children}.log",
             extra_args=extra,
+            verification_key=Path(self.cfg.verification_key) if self.cfg.verification_key else None,
         )
         await proc.start(ready_within=self.cfg.ready_timeout_seconds)
         return proc, Endpoint.open(proc.base_url, proc.connector(), proc.headers())

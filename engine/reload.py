@@ -50,24 +50,42 @@ class Built:
         return tuple(dict.fromkeys(n for r in self.ruleset.rules for n in r.notifiers))
 
 
-def build(paths: Sequence[str], registry: RegistryLike, workdir: Path, native: Sequence[Path] = ()) -> Built:
+def build(
+    paths: Sequence[str],
+    registry: RegistryLike,
+    workdir: Path,
+    native: Sequence[Path] = (),
+    signing_key: Path | None = None,
+) -> Built:
     """Load and validate the rules, write and check their bundle under `workdir` (blocking: run in a thread).
 
-    Raises RulesError (every problem with its place) or a TalonError from the bundle step.
+    With a signing key the bundle is a signed .tar.gz, else a directory. Raises RulesError (every problem
+    with its place) or a TalonError from the bundle step.
     """
     ruleset, warnings = rules_loader.load_ruleset_with_warnings(paths, registry)
     files = rego.generate(ruleset)
-    out = workdir / f"bundle-{os.getpid()}-{next(_SEQ)}"
+    suffix = ".tar.gz" if signing_key is not None else ""
+    out = workdir / f"bundle-{os.getpid()}-{next(_SEQ)}{suffix}"
     try:
-        revision = bundle.build_bundle(files, out, native=list(native), check=True)
+        revision = bundle.build_bundle(files, out, native=list(native), signing_key=signing_key, check=True)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        remove(out)
         raise
     return Built(ruleset, revision, out, tuple(warnings))
 
 
+def remove(path: Path) -> None:
+    """Delete a bundle (a directory or a tarball); missing is fine."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def pack(path: Path) -> bytes:
-    """A bundle directory as the .tar.gz OPA downloads from a bundle service (what a sidecar polls)."""
+    """A bundle as the .tar.gz OPA downloads from a bundle service (what a sidecar polls)."""
+    if path.is_file():
+        return path.read_bytes()  # already a (signed) tarball
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for f in sorted(p for p in path.rglob("*") if p.is_file()):

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from pathlib import Path
 
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from engine import config
+from engine.errors import OpaError
 from tests.e2e.engine_harness import DRY_RUN_RULES, running_engine, shell_alert
 
 
@@ -49,3 +56,33 @@ async def test_readyz_is_503_while_opa_is_down(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.1)
         assert (await e.get("/readyz")).status == 200
+
+
+def _key_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private, public = directory / f"{name}.pem", directory / f"{name}.pub.pem"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return private, public
+
+
+async def test_the_child_runs_only_bundles_signed_by_our_key(tmp_path: Path) -> None:
+    private, public = _key_pair(tmp_path, "signing")
+    _, other = _key_pair(tmp_path, "other")
+    signed = dataclasses.replace(
+        config.Opa(), signing_key=str(private), verification_key=str(public), retry_initial_seconds=0.02
+    )
+    async with running_engine(tmp_path, DRY_RUN_RULES, opa=signed) as e:
+        assert e.engine.built is not None
+        assert e.engine.built.path.name.endswith(".tar.gz")
+        assert (await e.post(json_body=shell_alert("signed"))).status == 200
+        await e.drained()
+        assert await e.metric("falcosecurity_falco_talon_actions_total", status="dry_run") == 1
+    wrong_key = dataclasses.replace(signed, verification_key=str(other))
+    with pytest.raises(OpaError, match="verification"):
+        async with running_engine(tmp_path, DRY_RUN_RULES, opa=wrong_key):
+            pass
