@@ -36,7 +36,11 @@ class Jaeger:
                         "exporters": ["jaeger_storage_exporter"],
                     }
                 },
-                "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "warn"}},
+                "telemetry": {
+                    "metrics": {"level": "none"},
+                    "traces": {"level": "none"},
+                    "logs": {"level": "warn"},
+                },
             },
             "extensions": {
                 "jaeger_storage": {"backends": {"mem": {"memory": {"max_traces": 100000}}}},
