@@ -181,8 +181,8 @@ async def test_data_exfiltration_isolates_pods_of_sensitive_namespaces_only(
     for ns in ("payments", "vault"):
         try:
             await kube.create_namespace(ns)
-        except KubeApiError as e:
-            if e.status != 409:
+        except KubeApiError as exists:
+            if exists.status != 409:
                 raise
     await kube.create_workload("Deployment", "payments", "payments-api", replicas=1)
     [target] = await kube.wait_running("payments", "app=payments-api")
