@@ -424,7 +424,12 @@ class Engine:
             return False, {"status": "not ready", "reason": "opa unreachable", "error": str(e)}
         if want not in have:
             return False, {"status": "not ready", "reason": "bundle not active", "want": want, "opa": sorted(have)}
-        return True, {"status": "ready", "revision": want, "queue_depth": self.queue.depth}
+        return True, {
+            "status": "ready",
+            "revision": want,
+            "queue_depth": self.queue.depth,
+            "dry_run_only": self.dry_run_only,
+        }
 
     async def drained(self) -> None:
         """Wait until every accepted alert is finished (tests and benchmarks)."""

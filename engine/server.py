@@ -1,5 +1,7 @@
 """`talon-opa server`: load the config, start the engine and its HTTP listener, drain on SIGTERM.
 
+SIGHUP reloads the rules now (as a change of the rules files does when `watch_rules` is on).
+
 Exit codes: 0 after a clean stop; 1 when the configuration, the rules or OPA keep the engine from
 starting (the reason is logged, rules problems one per line with file:line:column and field).
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import ssl
 import sys
@@ -65,7 +68,16 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None) -> int:
         )
         if not cfg.auth.token and cfg.address not in (config.LOOPBACK, "localhost", "::1"):
             log.warning("intake has no authentication and listens beyond loopback", extra={"hint": "set auth.token"})
-        await stop.wait()
+        engine_reload = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, engine_reload.set)
+        reloader = loop.create_task(_reload_on(engine_reload, engine), name="talon-opa-sighup")
+        try:
+            await stop.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reloader
         log.info("stopping: draining accepted alerts")
     except OSError as e:
         log.error("cannot listen", extra={"error": str(e), "port": cfg.listen_port})
@@ -76,6 +88,15 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None) -> int:
         await runner.cleanup()  # closes the listener, then drains the queue (engine.stop)
     log.info("stopped")
     return 0
+
+
+async def _reload_on(requested: asyncio.Event, engine: Engine) -> None:
+    """Reload the rules on each SIGHUP (besides the file watcher)."""
+    while True:
+        await requested.wait()
+        requested.clear()
+        log.info("SIGHUP: reloading the rules")
+        await engine.reload()
 
 
 def main(args: argparse.Namespace) -> int:

@@ -130,3 +130,47 @@ async def test_server_exits_1_with_every_rules_problem_and_its_place(tmp_path: P
     problems = [line for line in lines if line["message"] == "invalid rules"]
     assert problems
     assert problems[0]["where"].startswith(f"{rules}:6:")
+
+
+async def test_sighup_reloads_the_rules(tmp_path: Path) -> None:
+    port = free_port()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(DRY_RUN_RULES)
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    env.update(LISTEN_PORT=str(port), WATCH_RULES="false")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine.cli", "server", "-r", str(rules),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env, cwd=REPO,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(url, proc)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/readyz") as r:
+                before = (await r.json())["revision"]
+            rules.write_text(DRY_RUN_RULES.replace("Shell in a container", "Renamed rule"))
+            await asyncio.sleep(0.1)
+            assert (await http.get(url + "/readyz")).status == 200  # not watched: nothing changes yet
+            proc.send_signal(signal.SIGHUP)
+            for _ in range(100):
+                async with http.get(url + "/readyz") as r:
+                    if r.status == 200 and (await r.json())["revision"] != before:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("SIGHUP did not reload the rules")
+            async with http.post(url + "/", json=shell_alert("hup")) as r:
+                assert r.status == 200
+            for _ in range(100):
+                async with http.get(url + "/metrics") as r:
+                    if 'rule="Renamed rule"' in await r.text():
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the reloaded rule did not act")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
