@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import PurePath
 from typing import Any
 
@@ -70,10 +71,11 @@ def generate(ruleset: RuleSet) -> dict[str, str]:
     always: list[str] = []
     entries: dict[str, dict[str, Any]] = {}
     slugs = assign_slugs(rule.name for rule in ruleset.rules)
+    tag_counts = Counter(tag for rule in ruleset.rules for group in rule.match.tags for tag in group)
     for position, (rule, slug) in enumerate(zip(ruleset.rules, slugs, strict=True), start=1):
         files[f"{RULES_DIR}/{slug}.rego"] = rule_module(rule, slug, position)
         entries[slug] = entry(rule, slug, position)
-        keys = index_keys(rule.match)
+        keys = index_keys(rule.match, tag_counts)
         if keys is None:
             always.append(slug)
         else:
@@ -88,13 +90,17 @@ def generate(ruleset: RuleSet) -> dict[str, str]:
     return files
 
 
-def index_keys(match: Match) -> tuple[str, list[str]] | None:
-    """How the plan finds a rule: by the alert's rule name, by one tag per tag group, or always."""
+def index_keys(match: Match, tag_counts: Mapping[str, int] | None = None) -> tuple[str, list[str]] | None:
+    """How the plan finds a rule: by the alert's rule name, by one tag per tag group, or always.
+
+    A tag group matches only if all its tags are present, so any one of its tags is a sound key;
+    the rarest one (fewest rules using it) keeps the candidate lists short.
+    """
     if match.rules:
         return "rule", list(dict.fromkeys(match.rules))
     if match.tags and all(match.tags):
-        # a group matches only if all its tags are present, so any one tag of it is a sound key
-        return "tag", list(dict.fromkeys(min(group) for group in match.tags))
+        counts = tag_counts or {}
+        return "tag", list(dict.fromkeys(min(group, key=lambda t: (counts.get(t, 0), t)) for group in match.tags))
     return None
 
 
