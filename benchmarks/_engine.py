@@ -1,0 +1,79 @@
+"""Start `talon-opa server` as its own process for a benchmark, and read its /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from engine.opa_process import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@contextlib.asynccontextmanager
+async def engine_process(rules: str, **config: object) -> AsyncIterator[str]:
+    """Run the engine on a free loopback port with these rules; yields its base URL."""
+    with tempfile.TemporaryDirectory(prefix="talon-opa-bench-") as tmp:
+        work = Path(tmp)
+        (work / "rules.yaml").write_text(rules)
+        port = free_port()
+        cfg = {"listen_address": "127.0.0.1", "listen_port": port, "log_format": "json", "log_level": "warning"}
+        cfg.update(config)
+        (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+        log = (work / "engine.log").open("wb")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "server",
+            "-c",
+            str(work / "config.yaml"),
+            "-r",
+            str(work / "rules.yaml"),
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(600):
+                    if proc.returncode is not None:
+                        raise RuntimeError((work / "engine.log").read_text()[-2000:])
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.get(url + "/readyz") as r:
+                            if r.status == 200:
+                                break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise RuntimeError("engine not ready after 60 s")
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+            log.close()
+
+
+async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
+    """Sum of every sample of one metric on /metrics."""
+    async with http.get(url + "/metrics") as r:
+        text = await r.text()
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(?:\{{.*\}})? (\S+)$", line)
+        if m:
+            total += float(m.group(1))
+    return total

@@ -1,0 +1,107 @@
+"""Alert → first Kubernetes write: POST an alert, time until the label it asks for is visible in the API server.
+
+Starts a real control plane (etcd, kube-apiserver, kwok... from tools/) and the engine as its own process,
+creates pods, then for each pod posts a "Terminal shell in container" alert and waits for the pod's
+labelled version on a watch. Prints `p50_ms=X p99_ms=Y n=N`. Loopback only, bounded.
+Usage: benchmarks/alert_to_action.py [--alerts 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._engine import engine_process
+from tests.harness.kube import NODES, KubeCluster
+
+LABEL = "security.falco.org/suspicious"
+RULES = f"""\
+- rule: Shell in a container
+  match:
+    rules: [Terminal shell in container]
+  actions:
+    - action: Mark the pod
+      actionner: kubernetes:label
+      parameters:
+        labels:
+          {LABEL}: "true"
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--alerts", type=int, default=100)
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="talon-opa-bench-kube-") as tmp:
+        kube = KubeCluster(Path(tmp))
+        try:
+            await kube.start()
+            ns = await kube.new_namespace("bench")
+            for i in range(a.alerts):
+                await kube.create_pod(ns, f"p{i}", node=NODES[i % 2])
+            await kube.wait_running(ns, count=a.alerts, within=120)
+            seen: dict[str, asyncio.Future[float]] = {
+                f"p{i}": asyncio.get_running_loop().create_future() for i in range(a.alerts)
+            }
+            watch = asyncio.create_task(watch_labels(kube, ns, seen))
+            async with engine_process(RULES, kubeconfig=str(kube.kubeconfig)) as url:
+                latencies = []
+                async with aiohttp.ClientSession() as http:
+                    for i in range(a.alerts):
+                        body = {
+                            "rule": "Terminal shell in container",
+                            "priority": "Notice",
+                            "output": f"shell in p{i}",
+                            "output_fields": {"k8s.pod.name": f"p{i}", "k8s.ns.name": ns},
+                        }
+                        start = time.monotonic()
+                        async with http.post(url + "/", json=body) as r:
+                            assert r.status == 200, await r.text()
+                        done = await asyncio.wait_for(seen[f"p{i}"], 30)
+                        latencies.append((done - start) * 1000)
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+        finally:
+            await kube.stop()
+    print(f"p50_ms={statistics.median(latencies):.1f} p99_ms={percentile(latencies, 0.99):.1f} n={len(latencies)}")
+
+
+async def watch_labels(kube: KubeCluster, ns: str, seen: dict[str, asyncio.Future[float]]) -> None:
+    """Resolve each pod's future with the time its label first shows on a watch of the namespace."""
+    cfg = kube.api.config
+    headers = {"Authorization": f"Bearer {cfg.token}"}
+    async with aiohttp.ClientSession() as http:
+        lst = await kube.api.get(f"/api/v1/namespaces/{ns}/pods")
+        rv = lst["metadata"]["resourceVersion"]
+        async with http.get(
+            f"{cfg.server}/api/v1/namespaces/{ns}/pods",
+            params={"watch": "1", "resourceVersion": rv},
+            headers=headers,
+            ssl=cfg.ssl_context(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+        ) as r:
+            async for line in r.content:
+                event = json.loads(line)
+                meta = event["object"]["metadata"]
+                fut = seen.get(meta["name"])
+                if fut is not None and not fut.done() and (meta.get("labels") or {}).get(LABEL) == "true":
+                    fut.set_result(time.monotonic())
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

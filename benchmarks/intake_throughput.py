@@ -1,0 +1,86 @@
+"""Intake throughput: non-matching alerts posted for a fixed time, then every accepted alert accounted for.
+
+Prints `alerts_per_s=X lost=N accepted=A refused=R decided=D`: `lost` counts alerts the engine accepted
+(HTTP 200) and never decided. Loopback only; the load is bounded in time and count.
+Usage: benchmarks/intake_throughput.py [--seconds 10] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._engine import engine_process, metric
+
+RULES = (Path(__file__).resolve().parent.parent / "examples" / "rules.yaml").read_text()
+SAMPLE = (
+    json.loads(
+        (
+            Path(__file__).resolve().parents[2]
+            / "shared"
+            / "samples"
+            / "alerts"
+            / "falco-internal-syscall-event-drop.json"
+        ).read_text()
+    )
+    if (Path(__file__).resolve().parents[2] / "shared").is_dir()
+    else {"rule": "x", "priority": "Notice", "output": "x"}
+)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--max-alerts", type=int, default=500_000)
+    a = p.parse_args()
+    async with engine_process(RULES, queue={"capacity": 100_000, "workers": 16}) as url:
+        accepted = refused = 0
+        sent = 0
+        stop = time.monotonic() + a.seconds
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=a.connections)) as http:
+
+            async def worker(w: int) -> None:
+                nonlocal accepted, refused, sent
+                n = 0
+                while time.monotonic() < stop and sent < a.max_alerts:
+                    sent += 1
+                    n += 1
+                    body = dict(SAMPLE, rule="Benchmark rule that matches nothing", output=f"bench {w}-{n}")
+                    async with http.post(url + "/", json=body) as r:
+                        await r.read()
+                        if r.status == 200:
+                            accepted += 1
+                        else:
+                            refused += 1
+
+            start = time.monotonic()
+            await asyncio.gather(*(worker(w) for w in range(a.connections)))
+            elapsed = time.monotonic() - start
+            # wait until the engine has decided everything it accepted (or stops making progress)
+            decided, last, still = 0.0, -1.0, 0
+            while still < 50:
+                decided = await metric(http, url, "talon_opa_decision_duration_seconds_count")
+                depth = await metric(http, url, "talon_opa_queue_depth")
+                flight = await metric(http, url, "talon_opa_alerts_in_flight")
+                if decided >= accepted and depth == 0 and flight == 0:
+                    break
+                still = still + 1 if decided == last else 0
+                last = decided
+                await asyncio.sleep(0.1)
+    print(
+        f"alerts_per_s={accepted / elapsed:.0f} lost={max(0, accepted - int(decided))} "
+        f"accepted={accepted} refused={refused} decided={int(decided)} seconds={elapsed:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
