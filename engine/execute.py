@@ -267,7 +267,6 @@ class Executor:
                 )
             else:
                 span.set_attribute(telemetry.RESULT, result.message[:1000])
-                telemetry.ok(span, result.message[:200])
                 log.info(
                     "action",
                     extra={
@@ -281,7 +280,10 @@ class Executor:
             await self.notify(alert, step, self._note(alert, step, "action", result))
             if result.status == "failure" or spec is None:
                 return result
-            return await self._output_stage(alert, step, spec, result, artifact)
+            final = await self._output_stage(alert, step, spec, result, artifact)
+            if final.status != "failure":
+                telemetry.ok(span)  # only now: OTel keeps an OK status final, and the output may still fail
+            return final
 
     async def _act(self, alert: Alert, step: Step) -> tuple[Spec[Any], Outcome]:
         cls = self.registry.actionners.get(step.actionner)

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from actionners.base import Spec
-from actionners.kubernetes import label, terminate
+from actionners.kubernetes import label, log, terminate
 from actionners.params import NoParams
 from actionners.registry import Registry
-from actionners.runtime import Deps, Outcome
+from actionners.runtime import Artifact, Deps, Outcome
 from engine.errors import StepFailed
 from engine.events import Alert
 from notifiers.base import Note
+from outputs import file
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Script:
     calls: list[tuple[str, str, str]] = field(default_factory=list)  # (actionner, pod, behaviour)
     notes: list[Note] = field(default_factory=list)
     contexts: list[dict[str, Any]] = field(default_factory=list)  # the alert's context per call
+    artifacts: list[tuple[str, Artifact]] = field(default_factory=list)  # (destination, artifact)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     running: dict[str, int] = field(default_factory=dict)  # per pod: runs under way
     max_running: dict[str, int] = field(default_factory=dict)  # per pod: most concurrent runs seen
@@ -35,6 +37,7 @@ class Script:
         self.calls.clear()
         self.notes.clear()
         self.contexts.clear()
+        self.artifacts.clear()
         self.gate = asyncio.Event()
         self.running.clear()
         self.max_running.clear()
@@ -99,8 +102,38 @@ class Recorder:
             raise ConnectionError("scripted notifier outage")
 
 
+class ScriptedLog:
+    """kubernetes:log's spec; its artifact is the pod's name repeated (empty for a pod named "empty")."""
+
+    spec: ClassVar[Spec[Any]] = log.Log.spec
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def run(self, alert: Alert, params: Any) -> Outcome:
+        pod = alert.pod_name() or ""
+        SCRIPT.calls.append(("kubernetes:log", pod, "ok"))
+        data = b"" if pod == "empty" else f"logs of {pod}\n".encode()
+        return Outcome.done(f"got logs of {pod}", Artifact("logs.txt", data, {"pod": pod}), pod=pod)
+
+
+class ScriptedFile:
+    """local:file's spec; records artifacts, fails for a destination of /fail."""
+
+    spec: ClassVar[Spec[Any]] = file.File.spec
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def run(self, artifact: Artifact, params: Any) -> Outcome:
+        if params.destination == "/fail":
+            raise OSError("scripted: disk full")
+        SCRIPT.artifacts.append((params.destination, artifact))
+        return Outcome.done(f"stored {artifact.name} in {params.destination}")
+
+
 def scripted_registry() -> Registry:
-    return Registry.of(ScriptedLabel, ScriptedTerminate, Recorder)
+    return Registry.of(ScriptedLabel, ScriptedTerminate, ScriptedLog, ScriptedFile, Recorder)
 
 
 class KubeLabel:
