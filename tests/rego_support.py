@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from engine import binaries
 from engine.errors import Where
 from engine.events import decode_alert, priority_rank
 from engine.opa_process import OpaProcess
@@ -142,3 +144,14 @@ async def plans(
 
 async def matched(root: Path, rules: Sequence[Rule], inputs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     return [p["matched_rules"] for p in await plans(root, RuleSet(tuple(rules)), inputs)]
+
+
+def opa_gates(root: Path) -> list[str]:
+    """What `opa fmt --fail -l` and `opa check --strict` report on a bundle directory ([] = clean)."""
+    opa = binaries.find("opa")
+    problems = []
+    for args in (["fmt", "--fail", "-l", str(root)], ["check", "--strict", "-b", str(root)]):
+        done = subprocess.run([opa, *args], capture_output=True, text=True, check=False, timeout=300)
+        if done.returncode != 0:
+            problems.append(f"opa {args[0]}: {done.stdout}{done.stderr}")
+    return problems

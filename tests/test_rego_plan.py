@@ -7,8 +7,20 @@ from pathlib import Path
 import aiohttp
 
 from engine.opa_process import OpaProcess
-from tests.rego_support import REPO, action, alert_input, fields, matched, plans, priority, rule, tags, write_bundle
-from translator.model import Match, OutputRef, RuleSet
+from tests.rego_support import (
+    REPO,
+    action,
+    alert_input,
+    fields,
+    matched,
+    opa_gates,
+    plans,
+    priority,
+    rule,
+    tags,
+    write_bundle,
+)
+from translator.model import FieldCondition, Match, OutputRef, RuleSet
 from translator.rego import generate, native_index
 
 SHELL = "Terminal shell in container"
@@ -254,3 +266,35 @@ async def test_native_rules_are_placed_by_position(tmp_path: Path) -> None:
     assert [s["action"] for s in plan["steps"]] == ["a1", "Isolate the pod", "a2"]
     assert plan["steps"][1]["actionner"] == "kubernetes:networkpolicy"
     assert plan_internal["matched_rules"] == ["first", "second"]
+
+
+async def test_awkward_names_and_values_stay_fmt_clean_strict_and_exact(tmp_path: Path) -> None:
+    weird = 'a "quoted" \\ back\nslash é ✓'
+    rules = [
+        rule(
+            'Rule "with" quotes: and # hash',
+            Match(
+                rules=(weird,),
+                tags=tags("if, in", "contains"),
+                output_fields=(
+                    (FieldCondition("proc.aname[2]", "=", weird), FieldCondition("a_b", "!=", "x=y")),
+                    (FieldCondition("package", "=", ""),),
+                ),
+            ),
+            description='multi\nline "description": with: colons',
+        ),
+        rule("1 starts with a digit", Match(tags=tags("T1059"))),
+    ]
+    files = generate(RuleSet(tuple(rules)))
+    root = write_bundle(tmp_path / "bundle", files)
+    assert opa_gates(root) == []
+    got = await matched(
+        tmp_path / "run",
+        rules,
+        [
+            alert_input(rule=weird, tags=["if", "in"], output_fields={"proc.aname[2]": weird, "a_b": "x"}),
+            alert_input(rule=weird, tags=["contains", "T1059"], output_fields={"package": ""}),
+            alert_input(rule=weird, tags=["contains"], output_fields={"proc.aname[2]": weird, "a_b": "x=y"}),
+        ],
+    )
+    assert got == [['Rule "with" quotes: and # hash'], ['Rule "with" quotes: and # hash', "1 starts with a digit"], []]
