@@ -64,16 +64,19 @@ class JsonFloat(float):
 
 
 class _Object(dict[str, Any]):
-    """A JSON object (last duplicate key wins) that also keeps its key/value pairs in order."""
+    """A JSON object that had a repeated key: last occurrence wins, and its pairs are kept in order."""
 
     __slots__ = ("pairs",)
     pairs: list[tuple[str, Any]]
 
 
-def _object_hook(pairs: list[tuple[str, Any]]) -> _Object:
-    obj = _Object(pairs)
-    obj.pairs = pairs
-    return obj
+def _object_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj  # no repeated key: the dict's order is the order of occurrence
+    dup = _Object(pairs)
+    dup.pairs = pairs
+    return dup
 
 
 def _parse_int(text: str) -> int:
@@ -93,15 +96,6 @@ _DECODER = json.JSONDecoder(
     parse_constant=_parse_constant,
 )
 _WS = " \t\n\r"
-
-
-def _plain(value: Any) -> Any:
-    """The decoded value with plain dicts (the pairs helper removed), numbers kept."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def number_text(value: int | float) -> str:
@@ -289,7 +283,7 @@ def decode_alert(body: bytes, content_type: str | None = None) -> Alert:
         raise AlertError(f"malformed JSON: {e}", hint=JSON_HINT) from e
     if doc is None:
         return Alert()
-    if not isinstance(doc, _Object):
+    if not isinstance(doc, dict):
         raise AlertError(f"the alert must be a JSON object, not {_type_name(doc)}")
 
     strings: dict[str, str] = {}
@@ -297,7 +291,7 @@ def decode_alert(body: bytes, content_type: str | None = None) -> Alert:
     output_fields: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     tags: list[Any] | None = None
-    for key, value in doc.pairs:
+    for key, value in doc.pairs if isinstance(doc, _Object) else doc.items():
         name = key.casefold()
         if name not in _FIELDS:
             continue  # unknown keys (Falco's uuid, Falcosidekick's extras) are ignored
@@ -327,12 +321,12 @@ def decode_alert(body: bytes, content_type: str | None = None) -> Alert:
             elif not isinstance(value, list):
                 raise _wrong_type(name, value, "an array")
             else:
-                tags = _plain(value)
+                tags = value
         else:  # output_fields, context: Go reuses the map, so a repeated key adds to it
             if value is not None and not isinstance(value, dict):
                 raise _wrong_type(name, value, "an object")
             current = output_fields if name == "output_fields" else context
-            merged = None if value is None else {**(current or {}), **_plain(value)}
+            merged = None if value is None else {**(current or {}), **value}
             if name == "output_fields":
                 output_fields = merged
             else:
