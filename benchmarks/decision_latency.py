@@ -165,8 +165,8 @@ async def decide(http: aiohttp.ClientSession, url: str, doc: dict[str, Any]) -> 
 
 async def measure(
     opa: OpaProcess, inputs: Sequence[dict[str, Any]], requests: int, warmup: int
-) -> tuple[list[float], list[float]]:
-    """Sequential timed decisions (ms), rotating over `inputs`; also OPA's own eval time (ms)."""
+) -> tuple[list[float], list[float], list[float]]:
+    """Sequential timed decisions (ms), rotating over `inputs`; OPA's own eval and handler times (ms)."""
     url = f"{opa.base_url}/v1/data/talon/plan"
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(connector=opa.connector(), headers=opa.headers(), timeout=timeout) as http:
@@ -178,11 +178,13 @@ async def measure(
             await decide(http, url, inputs[i % len(inputs)])
             times.append((time.perf_counter_ns() - t0) / 1e6)
         evals: list[float] = []
-        for i in range(min(200, requests)):
+        handler: list[float] = []
+        for i in range(min(500, requests)):
             async with http.post(url + "?metrics=true", json={"input": inputs[i % len(inputs)]}) as r:
                 metrics = (await r.json())["metrics"]
             evals.append(metrics.get("timer_rego_query_eval_ns", 0) / 1e6)
-    return sorted(times), sorted(evals)
+            handler.append(metrics.get("timer_server_handler_ns", 0) / 1e6)
+    return sorted(times), sorted(evals), sorted(handler)
 
 
 async def check_plans(opa: OpaProcess, matching: dict[str, dict[str, Any]], other: dict[str, Any]) -> None:
@@ -260,7 +262,7 @@ async def run_size(n: int, transports: Sequence[str], requests: int, work: Path,
             ready_s = time.perf_counter() - s0
             await check_plans(opa, matching, other)
             for kind, inputs in (("yes", list(matching.values())), ("no", [other])):
-                times, evals = await measure(opa, inputs, requests, warmup)
+                times, evals, handler = await measure(opa, inputs, requests, warmup)
                 print(
                     f"rules={n} transport={transport} p50_ms={quantile(times, 0.5):.3f} "
                     f"p99_ms={quantile(times, 0.99):.3f} match={kind}",
@@ -269,7 +271,8 @@ async def run_size(n: int, transports: Sequence[str], requests: int, work: Path,
                 log(
                     f"#   transport={transport} match={kind} opa_ready_s={ready_s:.2f} "
                     f"mean_ms={statistics.fmean(times):.3f} max_ms={times[-1]:.3f} "
-                    f"opa_eval_p50_ms={quantile(evals, 0.5):.3f} opa_eval_p99_ms={quantile(evals, 0.99):.3f}"
+                    f"opa_eval_p50_ms={quantile(evals, 0.5):.3f} opa_eval_p99_ms={quantile(evals, 0.99):.3f} "
+                    f"opa_handler_p50_ms={quantile(handler, 0.5):.3f} opa_handler_p99_ms={quantile(handler, 0.99):.3f}"
                 )
         finally:
             await opa.stop()
