@@ -99,8 +99,10 @@ class Opa:
     """first wait before retrying a decision when OPA is unreachable or answers 5xx"""
     retry_max_seconds: float = 2.0
     """longest wait between retries (alerts stay queued meanwhile)"""
-    decision_logs: bool = True
-    """the child OPA logs its decisions (so each decision gets a decision id, shown on the trace)"""
+    decision_ids: bool = True
+    """each decision gets OPA's decision id (on the `decide plan` span), without logging the decision"""
+    decision_logs: bool = False
+    """the child OPA also writes every decision, input included, to its log (large: for debugging)"""
     bundle_dir: str = ""
     """where translated bundles are written (writable); empty: a private temporary folder"""
     ready_timeout_seconds: float = 30.0

@@ -28,6 +28,7 @@ from engine.decide import Endpoint
 from engine.errors import OpaError
 from engine.metrics import Metrics
 from engine.opa_process import OpaProcess, new_token
+from engine.reload import DROP_DECISION_PATH
 
 log = logs.get("opa")
 
@@ -93,7 +94,11 @@ class OpaSupervisor:
 
     async def _spawn(self, bundle: Path) -> tuple[OpaProcess, Endpoint]:
         self._children += 1
-        extra = ("--set=decision_logs.console=true",) if self.cfg.decision_logs else ()
+        extra: tuple[str, ...] = ()
+        if self.cfg.decision_logs:
+            extra = ("--set=decision_logs.console=true",)
+        elif self.cfg.decision_ids:
+            extra = ("--set=decision_logs.console=true", f"--set=decision_logs.drop_decision={DROP_DECISION_PATH}")
         proc = OpaProcess(
             bundle=bundle,
             unix_socket=self.cfg.unix_socket,
