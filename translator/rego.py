@@ -224,13 +224,23 @@ def native_names(sources: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def native_index(sources: Iterable[str]) -> dict[str, str]:
+def native_index(sources: Iterable[str], generated: Mapping[str, str] | None = None) -> dict[str, str]:
     """The data file registering native rules so `talon.plan` evaluates them (docs/rego.md).
 
     The plan never enumerates `data.talon.rules` (that would evaluate every package: linear in the
     number of rules); native packages are found through `data.talon.native`, an object name -> true.
+    With `generated` (the output of `generate`), a native package named like a translated rule is an
+    error: the two `match` rules would silently merge into one package.
     """
     names = native_names(sources)
+    translated = {PurePath(p).stem for p in generated or {} if p.startswith(f"{RULES_DIR}/") and p.endswith(".rego")}
+    clashes = sorted(set(names) & translated)
+    if clashes:
+        raise TalonError(
+            f"native Rego package(s) {', '.join(f'talon.rules.{n}' for n in clashes)} "
+            "have the name of a translated rule",
+            hint="rename the native package (translated rules use the slug of their Talon rule name)",
+        )
     if not names:
         return {}
     return {NATIVE_PATH: json.dumps(dict.fromkeys(names, True), indent=2, sort_keys=True) + "\n"}
