@@ -92,3 +92,12 @@ async def test_every_sample_alert_gets_its_plan(tmp_path: Path) -> None:
     mining = by_name["falco-detect-crypto-miners-stratum"]["steps"]
     assert [s["actionner"] for s in mining] == ["kubernetes:label", "kubernetes:networkpolicy"]
     assert mining[1]["parameters"]["allow_cidr"] == ["10.0.0.0/8"]
+    # parameters merged: the action block's labels + the rule's override + the actionner's defaults
+    (shell,) = by_name["falco-terminal-shell-in-container"]["steps"]
+    assert shell["parameters"]["labels"] == {
+        "security.falco.org/suspicious": "true",
+        "security.falco.org/reason": "shell",
+    }
+    assert shell["parameters"]["level"] == "pod"
+    (exfil,) = by_name["falco-outbound-connection-to-c2-servers"]["steps"]
+    assert (exfil["ignore_errors"], exfil["continue"], exfil["dry_run"], exfil["output"]) == (True, True, False, None)
