@@ -199,7 +199,7 @@ def match_rules(match: Match) -> str:
 
 
 def rule_module(rule: Rule, slug: str, position: int) -> str:
-    """The Rego module of one Talon rule (before `opa fmt`)."""
+    """The Rego module of one Talon rule, in `opa fmt`'s layout."""
     title = f'Talon rule "{rule.name}"'
     where = f"{PurePath(rule.where.file).name}:{rule.where.line}:{rule.where.column}"
     meta = ["# METADATA", f"# title: {_yaml_string(title)}"]
