@@ -21,9 +21,6 @@ if TYPE_CHECKING:
 
 log = logs.get("intake")
 
-RESERVED = ("/healthz", "/readyz", "/metrics")
-RESERVED_PREFIX = "/v1/"
-
 
 def refuse(
     status: int, error: str, field: str = "", hint: str = "", headers: dict[str, str] | None = None

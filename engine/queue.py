@@ -17,7 +17,7 @@ import contextlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from engine import logs
@@ -73,7 +73,6 @@ class Deduplicator:
 class _Entry(Generic[J]):
     job: J
     target: Hashable | None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class QueueClosed(Exception):
