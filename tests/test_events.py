@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,9 @@ import pytest
 
 from engine.errors import AlertError
 from engine.events import Alert, decode_alert, number_text, strip_prefix, value_text
+from tests.harness.paths import ALERTS
 
-SAMPLES = Path(os.environ.get("TALON_OPA_SHARED", "/work/shared")) / "samples" / "alerts"
+SAMPLES = ALERTS
 SAMPLE_FILES = sorted(SAMPLES.glob("*.json"))
 
 INPUT_KEYS = {

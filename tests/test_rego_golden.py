@@ -14,12 +14,12 @@ import pytest
 from actionners.registry import default_registry
 from engine import binaries
 from engine.events import decode_alert
+from tests.harness.paths import SAMPLES
 from tests.rego_support import plans, write_bundle
 from translator.model import RuleSet
 from translator.rego import HEADER, generate
 from translator.rules import load_ruleset
 
-SAMPLES = Path(os.environ.get("TALON_OPA_SHARED", "/work/shared")) / "samples"
 SEED = SAMPLES / "rules" / "seed-scenarios.yaml"
 GOLDEN = Path(__file__).parent / "golden" / "seed-scenarios"
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from tests.harness.paths import SEED_RULES
+
 ROOT = Path(__file__).resolve().parents[1]
-SEED = Path("/work/shared/samples/rules/seed-scenarios.yaml")
+SEED = SEED_RULES
 if not SEED.exists():  # the shared samples, else the copy in examples/ if there is one
     SEED = ROOT / "examples" / "seed-scenarios.yaml"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -22,11 +21,7 @@ from engine import config, server
 from engine.app import Engine, create_app
 from engine.kube import KubeConfig
 from engine.opa_process import free_port
-
-SAMPLES = Path(os.environ.get("TALON_OPA_SHARED", "/work/shared")) / "samples"
-if not SAMPLES.is_dir():  # CI: shared/ beside the clone
-    SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
-ALERTS = SAMPLES / "alerts"
+from tests.harness.paths import ALERTS
 
 
 def sample(name: str, **changes: Any) -> dict[str, Any]:

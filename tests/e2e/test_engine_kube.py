@@ -9,11 +9,12 @@ import pytest
 
 from actionners.kubernetes import label
 from engine.kube import KubeConfig
-from tests.e2e.engine_harness import SAMPLES, running_engine, shell_alert
+from tests.e2e.engine_harness import running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, kube_registry
 from tests.harness.kube import KubeCluster
+from tests.harness.paths import SEED_RULES
 
-SEED = SAMPLES / "rules" / "seed-scenarios.yaml"
+SEED = SEED_RULES
 
 LABEL_RULES = """\
 - rule: Shell in a container

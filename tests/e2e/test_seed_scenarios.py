@@ -15,11 +15,12 @@ import yaml
 
 from engine import config
 from engine.kube import KubeApiError, KubeConfig
-from tests.e2e.engine_harness import SAMPLES, RunningEngine, running_engine, sample
+from tests.e2e.engine_harness import RunningEngine, running_engine, sample
 from tests.harness.jaeger import Jaeger
 from tests.harness.kube import KubeCluster
+from tests.harness.paths import SEED_RULES
 
-SEED = SAMPLES / "rules" / "seed-scenarios.yaml"
+SEED = SEED_RULES
 REPO = Path(__file__).resolve().parents[2]
 
 
