@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from engine import binaries
 from engine.errors import OpaError
 from engine.opa_process import OpaProcess
+from tests.harness import paths
 from translator import bundle
 
 # A tiny stand-in for the library and the generated code: a plan-shaped value from a data table.
@@ -243,7 +244,7 @@ def signed_seed(tmp_path: Path, keys: tuple[Path, Path]) -> tuple[Path, dict[str
     """`talon-opa rules translate --signing-key` of the seed rules: (bundle, the shell alert's OPA input)."""
     from engine import events
 
-    seed = Path("/work/shared/samples/rules/seed-scenarios.yaml")
+    seed = paths.SEED_RULES
     out = tmp_path / "seed.tar.gz"
     args = ["rules", "translate", "-r", str(seed), "-o", str(out), "--signing-key", str(keys[0])]
     done = subprocess.run(
@@ -256,7 +257,7 @@ def signed_seed(tmp_path: Path, keys: tuple[Path, Path]) -> tuple[Path, dict[str
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"revision {bundle.read_manifest(out)['revision']} bundle {out}\n"
-    alert = Path("/work/shared/samples/alerts/falco-terminal-shell-in-container.json").read_bytes()
+    alert = (paths.ALERTS / "falco-terminal-shell-in-container.json").read_bytes()
     return out, events.decode_alert(alert, "application/json").opa_input()
 
 

@@ -14,10 +14,10 @@ import pytest
 from engine import binaries
 from engine.errors import OpaError
 from tests.conftest import OpaFactory
+from tests.harness import paths
 
-SAMPLES = Path("/work/shared/samples")
-SEED = SAMPLES / "rules" / "seed-scenarios.yaml"
-ALERTS = SAMPLES / "alerts"
+SEED = paths.SEED_RULES
+ALERTS = paths.ALERTS
 
 # What each seed action block resolves to (explicit parameters merged over the actionner's defaults).
 MARK = {
