@@ -45,6 +45,9 @@ class FileParams:
 class Label:
     spec: ClassVar[Spec[LabelParams]] = Spec(name="test:label", kind="actionner", description="", params=LabelParams)
 
+    async def run(self, alert: object, params: LabelParams) -> None:  # runnable: loading never calls it
+        raise AssertionError("not called when rules load")
+
 
 class Stop:
     spec: ClassVar[Spec[StopParams]] = Spec(
@@ -654,3 +657,25 @@ def test_keys_on_the_wrong_kind_of_item_are_warned_about(tmp_path: Path) -> None
         (4, "", "X", "match", "did you mean 'rule: X'?"),
         (6, "Y", "", "ignore_errors", "put it on an action under 'actions:'"),
     ]
+
+
+def test_an_action_this_version_cannot_run_is_warned_about_unless_dry_run(tmp_path: Path) -> None:
+    text = """\
+- rule: R
+  match: {rules: [a]}
+  actions:
+    - action: Stop it
+      actionner: test:stop
+- rule: Rehearsal
+  dry_run: true
+  match: {rules: [a]}
+  actions:
+    - action: Stop it
+      actionner: test:stop
+"""
+    rs, warnings = load_ruleset_with_warnings([write(tmp_path, text)], REGISTRY)
+    assert len(rs.rules) == 2
+    [w] = warnings
+    assert (w.where.line, w.rule, w.action, w.field) == (4, "R", "Stop it", "actionner")
+    assert "test:stop cannot run in this version" in w.message
+    assert "dry_run: true" in w.hint

@@ -79,7 +79,30 @@ def check_rules(paths: Sequence[str | Path], registry: RegistryLike) -> Report:
     if problems:
         return Report(None, tuple(problems), tuple(warnings), tuple(rules))
     model = RuleSet(tuple(_rule(mr, registry) for mr in rules), tuple(str(p) for p in paths))
-    return Report(model, (), tuple(warnings), tuple(rules))
+    return Report(model, (), tuple(warnings + _not_runnable(model, registry)), tuple(rules))
+
+
+def _not_runnable(model: RuleSet, registry: RegistryLike) -> list[RuleProblem]:
+    """Valid actions this version cannot run yet: they plan, and their steps fail (reported) at run time."""
+    out: list[RuleProblem] = []
+    for rule in model.rules:
+        for action in rule.actions:
+            plugins = [("actionner", action.actionner, registry.actionners.get(action.actionner))]
+            if action.output is not None:
+                plugins.append(("output", action.output.target, registry.outputs.get(action.output.target)))
+            for kind, name, cls in plugins:
+                if cls is not None and not hasattr(cls, "run") and not rule.dry_run:
+                    out.append(
+                        RuleProblem(
+                            action.where,
+                            f"the {kind} {name} cannot run in this version of talon-opa: its steps will fail",
+                            hint="set dry_run: true on the rule meanwhile, or use another " + kind,
+                            rule=rule.name,
+                            action=action.name,
+                            field="output" if kind == "output" else "actionner",
+                        )
+                    )
+    return _once(out)
 
 
 def _once(warnings: list[RuleProblem]) -> list[RuleProblem]:
