@@ -129,11 +129,13 @@ def test_directory_bundle_has_manifest_library_and_native_rego(tmp_path: Path, l
     assert found == [
         ".manifest",
         "native/mine/allow.rego",
+        "talon/native/data.json",
         "talon/plan.rego",
         "talon/rules/generated.rego",
         "talon/table/data.json",
     ]
     assert bundle.read_manifest(out) == man
+    assert json.loads((out / "talon" / "native" / "data.json").read_text()) == {"mine": True}
 
 
 def test_tarball_bundle_keeps_the_content_revision(tmp_path: Path, library: Path) -> None:

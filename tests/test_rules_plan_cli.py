@@ -291,7 +291,6 @@ def test_plan_adds_native_rego_rules_after_the_translated_ones(tmp_path: Path) -
         'match if net.cidr_contains("198.51.100.0/24", input.output_fields["fd.sip"])\n\n'
         'actions := [{"action": "Isolate", "actionner": "kubernetes:networkpolicy", "parameters": {}}]\n'
     )
-    (native / "registry.rego").write_text("package talon.native\n\nblock_c2 := true\n")
     (native / "block_c2_test.rego").write_text("package talon.rules.block_c2_test\n\ntest_never_bundled if false\n")
     alert = ALERTS / "falco-outbound-connection-to-c2-servers.json"  # fd.sip 198.51.100.66, namespace payments
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from engine import binaries
 from engine.errors import TalonError
+from translator import rego
 
 POLICIES = binaries.REPO / "policies"
 ROOTS = ("talon",)
@@ -94,10 +95,13 @@ def assemble(
 ) -> tuple[dict[str, str], str]:
     """All files of the bundle (without `.manifest`) and their revision; overlapping paths are an error."""
     merged: dict[str, str] = {}
+    own = native_files(native)
     for origin, part in (
         ("generated", dict(files)),
         (f"library {library}", library_files(library)),
-        ("native Rego", native_files(native)),
+        ("native Rego", own),
+        # the plan finds native rules through data.talon.native (docs/rego.md), never by enumeration
+        ("native index", rego.native_index(own.values(), generated=files)),
     ):
         for path, text in part.items():
             _check_rel(path)
