@@ -41,14 +41,13 @@ class RuleProblem:
     field: str = ""
 
     def __str__(self) -> str:
-        parts = []
-        if self.rule:
-            parts.append(f"rule {self.rule!r}")
-        if self.action:
-            parts.append(f"action {self.action!r}")
-        if self.field:
-            parts.append(f"field {self.field!r}")
-        text = ": ".join([str(self.where), *([", ".join(parts)] if parts else []), self.message])
+        return self.format()
+
+    def format(self, *, warning: bool = False) -> str:
+        """`file:line:col: [warning: ]rule 'R', action 'A', field 'F': message (hint)`."""
+        names = [f"{k} {v!r}" for k, v in (("rule", self.rule), ("action", self.action), ("field", self.field)) if v]
+        text = f"{self.where}: {'warning: ' if warning else ''}"
+        text += f"{', '.join(names)}: {self.message}" if names else self.message
         return f"{text} ({self.hint})" if self.hint else text
 
 

@@ -20,16 +20,7 @@ from translator.validate import RegistryLike
 
 def format_problem(p: RuleProblem, *, warning: bool = False) -> str:
     """`file:line:col: [warning: ]rule 'R', action 'A', field 'F': message (hint)`."""
-    names = []
-    if p.rule:
-        names.append(f"rule {p.rule!r}")
-    if p.action:
-        names.append(f"action {p.action!r}")
-    if p.field:
-        names.append(f"field {p.field!r}")
-    text = f"{p.where}: {'warning: ' if warning else ''}"
-    text += f"{', '.join(names)}: {p.message}" if names else p.message
-    return f"{text} ({p.hint})" if p.hint else text
+    return p.format(warning=warning)
 
 
 def main(args: argparse.Namespace, registry: RegistryLike | None = None, out: TextIO | None = None) -> int:
