@@ -1,7 +1,8 @@
 """The five response scenarios of ../shared/samples/rules/seed-scenarios.yaml, driven by the sample
 alerts, end to end: the real engine (its own child OPA on the translated bundle) acts on the real API
 server as a ServiceAccount bound to the ClusterRole that `talon-opa rbac -r seed-scenarios.yaml`
-prints, and every alert leaves one trace in a real Jaeger and its counts on /metrics."""
+prints, and every alert leaves one trace in a real Jaeger and its counts on /metrics. Last, the failure
+path those scenarios rely on: a target pod that is gone."""
 
 from __future__ import annotations
 
@@ -206,3 +207,45 @@ async def test_data_exfiltration_isolates_pods_of_sensitive_namespaces_only(
     [step] = await step_spans(jaeger, trace_id, 1)
     assert tags(step)["talon.actionner"] == "kubernetes:networkpolicy"
     assert tags(step)["talon.action.ignore_errors"] is True
+
+
+MISSING_POD_RULES = """\
+- rule: First
+  match: {rules: [Terminal shell in container]}
+  actions:
+    - action: Label it
+      actionner: kubernetes:label
+      parameters: {labels: {security.falco.org/suspicious: "true"}}
+    - action: Annotate it
+      actionner: kubernetes:annotation
+      parameters: {annotations: {security.falco.org/seen: "true"}}
+- rule: Second
+  match: {rules: [Terminal shell in container]}
+  actions:
+    - action: Label it again
+      actionner: kubernetes:label
+      parameters: {labels: {security.falco.org/second: "true"}}
+"""
+
+
+async def test_a_missing_target_pod_fails_its_step_ends_its_rule_and_the_next_rule_still_runs(
+    kube: KubeCluster, namespace: str, tmp_path: Path, jaeger: Jaeger
+) -> None:
+    account = await kube.service_account_with_role(
+        namespace,
+        "talon-opa",
+        [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}],
+    )
+    async with running_engine(tmp_path, MISSING_POD_RULES, kube_config=account, otel=otel(jaeger)) as e:
+        trace_id = await post(e, alert("falco-terminal-shell-in-container", "gone-1", namespace))
+        await e.drained()
+        actions = "falcosecurity_falco_talon_actions_total"
+        assert await e.metric(actions, rule="First", actionner="kubernetes:label", status="failure") == 1
+        assert await e.metric(actions, rule="First", actionner="kubernetes:annotation") == 0  # the rule ended
+        assert await e.metric(actions, rule="Second", actionner="kubernetes:label", status="failure") == 1
+    first, second = await step_spans(jaeger, trace_id, 2)
+    for span in (first, second):
+        assert tags(span)["otel.status_code"] == "ERROR"
+        assert f"the pod 'gone-1' in the namespace '{namespace}' doesn't exist" in tags(span)["otel.status_description"]
+    assert tags(first)["talon.rule"] == "First"
+    assert tags(second)["talon.rule"] == "Second"
