@@ -30,7 +30,7 @@ from opentelemetry.trace import Span, SpanKind
 from actionners.registry import Registry, default_registry
 from actionners.runtime import Deps
 from engine import config, logs, metrics, reload, telemetry
-from engine.decide import OpaClient, Plan
+from engine.decide import Batcher, OpaClient, Plan
 from engine.errors import OpaError, RulesError, TalonError
 from engine.events import Alert
 from engine.execute import Executor, alert_target, build_notifiers
@@ -119,6 +119,7 @@ class Engine:
             on_error=lambda kind: self.metrics.opa_errors.labels(kind=kind).inc(),
             expected_revision=lambda: self.supervisor.revision,
         )
+        self.batcher = Batcher(self.opa, max_size=cfg.opa.batch_size)
         self.bundle_archive: tuple[str, bytes] | None = None  # (revision, .tar.gz) served to a sidecar
         self.intake = Intake(self)
         self.built: reload.Built | None = None
@@ -172,8 +173,9 @@ class Engine:
             raise
         self.built = built
         self.metrics.set_revision(built.revision)
-        self.queue.start()
         loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.batcher.run(), name="talon-opa-batcher"))
+        self.queue.start()
         self._tasks.append(loop.create_task(self.supervisor.watch(), name="talon-opa-opa-watch"))
         if cfg.watch_rules:
             watcher = reload.RulesWatcher(list(cfg.rules_files), cfg.watch_interval_seconds, self.reload)
@@ -400,7 +402,7 @@ class Engine:
                 span.add_event("opa unavailable, retrying", {"attempt": attempt, "error": str(error)[:500]})
 
             try:
-                plan = await self.opa.decide(job.alert.opa_input(), on_retry=retrying)
+                plan = await self.batcher.decide(job.alert.opa_input(), on_retry=retrying)
             except OpaError as e:
                 telemetry.fail(span, e, "opa_error")
                 raise
@@ -410,6 +412,7 @@ class Engine:
             span.set_attribute(telemetry.MATCHED_RULES, list(plan.matched_rules))
             span.set_attribute(telemetry.STEP_COUNT, len(plan.steps))
             span.set_attribute(telemetry.OPA_ATTEMPTS, plan.attempts)
+            span.set_attribute(telemetry.DECISION_BATCH_SIZE, plan.batch_size)
             telemetry.ok(span)
             return plan
 

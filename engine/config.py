@@ -99,6 +99,8 @@ class Opa:
     """first wait before retrying a decision when OPA is unreachable or answers 5xx"""
     retry_max_seconds: float = 2.0
     """longest wait between retries (alerts stay queued meanwhile)"""
+    batch_size: int = 64
+    """most alerts decided in one OPA request (those waiting at the same time); 1: one request per alert"""
     decision_ids: bool = True
     """each decision gets OPA's decision id (on the `decide plan` span), without logging the decision"""
     decision_logs: bool = False
@@ -386,6 +388,7 @@ def _validate(cfg: Config) -> None:
     for name, value, low in (
         ("queue.capacity", cfg.queue.capacity, 1),
         ("queue.workers", cfg.queue.workers, 1),
+        ("opa.batch_size", cfg.opa.batch_size, 1),
         ("intake.max_body_bytes", cfg.intake.max_body_bytes, 1),
     ):
         if value < low:

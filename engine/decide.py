@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +23,15 @@ from engine import logs
 from engine.errors import OpaError
 
 PLAN_PATH = "/v1/data/talon/plan"
+BATCH_PATH = "/v1/data/talon/batch/plans"
 BUNDLES_PATH = "/v1/data/system/bundles"
 MAX_5XX_ATTEMPTS = 4
 
 log = logs.get("decide")
+
+
+class BatchRefused(OpaError):
+    """OPA gave no usable answer for a whole batch: its alerts are decided one by one instead."""
 
 
 class OpaUnavailable(OpaError):
@@ -65,6 +71,7 @@ class Plan:
     revision: str = ""  # the bundle revision OPA decided with
     attempts: int = 1
     seconds: float = 0.0
+    batch_size: int = 1  # alerts decided by the same request (they share its decision id)
 
     def acted_rules(self) -> tuple[str, ...]:
         """The matched rules Talon iterates: up to the last one with steps (a rule `continue: false` ends it)."""
@@ -184,14 +191,14 @@ class OpaClient:
         self._retry_max = retry_max
         self._on_error = on_error or (lambda kind: None)
 
-    async def decide_once(self, opa_input: Mapping[str, Any]) -> Plan:
-        """One request; OpaUnavailable when it may work later, OpaError when it will not."""
+    async def _post(self, path: str, opa_input: Any) -> tuple[dict[str, Any], list[str], float]:
+        """One decision request: OPA's answer (an object), the bundle revisions it decided with, the seconds."""
         ep = self._endpoint()
         started = time.perf_counter()
         ep.in_flight += 1
         try:
             async with ep.session.post(
-                f"{ep.base_url}{PLAN_PATH}?provenance=true",
+                f"{ep.base_url}{path}?provenance=true",
                 json={"input": opa_input},
                 headers=ep.headers,
                 timeout=self._timeout,
@@ -229,12 +236,49 @@ class OpaClient:
                     f"OPA has not activated bundle revision {expected} yet (it has {revisions or 'none'})",
                     hint="a sidecar polls the engine for its bundle: check its `bundles` configuration",
                 )
+        return body, revisions, seconds
+
+    async def decide_once(self, opa_input: Mapping[str, Any]) -> Plan:
+        """One request; OpaUnavailable when it may work later, OpaError when it will not."""
+        body, revisions, seconds = await self._post(PLAN_PATH, opa_input)
+        if "result" not in body:
             raise OpaError(
                 "OPA returned no result for data.talon.plan",
                 hint="the bundle does not define talon.plan: check policies/ and the generated Rego",
             )
         matched, steps = parse_plan(body["result"])
         return Plan(matched, steps, str(body.get("decision_id", "")), ",".join(revisions), 1, seconds)
+
+    async def decide_batch_once(self, inputs: Sequence[Mapping[str, Any]]) -> list[Plan | OpaError]:
+        """One request for many alerts (`data.talon.batch.plans`): each alert's plan, or why it has none.
+
+        OpaUnavailable when the request may work later; BatchRefused when OPA's answer is not a list of
+        one value per alert (a bundle without talon.batch, an evaluation error...): decide them one by one.
+        """
+        try:
+            body, revisions, seconds = await self._post(BATCH_PATH, {"alerts": inputs})
+        except OpaUnavailable as e:
+            if e.status is None:
+                raise
+            raise BatchRefused(str(e), hint=e.hint) from e  # a 5xx: maybe one alert's evaluation fails
+        except OpaError as e:
+            raise BatchRefused(str(e), hint=e.hint) from e
+        result = body.get("result")
+        if not isinstance(result, list) or len(result) != len(inputs):
+            raise BatchRefused(
+                "OPA returned no list of plans for data.talon.batch.plans", hint="the bundle lacks talon.batch"
+            )
+        decision_id = str(body.get("decision_id", ""))
+        revision = ",".join(revisions)
+        plans: list[Plan | OpaError] = []
+        for value in result:
+            try:
+                matched, steps = parse_plan(value)
+            except OpaError as e:
+                plans.append(e)
+                continue
+            plans.append(Plan(matched, steps, decision_id, revision, 1, seconds))
+        return plans
 
     async def decide(
         self,
@@ -285,3 +329,138 @@ class OpaClient:
             raise OpaUnavailable(f"OPA is unreachable: {e}", hint="see OPA's log") from e
         result = body.get("result") or {}
         return {str((b.get("manifest") or {}).get("revision", "")) for b in result.values() if isinstance(b, dict)}
+
+
+@dataclass(eq=False, slots=True)
+class _Waiting:
+    """An alert waiting for its plan from the batcher."""
+
+    opa_input: Mapping[str, Any]
+    future: asyncio.Future[Plan]
+    on_retry: Callable[[int, OpaError], Awaitable[None] | None] | None
+    since: float
+
+
+class Batcher:
+    """Micro-batched decisions: the alerts that wait at the same time are decided in one OPA request.
+
+    `decide` keeps `OpaClient.decide`'s contract for each alert (its plan, or the OpaError it would get
+    alone; connection errors retried for as long as it takes, with each alert's `on_retry` called).
+    `run()` is the task sending the batches: once an alert waits, it lets the alerts handed out in the same
+    loop turn join, then sends every waiting alert (up to `max_size`) as one `data.talon.batch.plans`
+    request; alerts arriving meanwhile form the next batch. No timer: a lone alert goes at once. A batch
+    OPA will not decide as a whole (an evaluation error, a bundle without talon.batch) is decided alert by
+    alert. Without `run()` (or with `max_size` 1) each alert is its own request.
+    """
+
+    def __init__(self, client: OpaClient, *, max_size: int = 64) -> None:
+        self._client = client
+        self.max_size = max_size
+        self._waiting: deque[_Waiting] = deque()
+        self._wake = asyncio.Event()
+        self._running = False
+        self._refused_log = logs.Throttle(10.0)
+
+    async def decide(
+        self,
+        opa_input: Mapping[str, Any],
+        *,
+        on_retry: Callable[[int, OpaError], Awaitable[None] | None] | None = None,
+    ) -> Plan:
+        if not self._running or self.max_size <= 1:
+            return await self._client.decide(opa_input, on_retry=on_retry)
+        future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(opa_input, future, on_retry, time.perf_counter()))
+        self._wake.set()
+        return await future
+
+    async def run(self) -> None:
+        """Send batches until cancelled; alerts still waiting then get an OpaError."""
+        self._running = True
+        batch: list[_Waiting] = []
+        try:
+            while True:
+                await self._wake.wait()
+                await asyncio.sleep(0)  # the workers woken in this loop turn add their alerts first
+                batch = []
+                while self._waiting and len(batch) < self.max_size:
+                    w = self._waiting.popleft()
+                    if not w.future.done():  # its worker was cancelled meanwhile
+                        batch.append(w)
+                if not self._waiting:
+                    self._wake.clear()
+                if batch:
+                    await self._send(batch)
+        finally:
+            self._running = False
+            stopped = OpaError("the engine stopped before the alert was decided", hint="send it again")
+            for w in (*batch, *self._waiting):
+                if not w.future.done():
+                    w.future.set_exception(stopped)
+            self._waiting.clear()
+
+    async def _send(self, batch: list[_Waiting]) -> None:
+        client = self._client
+        attempt = 0
+        delay = client._retry_initial
+        first_sent = time.perf_counter()
+        while True:
+            attempt += 1
+            try:
+                results = await client.decide_batch_once([w.opa_input for w in batch])
+                break
+            except BatchRefused as e:
+                if self._refused_log.allow() is not None:
+                    log.warning("batch refused, deciding its alerts one by one", extra={"error": str(e)})
+                await self._one_by_one(batch)
+                return
+            except OpaUnavailable as e:  # not a 5xx (those are BatchRefused): retried for as long as it takes
+                client._on_error("unavailable")
+                if attempt == 1 or attempt % 20 == 0:
+                    log.warning(
+                        "opa unavailable, retrying", extra={"error": str(e), "attempt": attempt, "alerts": len(batch)}
+                    )
+                for w in batch:
+                    if w.on_retry is not None and not w.future.done():
+                        maybe = w.on_retry(attempt, e)
+                        if maybe is not None:
+                            await maybe
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, client._retry_max)
+                batch = [w for w in batch if not w.future.done()]
+                if not batch:
+                    return
+        for w, result in zip(batch, results, strict=True):
+            if w.future.done():
+                continue
+            if isinstance(result, OpaError):
+                client._on_error("bad_answer")
+                w.future.set_exception(result)
+            else:
+                seconds = first_sent - w.since + result.seconds  # waiting for the batch + its request
+                w.future.set_result(
+                    Plan(
+                        result.matched_rules,
+                        result.steps,
+                        result.decision_id,
+                        result.revision,
+                        attempt,
+                        seconds,
+                        len(batch),
+                    )
+                )
+
+    async def _one_by_one(self, batch: list[_Waiting]) -> None:
+        async def one(w: _Waiting) -> None:
+            try:
+                plan = await self._client.decide(w.opa_input, on_retry=w.on_retry)
+            except OpaError as e:
+                if not w.future.done():
+                    w.future.set_exception(e)
+                return
+            if not w.future.done():
+                w.future.set_result(plan)
+
+        async with asyncio.TaskGroup() as tg:
+            for w in batch:
+                tg.create_task(one(w))

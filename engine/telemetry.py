@@ -41,6 +41,7 @@ ALERT_HOSTNAME = "talon.alert.hostname"
 ALERT_DUPLICATE = "talon.alert.duplicate"
 ALERT_DUPLICATE_OF = "talon.alert.duplicate_of"
 DECISION_ID = "talon.decision.id"
+DECISION_BATCH_SIZE = "talon.decision.batch_size"  # alerts decided by the same OPA request (same decision id)
 BUNDLE_REVISION = "talon.bundle.revision"
 MATCHED_RULES = "talon.matched_rules"
 STEP_COUNT = "talon.plan.steps"

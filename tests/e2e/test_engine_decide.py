@@ -1,19 +1,28 @@
 """The OPA client against a real OPA: a missing or ill-shaped result is an OpaError (not retried), a
-refused token too; an unreachable OPA is retried until it answers."""
+refused token too; an unreachable OPA is retried until it answers. Micro-batched decisions give each
+alert exactly its own plan (or its own error), whatever the bundle."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from engine.decide import Endpoint, OpaClient
+from actionners.registry import default_registry
+from engine import reload
+from engine.decide import Batcher, Endpoint, OpaClient, Plan
 from engine.errors import OpaError
+from engine.events import decode_alert
 from engine.opa_process import free_port
+from engine.reload import DROP_DECISION_PATH
 from tests.conftest import OpaFactory
+from tests.harness.paths import ALERTS, SEED_RULES
 
 PLAN = {
     "matched_rules": ["R"],
@@ -109,5 +118,127 @@ async def test_an_unreachable_opa_is_retried_until_it_answers(opa: OpaFactory, t
         assert plan.matched_rules == ("R",)
         assert set(errors) == {"unavailable"}
     finally:
+        await dead.close()
+        await live.close()
+
+
+async def _batcher(client: OpaClient, max_size: int = 64) -> tuple[Batcher, asyncio.Task[None]]:
+    batcher = Batcher(client, max_size=max_size)
+    task = asyncio.get_running_loop().create_task(batcher.run(), name="test-batcher")
+    await asyncio.sleep(0)  # running: later alerts are batched
+    return batcher, task
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _burst() -> list[dict[str, Any]]:
+    """Every sample alert, plus variants that match or miss the seed rules by their fields and tags."""
+    alerts = [decode_alert(p.read_bytes()).opa_input() for p in sorted(ALERTS.glob("*.json"))]
+    for base in list(alerts):
+        alerts.append({**base, "output_fields_str": {**base["output_fields_str"], "k8s.ns.name": "kube-system"}})
+        alerts.append({**base, "tags_set": {}, "priority_rank": 0})
+    return alerts
+
+
+async def test_a_burst_decided_in_batches_gets_exactly_the_plans_decided_one_by_one(
+    opa: OpaFactory, tmp_path: Path
+) -> None:
+    built = reload.build([str(SEED_RULES)], default_registry(), tmp_path)
+    decision_ids = ("--set=decision_logs.console=true", f"--set=decision_logs.drop_decision={DROP_DECISION_PATH}")
+    server = await opa(built.path, unix_socket=True, token="tok", extra_args=decision_ids)
+    ep = Endpoint.open(server.base_url, server.connector(), server.headers())
+    client = OpaClient(lambda: ep)
+    alerts = _burst()
+    try:
+        alone = [await client.decide(a) for a in alerts]
+        assert any(p.steps for p in alone)
+        assert any(not p.matched_rules for p in alone)
+        batcher, task = await _batcher(client, max_size=16)
+        try:
+            batched = await asyncio.gather(*(batcher.decide(a) for a in alerts))
+        finally:
+            await _stop(task)
+        assert [(p.matched_rules, p.steps) for p in batched] == [(p.matched_rules, p.steps) for p in alone]
+        assert {p.revision for p in batched} == {built.revision}
+        assert max(p.batch_size for p in batched) == 16  # the burst went in full batches...
+        ids = [p.decision_id for p in batched]
+        assert all(ids)
+        assert len(set(ids)) == -(-len(alerts) // 16)  # ...one decision each
+    finally:
+        await ep.close()
+
+
+async def test_a_bundle_without_the_batch_entrypoint_is_decided_alert_by_alert(opa: OpaFactory, tmp_path: Path) -> None:
+    server = await opa(bundle(tmp_path, f"plan := {json.dumps(PLAN)}"))
+    ep = Endpoint.open(server.base_url, server.connector(), server.headers())
+    batcher, task = await _batcher(OpaClient(lambda: ep))
+    try:
+        plans = await asyncio.gather(*(batcher.decide({"rule": str(i)}) for i in range(5)))
+        assert [p.matched_rules for p in plans] == [("R",)] * 5
+        assert {p.batch_size for p in plans} == {1}
+    finally:
+        await _stop(task)
+        await ep.close()
+
+
+async def test_an_ill_shaped_plan_in_a_batch_fails_that_alert_only(opa: OpaFactory, tmp_path: Path) -> None:
+    rego = (
+        f'plan := {json.dumps(PLAN)} if input.rule != "bad"\n\n'
+        'plan := {"matched_rules": "R", "steps": []} if input.rule == "bad"\n\n'
+        'batch := {"plans": [p | some a in input.alerts; p := plan with input as a]}'
+    )
+    server = await opa(bundle(tmp_path, rego))
+    ep = Endpoint.open(server.base_url, server.connector(), server.headers())
+    errors: list[str] = []
+    batcher, task = await _batcher(OpaClient(lambda: ep, on_error=errors.append))
+    try:
+        results = await asyncio.gather(
+            *(batcher.decide({"rule": r}) for r in ("good", "bad", "good")), return_exceptions=True
+        )
+        good, bad, good_again = results
+        assert isinstance(good, Plan)
+        assert isinstance(good_again, Plan)
+        assert (good.batch_size, good.matched_rules) == (3, ("R",))
+        assert isinstance(bad, OpaError)
+        assert "matched_rules" in str(bad)
+        assert errors == ["bad_answer"]
+    finally:
+        await _stop(task)
+        await ep.close()
+
+
+async def test_a_batch_waits_for_an_unreachable_opa_and_each_alert_hears_of_the_retries(
+    opa: OpaFactory, tmp_path: Path
+) -> None:
+    built = reload.build([str(SEED_RULES)], default_registry(), tmp_path)
+    dead = Endpoint.open(f"http://127.0.0.1:{free_port()}", aiohttp.TCPConnector(), {})
+    current = [dead]
+    client = OpaClient(lambda: current[0], retry_initial=0.02, retry_max=0.1)
+    batcher, task = await _batcher(client)
+    retries: list[list[int]] = [[], [], []]
+
+    def retrying(i: int) -> Callable[[int, OpaError], None]:
+        return lambda attempt, error: retries[i].append(attempt)
+
+    alerts = _burst()[:3]
+    decisions = [asyncio.ensure_future(batcher.decide(a, on_retry=retrying(i))) for i, a in enumerate(alerts)]
+    await asyncio.sleep(0.3)
+    assert not any(d.done() for d in decisions)
+    server = await opa(built.path)
+    live = Endpoint.open(server.base_url, server.connector(), server.headers())
+    current[0] = live
+    try:
+        plans = await asyncio.wait_for(asyncio.gather(*decisions), 10)
+        assert all(p.attempts > 1 and p.batch_size == 3 for p in plans)
+        assert all(r and r == list(range(1, len(r) + 1)) for r in retries)
+        assert [(p.matched_rules, p.steps) for p in plans] == [
+            ((await client.decide(a)).matched_rules, (await client.decide(a)).steps) for a in alerts
+        ]
+    finally:
+        await _stop(task)
         await dead.close()
         await live.close()
