@@ -98,6 +98,37 @@ def key_of(f: dataclasses.Field[Any]) -> str:
     return info(f).key or f.name
 
 
+@dataclass(frozen=True, slots=True)
+class _Param:
+    """A field of a parameters class with what decoding needs of it, worked out once per class."""
+
+    field: dataclasses.Field[Any]
+    info: ParamInfo
+    key: str  # key_of(field)
+    folded: tuple[str, ...]  # _fold(key)
+
+
+# Per parameters class, worked out at its first use: a class's fields and annotations never change.
+_PARAMS: dict[type[Any], tuple[_Param, ...]] = {}
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _params_of(cls: type[Any]) -> tuple[_Param, ...]:
+    """The fields of `cls` with their declarations."""
+    found = _PARAMS.get(cls)
+    if found is None:
+        found = _PARAMS[cls] = tuple(_Param(f, info(f), key_of(f), _fold(key_of(f))) for f in fields(cls))
+    return found
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    """`typing.get_type_hints(cls)` (which evaluates the text of every annotation)."""
+    found = _HINTS.get(cls)
+    if found is None:
+        found = _HINTS[cls] = typing.get_type_hints(cls)
+    return found
+
+
 def default_of(f: dataclasses.Field[Any]) -> Any:
     """The field's default as a Python value; None when it has none (required parameters)."""
     if f.default is not dataclasses.MISSING:
@@ -116,13 +147,12 @@ def decode(cls: type[T], raw: Mapping[str, Any]) -> T:
         message = f"expected a map of parameters, got {_describe(raw)}"
         raise _base.ParamsInvalid([_base.ParamProblem("parameters", message, "write key: value pairs")])
     mode: Decoding = getattr(cls, "decoding", "strict")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     matched = _match_keys(cls, raw)
     values: dict[str, Any] = {}
     problems: list[_base.ParamProblem] = []
-    for f in fields(cls):
-        meta = info(f)
-        name = key_of(f)
+    for p in _params_of(cls):
+        f, meta, name = p.field, p.info, p.key
         key = matched.get(f.name)
         path = key if key is not None else name
         value = raw[key] if key is not None else None
@@ -158,7 +188,7 @@ def decode(cls: type[T], raw: Mapping[str, Any]) -> T:
 
 def defaults(cls: type[Any]) -> dict[str, Any]:
     """Every parameter with its effective default, as JSON values (null when it has none)."""
-    return {key_of(f): _to_json(default_of(f)) for f in fields(cls)}
+    return {p.key: _to_json(default_of(p.field)) for p in _params_of(cls)}
 
 
 def to_json(instance: Any) -> dict[str, Any]:
@@ -184,7 +214,7 @@ def secret_names(cls: type[Any]) -> list[str]:
 
 def type_name(cls: type[Any], f: dataclasses.Field[Any]) -> str:
     """A short, user-facing name of a parameter's type ("string", "integer", "list of strings"...)."""
-    return _type_label(typing.get_type_hints(cls)[f.name])
+    return _type_label(_hints(cls)[f.name])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -286,17 +316,20 @@ def _match_keys(cls: type[Any], raw: Mapping[Any, Any]) -> dict[str, str]:
     """field name -> the key of `raw` that sets it: the exact key, else the first case-insensitive one."""
     out: dict[str, str] = {}
     used: set[str] = set()
-    for f in fields(cls):
-        if key_of(f) in raw:
-            out[f.name] = key_of(f)
-            used.add(key_of(f))
-    for f in fields(cls):
-        if f.name in out:
+    params = _params_of(cls)
+    for p in params:
+        if p.key in raw:
+            out[p.field.name] = p.key
+            used.add(p.key)
+    folded_raw: dict[str, tuple[str, ...]] | None = None  # each key of `raw` folded, when first needed
+    for p in params:
+        if p.field.name in out:
             continue
-        folded = _fold(key_of(f))
-        for key in raw:
-            if isinstance(key, str) and key not in used and _fold(key) == folded:
-                out[f.name] = key
+        if folded_raw is None:
+            folded_raw = {key: _fold(key) for key in raw if isinstance(key, str)}
+        for key, folded in folded_raw.items():
+            if key not in used and folded == p.folded:
+                out[p.field.name] = key
                 used.add(key)
                 break
     return out
