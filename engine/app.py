@@ -289,13 +289,13 @@ class Engine:
             attrs[telemetry.K8S_POD_NAME] = pod
         if ns:
             attrs[telemetry.K8S_NAMESPACE_NAME] = ns
+        alert_id = uuid.uuid4().hex
+        attrs[telemetry.ALERT_ID] = alert_id
         span = self.tracer.start_span(
             telemetry.RECEIVE_ALERT, context=self.telemetry.extract(headers), kind=SpanKind.SERVER, attributes=attrs
         )
-        alert_id = uuid.uuid4().hex
-        span.set_attribute(telemetry.ALERT_ID, alert_id)
         trace_id = telemetry.trace_id_of(span)
-        self.metrics.events.labels(alert.rule, alert.priority, alert.source).inc()
+        self.metrics.count_event(alert.rule, alert.priority, alert.source)
         with trace.use_span(span, end_on_exit=False):
             if self.cfg.print_all_events:
                 log.info(
@@ -396,7 +396,8 @@ class Engine:
             self.metrics.in_flight.dec()
 
     async def decide(self, job: Job) -> Plan:
-        with self.tracer.start_as_current_span(telemetry.DECIDE_PLAN) as span:
+        span = self.tracer.start_span(telemetry.DECIDE_PLAN)  # a child of the alert's span, current here
+        with trace.use_span(span, end_on_exit=True):
 
             def retrying(attempt: int, error: OpaError) -> None:
                 span.add_event("opa unavailable, retrying", {"attempt": attempt, "error": str(error)[:500]})
@@ -407,12 +408,16 @@ class Engine:
                 telemetry.fail(span, e, "opa_error")
                 raise
             self.metrics.decision_seconds.observe(plan.seconds)
-            span.set_attribute(telemetry.DECISION_ID, plan.decision_id)
-            span.set_attribute(telemetry.BUNDLE_REVISION, plan.revision)
-            span.set_attribute(telemetry.MATCHED_RULES, list(plan.matched_rules))
-            span.set_attribute(telemetry.STEP_COUNT, len(plan.steps))
-            span.set_attribute(telemetry.OPA_ATTEMPTS, plan.attempts)
-            span.set_attribute(telemetry.DECISION_BATCH_SIZE, plan.batch_size)
+            span.set_attributes(
+                {
+                    telemetry.DECISION_ID: plan.decision_id,
+                    telemetry.BUNDLE_REVISION: plan.revision,
+                    telemetry.MATCHED_RULES: list(plan.matched_rules),
+                    telemetry.STEP_COUNT: len(plan.steps),
+                    telemetry.OPA_ATTEMPTS: plan.attempts,
+                    telemetry.DECISION_BATCH_SIZE: plan.batch_size,
+                }
+            )
             telemetry.ok(span)
             return plan
 

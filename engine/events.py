@@ -161,7 +161,7 @@ def _check_time(text: str) -> None:
     m = _RFC3339.match(text)
     if m is None:
         raise ValueError("not RFC 3339")
-    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+    year, month, day, hour, minute, second = map(int, m.group(1, 2, 3, 4, 5, 6))
     # year 0 is valid in Go; 2000 has the same leap-year rule for the day check
     _dt.datetime(year or 2000, month, day, hour, minute, second)
     if m.group(8) is not None and (int(m.group(9)) > 23 or int(m.group(10)) > 59):
@@ -233,6 +233,13 @@ class Alert:
 
     def opa_input(self) -> dict[str, Any]:
         """THE normalised OPA input (docs/rego.md): the alert plus precomputed, indexable helpers."""
+        fields = self.output_fields
+        if all(type(v) is str for v in fields.values()):  # the usual case: already safe, its own string form
+            safe_fields, fields_str = dict(fields), dict(fields)
+        else:
+            safe_fields = _json_safe(fields)
+            fields_str = {k: value_text(v) for k, v in fields.items()}
+        tags = self.tags
         return {
             "rule": self.rule,
             "priority": self.priority,
@@ -241,10 +248,10 @@ class Alert:
             "hostname": self.hostname,
             "time": self.time,
             "output": self.output,
-            "tags": _json_safe(self.tags),
-            "tags_set": {t: True for t in self.tags if isinstance(t, str)},
-            "output_fields": _json_safe(self.output_fields),
-            "output_fields_str": {k: value_text(v) for k, v in self.output_fields.items()},
+            "tags": list(tags) if all(type(t) is str for t in tags) else _json_safe(tags),
+            "tags_set": {t: True for t in tags if isinstance(t, str)},
+            "output_fields": safe_fields,
+            "output_fields_str": fields_str,
         }
 
 

@@ -76,6 +76,16 @@ class Metrics:
             f"{OURS}_bundle_info", "The bundle revision in use (value 1)", ["revision"], registry=r
         )
 
+        self._events: dict[tuple[str, str, str], Counter] = {}  # labels → child: one lookup per alert
+
+    def count_event(self, rule: str, priority: str, source: str) -> None:
+        """One alert received (`events`), without prometheus_client's label validation on every alert."""
+        key = (rule, priority, source)
+        child = self._events.get(key)
+        if child is None:
+            child = self._events[key] = self.events.labels(rule, priority, source)
+        child.inc()
+
     def set_revision(self, revision: str) -> None:
         self.bundle_info.clear()
         self.bundle_info.labels(revision=revision).set(1)
