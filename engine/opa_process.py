@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import socket
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,7 @@ class OpaProcess:
     token: str | None = None
     log_path: Path | None = None
     extra_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)  # set in the child's environment (e.g. GOGC)
     _proc: asyncio.subprocess.Process | None = field(default=None, init=False, repr=False)
     _dir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
     addr: str = field(default="", init=False)
@@ -97,7 +100,12 @@ class OpaProcess:
             args += ["--authentication=token", "--authorization=basic", str(authz)]
         log = open(self.log_path or work / "opa.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
         self._proc = await asyncio.create_subprocess_exec(
-            *args, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, cwd=work
+            *args,
+            stdout=log,
+            stderr=log,
+            stdin=asyncio.subprocess.DEVNULL,
+            cwd=work,
+            env={**os.environ, **self.env} if self.env else None,
         )
         log.close()
         await self._wait_ready(ready_within)

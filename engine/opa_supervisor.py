@@ -105,6 +105,7 @@ class OpaSupervisor:
             token=self.token or None,
             log_path=self.workdir / f"opa-{self._children}.log",
             extra_args=extra,
+            env={"GOGC": str(self.cfg.gc_percent)} if self.cfg.gc_percent else {},
             verification_key=Path(self.cfg.verification_key) if self.cfg.verification_key else None,
         )
         await proc.start(ready_within=self.cfg.ready_timeout_seconds)

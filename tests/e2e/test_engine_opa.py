@@ -86,3 +86,16 @@ async def test_the_child_runs_only_bundles_signed_by_our_key(tmp_path: Path) -> 
     with pytest.raises(OpaError, match="verification"):
         async with running_engine(tmp_path, DRY_RUN_RULES, opa=wrong_key):
             pass
+
+
+@pytest.mark.parametrize(("gc_percent", "gogc"), [(250, "250"), (0, None)])
+async def test_the_child_gets_the_configured_gogc(tmp_path: Path, gc_percent: int, gogc: str | None) -> None:
+    opa = dataclasses.replace(config.Opa(), gc_percent=gc_percent)
+    async with running_engine(tmp_path, DRY_RUN_RULES, opa=opa) as e:
+        pid = e.engine.supervisor.pid
+        environ = (await asyncio.to_thread(Path(f"/proc/{pid}/environ").read_bytes)).split(b"\0")
+        found = {k.decode(): v.decode() for k, _, v in (x.partition(b"=") for x in environ if x)}
+        assert found.get("GOGC") == (gogc if gogc is not None else os.environ.get("GOGC"))
+        assert (await e.post(json_body=shell_alert())).status == 200
+        await asyncio.wait_for(e.drained(), 30)
+        assert await e.metric("falcosecurity_falco_talon_actions_total", status="dry_run") == 1
