@@ -23,9 +23,38 @@ from engine.errors import RuleProblem, Where
 
 Kind = Literal["null", "bool", "int", "float", "str", "seq", "map"]
 
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: same nodes and marks
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
+# The tag our composer gives a plain scalar written without a tag (compared by identity, never by text):
+# its kind is then decided by `_resolve_plain` (yaml.v3's rules), so PyYAML's own guess is not needed.
+_PLAIN = "\0plain"
+
+
+class _Composer(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe composer (libyaml when present: same nodes and marks) without its tag guessing.
+
+    The composer asks `resolve` for the tag of every untagged node. PyYAML's answer (a regex search per
+    scalar) only mattered to compare it with the same answer, so a plain scalar gets `_PLAIN`, except `<<`
+    which must stay a merge key. Explicit tags (`!!str 3`) are not resolved and reach the decoder as written.
+    """
+
+    def resolve(self, kind: type[yaml.Node], value: str | None, implicit: Any) -> str:
+        if kind is yaml.ScalarNode:
+            if not implicit[0]:
+                return _STR  # quoted: PyYAML's answer too
+            return _MERGE if value == "<<" else _PLAIN
+        return _SEQ if kind is yaml.SequenceNode else _MAP
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        return None  # no path resolvers: PyYAML's own check is a call per node
+
+    def ascend_resolver(self) -> None:
+        return None
+
+
+_LOADER: Any = _Composer
 
 # yaml.v3's implicit resolution (YAML 1.2 core schema), which is what Talon sees: `yes`/`on` are strings.
 _NULLS = {"", "~", "null", "Null", "NULL"}
@@ -265,56 +294,63 @@ class _Decoder:
         self._implicit: dict[str, str] = {}  # text -> the tag PyYAML gives it implicitly
 
     # --- nodes → Values -------------------------------------------------------------------------------
-    def value(self, node: yaml.Node, depth: int = 0) -> Value | None:
-        where = _where(self.file, node)
+    def value(self, node: yaml.Node, depth: int = 0, key_where: Where | None = None) -> Value | None:
+        """The Value of `node`; `key_where`: where its key was written, when it is a mapping's value."""
+        mark = node.start_mark
+        where = Where(self.file, mark.line + 1, mark.column + 1)
         if depth > 100:
             self._error(where, "the YAML nesting is too deep (a recursive alias?)", "remove the recursive alias")
             return None
         if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, where)
+            return self._scalar(node, where, key_where)
         if isinstance(node, yaml.SequenceNode):
-            items = [self.value(n, depth + 1) for n in node.value]
-            if any(i is None for i in items):
+            items = [self.value(n, depth + 1) for n in node.value]  # all of them: each reports its problems
+            if None in items:
                 return None
-            return Value("seq", tuple(i for i in items if i is not None), where)
+            return Value("seq", tuple(items), where, key_where=key_where)
         if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, where, depth)
+            return self._mapping(node, where, depth, key_where)
         return None
 
-    def _scalar(self, node: yaml.ScalarNode, where: Where) -> Value:
+    def _scalar(self, node: yaml.ScalarNode, where: Where, key_where: Where | None) -> Value:
         text: str = node.value
         if node.style not in (None, ""):
-            return Value("str", text, where, text, quoted=True)
-        implicit = self._implicit.get(text)
+            return Value("str", text, where, text, True, key_where)
+        if node.tag is _PLAIN:  # untagged: yaml.v3's implicit resolution
+            kind, data = _resolve_plain(text)
+            return Value(kind, data, where, text, False, key_where)
+        implicit = self._implicit.get(text)  # what PyYAML would have guessed for it untagged
         if implicit is None:
             implicit = self._resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
             self._implicit[text] = implicit
         if node.tag == _STR and implicit != _STR:  # an explicit !!str
-            return Value("str", text, where, text, quoted=True)
+            return Value("str", text, where, text, True, key_where)
         if node.tag == implicit:
             kind, data = _resolve_plain(text)
-            return Value(kind, data, where, text)
+            return Value(kind, data, where, text, False, key_where)
         # an explicit tag such as !!int or !!float
         tag = node.tag.rsplit(":", 1)[-1]
         try:
             if tag == "int":
-                return Value("int", int(text.replace("_", ""), 0), where, text)
+                return Value("int", int(text.replace("_", ""), 0), where, text, False, key_where)
             if tag == "float":
-                return Value("float", float(text), where, text)
+                return Value("float", float(text), where, text, False, key_where)
             if tag == "bool" and text.lower() in ("true", "false"):
-                return Value("bool", text.lower() == "true", where, text)
+                return Value("bool", text.lower() == "true", where, text, False, key_where)
             if tag == "null":
-                return Value("null", None, where, text)
+                return Value("null", None, where, text, False, key_where)
         except ValueError:
             pass
-        return Value("str", text, where, text)
+        return Value("str", text, where, text, False, key_where)
 
-    def _mapping(self, node: yaml.MappingNode, where: Where, depth: int) -> Value | None:
+    def _mapping(self, node: yaml.MappingNode, where: Where, depth: int, key_where: Where | None) -> Value | None:
         data: dict[str, Value] = {}
         seen: dict[str, Where] = {}
         merged: dict[str, Value] = {}
+        file = self.file
         for knode, vnode in node.value:
-            kwhere = _where(self.file, knode)
+            kmark = knode.start_mark
+            kwhere = Where(file, kmark.line + 1, kmark.column + 1)
             if knode.tag == _MERGE:
                 src = self.value(vnode, depth + 1)
                 sources = [] if src is None else ([src] if src.kind == "map" else list(src.data))
@@ -337,13 +373,13 @@ class _Decoder:
                 )
                 return None
             seen[key] = kwhere
-            v = self.value(vnode, depth + 1)
+            v = self.value(vnode, depth + 1, kwhere)
             if v is None:
                 return None
-            data[key] = Value(v.kind, v.data, v.where, v.text, v.quoted, kwhere)
+            data[key] = v
         for k, v in merged.items():
             data.setdefault(k, v)
-        return Value("map", data, where)
+        return Value("map", data, where, key_where=key_where)
 
     # --- Values → raw items ---------------------------------------------------------------------------
     def item(self, v: Value) -> None:
