@@ -48,7 +48,7 @@ class Deduplication:
     key: tuple[str, ...] = ("output",)
     """what makes two alerts the same: "output" (Talon's), "rule", "priority", "source", "hostname" or field names"""
     leader_election: bool = False
-    """accepted for Talon compatibility; replicas share dedup through the NATS queue instead"""
+    """accepted for Talon compatibility and ignored: deduplication is per engine (no shared queue yet)"""
 
 
 @dataclass(frozen=True, slots=True)
