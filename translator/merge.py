@@ -9,12 +9,14 @@ keeps the base filter, and a list parameter new in a block override is not wrapp
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from engine.errors import RuleProblem
 from translator.load import RawAction, RawItem, RawMatch, RawOutput, RawRule, Text, Value
+
+_Raw = TypeVar("_Raw", RawAction, RawRule, RawMatch)
 
 
 @dataclass(slots=True)
@@ -56,9 +58,17 @@ def merge_items(items: Sequence[RawItem]) -> Merged:
     return out
 
 
+def _shallow(obj: _Raw) -> _Raw:
+    """`copy.copy` of a slotted raw item, field by field (copy.copy goes through pickling's protocol)."""
+    out = object.__new__(type(obj))
+    for name in type(obj).__slots__:
+        object.__setattr__(out, name, getattr(obj, name))
+    return out
+
+
 def _copy_action(a: RawAction) -> RawAction:
     """A copy whose containers can be changed without touching `a` (Texts and Values are never changed)."""
-    out = copy.copy(a)
+    out = _shallow(a)
     out.additional_contexts = list(a.additional_contexts)
     out.parameters = dict(a.parameters) if a.parameters is not None else None
     out.broken = set(a.broken)
@@ -70,8 +80,8 @@ def _copy_action(a: RawAction) -> RawAction:
 
 
 def _copy_rule(r: RawRule) -> RawRule:
-    out = copy.copy(r)
-    out.match = copy.copy(r.match)
+    out = _shallow(r)
+    out.match = _shallow(r.match)
     out.match.rules, out.match.tags = list(r.match.rules), list(r.match.tags)
     out.match.output_fields = list(r.match.output_fields)
     out.notifiers = list(r.notifiers)
