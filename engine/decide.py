@@ -390,7 +390,13 @@ class Batcher:
                 if not self._waiting:
                     self._wake.clear()
                 if batch:
-                    await self._send(batch)
+                    try:
+                        await self._send(batch)
+                    except Exception as e:  # a bug, not OPA: each alert fails as it would alone; go on
+                        log.exception("batch failed")
+                        for w in batch:
+                            if not w.future.done():
+                                w.future.set_exception(e)
         finally:
             self._running = False
             stopped = OpaError("the engine stopped before the alert was decided", hint="send it again")
@@ -454,7 +460,7 @@ class Batcher:
         async def one(w: _Waiting) -> None:
             try:
                 plan = await self._client.decide(w.opa_input, on_retry=w.on_retry)
-            except OpaError as e:
+            except Exception as e:  # OpaError, or a bug: the alert's own outcome either way
                 if not w.future.done():
                     w.future.set_exception(e)
                 return

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +242,32 @@ async def test_a_batch_waits_for_an_unreachable_opa_and_each_alert_hears_of_the_
         await _stop(task)
         await dead.close()
         await live.close()
+
+
+class _FailsOnce(OpaClient):
+    """The real client, whose first batch breaks with an error that is not OPA's."""
+
+    failed = False
+
+    async def decide_batch_once(self, inputs: Sequence[Mapping[str, Any]]) -> list[Plan | OpaError]:
+        if not self.failed:
+            self.failed = True
+            raise ValueError("not OPA's fault")
+        return await super().decide_batch_once(inputs)
+
+
+async def test_an_unexpected_error_fails_its_batch_and_the_batcher_goes_on(opa: OpaFactory, tmp_path: Path) -> None:
+    built = reload.build([str(SEED_RULES)], default_registry(), tmp_path)
+    server = await opa(built.path)
+    ep = Endpoint.open(server.base_url, server.connector(), server.headers())
+    batcher, task = await _batcher(_FailsOnce(lambda: ep))
+    alerts = _burst()[:2]
+    try:
+        first = await asyncio.gather(*(batcher.decide(a) for a in alerts), return_exceptions=True)
+        assert [type(r) for r in first] == [ValueError, ValueError]
+        again = await asyncio.gather(*(batcher.decide(a) for a in alerts))
+        assert {p.batch_size for p in again} == {2}
+        assert not task.done()
+    finally:
+        await _stop(task)
+        await ep.close()
