@@ -157,10 +157,13 @@ def load_ruleset_with_warnings(
     paths: Sequence[str | Path], registry: RegistryLike
 ) -> tuple[RuleSet, list[RuleProblem]]:
     """Like `load_ruleset`, also returning the warnings."""
-    report = check_rules(paths, registry)
-    if report.ruleset is None:
-        raise RulesError(list(report.problems))
-    return report.ruleset, list(report.warnings)
+    with collector_paused():  # back on once the report (raw rules, Values) is gone: less for it to walk
+        report = check_rules(paths, registry)
+        if report.ruleset is None:
+            raise RulesError(list(report.problems))
+        ruleset, warnings = report.ruleset, list(report.warnings)
+        del report
+    return ruleset, warnings
 
 
 # --- the final model ----------------------------------------------------------------------------------
