@@ -64,6 +64,7 @@ _FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 _INF = {".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF"}
 _NINF = {"-.inf", "-.Inf", "-.INF"}
 _NAN = {".nan", ".NaN", ".NAN"}
+_NUMERIC_START = frozenset("+-.0123456789")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -172,6 +173,10 @@ _RULE_ONLY = ("match", "actions", "notifiers", "dry_run")
 _ACTION_ONLY = ("actionner", "parameters", "output", "ignore_errors", "additional_contexts")
 _MATCH_KEYS = ("rules", "priority", "tags", "output_fields", "source")
 _OUTPUT_KEYS = ("target", "parameters")
+_ITEM_KNOWN = frozenset(_ACTION_KEYS) | frozenset(_RULE_KEYS)
+_ACTION_KNOWN = frozenset(_ACTION_KEYS)
+_MATCH_KNOWN = frozenset(_MATCH_KEYS)
+_OUTPUT_KNOWN = frozenset(_OUTPUT_KEYS)
 
 
 def load_files(paths: Sequence[str | Path]) -> Loaded:
@@ -265,6 +270,8 @@ def _resolve_plain(text: str) -> tuple[Kind, Any]:
         return "null", None
     if text in _BOOLS:
         return "bool", _BOOLS[text]
+    if text[0] not in _NUMERIC_START:  # no number, inf or nan starts otherwise
+        return "str", text
     if _INT.fullmatch(text):
         digits = text.replace("_", "")
         try:
@@ -302,6 +309,9 @@ class _Decoder:
             self._error(where, "the YAML nesting is too deep (a recursive alias?)", "remove the recursive alias")
             return None
         if isinstance(node, yaml.ScalarNode):
+            if node.tag is _PLAIN and not node.style:  # the common case, inline: untagged and unquoted
+                kind, data = _resolve_plain(node.value)
+                return Value(kind, data, where, node.value, False, key_where)
             return self._scalar(node, where, key_where)
         if isinstance(node, yaml.SequenceNode):
             items = [self.value(n, depth + 1) for n in node.value]  # all of them: each reports its problems
@@ -398,10 +408,9 @@ class _Decoder:
             )
             return
         m: dict[str, Value] = v.data
-        known = set(_ACTION_KEYS) | set(_RULE_KEYS)
         action_name = self._string(m, "action", "", "")
         rule_name = self._string(m, "rule", rule_name_of(m), "")
-        self._unknown(m, known, rule_name_of(m), action_name.value if action_name else "")
+        self._unknown(m, _ITEM_KNOWN, rule_name_of(m), action_name.value if action_name else "")
         block = None
         if action_name is not None and action_name.value:
             block = self._action(m, v.where, action_name, rule="")
@@ -450,7 +459,7 @@ class _Decoder:
         match = RawMatch(match_v.where if match_v else where)
         if match_v is not None and match_v.kind == "map":
             mm: dict[str, Value] = match_v.data
-            self._unknown(mm, set(_MATCH_KEYS), *ctx, prefix="match.")
+            self._unknown(mm, _MATCH_KNOWN, *ctx, prefix="match.")
             match.rules = self._strings(mm, "rules", *ctx, prefix="match.")
             match.priority = self._string(mm, "priority", *ctx, prefix="match.", keep_null=False)
             match.tags = self._strings(mm, "tags", *ctx, prefix="match.")
@@ -486,7 +495,7 @@ class _Decoder:
                     continue
                 am: dict[str, Value] = a.data
                 an = self._string(am, "action", r, "", prefix=f"actions[{i}].")
-                self._unknown(am, set(_ACTION_KEYS), r, an.value if an else "", "")
+                self._unknown(am, _ACTION_KNOWN, r, an.value if an else "", "")
                 rule.actions.append(self._action(am, a.where, an or Text("", a.where), rule=r))
         elif acts is not None and acts.kind != "null":
             rule.broken.add("actions")
@@ -510,7 +519,7 @@ class _Decoder:
         out_v = m.get("output")
         if out_v is not None and out_v.kind == "map":
             om: dict[str, Value] = out_v.data
-            self._unknown(om, set(_OUTPUT_KEYS), *ctx, prefix="output.")
+            self._unknown(om, _OUTPUT_KNOWN, *ctx, prefix="output.")
             act.output = RawOutput(out_v.where, self._string(om, "target", *ctx, prefix="output."))
             act.output.parameters = self._params(om, "parameters", *ctx, prefix="output.")
             target_v, params_v = om.get("target"), om.get("parameters")
@@ -572,7 +581,7 @@ class _Decoder:
         return dict(v.data)
 
     # --- problems -------------------------------------------------------------------------------------
-    def _unknown(self, m: dict[str, Value], known: set[str], rule: str, action: str, prefix: str = "") -> None:
+    def _unknown(self, m: dict[str, Value], known: frozenset[str], rule: str, action: str, prefix: str = "") -> None:
         for k, v in m.items():
             if k in known:
                 continue
