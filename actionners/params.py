@@ -37,6 +37,7 @@ Decoding = Literal["strict", "settings"]
 T = TypeVar("T")
 
 _INT64 = (-(2**63), 2**63 - 1)
+_JSON_SCALARS = frozenset({str, int, bool, float, type(None)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +497,8 @@ def _decode_map(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base.
 
 
 def _to_json(value: Any) -> Any:
+    if type(value) in _JSON_SCALARS:  # most defaults: no ABC check needed
+        return value
     if isinstance(value, tuple | list):
         return [_to_json(v) for v in value]
     if isinstance(value, Mapping):

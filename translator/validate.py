@@ -98,6 +98,7 @@ def parse_condition(piece: str) -> FieldCondition | None:
 
 
 # (plugin name, parameters as JSON) -> (problems, unknown keys): one per load, shared by its rules
+_KEY_JSON = json.JSONEncoder(sort_keys=True, default=repr)  # what json.dumps(..., sort_keys, default) builds
 DecodeCache = dict[tuple[str, str], tuple[list[_base.ParamProblem], list[str]]]
 
 # --- the checks ---------------------------------------------------------------------------------------
@@ -338,7 +339,7 @@ def _check_params(
     cache: DecodeCache,
 ) -> list[RuleProblem]:
     raw = {k: v.plain() for k, v in (params or {}).items()}
-    key = (spec.name, json.dumps(raw, sort_keys=True, default=repr))
+    key = (spec.name, _KEY_JSON.encode(raw))
     if key not in cache:  # many rules share one action block: decode each distinct set of parameters once
         found: list[_base.ParamProblem] = []
         try:
