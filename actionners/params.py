@@ -310,7 +310,7 @@ def http_url(value: Any) -> Iterable[Bad]:
 
 def _fold(text: str) -> tuple[str, ...]:
     # Go's strings.EqualFold compares rune by rune with simple folding; casefold per character is close.
-    return tuple(c.casefold() for c in text)
+    return tuple(map(str.casefold, text))
 
 
 def _match_keys(cls: type[Any], raw: Mapping[Any, Any]) -> dict[str, str]:

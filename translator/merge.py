@@ -9,6 +9,8 @@ keeps the base filter, and a list parameter new in a block override is not wrapp
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -58,12 +60,15 @@ def merge_items(items: Sequence[RawItem]) -> Merged:
     return out
 
 
+# Every field of the raw classes, in order: they are all set by __init__, so a copy is one call.
+_FIELDS = {
+    cls: operator.attrgetter(*(f.name for f in dataclasses.fields(cls))) for cls in (RawAction, RawRule, RawMatch)
+}
+
+
 def _shallow(obj: _Raw) -> _Raw:
-    """`copy.copy` of a slotted raw item, field by field (copy.copy goes through pickling's protocol)."""
-    out = object.__new__(type(obj))
-    for name in type(obj).__slots__:
-        object.__setattr__(out, name, getattr(obj, name))
-    return out
+    """`copy.copy` of a raw item (which goes through pickling's protocol, field by field)."""
+    return type(obj)(*_FIELDS[type(obj)](obj))
 
 
 def _copy_action(a: RawAction) -> RawAction:
