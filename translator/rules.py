@@ -157,17 +157,12 @@ def load_ruleset_with_warnings(
     paths: Sequence[str | Path], registry: RegistryLike
 ) -> tuple[RuleSet, list[RuleProblem]]:
     """Like `load_ruleset`, also returning the warnings."""
-    enabled = gc.isenabled()
-    with collector_paused():
+    with collector_paused():  # back on once the report (raw rules, Values) is gone: less for it to walk
         report = check_rules(paths, registry)
         if report.ruleset is None:
             raise RulesError(list(report.problems))
         ruleset, warnings = report.ruleset, list(report.warnings)
-        del report  # the raw rules and Values: the collector need not walk them
-        if enabled:
-            # The model's objects are all young: left to the collector, they would cost a young collection
-            # and several full ones soon after (in rego.generate). One now files them with the old objects.
-            gc.collect()
+        del report
     return ruleset, warnings
 
 
