@@ -679,3 +679,10 @@ def test_an_action_this_version_cannot_run_is_warned_about_unless_dry_run(tmp_pa
     assert (w.where.line, w.rule, w.action, w.field) == (4, "R", "Stop it", "actionner")
     assert "test:stop cannot run in this version" in w.message
     assert "dry_run: true" in w.hint
+
+
+@pytest.mark.parametrize("target", ["abc", "[abc, 1]", "[{a: b}, c]"])
+def test_a_merge_key_on_something_else_than_mappings_is_a_problem_not_a_crash(tmp_path: Path, target: str) -> None:
+    text = f"- rule: R\n  <<: {target}\n  match: {{rules: [a]}}\n" + OK_ACTION
+    found = problems(tmp_path, text)
+    assert [(p.where.line, p.message) for p in found][:1] == [(2, "a merge key '<<' must refer to a mapping")]
