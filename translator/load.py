@@ -363,7 +363,7 @@ class _Decoder:
             kwhere = Where(file, kmark.line + 1, kmark.column + 1)
             if knode.tag == _MERGE:
                 src = self.value(vnode, depth + 1)
-                sources = [] if src is None else (list(src.data) if src.kind == "list" else [src])
+                sources = [] if src is None else (list(src.data) if src.kind == "seq" else [src])
                 for s in sources:
                     if s.kind != "map":
                         self._error(s.where, "a merge key '<<' must refer to a mapping", "use '<<: *anchor'")
