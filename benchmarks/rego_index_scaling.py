@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,10 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine import binaries
 from engine.errors import Where
 from engine.opa_process import OpaProcess
+from translator.bundle import build_bundle
 from translator.model import Action, FieldCondition, Match, Priority, Rule, RuleSet
 from translator.rego import generate
-
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
 
 def ruleset(n: int) -> RuleSet:
@@ -80,15 +78,7 @@ def build(n: int, root: Path) -> float:
     started = time.perf_counter()
     files = generate(ruleset(n))
     elapsed = time.perf_counter() - started
-    for path, text in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    for src in POLICIES.rglob("*.rego"):
-        if not src.name.endswith("_test.rego"):
-            dst = root / src.relative_to(POLICIES)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dst)
-    (root / ".manifest").write_text('{"roots": ["talon"]}')
+    build_bundle(files, root, check=False)
     return elapsed
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,10 +14,11 @@ from engine import binaries
 from engine.errors import Where
 from engine.events import decode_alert, priority_rank
 from engine.opa_process import OpaProcess
+from tests.harness.paths import REPO
+from translator.bundle import build_bundle
 from translator.model import Action, FieldCondition, Match, OutputRef, Priority, PriorityOp, Rule, RuleSet
 from translator.rego import generate
 
-REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "policies"
 WHERE = Where("rules.yaml", 1, 3)
 
@@ -105,21 +105,10 @@ def alert_input(**body: Any) -> dict[str, Any]:
 
 
 def write_bundle(root: Path, files: Mapping[str, str], *, native: Sequence[Path] = ()) -> Path:
-    """A bundle directory: generated files + the library (tests excluded) + native Rego + .manifest."""
-    for path, text in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    for src in POLICIES.rglob("*.rego"):
-        if not src.name.endswith("_test.rego"):
-            dst = root / src.relative_to(POLICIES)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dst)
-    for i, src in enumerate(native):
-        dst = root / "native" / f"{i}_{src.name}"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, dst)
-    (root / ".manifest").write_text('{"roots": ["talon"]}')
-    return root
+    """The bundle directory `root/bundle` as translate writes it (library, native Rego and its index)."""
+    out = root / "bundle"
+    build_bundle(files, out, native=native, check=False)
+    return out
 
 
 async def plans(
@@ -127,7 +116,7 @@ async def plans(
 ) -> list[dict[str, Any]]:
     """The plans a real OPA computes for each input, from the generated Rego of ruleset."""
     files = {**generate(ruleset), **(extra or {})}
-    write_bundle(root, files)
+    root = write_bundle(root, files)
     opa = OpaProcess(bundle=root)
     await opa.start()
     try:

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 from engine import binaries
-from tests.rego_support import POLICIES, REPO
+from tests.harness.paths import REPO
+from tests.rego_support import POLICIES
 
 NATIVE_EXAMPLES = REPO / "examples" / "native"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import aiohttp
 
 from engine.opa_process import OpaProcess
+from tests.harness.paths import REPO
 from tests.rego_support import (
-    REPO,
     action,
     alert_input,
     fields,
@@ -21,7 +21,7 @@ from tests.rego_support import (
     write_bundle,
 )
 from translator.model import FieldCondition, Match, OutputRef, RuleSet
-from translator.rego import generate, native_index
+from translator.rego import generate
 
 SHELL = "Terminal shell in container"
 
@@ -244,9 +244,8 @@ async def test_native_rules_are_placed_by_position(tmp_path: Path) -> None:
     ]
     native = sorted((REPO / "examples" / "native").glob("*.rego"))
     native = [p for p in native if not p.name.endswith("_test.rego")]
-    files = {**generate(RuleSet(tuple(rules))), **native_index([p.read_text() for p in native])}
-    write_bundle(tmp_path, files, native=native)
-    opa = OpaProcess(bundle=tmp_path)
+    files = generate(RuleSet(tuple(rules)))  # the bundle registers the native rules itself
+    opa = OpaProcess(bundle=write_bundle(tmp_path, files, native=native))
     await opa.start()
     try:
         async with aiohttp.ClientSession(connector=opa.connector()) as http:
