@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from engine.opa_process import free_port
+from talon_opa.opa.process import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ async def engine_process(rules: str, **config: object) -> AsyncIterator[str]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "engine.cli",
+            "talon_opa.cli.main",
             "server",
             "-c",
             str(work / "config.yaml"),

@@ -30,11 +30,11 @@ from typing import Any
 
 import aiohttp
 
-from actionners import registry
-from engine import binaries, events
-from engine.opa_process import OpaProcess
-from translator import bundle, rego
-from translator import rules as rules_loader
+from talon_opa.core import binaries, events
+from talon_opa.opa.process import OpaProcess
+from talon_opa.plugins import registry
+from talon_opa.translator import bundle, rego
+from talon_opa.translator import rules as rules_loader
 
 MAX_REQUESTS = 100_000
 MATCHING_SAMPLES = 8  # distinct matching rules the timed alerts rotate over

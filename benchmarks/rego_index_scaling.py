@@ -24,12 +24,12 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import binaries
-from engine.errors import Where
-from engine.opa_process import OpaProcess
-from translator.bundle import build_bundle
-from translator.model import Action, FieldCondition, Match, Priority, Rule, RuleSet
-from translator.rego import generate
+from talon_opa.core import binaries
+from talon_opa.core.errors import Where
+from talon_opa.opa.process import OpaProcess
+from talon_opa.translator.bundle import build_bundle
+from talon_opa.translator.model import Action, FieldCondition, Match, Priority, Rule, RuleSet
+from talon_opa.translator.rego import generate
 
 
 def ruleset(n: int) -> RuleSet:

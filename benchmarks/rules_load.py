@@ -28,10 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actionners import registry
 from benchmarks.decision_latency import rules_file
-from translator import bundle, rego
-from translator import rules as rules_loader
+from talon_opa.plugins import registry
+from talon_opa.translator import bundle, rego
+from talon_opa.translator import rules as rules_loader
 
 
 def peak_rss_mb() -> float:

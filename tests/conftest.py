@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from engine.opa_process import OpaProcess
+from talon_opa.opa.process import OpaProcess
 from tests.harness import process
 from tests.harness.jaeger import Jaeger
 from tests.harness.kube import KubeCluster

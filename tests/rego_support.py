@@ -10,14 +10,14 @@ from typing import Any
 
 import aiohttp
 
-from engine import binaries
-from engine.errors import Where
-from engine.events import decode_alert, priority_rank
-from engine.opa_process import OpaProcess
+from talon_opa.core import binaries
+from talon_opa.core.errors import Where
+from talon_opa.core.events import decode_alert, priority_rank
+from talon_opa.opa.process import OpaProcess
+from talon_opa.translator.bundle import build_bundle
+from talon_opa.translator.model import Action, FieldCondition, Match, OutputRef, Priority, PriorityOp, Rule, RuleSet
+from talon_opa.translator.rego import generate
 from tests.harness.paths import REPO
-from translator.bundle import build_bundle
-from translator.model import Action, FieldCondition, Match, OutputRef, Priority, PriorityOp, Rule, RuleSet
-from translator.rego import generate
 
 POLICIES = REPO / "policies"
 WHERE = Where("rules.yaml", 1, 3)

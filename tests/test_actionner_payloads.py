@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from actionners.kubernetes import _pods
-from actionners.kubernetes.label import patch_ops, pointer
-from actionners.kubernetes.networkpolicy import policy_object
-from actionners.kubernetes.terminate import required_ready
-from notifiers import k8sevents, webhook
-from notifiers.base import Note
+from talon_opa.actionners.kubernetes import _pods
+from talon_opa.actionners.kubernetes.label import patch_ops, pointer
+from talon_opa.actionners.kubernetes.networkpolicy import policy_object
+from talon_opa.actionners.kubernetes.terminate import required_ready
+from talon_opa.notifiers import k8sevents, webhook
+from talon_opa.plugins.notes import Note
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from engine import binaries
-from engine.errors import OpaError
-from engine.opa_process import OpaProcess
+from talon_opa.core import binaries
+from talon_opa.core.errors import OpaError
+from talon_opa.opa.process import OpaProcess
+from talon_opa.translator import bundle
 from tests.harness import paths
-from translator import bundle
 
 # A tiny stand-in for the library and the generated code: a plan-shaped value from a data table.
 LIBRARY_PLAN = """package talon
@@ -244,13 +244,13 @@ def test_signing_a_directory_bundle_is_refused(tmp_path: Path, library: Path, ke
 @pytest.fixture
 def signed_seed(tmp_path: Path, keys: tuple[Path, Path]) -> tuple[Path, dict[str, object]]:
     """`talon-opa rules translate --signing-key` of the seed rules: (bundle, the shell alert's OPA input)."""
-    from engine import events
+    from talon_opa.core import events
 
     seed = paths.SEED_RULES
     out = tmp_path / "seed.tar.gz"
     args = ["rules", "translate", "-r", str(seed), "-o", str(out), "--signing-key", str(keys[0])]
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "talon_opa.cli.main", *args],
         cwd=binaries.REPO,
         capture_output=True,
         text=True,

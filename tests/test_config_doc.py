@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine import config, config_doc
+from talon_opa.core import config, config_doc
 from tests.harness.paths import REPO
 
 
 def test_configuration_doc_is_up_to_date() -> None:
     committed = (REPO / "docs" / "configuration.md").read_text()
-    assert committed == config_doc.markdown(), "regenerate: python -m engine.config_doc docs/configuration.md"
+    assert committed == config_doc.markdown(), "regenerate: python -m talon_opa.core.config_doc docs/configuration.md"
 
 
 def test_every_config_field_is_documented() -> None:

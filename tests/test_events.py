@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from engine.errors import AlertError
-from engine.events import Alert, decode_alert, number_text, strip_prefix, value_text
+from talon_opa.core.errors import AlertError
+from talon_opa.core.events import Alert, decode_alert, number_text, strip_prefix, value_text
 from tests.harness.paths import ALERTS
 
 SAMPLES = ALERTS

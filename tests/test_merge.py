@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from engine.errors import RuleProblem
-from translator import load, merge
-from translator.cli_check import talon_shape
-from translator.rules import MergedRule
+from talon_opa.cli.rules_check import talon_shape
+from talon_opa.core.errors import RuleProblem
+from talon_opa.translator import load, merge
+from talon_opa.translator.rules import MergedRule
 
 
 def _load(*texts: str) -> load.Loaded:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from actionners import params
-from actionners.base import ParamsInvalid
+from talon_opa.plugins import params
+from talon_opa.plugins.spec import ParamsInvalid
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from engine import binaries
+from talon_opa.core import binaries
 from tests.harness.paths import REPO
 from tests.rego_support import POLICIES
 

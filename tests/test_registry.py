@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
-from actionners import cli_list
-from actionners.base import ParamsInvalid, Spec
-from actionners.kubernetes.label import Label
-from actionners.registry import Registry, default_registry
-from notifiers.k8sevents import K8sEvents
+from talon_opa.actionners.kubernetes.label import Label
+from talon_opa.cli import lists as cli_list
+from talon_opa.notifiers.k8sevents import K8sEvents
+from talon_opa.plugins.registry import Registry, default_registry
+from talon_opa.plugins.spec import ParamsInvalid, Spec
 
 REGISTRY = default_registry()
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,13 +302,13 @@ def test_actionners_list_has_talons_shape() -> None:
 
 def test_docs_actionners_md_is_generated_from_the_registry() -> None:
     committed = (ROOT / "docs" / "actionners.md").read_text(encoding="utf-8")
-    assert committed == cli_list.markdown(REGISTRY), "run: .venv/bin/python -m actionners.cli_list docs/actionners.md"
+    assert committed == cli_list.markdown(REGISTRY), "run: .venv/bin/python -m talon_opa.cli.lists docs/actionners.md"
 
 
 def test_rbac_command_prints_the_cluster_role_of_the_rules_in_use(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from engine import cli
+    from talon_opa.cli import main as cli
 
     rules = tmp_path / "rules.yaml"
     rules.write_text(

@@ -6,10 +6,9 @@ import json
 
 import pytest
 
-from engine.errors import TalonError
-from tests.rego_support import action, fields, priority, rule, tags
-from translator.model import Match, RuleSet
-from translator.rego import (
+from talon_opa.core.errors import TalonError
+from talon_opa.translator.model import Match, RuleSet
+from talon_opa.translator.rego import (
     HEADER,
     INDEX_PATH,
     NATIVE_PATH,
@@ -20,6 +19,7 @@ from translator.rego import (
     native_index,
     slugify,
 )
+from tests.rego_support import action, fields, priority, rule, tags
 
 
 @pytest.mark.parametrize(

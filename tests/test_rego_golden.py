@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from actionners.registry import default_registry
-from engine import binaries
-from engine.events import decode_alert
+from talon_opa.core import binaries
+from talon_opa.core.events import decode_alert
+from talon_opa.plugins.registry import default_registry
+from talon_opa.translator.model import RuleSet
+from talon_opa.translator.rego import HEADER, generate
+from talon_opa.translator.rules import load_ruleset
 from tests.harness.paths import SAMPLES
 from tests.rego_support import plans, write_bundle
-from translator.model import RuleSet
-from translator.rego import HEADER, generate
-from translator.rules import load_ruleset
 
 SEED = SAMPLES / "rules" / "seed-scenarios.yaml"
 GOLDEN = Path(__file__).parent / "golden" / "seed-scenarios"

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import aiohttp
 
-from engine.opa_process import OpaProcess
+from talon_opa.opa.process import OpaProcess
+from talon_opa.translator.model import FieldCondition, Match, OutputRef, RuleSet
+from talon_opa.translator.rego import generate
 from tests.harness.paths import REPO
 from tests.rego_support import (
     action,
@@ -20,8 +22,6 @@ from tests.rego_support import (
     tags,
     write_bundle,
 )
-from translator.model import FieldCondition, Match, OutputRef, RuleSet
-from translator.rego import generate
 
 SHELL = "Terminal shell in container"
 

@@ -21,7 +21,7 @@ LINE = re.compile(r"^(?P<where>[^:]+:\d+:\d+): (?P<names>(rule '[^']*'(, )?)?(ac
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", "rules", *args],
+        [sys.executable, "-m", "talon_opa.cli.main", "rules", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from actionners.registry import default_registry
-from engine.errors import RulesError
-from translator import load, rules
+from talon_opa.core.errors import RulesError
+from talon_opa.plugins.registry import default_registry
+from talon_opa.translator import load, rules
 
 GOOD = """\
 - rule: Shell

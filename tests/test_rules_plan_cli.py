@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from engine import binaries
-from engine.errors import OpaError
+from talon_opa.core import binaries
+from talon_opa.core.errors import OpaError
 from tests.conftest import OpaFactory
 from tests.harness import paths
 
@@ -109,7 +109,7 @@ def line(value: object) -> str:
 
 def talon_opa(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "talon_opa.cli.main", *args],
         cwd=binaries.REPO,
         input=stdin.decode() if stdin is not None else None,
         capture_output=True,
@@ -205,7 +205,7 @@ def test_translate_writes_a_checked_bundle_and_prints_revision_and_path(tmp_path
     out = tmp_path / "bundle.tar.gz"
     done = talon_opa("rules", "translate", "-r", str(SEED), "-o", str(out))
     assert done.returncode == 0, done.stderr
-    from translator import bundle
+    from talon_opa.translator import bundle
 
     revision = bundle.read_manifest(out)["revision"]
     assert done.stdout == f"revision {revision} bundle {out}\n"
@@ -214,7 +214,7 @@ def test_translate_writes_a_checked_bundle_and_prints_revision_and_path(tmp_path
 
 
 def user_test(expected_rules: list[str]) -> str:
-    from engine import events
+    from talon_opa.core import events
 
     alert = events.decode_alert((ALERTS / "falco-terminal-shell-in-container.json").read_bytes(), "application/json")
     return (
@@ -251,13 +251,13 @@ def test_rules_test_passes_opa_exit_code_through_on_failure(tmp_path: Path) -> N
     ],
 )
 def test_event_file_is_one_json_value_or_json_lines(data: bytes, expected: list[tuple[int, bytes]]) -> None:
-    from translator import cli_bundle
+    from talon_opa.cli import rules_bundle as cli_bundle
 
     assert list(cli_bundle.split_alerts(data)) == expected
 
 
 async def test_a_missing_result_is_an_error_not_an_empty_plan(tmp_path: Path, opa: OpaFactory) -> None:
-    from translator import cli_bundle
+    from talon_opa.cli import rules_bundle as cli_bundle
 
     b = tmp_path / "bundle"
     (b / "talon").mkdir(parents=True)
@@ -273,7 +273,7 @@ async def test_a_missing_result_is_an_error_not_an_empty_plan(tmp_path: Path, op
 
 
 def test_translated_bundle_passes_check_strict_and_is_opa_fmt_clean(tmp_path: Path) -> None:
-    from translator import bundle
+    from talon_opa.translator import bundle
 
     out = tmp_path / "seed"
     done = talon_opa("rules", "translate", "-r", str(SEED), "-o", str(out))

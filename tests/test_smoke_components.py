@@ -46,7 +46,7 @@ async def test_smoke_logs_through_the_api_server(kube: KubeCluster, namespace: s
 
 
 async def test_smoke_service_account_gets_only_its_role(kube: KubeCluster, namespace: str) -> None:
-    from engine.kube import KubeApiError, KubeClient
+    from talon_opa.core.kube import KubeApiError, KubeClient
 
     await kube.create_pod(namespace, "target")
     config = await kube.service_account_with_role(

@@ -10,12 +10,12 @@ from typing import Any, ClassVar
 
 import pytest
 
-from actionners.base import Spec
-from actionners.params import param
-from actionners.registry import Registry
-from engine.errors import RuleProblem, RulesError
-from translator.model import FieldCondition, Priority
-from translator.rules import check_rules, load_ruleset, load_ruleset_with_warnings
+from talon_opa.core.errors import RuleProblem, RulesError
+from talon_opa.plugins.params import param
+from talon_opa.plugins.registry import Registry
+from talon_opa.plugins.spec import Spec
+from talon_opa.translator.model import FieldCondition, Priority
+from talon_opa.translator.rules import check_rules, load_ruleset, load_ruleset_with_warnings
 
 # --- a tiny registry ----------------------------------------------------------------------------------
 

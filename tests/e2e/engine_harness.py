@@ -16,11 +16,12 @@ import aiohttp
 from aiohttp import web
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from actionners.registry import Registry
-from engine import config, server
-from engine.app import Engine, create_app
-from engine.kube import KubeConfig
-from engine.opa_process import free_port
+from talon_opa.core import config
+from talon_opa.core.kube import KubeConfig
+from talon_opa.engine import server
+from talon_opa.engine.app import Engine, create_app
+from talon_opa.opa.process import free_port
+from talon_opa.plugins.registry import Registry
 from tests.harness.paths import ALERTS
 
 

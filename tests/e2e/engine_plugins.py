@@ -9,15 +9,15 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from actionners.base import Spec
-from actionners.kubernetes import label, log, terminate
-from actionners.params import NoParams
-from actionners.registry import Registry
-from actionners.runtime import Artifact, Deps, Outcome
-from engine.errors import StepFailed
-from engine.events import Alert
-from notifiers.base import Note
-from outputs import file
+from talon_opa.actionners.kubernetes import label, log, terminate
+from talon_opa.core.errors import StepFailed
+from talon_opa.core.events import Alert
+from talon_opa.outputs import file
+from talon_opa.plugins.notes import Note
+from talon_opa.plugins.params import NoParams
+from talon_opa.plugins.registry import Registry
+from talon_opa.plugins.runtime import Artifact, Deps, Outcome
+from talon_opa.plugins.spec import Spec
 
 
 @dataclass

@@ -14,17 +14,17 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from actionners import cli_list
-from actionners.kubernetes import _pods
-from actionners.kubernetes.annotation import Annotation
-from actionners.kubernetes.label import Label
-from actionners.kubernetes.networkpolicy import NetworkPolicy
-from actionners.kubernetes.terminate import Terminate
-from actionners.registry import default_registry
-from actionners.runtime import Deps, Outcome
-from engine.errors import StepFailed
-from engine.events import Alert
-from engine.kube import KubeApiError, KubeClient
+from talon_opa.actionners.kubernetes import _pods
+from talon_opa.actionners.kubernetes.annotation import Annotation
+from talon_opa.actionners.kubernetes.label import Label
+from talon_opa.actionners.kubernetes.networkpolicy import NetworkPolicy
+from talon_opa.actionners.kubernetes.terminate import Terminate
+from talon_opa.cli import lists as cli_list
+from talon_opa.core.errors import StepFailed
+from talon_opa.core.events import Alert
+from talon_opa.core.kube import KubeApiError, KubeClient
+from talon_opa.plugins.registry import default_registry
+from talon_opa.plugins.runtime import Deps, Outcome
 from tests.harness.kube import NODES, KubeCluster
 
 REGISTRY = default_registry()

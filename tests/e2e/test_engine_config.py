@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import config
+from talon_opa.core import config
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from engine import config
-from engine.kube import KubeConfig
+from talon_opa.core import config
+from talon_opa.core.kube import KubeConfig
 from tests.e2e.engine_harness import RunningEngine, running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, scripted_registry
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from engine import config
+from talon_opa.core import config
 from tests.e2e.engine_harness import DRY_RUN_RULES, RunningEngine, running_engine, shell_alert
 
 TOKEN = "s3cret-token"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from actionners.kubernetes import label
-from engine.kube import KubeConfig
+from talon_opa.actionners.kubernetes import label
+from talon_opa.core.kube import KubeConfig
 from tests.e2e.engine_harness import running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, kube_registry
 from tests.harness.kube import KubeCluster

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from engine import logs
+from talon_opa.core import logs
 
 
 @pytest.fixture(autouse=True)

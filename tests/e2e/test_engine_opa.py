@@ -12,8 +12,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from engine import config
-from engine.errors import OpaError
+from talon_opa.core import config
+from talon_opa.core.errors import OpaError
 from tests.e2e.engine_harness import DRY_RUN_RULES, running_engine, shell_alert
 
 

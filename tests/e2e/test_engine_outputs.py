@@ -7,7 +7,7 @@ from pathlib import Path
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from engine.kube import KubeConfig
+from talon_opa.core.kube import KubeConfig
 from tests.e2e.engine_harness import running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, scripted_registry
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from engine.opa_process import free_port
+from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import DRY_RUN_RULES, shell_alert
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ async def test_server_runs_dry_run_without_credentials_and_drains_on_sigterm(tmp
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "engine.cli",
+            "talon_opa.cli.main",
             "server",
             "-c",
             str(cfg),
@@ -92,7 +92,7 @@ async def test_server_exits_1_naming_the_bad_config_key(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "engine.cli",
+        "talon_opa.cli.main",
         "server",
         "-c",
         str(cfg),
@@ -116,7 +116,7 @@ async def test_server_exits_1_with_every_rules_problem_and_its_place(tmp_path: P
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "engine.cli",
+        "talon_opa.cli.main",
         "server",
         "-r",
         str(rules),
@@ -139,7 +139,7 @@ async def test_sighup_reloads_the_rules(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
     env.update(LISTEN_PORT=str(port), WATCH_RULES="false")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "server", "-r", str(rules),
+        sys.executable, "-m", "talon_opa.cli.main", "server", "-r", str(rules),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env, cwd=REPO,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -8,8 +8,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from engine import config
-from engine.opa_process import free_port
+from talon_opa.core import config
+from talon_opa.opa.process import free_port
 from tests.conftest import OpaFactory
 from tests.e2e.engine_harness import RunningEngine, running_engine, shell_alert
 

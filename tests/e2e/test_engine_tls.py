@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from engine import config
+from talon_opa.core import config
 from tests.e2e.engine_harness import DRY_RUN_RULES, running_engine, shell_alert
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine import config
-from engine.kube import KubeConfig
+from talon_opa.core import config
+from talon_opa.core.kube import KubeConfig
 from tests.e2e.engine_harness import DRY_RUN_RULES, running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, scripted_registry
 from tests.harness.jaeger import Jaeger

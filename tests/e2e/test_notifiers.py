@@ -12,15 +12,15 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from actionners import cli_list
-from actionners.params import NoParams
-from actionners.registry import default_registry
-from actionners.runtime import Deps
-from engine.errors import TalonError
-from engine.kube import KubeClient
-from notifiers.base import Note
-from notifiers.k8sevents import K8sEvents
-from notifiers.webhook import Webhook
+from talon_opa.cli import lists as cli_list
+from talon_opa.core.errors import TalonError
+from talon_opa.core.kube import KubeClient
+from talon_opa.notifiers.k8sevents import K8sEvents
+from talon_opa.notifiers.webhook import Webhook
+from talon_opa.plugins.notes import Note
+from talon_opa.plugins.params import NoParams
+from talon_opa.plugins.registry import default_registry
+from talon_opa.plugins.runtime import Deps
 from tests.harness.kube import KubeCluster
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from engine import config
-from engine.kube import KubeApiError, KubeConfig
+from talon_opa.core import config
+from talon_opa.core.kube import KubeApiError, KubeConfig
 from tests.e2e.engine_harness import RunningEngine, running_engine, sample
 from tests.harness.jaeger import Jaeger
 from tests.harness.kube import KubeCluster
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 async def engine_account(kube: KubeCluster, namespace: str) -> KubeConfig:
     """The engine's identity: exactly the ClusterRole `talon-opa rbac` generates for the seed rules."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "rbac", "-r", str(SEED), cwd=REPO, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", "talon_opa.cli.main", "rbac", "-r", str(SEED), cwd=REPO, stdout=asyncio.subprocess.PIPE
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0

@@ -19,8 +19,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from engine import binaries
-from engine.kube import KubeApiError, KubeClient, KubeConfig
+from talon_opa.core import binaries
+from talon_opa.core.kube import KubeApiError, KubeClient, KubeConfig
 from tests.harness import process
 from tests.harness.process import Component, free_port
 

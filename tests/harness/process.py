@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import binaries
-from engine.opa_process import free_port
+from talon_opa.core import binaries
+from talon_opa.opa.process import free_port
 
 LIVE: list[Component] = []
 

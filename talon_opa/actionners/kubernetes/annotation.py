@@ -1,0 +1,53 @@
+"""kubernetes:annotation — add, change or remove annotations of the pod or of its node."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from talon_opa.actionners.kubernetes import _pods
+from talon_opa.actionners.kubernetes.label import LEVEL_DOC, NODE_GRANTS, POD_GRANTS, metadata_grants, run_metadata
+from talon_opa.plugins.params import non_empty, param
+from talon_opa.plugins.spec import Spec
+
+if TYPE_CHECKING:
+    from talon_opa.core.events import Alert
+    from talon_opa.plugins.runtime import Deps, Outcome
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AnnotationParams:
+    annotations: Mapping[str, str] = param(
+        doc='annotations to set; an empty value ("") removes the annotation; values are strings',
+        required=True,
+        check=non_empty("should have at least one annotation", 'add an annotation, e.g. falco.org/alert: "shell"'),
+    )
+    level: str = param("pod", doc=LEVEL_DOC)
+
+
+class Annotation:
+    spec: ClassVar[Spec[AnnotationParams]] = Spec(
+        name="kubernetes:annotation",
+        kind="actionner",
+        description="Add, change or remove annotations of the pod or of its node",
+        params=AnnotationParams,
+        needs_fields=("k8s.ns.name", "k8s.pod.name"),
+        grants=POD_GRANTS + NODE_GRANTS,
+        grants_for=lambda p: metadata_grants(p.level),
+        example="""\
+- action: Annotate the pod
+  actionner: kubernetes:annotation
+  parameters:
+    level: pod
+    annotations:
+      security.falco.org/last-alert: "Terminal shell in container"
+""",
+    )
+
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+
+    async def run(self, alert: Alert, params: AnnotationParams) -> Outcome:
+        kube = _pods.kube_of(self._deps, self.spec.name)
+        return await run_metadata(kube, alert, "annotations", params.annotations, params.level)

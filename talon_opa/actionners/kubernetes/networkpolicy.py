@@ -1,0 +1,187 @@
+"""kubernetes:networkpolicy — deny the egress of the pod's workload, except to the allowed CIDRs/namespaces."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
+
+from talon_opa.actionners.kubernetes import _pods
+from talon_opa.core.errors import StepFailed
+from talon_opa.core.kube import KubeApiError, KubeClient
+from talon_opa.plugins.params import cidr, each, param
+from talon_opa.plugins.runtime import Outcome
+from talon_opa.plugins.spec import Grant, Spec
+
+if TYPE_CHECKING:
+    from talon_opa.core.events import Alert
+    from talon_opa.plugins.runtime import Deps
+
+# Talon's label on the policies it makes: kept, so Talon users' tooling still finds them, and the
+# mark of a policy we may overwrite (we never touch one without it).
+MANAGED_BY = "app.k8s.io/managed-by"
+MANAGED_BY_VALUE = "falco-talon"
+# ours, to tell a talon-opa policy from a Talon one
+ANNOTATION = "talon-opa/actionner"
+# the namespace label every namespace carries (Talon used `k8s.io/metadata.name`, which none has)
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+_ATTEMPTS = 3
+
+# The workload of a pod: the pod's first owner (ReplicaSet, DaemonSet, StatefulSet) gives the selector.
+OWNER_LOOKUP_GRANTS = (
+    Grant(("",), ("pods",), ("get",)),
+    Grant(("apps",), ("replicasets", "daemonsets", "statefulsets"), ("get",)),
+)
+
+
+def policy_grants(api_group: str, resource: str) -> tuple[Grant, ...]:
+    """What the three network-policy actionners need: their policy kind plus the owner lookup."""
+    return (Grant((api_group,), (resource,), ("get", "create", "update")), *OWNER_LOOKUP_GRANTS)
+
+
+def egress_peers(allow_cidr: Sequence[str] | None, allow_namespaces: Sequence[str] | None) -> list[dict[str, Any]]:
+    """The `to` peers of the one egress rule: each allowed CIDR, then each allowed namespace."""
+    peers: list[dict[str, Any]] = [{"ipBlock": {"cidr": c}} for c in allow_cidr or ()]
+    peers += [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: ns}}} for ns in allow_namespaces or ()]
+    return peers
+
+
+def policy_object(
+    name: str,
+    namespace: str,
+    selector: Mapping[str, str],
+    allow_cidr: Sequence[str] | None,
+    allow_namespaces: Sequence[str] | None,
+    actionner: str,
+) -> dict[str, Any]:
+    """The NetworkPolicy denying all egress of the selected pods but to the allowed peers (reference §3.4)."""
+    spec: dict[str, Any] = {"podSelector": {"matchLabels": dict(selector)}, "policyTypes": ["Egress"]}
+    peers = egress_peers(allow_cidr, allow_namespaces)
+    if peers:  # no rule at all: every egress is denied
+        spec["egress"] = [{"to": peers}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {**selector, MANAGED_BY: MANAGED_BY_VALUE},
+            "annotations": {ANNOTATION: actionner},
+        },
+        "spec": spec,
+    }
+
+
+def _converged(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    meta, want = existing.get("metadata") or {}, wanted["metadata"]
+    annotations = meta.get("annotations") or {}
+    return (
+        existing.get("spec") == wanted["spec"]
+        and (meta.get("labels") or {}) == want["labels"]
+        and all(annotations.get(k) == v for k, v in want["annotations"].items())
+    )
+
+
+async def apply_policy(kube: KubeClient, collection: str, wanted: Mapping[str, Any], what: str) -> str:
+    """Create the policy, or update it when we made it; "created", "updated" or "unchanged".
+
+    `collection` is the API path of the namespace's policies of this kind. A policy of the same name
+    without our managed-by label belongs to someone else: it is never overwritten.
+    """
+    name = wanted["metadata"]["name"]
+    path = f"{collection}/{quote(name, safe='')}"
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            existing = await kube.get(path)
+        except KubeApiError as e:
+            if e.status != 404:
+                raise
+            try:
+                await kube.post(collection, wanted)
+            except KubeApiError as e2:
+                if e2.status == 409 and attempt < _ATTEMPTS:
+                    continue  # created meanwhile: look again
+                raise
+            return "created"
+        meta = existing.get("metadata") or {}
+        if (meta.get("labels") or {}).get(MANAGED_BY) != MANAGED_BY_VALUE:
+            raise StepFailed(
+                f"the {what} '{name}' in the namespace '{meta.get('namespace', '')}' exists and was not "
+                "created by talon-opa or Falco Talon: refusing to overwrite it",
+                hint=f"rename or delete that {what}, or label it {MANAGED_BY}={MANAGED_BY_VALUE} "
+                "to let talon-opa manage it",
+            )
+        if _converged(existing, wanted):
+            return "unchanged"
+        body = {
+            **wanted,
+            "metadata": {
+                **wanted["metadata"],
+                "resourceVersion": meta.get("resourceVersion"),
+                "annotations": {**(meta.get("annotations") or {}), **wanted["metadata"]["annotations"]},
+            },
+        }
+        try:
+            await kube.put(path, body)
+        except KubeApiError as e:
+            if e.status in (404, 409) and attempt < _ATTEMPTS:
+                continue  # deleted or changed meanwhile: look again
+            raise
+        return "updated"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NetworkPolicyParams:
+    allow_cidr: tuple[str, ...] | None = param(
+        None, doc="CIDRs the workload may still reach; none: all egress is denied", check=each(cidr)
+    )
+    allow_namespaces: tuple[str, ...] | None = param(
+        None, doc="namespaces the workload may still reach (selected by kubernetes.io/metadata.name)"
+    )
+
+
+class NetworkPolicy:
+    spec: ClassVar[Spec[NetworkPolicyParams]] = Spec(
+        name="kubernetes:networkpolicy",
+        kind="actionner",
+        description="Create or update a NetworkPolicy denying all egress of the pod's workload but what is allowed",
+        params=NetworkPolicyParams,
+        needs_fields=("k8s.ns.name", "k8s.pod.name"),
+        grants=policy_grants("networking.k8s.io", "networkpolicies"),
+        example="""\
+- action: Isolate the pod
+  actionner: kubernetes:networkpolicy
+  parameters:
+    allow_cidr:
+      - "10.0.0.0/8"
+    allow_namespaces:
+      - kube-system
+""",
+    )
+
+    def __init__(self, deps: Deps) -> None:
+        self._deps = deps
+
+    async def run(self, alert: Alert, params: NetworkPolicyParams) -> Outcome:
+        kube = _pods.kube_of(self._deps, self.spec.name)
+        ref = _pods.target(alert)
+        pod = await _pods.get_pod(kube, ref)
+        owner = await _pods.owner_of(kube, pod)
+        wanted = policy_object(
+            owner.name, ref.namespace, owner.selector, params.allow_cidr, params.allow_namespaces, self.spec.name
+        )
+        collection = f"/apis/networking.k8s.io/v1/namespaces/{quote(ref.namespace, safe='')}/networkpolicies"
+        result = await apply_policy(kube, collection, wanted, "NetworkPolicy")
+        message = {
+            "created": "has been created",
+            "updated": "has been updated",
+            "unchanged": "was already up to date",
+        }[result]
+        return Outcome.done(
+            f"the networkpolicy '{owner.name}' in the namespace '{ref.namespace}' {message}",
+            pod=ref.name,
+            namespace=ref.namespace,
+            networkpolicy=owner.name,
+        )

@@ -1,0 +1,167 @@
+"""`rules translate|plan|test`: write the bundle, print plans decided by a real OPA, run `opa test`.
+
+Exit codes: 0 done; 1 OPA or bundle failure (the message says which); 2 invalid rules, an
+undecodable alert or an unreadable input (every problem is printed, with its place).
+`rules test` passes `opa test`'s own exit code through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from talon_opa.core import binaries, events
+from talon_opa.core.errors import AlertError, OpaError, RulesError, TalonError
+from talon_opa.opa import client as decide_module
+from talon_opa.opa.process import OpaProcess
+from talon_opa.plugins import registry
+from talon_opa.translator import bundle, rego
+from talon_opa.translator import rules as rules_loader
+from talon_opa.translator.model import RuleSet
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+PLAN_PATH = decide_module.PLAN_PATH
+DECIDE_TIMEOUT_S = 10.0
+OPA_READY_S = 600.0  # OPA compiles every rule's module at start: about a minute for 10,000 rules
+
+
+class _Invalid(TalonError):
+    """Bad user input (rules, alerts, files): exit 2."""
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        if args.rules_command == "translate":
+            return translate(args)
+        if args.rules_command == "plan":
+            return plan(args)
+        if args.rules_command == "test":
+            return test(args)
+    except RulesError as e:
+        print(f"error: invalid rules: {len(e.problems)} problem(s)", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    except _Invalid as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except TalonError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    raise AssertionError(args.rules_command)
+
+
+def load(paths: Sequence[str]) -> RuleSet:
+    """The validated rules set of these files (RulesError with every problem otherwise)."""
+    return rules_loader.load_ruleset([Path(p) for p in paths], registry.default_registry())
+
+
+def translate(args: argparse.Namespace) -> int:
+    ruleset = load(args.rules)
+    out = Path(args.output)
+    key = Path(args.signing_key) if args.signing_key else None
+    revision = bundle.build_bundle(rego.generate(ruleset), out, signing_key=key, native=[Path(p) for p in args.rego])
+    print(f"revision {revision} bundle {out}")
+    return EXIT_OK
+
+
+def plan(args: argparse.Namespace) -> int:
+    ruleset = load(args.rules)
+    inputs = [alert.opa_input() for alert in decode_alerts(read_event_file(args.event))]
+    with tempfile.TemporaryDirectory(prefix="talon-opa-plan-") as tmp:
+        out = Path(tmp) / "bundle"
+        bundle.build_bundle(rego.generate(ruleset), out, native=[Path(p) for p in args.rego], check=False)
+        asyncio.run(_print_plans(out, inputs))
+    return EXIT_OK
+
+
+def test(args: argparse.Namespace) -> int:
+    ruleset = load(args.rules)
+    with tempfile.TemporaryDirectory(prefix="talon-opa-test-") as tmp:
+        translated = Path(tmp) / "translated"
+        bundle.write_tree(rego.generate(ruleset), translated, "test")
+        (translated / ".manifest").unlink()  # plain files for `opa test`, not a bundle
+        paths = [str(bundle.POLICIES)] if bundle.POLICIES.is_dir() else []
+        cmd = [binaries.find("opa"), "test", *paths, str(translated), *args.paths]
+        sys.stdout.flush()
+        return subprocess.run(cmd, check=False).returncode
+
+
+def read_event_file(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as e:
+        raise _Invalid(f"cannot read --event {name}: {e.strerror}", hint="pass a JSON file, or - for stdin") from e
+
+
+def split_alerts(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(line, body) of each alert: the whole file if it is one JSON value, else each non-blank line."""
+    try:
+        json.loads(data)
+    except ValueError:
+        for number, line in enumerate(data.splitlines(), start=1):
+            if line.strip():
+                yield number, line
+        return
+    yield 1, data
+
+
+def decode_alerts(data: bytes) -> list[events.Alert]:
+    alerts = []
+    for line, body in split_alerts(data):
+        try:
+            alerts.append(events.decode_alert(body, "application/json"))
+        except AlertError as e:
+            where = f" (field {e.field!r})" if e.field else ""
+            raise _Invalid(f"alert at line {line} cannot be decoded{where}: {e}") from e
+    if not alerts:
+        raise _Invalid("no alert in --event", hint="give a JSON object, or one JSON object per line")
+    return alerts
+
+
+async def _print_plans(bundle_path: Path, inputs: Sequence[dict[str, Any]]) -> None:
+    opa = OpaProcess(bundle=bundle_path)
+    await opa.start(ready_within=OPA_READY_S)
+    try:
+        async with aiohttp.ClientSession(connector=opa.connector(), headers=opa.headers()) as http:
+            for opa_input in inputs:
+                result = await decide(http, opa.base_url, opa_input)
+                print(json.dumps(result, separators=(",", ":"), ensure_ascii=False), flush=True)
+    finally:
+        await opa.stop()
+
+
+async def decide(
+    http: aiohttp.ClientSession, base_url: str, opa_input: dict[str, Any], *, path: str = PLAN_PATH
+) -> dict[str, Any]:
+    """The plan OPA decides for one input; OpaError on an error answer or a missing/ill-shaped result."""
+    try:
+        async with http.post(
+            base_url + path, json={"input": opa_input}, timeout=aiohttp.ClientTimeout(DECIDE_TIMEOUT_S)
+        ) as r:
+            text = await r.text()
+            status = r.status
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise OpaError(f"OPA did not answer: {e!r}", hint="see OPA's log") from e
+    if status != 200:
+        raise OpaError(f"OPA answered HTTP {status}: {text[:2000]}", hint="the Rego failed at evaluation")
+    body = json.loads(text)
+    if "result" not in body:
+        raise OpaError(
+            f"OPA returned no result for data{path.removeprefix('/v1/data').replace('/', '.')}",
+            hint="the bundle does not define talon.plan: check policies/ and the generated Rego",
+        )
+    result: dict[str, Any] = body["result"]
+    decide_module.parse_plan(result)  # the engine's own shape check: what it would refuse, we refuse
+    return result

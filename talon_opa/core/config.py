@@ -1,0 +1,436 @@
+"""The engine's configuration: one tree of frozen dataclasses, loaded once from YAML plus env vars.
+
+Keys and environment variables are Talon's (`listen_port` / `LISTEN_PORT`, `deduplication.time_window_seconds`
+/ `DEDUPLICATION_TIME_WINDOW_SECONDS`, ...): an env var is the upper-cased key with `.` → `_`, no prefix,
+and wins over the file (viper's precedence: env > file > default). Lists from env are split on `,`.
+Notifier settings (`notifiers.<name>.<setting>`) come from the file; an env var overrides a setting only
+when the file names it (as with viper). Our own keys (`opa`, `queue`, `auth`, `tls`, `intake`,
+`step_timeout_seconds`...) follow the same rules.
+
+One deliberate difference from Talon: `listen_address` defaults to loopback (`127.0.0.1`) unless a
+bearer token (`auth.token`) or TLS (`tls.cert_file`) is configured, in which case it defaults to Talon's
+`0.0.0.0`. An unauthenticated intake that can delete pods must not be reachable from the network by
+accident; set `listen_address: 0.0.0.0` explicitly to opt in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from talon_opa.core.errors import TalonError
+
+LOOPBACK = "127.0.0.1"
+ANY_ADDRESS = "0.0.0.0"
+MIB = 1024 * 1024
+# what a dedup key may be built from besides output field names (any other item is an output field)
+DEDUP_ALERT_KEYS = ("output", "rule", "priority", "source", "hostname")
+
+
+class ConfigError(TalonError):
+    """The configuration is invalid: names the key and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deduplication:
+    """Alerts with the same key within the window are processed once."""
+
+    time_window_seconds: float = 5.0
+    """window in seconds; 0 turns deduplication off"""
+    key: tuple[str, ...] = ("output",)
+    """what makes two alerts the same: "output" (Talon's), "rule", "priority", "source", "hostname" or field names"""
+    leader_election: bool = False
+    """accepted for Talon compatibility and ignored: deduplication is per engine (no shared queue yet)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Otel:
+    """OpenTelemetry export (Prometheus /metrics is always on)."""
+
+    traces_enabled: bool = False
+    """export traces by OTLP/HTTP; trace ids are generated either way"""
+    metrics_enabled: bool = False
+    """accepted for Talon compatibility; metrics are served on /metrics"""
+    collector_endpoint: str = "localhost"
+    """collector host, or a full base URL (http://host:4318)"""
+    collector_port: int = 4318
+    """collector OTLP/HTTP port (Talon's 4317 is OTLP/gRPC, which we do not speak)"""
+    collector_use_insecure_grpc: bool = False
+    """accepted for Talon compatibility; with a bare host, true means http:// instead of https://"""
+    timeout: float = 10.0
+    """export timeout in seconds"""
+    batch_delay_ms: int = 500
+    """how long spans wait before they are exported in a batch"""
+    service_name: str = "talon-opa"
+    """the resource's service.name"""
+
+    def traces_url(self) -> str:
+        """The OTLP/HTTP traces endpoint."""
+        ep = self.collector_endpoint.rstrip("/")
+        if ep.startswith(("http://", "https://")):
+            base = ep
+        else:
+            scheme = "http" if self.collector_use_insecure_grpc or ep in ("localhost", LOOPBACK) else "https"
+            base = f"{scheme}://{ep}:{self.collector_port}"
+        return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
+
+
+@dataclass(frozen=True, slots=True)
+class Opa:
+    """Where decisions come from: a sidecar at `url`, or (default) a child OPA the engine runs."""
+
+    url: str = ""
+    """a sidecar's base URL (http://127.0.0.1:8181 or unix:///path/opa.sock), polling our bundle; empty: a child"""
+    unix_socket: bool = True
+    """the child OPA listens on a unix socket (else on a loopback TCP port)"""
+    token: str = ""
+    """bearer token for OPA; the child gets a random one when empty"""
+    timeout_seconds: float = 2.0
+    """deadline of one decision request"""
+    retry_initial_seconds: float = 0.05
+    """first wait before retrying a decision when OPA is unreachable or answers 5xx"""
+    retry_max_seconds: float = 2.0
+    """longest wait between retries (alerts stay queued meanwhile)"""
+    batch_size: int = 64
+    """most alerts decided in one OPA request (those waiting at the same time); 1: one request per alert"""
+    gc_percent: int = 0
+    """GOGC of the child OPA, 0: the environment's (Go: 100); 400 saves ~1/3 of OPA's CPU for memory (docs/rego.md)"""
+    decision_ids: bool = True
+    """each decision gets OPA's decision id (on the `decide plan` span), without logging the decision"""
+    decision_logs: bool = False
+    """the child OPA also writes every decision, input included, to its log (large: for debugging)"""
+    bundle_dir: str = ""
+    """where translated bundles are written (writable); empty: a private temporary folder"""
+    ready_timeout_seconds: float = 30.0
+    """how long a new child OPA has to load its bundle"""
+    rego: tuple[str, ...] = ()
+    """the user's own Rego files or folders, added to the bundle beside the translated rules"""
+    signing_key: str = ""
+    """PEM private key: every bundle is built as a signed .tar.gz (a sidecar verifies it with its key)"""
+    verification_key: str = ""
+    """PEM public key the child OPA verifies each bundle with (needs signing_key)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """The in-process queue between intake and execution."""
+
+    capacity: int = 10000
+    """alerts accepted but not yet started; beyond it intake answers 503 with Retry-After"""
+    workers: int = 16
+    """alerts processed concurrently (alerts about the same pod never run at the same time)"""
+    drain_timeout_seconds: float = 30.0
+    """on SIGTERM, how long to finish the accepted alerts before stopping"""
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Bearer-token authentication of the intake."""
+
+    token: str = ""
+    """the token alerts must carry; empty: no authentication (then listen on loopback only)"""
+    header: str = "Authorization"
+    """header carrying the token ("Authorization: Bearer <token>", or the bare token in a custom header)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """TLS for the intake; with client_ca_file, clients must present a certificate signed by it."""
+
+    cert_file: str = ""
+    """PEM certificate (chain); empty: plain HTTP"""
+    key_file: str = ""
+    """PEM private key of cert_file"""
+    client_ca_file: str = ""
+    """PEM CA bundle that client certificates must chain to; empty: no client certificates"""
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """Limits of the HTTP intake."""
+
+    max_body_bytes: int = MIB
+    """largest accepted alert body; larger gets 413"""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the engine server reads, validated once."""
+
+    listen_address: str = ""
+    """interface to listen on; empty: 127.0.0.1, or 0.0.0.0 when a token or TLS is set (see module doc)"""
+    listen_port: int = 2803
+    """port of the intake, /healthz, /readyz and /metrics"""
+    rules_files: tuple[str, ...] = ("/etc/falco-talon/rules.yaml",)
+    """rules files, merged in order (`-r` replaces this list)"""
+    kubeconfig: str = ""
+    """kubeconfig file; empty: in-cluster credentials, else every step runs in dry-run"""
+    log_format: str = "json"
+    """"json" (one object per line), "text" or "color" (Talon's default) for humans"""
+    log_level: str = "info"
+    """debug, info, warning or error"""
+    default_notifiers: tuple[str, ...] = ()
+    """notifiers told about every action, besides each rule's own"""
+    watch_rules: bool = True
+    """reload the rules when a rules file changes (edits, replacements and ConfigMap symlink swaps)"""
+    watch_interval_seconds: float = 1.0
+    """how often the rules files are checked for changes"""
+    print_all_events: bool = False
+    """log every received alert, matched or not"""
+    step_timeout_seconds: float = 30.0
+    """deadline of one step (action, its output and its notifications each get this much)"""
+    deduplication: Deduplication = field(default_factory=Deduplication)
+    """deduplication of alerts"""
+    otel: Otel = field(default_factory=Otel)
+    """tracing export"""
+    opa: Opa = field(default_factory=Opa)
+    """the OPA that decides"""
+    queue: Queue = field(default_factory=Queue)
+    """queue and concurrency"""
+    auth: Auth = field(default_factory=Auth)
+    """intake authentication"""
+    tls: Tls = field(default_factory=Tls)
+    """intake TLS"""
+    intake: Intake = field(default_factory=Intake)
+    """intake limits"""
+    notifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """settings of each notifier, by name (notifiers.<name>.<setting>)"""
+    unknown_keys: tuple[str, ...] = ()
+    """keys of the file that mean nothing to us (ignored like Talon does; logged at start)"""
+
+    @property
+    def address(self) -> str:
+        """The address actually listened on (see `listen_address`)."""
+        if self.listen_address:
+            return self.listen_address
+        return ANY_ADDRESS if (self.auth.token or self.tls.cert_file) else LOOPBACK
+
+
+# keys that Talon knows but we do not use; accepted silently
+_TALON_ONLY = ("aws", "gcp", "minio")
+
+
+def load(
+    path: str | Path | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    rules: Sequence[str] = (),
+) -> Config:
+    """Read the config file (optional), apply env vars, then `-r` rules files; ConfigError when invalid."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {p}: {e.strerror}", hint="check the -c/--config path") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}", hint="fix the YAML at the place named") from e
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config file {p} is not a mapping", hint="write `key: value` lines at the top level")
+        raw = doc
+    unknown: list[str] = []
+    cfg = _build(Config, raw, env, "", unknown, from_file=True)
+    assert isinstance(cfg, Config)
+    if rules:
+        cfg = dataclasses.replace(cfg, rules_files=tuple(rules))
+    cfg = dataclasses.replace(cfg, unknown_keys=tuple(unknown))
+    _validate(cfg)
+    return cfg
+
+
+def _env_name(key: str) -> str:
+    return key.upper().replace(".", "_")
+
+
+def _build(
+    cls: type[Any], raw: Mapping[str, Any], env: Mapping[str, str], prefix: str, unknown: list[str], from_file: bool
+) -> Any:
+    hints = typing.get_type_hints(cls)
+    by_lower = {str(k).lower(): k for k in raw}  # viper keys are case-insensitive
+    known = {f.name for f in dataclasses.fields(cls)}
+    for k in raw:
+        if str(k).lower() not in known and str(k).lower() not in _TALON_ONLY:
+            unknown.append(prefix + str(k))
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "unknown_keys":
+            continue
+        key = prefix + f.name
+        tp = hints[f.name]
+        present = f.name in by_lower
+        value = raw[by_lower[f.name]] if present else None
+        if dataclasses.is_dataclass(tp):
+            if present and value is not None and not isinstance(value, dict):
+                raise ConfigError(f"config key {key!r} must be a mapping", hint=f"write `{key}:` with keys under it")
+            values[f.name] = _build(tp, value or {}, env, key + ".", unknown, from_file)  # type: ignore[arg-type]
+            continue
+        if f.name == "notifiers" and prefix == "":
+            values[f.name] = _notifiers(value, env)
+            continue
+        env_value = _env_lookup(env, key)
+        if env_value is not None:
+            values[f.name] = _convert(env_value, tp, key, source=f"env {_env_name(key)}")
+        elif present and value is not None:
+            values[f.name] = _convert(value, tp, key, source="config file")
+    return cls(**values)
+
+
+def _env_lookup(env: Mapping[str, str], key: str) -> str | None:
+    value = env.get(_env_name(key))
+    if value is None and key == "kubeconfig":
+        value = env.get("KUBECONFIG")  # the usual variable (same name as Talon's)
+    if key == "kubeconfig" and value:
+        # KUBECONFIG may be a list of files: the first one that exists (kubectl merges them; we read one)
+        parts = [p for p in value.split(os.pathsep) if p]
+        value = next((p for p in parts if Path(p).exists()), parts[0] if parts else "")
+    return value
+
+
+def _notifiers(value: Any, env: Mapping[str, str]) -> Mapping[str, Mapping[str, Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError("config key 'notifiers' must be a mapping", hint="write `notifiers:` then `<name>:` blocks")
+    out: dict[str, Mapping[str, Any]] = {}
+    for name, settings in value.items():
+        if settings is None:
+            settings = {}
+        if not isinstance(settings, dict):
+            raise ConfigError(
+                f"config key 'notifiers.{name}' must be a mapping", hint="write the notifier's settings under its name"
+            )
+        merged = {}
+        for k, v in settings.items():
+            ev = env.get(_env_name(f"notifiers.{name}.{k}"))
+            merged[str(k)] = ev if ev is not None else v
+        out[str(name)] = types.MappingProxyType(merged)
+    return types.MappingProxyType(out)
+
+
+_TRUE = {"true", "1", "t", "yes", "y", "on"}
+_FALSE = {"false", "0", "f", "no", "n", "off", ""}
+
+
+def _convert(value: Any, tp: Any, key: str, *, source: str) -> Any:
+    """Weak decoding like viper's: "2803" is a port, "a,b" from env is a list, "true" is a bool."""
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError("not a boolean")
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError("not an integer")
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("not an integer")
+            return int(str(value).strip()) if isinstance(value, str) else int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError("not a number")
+            return float(value)
+        if tp is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError("not a string")
+            return "" if value is None else str(value)
+        if origin is tuple:
+            if isinstance(value, str):
+                items = [v.strip() for v in value.split(",") if v.strip()]
+            elif isinstance(value, list):
+                items = [str(v) for v in value]
+            else:
+                raise ValueError("not a list")
+            return tuple(items)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"config key {key!r} ({source}) has an invalid value {value!r}: {e}",
+            hint=f"give a {_type_name(tp)}",
+        ) from e
+    raise AssertionError(f"unsupported config type {tp} for {key}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return "list (or a comma-separated string in an env var)"
+    return {bool: "boolean (true/false)", int: "whole number", float: "number", str: "string"}.get(tp, str(tp))
+
+
+def _validate(cfg: Config) -> None:
+    def bad(key: str, message: str, hint: str) -> ConfigError:
+        return ConfigError(f"config key {key!r} {message}", hint=hint)
+
+    if not 0 < cfg.listen_port < 65536:
+        raise bad("listen_port", f"is {cfg.listen_port}, not a TCP port", "use a port between 1 and 65535")
+    if cfg.log_format not in ("json", "text", "color"):
+        # Talon: anything other than color/text is JSON; we say so instead of guessing
+        raise bad("log_format", f"is {cfg.log_format!r}", 'use "json", "text" or "color"')
+    if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise bad("log_level", f"is {cfg.log_level!r}", 'use "debug", "info", "warning" or "error"')
+    if cfg.deduplication.time_window_seconds < 0:
+        raise bad("deduplication.time_window_seconds", "is negative", "use 0 (off) or a number of seconds")
+    if not cfg.deduplication.key:
+        raise bad("deduplication.key", "is empty", 'use e.g. ["output"] (Talon) or ["rule", "k8s.pod.name"]')
+    for name, value, low in (
+        ("queue.capacity", cfg.queue.capacity, 1),
+        ("queue.workers", cfg.queue.workers, 1),
+        ("opa.batch_size", cfg.opa.batch_size, 1),
+        ("opa.gc_percent", cfg.opa.gc_percent, 0),
+        ("intake.max_body_bytes", cfg.intake.max_body_bytes, 1),
+    ):
+        if value < low:
+            raise bad(name, f"is {value}", f"use a whole number of at least {low}")
+    for name, seconds in (
+        ("step_timeout_seconds", cfg.step_timeout_seconds),
+        ("opa.timeout_seconds", cfg.opa.timeout_seconds),
+        ("opa.ready_timeout_seconds", cfg.opa.ready_timeout_seconds),
+        ("opa.retry_initial_seconds", cfg.opa.retry_initial_seconds),
+        ("opa.retry_max_seconds", cfg.opa.retry_max_seconds),
+        ("queue.drain_timeout_seconds", cfg.queue.drain_timeout_seconds),
+        ("watch_interval_seconds", cfg.watch_interval_seconds),
+        ("otel.timeout", cfg.otel.timeout),
+    ):
+        if seconds <= 0:
+            raise bad(name, f"is {seconds}", "use a positive number of seconds")
+    if cfg.opa.url and not cfg.opa.url.startswith(("http://", "https://", "unix://")):
+        raise bad("opa.url", f"is {cfg.opa.url!r}", "use http://host:port or unix:///path/to/opa.sock")
+    for key, f in (("opa.signing_key", cfg.opa.signing_key), ("opa.verification_key", cfg.opa.verification_key)):
+        if f and not Path(f).is_file():
+            raise bad(key, f"names {f}, which is not a readable file", "give the path of a PEM key file")
+    if cfg.opa.verification_key and not cfg.opa.url and not cfg.opa.unix_socket:
+        raise bad(
+            "opa.verification_key",
+            "needs opa.unix_socket: true for the child OPA",
+            "a verifying child OPA is reached only through its private unix socket (no token)",
+        )
+    if cfg.opa.verification_key and not cfg.opa.signing_key:
+        raise bad("opa.verification_key", "is set without opa.signing_key", "set both: the engine signs, OPA verifies")
+    if bool(cfg.tls.cert_file) != bool(cfg.tls.key_file):
+        raise bad("tls.cert_file/tls.key_file", "must be set together", "give both the certificate and its key")
+    if cfg.tls.client_ca_file and not cfg.tls.cert_file:
+        raise bad("tls.client_ca_file", "needs tls.cert_file", "client certificates need TLS: set tls.cert_file")
+    for key, f in (("tls.cert_file", cfg.tls.cert_file), ("tls.key_file", cfg.tls.key_file)):
+        if f and not Path(f).is_file():
+            raise bad(key, f"names {f}, which is not a readable file", "give the path of a PEM file")
+    if cfg.tls.client_ca_file and not Path(cfg.tls.client_ca_file).is_file():
+        raise bad("tls.client_ca_file", f"names {cfg.tls.client_ca_file}, which is not a file", "give a PEM CA bundle")
+    if not cfg.auth.header.strip():
+        raise bad("auth.header", "is empty", 'use "Authorization" or a custom header name')
+    if not cfg.rules_files:
+        raise bad("rules_files", "is empty", "give at least one rules file (-r rules.yaml)")

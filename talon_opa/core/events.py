@@ -1,0 +1,354 @@
+"""The alert: decoded from an HTTP body like Falco Talon does, and normalised into the OPA input.
+
+Decoding follows Talon's Go `encoding/json` behaviour (reference/talon-semantics.md §1.2): keys
+case-insensitive with the last occurrence winning, `time` RFC 3339 or null/absent, `source`
+defaulting to `syscall`, unknown keys ignored, JSON `null` as body = an empty alert, trailing bytes
+after the first JSON value ignored. Numbers keep their exact value (integers beyond 2^63 included).
+`Alert.opa_input()` is THE normalised input the Rego rules see (schema documented in docs/rego.md).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from talon_opa.core.errors import AlertError
+
+# Talon's priority ranks (internal/rules/priority.go); any other name ranks 0.
+PRIORITY_RANKS: Mapping[str, int] = {
+    "debug": 1,
+    "informational": 2,
+    "notice": 3,
+    "warning": 4,
+    "error": 5,
+    "critical": 6,
+    "alert": 7,
+    "emergency": 8,
+}
+
+JSON_HINT = "send the alert as JSON: set Falco's json_output: true (or use Falcosidekick's webhook output)"
+
+# Falco's text prefix: "HH:MM:SS.nnnnnnnnn: Priority " or, with time_format_iso_8601,
+# "2026-07-14T08:21:19.502117450+0000: Priority ". Longest names first and a word boundary, so
+# "Informational" is removed whole (Talon's regex leaves "rmational"; DESIGN §4).
+_PREFIX = re.compile(
+    r"^(?:\d{2}:\d{2}:\d{2}\.\d+|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?)"
+    r": (?:Informational|Emergency|Critical|Warning|Notice|Alert|Error|Debug|Info)(?= |$)",
+    re.IGNORECASE,
+)
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?(?:Z|([+-])(\d{2}):(\d{2}))$",
+    re.ASCII,
+)
+
+_MAX_INT_DIGITS = 4000  # below Python's int/str conversion limit; Falco never sends longer
+_MAX_EXPONENT = 400  # a float written with a larger exponent keeps its text as its string form
+
+
+class JsonFloat(float):
+    """A JSON number with a fraction or exponent: behaves as a float, remembers its decimal text."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> JsonFloat:
+        self = super().__new__(cls, text)
+        self.text = text
+        return self
+
+
+class _Object(dict[str, Any]):
+    """A JSON object that had a repeated key: last occurrence wins, and its pairs are kept in order."""
+
+    __slots__ = ("pairs",)
+    pairs: list[tuple[str, Any]]
+
+
+def _object_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj  # no repeated key: the dict's order is the order of occurrence
+    dup = _Object(pairs)
+    dup.pairs = pairs
+    return dup
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > _MAX_INT_DIGITS:
+        raise ValueError(f"integer with {len(text)} digits is too long")
+    return int(text)
+
+
+def _parse_constant(name: str) -> Any:
+    raise ValueError(f"invalid JSON value {name}")  # Go rejects NaN and Infinity
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object_hook,
+    parse_int=_parse_int,
+    parse_float=JsonFloat,
+    parse_constant=_parse_constant,
+)
+_WS = " \t\n\r"
+
+
+def number_text(value: int | float) -> str:
+    """A number's decimal text: exact digits, no exponent (`1234567`, `1.5`, `0.00001`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text = value.text if isinstance(value, JsonFloat) else repr(value)
+    try:
+        dec = Decimal(text)
+    except InvalidOperation:
+        return text
+    if not dec.is_finite() or abs(dec.adjusted()) > _MAX_EXPONENT:
+        return text
+    if dec.is_zero():
+        return "0"
+    return format(dec.normalize(), "f")
+
+
+def value_text(value: Any) -> str:
+    """The string form of an output field value, as the match conditions compare it.
+
+    Strings as they are; numbers by their decimal text (our fix: Talon renders float64 `%v`, so
+    `1234567` became `1.234567e+06`); `true`/`false`; null `<nil>`; otherwise Go's `%v`:
+    objects `map[k1:v1 k2:v2]` (keys sorted), arrays `[v1 v2]`.
+    """
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool | int | float):
+        return number_text(value)
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{value_text(value[k])}" for k in sorted(value)) + "]"
+    if isinstance(value, list):
+        return "[" + " ".join(value_text(v) for v in value) + "]"
+    return str(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """Output field values for the OPA input: a number JSON cannot carry (1e400) becomes its text."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return number_text(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def strip_prefix(output: str) -> str:
+    """Falco's output without its `time: Priority ` prefix (then one leading space, like Talon)."""
+    stripped = _PREFIX.sub("", output, count=1)
+    return stripped[1:] if stripped.startswith(" ") else stripped
+
+
+def priority_rank(priority: str) -> int:
+    return PRIORITY_RANKS.get(priority.lower(), 0)
+
+
+def _check_time(text: str) -> None:
+    m = _RFC3339.match(text)
+    if m is None:
+        raise ValueError("not RFC 3339")
+    year, month, day, hour, minute, second = map(int, m.group(1, 2, 3, 4, 5, 6))
+    # year 0 is valid in Go; 2000 has the same leap-year rule for the day check
+    _dt.datetime(year or 2000, month, day, hour, minute, second)
+    if m.group(8) is not None and (int(m.group(9)) > 23 or int(m.group(10)) > 59):
+        raise ValueError("time zone offset out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One Falco alert, decoded. `output` is prefix-stripped; `raw_output` as received."""
+
+    output: str = ""
+    priority: str = ""
+    rule: str = ""
+    hostname: str = ""
+    time: str | None = None  # RFC 3339 text as received; None when absent or null
+    source: str = "syscall"
+    output_fields: dict[str, Any] = field(default_factory=dict)
+    tags: list[Any] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+    raw_output: str = ""
+
+    @property
+    def priority_rank(self) -> int:
+        return priority_rank(self.priority)
+
+    def field_str(self, name: str) -> str | None:
+        """An output field as Talon's accessors read it: strings and numbers only, else None."""
+        value = self.output_fields.get(name)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return number_text(value)
+        return None
+
+    def _first(self, *names: str) -> str | None:
+        for name in names:
+            value = self.field_str(name)
+            if value:
+                return value
+        return None
+
+    def pod_name(self) -> str | None:
+        return self._first("k8s.pod.name", "ka.target.pod.name", "ka.target.name")
+
+    def namespace(self) -> str | None:
+        return self._first("k8s.ns.name", "ka.target.namespace")
+
+    def remote_ip(self) -> str | None:
+        return self._first("fd.rip", "fd.sip")
+
+    def remote_port(self) -> str | None:
+        return self._first("fd.rport", "fd.sport")
+
+    def remote_protocol(self) -> str | None:
+        return self._first("fd.rproto", "fd.sproto")
+
+    def target_name(self) -> str | None:
+        return self._first("ka.target.name")
+
+    def target_namespace(self) -> str | None:
+        return self._first("ka.target.namespace")
+
+    def target_resource(self) -> str | None:
+        return self._first("ka.target.resource")
+
+    def dedup_key(self) -> str:
+        """Talon's deduplication key: the prefix-stripped output text (Talon hashes it with MD5)."""
+        return self.output
+
+    def opa_input(self) -> dict[str, Any]:
+        """THE normalised OPA input (docs/rego.md): the alert plus precomputed, indexable helpers."""
+        fields = self.output_fields
+        if all(type(v) is str for v in fields.values()):  # the usual case: already safe, its own string form
+            safe_fields, fields_str = dict(fields), dict(fields)
+        else:
+            safe_fields = _json_safe(fields)
+            fields_str = {k: value_text(v) for k, v in fields.items()}
+        tags = self.tags
+        return {
+            "rule": self.rule,
+            "priority": self.priority,
+            "priority_rank": self.priority_rank,
+            "source": self.source,
+            "hostname": self.hostname,
+            "time": self.time,
+            "output": self.output,
+            "tags": list(tags) if all(type(t) is str for t in tags) else _json_safe(tags),
+            "tags_set": {t: True for t in tags if isinstance(t, str)},
+            "output_fields": safe_fields,
+            "output_fields_str": fields_str,
+        }
+
+
+_STRING_FIELDS = ("output", "priority", "rule", "hostname", "source", "trace_id")
+_FIELDS = frozenset((*_STRING_FIELDS, "time", "output_fields", "context", "tags"))
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _wrong_type(name: str, value: Any, want: str) -> AlertError:
+    return AlertError(f"{name!r} must be {want}, not {_type_name(value)}", field=name)
+
+
+def decode_alert(body: bytes, content_type: str | None = None) -> Alert:
+    """Decode an HTTP body into an Alert, or raise AlertError (status 400, or 415 for text/plain)."""
+    if content_type is not None and content_type.split(";", 1)[0].strip().lower() == "text/plain":
+        raise AlertError("the alert is text/plain, not JSON", status=415, hint=JSON_HINT)
+    text = body.decode("utf-8", errors="replace").lstrip(_WS)
+    if not text:
+        raise AlertError("empty body: expected a JSON object", hint=JSON_HINT)
+    try:
+        doc, _ = _DECODER.raw_decode(text)  # one value; trailing bytes ignored, like Go's Decoder
+    except (ValueError, RecursionError) as e:
+        raise AlertError(f"malformed JSON: {e}", hint=JSON_HINT) from e
+    if doc is None:
+        return Alert()
+    if not isinstance(doc, dict):
+        raise AlertError(f"the alert must be a JSON object, not {_type_name(doc)}")
+
+    strings: dict[str, str] = {}
+    time: str | None = None
+    output_fields: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    tags: list[Any] | None = None
+    for key, value in doc.pairs if isinstance(doc, _Object) else doc.items():
+        name = key.casefold()
+        if name not in _FIELDS:
+            continue  # unknown keys (Falco's uuid, Falcosidekick's extras) are ignored
+        if name in _STRING_FIELDS:
+            if value is None:
+                continue  # Go leaves a string unchanged on null
+            if not isinstance(value, str):
+                raise _wrong_type(name, value, "a string")
+            strings[name] = value
+        elif name == "time":
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise _wrong_type(name, value, "an RFC 3339 string")
+            try:
+                _check_time(value)
+            except ValueError as e:
+                raise AlertError(
+                    f"'time' is not an RFC 3339 time: {value!r}",
+                    field="time",
+                    hint="send e.g. 2026-07-14T08:21:07.114583261Z",
+                ) from e
+            time = value
+        elif name == "tags":
+            if value is None:
+                tags = None
+            elif not isinstance(value, list):
+                raise _wrong_type(name, value, "an array")
+            else:
+                tags = value
+        else:  # output_fields, context: Go reuses the map, so a repeated key adds to it
+            if value is not None and not isinstance(value, dict):
+                raise _wrong_type(name, value, "an object")
+            current = output_fields if name == "output_fields" else context
+            merged = None if value is None else {**(current or {}), **value}
+            if name == "output_fields":
+                output_fields = merged
+            else:
+                context = merged
+
+    raw_output = strings.get("output", "")
+    return Alert(
+        output=strip_prefix(raw_output),
+        priority=strings.get("priority", ""),
+        rule=strings.get("rule", ""),
+        hostname=strings.get("hostname", ""),
+        time=time,
+        source=strings.get("source", "") or "syscall",
+        output_fields=output_fields or {},
+        tags=tags or [],
+        context=context or {},
+        raw_output=raw_output,
+    )

@@ -1,0 +1,294 @@
+"""A small async Kubernetes API client: kubeconfig or in-cluster credentials, JSON verbs, exec and logs.
+
+Only what talon-opa needs, over one aiohttp session. API errors become KubeApiError with the API's
+reason and message, never a bare HTTP status.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import ssl
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import yaml
+
+from talon_opa.core.errors import TalonError
+
+IN_CLUSTER_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class KubeApiError(TalonError):
+    """The API server refused or failed a request."""
+
+    def __init__(self, method: str, path: str, status: int, reason: str, message: str) -> None:
+        hint = {
+            401: "the credentials were refused: check the kubeconfig or the service account token",
+            403: "the service account lacks this permission: regenerate the ClusterRole with `talon-opa rbac`",
+            404: "the object does not exist (any more)",
+        }.get(status, "")
+        super().__init__(f"{method} {path}: {status} {reason}: {message}", hint=hint)
+        self.status = status
+        self.reason = reason
+        self.api_message = message
+
+
+@dataclass(frozen=True, slots=True)
+class KubeConfig:
+    server: str
+    token: str | None = None
+    ca_file: str | None = None
+    ca_data: bytes | None = None
+    insecure: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+    namespace: str = "default"
+
+    @classmethod
+    def from_file(cls, path: str | Path, context: str | None = None) -> KubeConfig:
+        """Read a kubeconfig file (current context unless `context` is given)."""
+        p = Path(path)
+        try:
+            doc = yaml.safe_load(p.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise TalonError(f"cannot read kubeconfig {p}: {e}", hint="check the `kubeconfig` setting") from e
+        name = context or doc.get("current-context")
+        ctx = _named(doc.get("contexts"), name, "context", p)
+        cluster = _named(doc.get("clusters"), ctx.get("cluster"), "cluster", p)
+        user = _named(doc.get("users"), ctx.get("user"), "user", p) if ctx.get("user") else {}
+
+        def rel(v: str | None) -> str | None:
+            return str((p.parent / v).resolve()) if v else None
+
+        cert_file, key_file = rel(user.get("client-certificate")), rel(user.get("client-key"))
+        if user.get("client-certificate-data"):
+            cert_file = _tempfile(base64.b64decode(user["client-certificate-data"]))
+        if user.get("client-key-data"):
+            key_file = _tempfile(base64.b64decode(user["client-key-data"]))
+        token = user.get("token")
+        if not token and user.get("tokenFile"):
+            token = Path(user["tokenFile"]).read_text().strip()
+        return cls(
+            server=str(cluster["server"]).rstrip("/"),
+            token=token,
+            ca_file=rel(cluster.get("certificate-authority")),
+            ca_data=base64.b64decode(cluster["certificate-authority-data"])
+            if cluster.get("certificate-authority-data")
+            else None,
+            insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
+            cert_file=cert_file,
+            key_file=key_file,
+            namespace=ctx.get("namespace") or "default",
+        )
+
+    @classmethod
+    def in_cluster(cls) -> KubeConfig:
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+        if not host or not port:
+            raise TalonError("not running in a cluster", hint="set `kubeconfig` to a kubeconfig file")
+        ns_file = IN_CLUSTER_DIR / "namespace"
+        return cls(
+            server=f"https://{host}:{port}",
+            token=(IN_CLUSTER_DIR / "token").read_text().strip(),
+            ca_file=str(IN_CLUSTER_DIR / "ca.crt"),
+            namespace=ns_file.read_text().strip() if ns_file.exists() else "default",
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        if not self.server.startswith("https"):
+            return False
+        ctx = ssl.create_default_context()
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif self.ca_file:
+            ctx.load_verify_locations(cafile=self.ca_file)
+        elif self.ca_data:
+            ctx.load_verify_locations(cadata=self.ca_data.decode())
+        if self.cert_file and self.key_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+def _named(items: Any, name: Any, what: str, path: Path) -> dict[str, Any]:
+    for item in items or []:
+        if item.get("name") == name:
+            return dict(item.get(what) or {})
+    raise TalonError(f"kubeconfig {path} has no {what} named {name!r}", hint="check its current-context")
+
+
+def _tempfile(data: bytes) -> str:
+    fd, name = tempfile.mkstemp(prefix="talon-opa-kube-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    stdout: str
+    stderr: str
+    exit_code: int
+
+
+class KubeClient:
+    """JSON verbs on API paths, exec and logs. Pass a session to share its pool; `close` closes our own."""
+
+    def __init__(self, config: KubeConfig, session: aiohttp.ClientSession | None = None) -> None:
+        self.config = config
+        self._ssl = config.ssl_context()
+        self._own = session is None
+        self._session = session or aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32))
+
+    async def close(self) -> None:
+        if self._own:
+            await self._session.close()
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        h = {"Accept": "application/json", "User-Agent": "talon-opa"}
+        if self.config.token:
+            h["Authorization"] = f"Bearer {self.config.token}"
+        if content_type:
+            h["Content-Type"] = content_type
+        return h
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+        timeout: float = 10.0,
+    ) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        async with self._session.request(
+            method,
+            self.config.server + path,
+            data=data,
+            params=params,
+            headers=self._headers(content_type if data is not None else None),
+            ssl=self._ssl,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as r:
+            text = await r.text()
+            if r.status >= 400:
+                raise _api_error(method, path, r.status, text)
+            if not text:
+                return None
+            if r.content_type == "application/json":
+                return json.loads(text)
+            return text
+
+    async def get(self, path: str, **kw: Any) -> Any:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, body: Any, **kw: Any) -> Any:
+        return await self.request("POST", path, body=body, **kw)
+
+    async def put(self, path: str, body: Any, **kw: Any) -> Any:
+        return await self.request("PUT", path, body=body, **kw)
+
+    async def patch(self, path: str, body: Any, *, patch_type: str = "merge", **kw: Any) -> Any:
+        ct = {
+            "merge": "application/merge-patch+json",
+            "json": "application/json-patch+json",
+            "strategic": "application/strategic-merge-patch+json",
+        }[patch_type]
+        return await self.request("PATCH", path, body=body, content_type=ct, **kw)
+
+    async def delete(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return await self.request("DELETE", path, body=body, **kw)
+
+    async def logs(
+        self, namespace: str, pod: str, *, container: str | None = None, tail_lines: int | None = None
+    ) -> str:
+        params: dict[str, str] = {}
+        if container:
+            params["container"] = container
+        if tail_lines is not None:
+            params["tailLines"] = str(tail_lines)
+        text = await self.get(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log", params=params)
+        return "" if text is None else str(text)
+
+    async def exec(
+        self,
+        namespace: str,
+        pod: str,
+        command: Sequence[str],
+        *,
+        container: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> ExecResult:
+        """Run a command in a container through the API server (websocket, v5 or v4 channel protocol)."""
+        params: list[tuple[str, str]] = [("command", c) for c in command]
+        params += [("stdout", "true"), ("stderr", "true")]
+        if stdin is not None:
+            params.append(("stdin", "true"))
+        if container:
+            params.append(("container", container))
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/exec"
+        out, err = bytearray(), bytearray()
+        status: dict[str, Any] = {}
+        try:
+            async with self._session.ws_connect(
+                self.config.server + path,
+                params=params,
+                headers=self._headers(),
+                protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
+                ssl=self._ssl,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=timeout, ws_close=timeout),
+                max_msg_size=0,
+            ) as ws:
+                if stdin is not None:
+                    await ws.send_bytes(b"\x00" + stdin)
+                    if ws.protocol == "v5.channel.k8s.io":
+                        await ws.send_bytes(b"\xff\x00")  # close stdin
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.BINARY or not msg.data:
+                        continue
+                    channel, payload = msg.data[0], msg.data[1:]
+                    if channel == 1:
+                        out += payload
+                    elif channel == 2:
+                        err += payload
+                    elif channel == 3 and payload:
+                        status = json.loads(payload)
+        except aiohttp.WSServerHandshakeError as e:
+            raise KubeApiError("EXEC", path, e.status, "Upgrade refused", e.message) from e
+        except TimeoutError as e:
+            raise TalonError(f"exec in {namespace}/{pod} timed out after {timeout}s", hint="") from e
+        return ExecResult(out.decode(errors="replace"), err.decode(errors="replace"), _exit_code(status))
+
+
+def _exit_code(status: Mapping[str, Any]) -> int:
+    if not status or status.get("status") == "Success":
+        return 0
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
+            return int(cause.get("message", "1"))
+    # kubelets that run commands locally (kwok) report a non-zero exit only in the message
+    found = re.search(r"exit status (\d+)$", str(status.get("message", "")))
+    if found:
+        return int(found.group(1))
+    raise TalonError(f"exec failed: {status.get('message', status)}", hint="")
+
+
+def _api_error(method: str, path: str, status: int, text: str) -> KubeApiError:
+    reason, message = "", text[:500]
+    try:
+        doc = json.loads(text)
+        reason, message = str(doc.get("reason", "")), str(doc.get("message", message))
+    except ValueError:
+        pass
+    return KubeApiError(method, path, status, reason, message)

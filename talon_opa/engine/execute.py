@@ -1,0 +1,465 @@
+"""The executor: runs a plan's steps in order with Talon's runtime control flow (reference §2.9).
+
+For each step of the plan (already cut after the first matched rule with `continue: false`):
+* a step whose rule has ended is skipped;
+* `dry_run` runs nothing (logged, traced, counted as `dry_run`) but keeps the flow;
+* otherwise: the actionner is looked up, its parameters decoded, the alert's required fields checked
+  (missing → the step fails naming the field), then `await plugin.run(alert, params)` under the step
+  timeout; an artifact goes to the step's output (`write output`);
+* a failed step ends its rule's remaining steps unless `ignore_errors`; `continue: false` ends them
+  whatever the result (a failing terminate with ignore_errors still ends the rule); errors never stop
+  later rules.
+
+Every failure is reported: a log line, the span's status and `error.type`, the actions counter with
+status `failure`, and a notification to `default_notifiers + step.notifiers` (sent concurrently with a
+TaskGroup, each carrying the trace id). Unlike Talon, failures of the checks (unknown actionner, missing
+field, bad parameters) are notified too, and a failing notifier is counted as a notification failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+
+from opentelemetry import trace
+
+from talon_opa.core import logs
+from talon_opa.core.errors import TalonError
+from talon_opa.core.events import Alert
+from talon_opa.engine import telemetry
+from talon_opa.engine.metrics import Metrics
+from talon_opa.opa.client import Plan, Step
+from talon_opa.plugins.notes import Note, Notifier
+from talon_opa.plugins.runtime import Artifact, Deps, Outcome
+from talon_opa.plugins.spec import ParamsInvalid, Spec
+
+if TYPE_CHECKING:
+    from talon_opa.plugins.registry import Registry
+
+log = logs.get("execute")
+
+Status = Literal["success", "failure", "ignored", "dry_run", "skipped"]
+DRY_RUN_MESSAGE = "no action, dry-run is enabled"
+
+
+class Output(Protocol):
+    """An artifact target (`local:file`, `aws:s3`...): built as `cls(deps)`, called `await run(artifact, params)`."""
+
+    async def run(self, artifact: Artifact, params: Any) -> Outcome: ...
+
+
+class Actionner(Protocol):
+    async def run(self, alert: Any, params: Any) -> Outcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What became of one step of the plan."""
+
+    step: Step
+    status: Status
+    message: str = ""
+    error: str = ""
+    error_type: str = ""
+    objects: Mapping[str, str] = field(default_factory=dict)
+    output_status: Status | None = None  # of the output stage, when there was one
+
+
+class _Failure(Exception):
+    """A step failed: `kind` becomes `error.type`."""
+
+    def __init__(self, kind: str, message: str, hint: str = "") -> None:
+        super().__init__(f"{message} ({hint})" if hint else message)
+        self.kind = kind
+
+
+def field_text(alert: Alert, name: str) -> str | None:
+    """An output field as Talon's actionners read it: strings as is, numbers in decimal, else absent."""
+    return alert.field_str(name)
+
+
+def with_talon_context(alert: Alert, step: Step) -> Alert:
+    """A copy of the alert whose context carries Talon's `falco-talon.*` keys for this step (§2.10).
+
+    A fresh copy per step: keys of one step never leak into the next one (Talon shares the map).
+    """
+    flag = {True: "true", False: "false"}
+    context = {
+        **alert.context,
+        "falco-talon.rule": step.rule,
+        "falco-talon.action": step.action,
+        "falco-talon.actionner": step.actionner,
+        "falco-talon.action.continue": flag[step.continue_],
+        "falco-talon.action.ignore_errors": flag[step.ignore_errors],
+        "falco-talon.rule.dry_run": flag[step.dry_run],
+        "falco-talon.action.parameters": json.dumps(step.parameters, sort_keys=True, separators=(",", ":")),
+    }
+    return dataclasses.replace(alert, context=context)
+
+
+def missing_fields(alert: Alert, needs: Sequence[str]) -> list[str]:
+    """Each required field (a "a|b" group needs any one) that the alert lacks or has empty."""
+    missing = []
+    for group in needs:
+        names = [n.strip() for n in group.split("|") if n.strip()]
+        if not any(field_text(alert, n) for n in names):
+            missing.append(group)
+    return missing
+
+
+def alert_target(alert: Alert) -> tuple[str, str]:
+    """(namespace, pod) of the alert, Talon's accessor order; "" when absent."""
+    return alert.namespace() or "", alert.pod_name() or ""
+
+
+def build_notifiers(
+    registry: Registry,
+    names: Sequence[str],
+    settings: Mapping[str, Mapping[str, Any]],
+    deps: Deps,
+    *,
+    strict: bool = True,
+) -> dict[str, Notifier]:
+    """Instances of the named notifiers with their decoded settings; TalonError naming the first bad one.
+
+    `strict=False` skips names the registry does not know (rules' notifiers: the loader warned, as Talon
+    ignores them); bad settings are an error either way.
+    """
+    out: dict[str, Notifier] = {}
+    for name in dict.fromkeys(names):
+        cls = registry.notifiers.get(name)
+        if cls is None:
+            if not strict:
+                continue
+            known = ", ".join(registry.notifiers) or "none"
+            raise TalonError(
+                f"unknown notifier {name!r} in default_notifiers",
+                hint=f"use one of: {known} (names are case-sensitive)",
+            )
+        spec = cls.spec
+        raw = settings.get(name) or settings.get(name.lower()) or {}
+        try:
+            decoded = spec.decode(raw)
+        except ParamsInvalid as e:
+            raise TalonError(
+                f"settings of notifier {name!r} are invalid: {e}", hint=f"fix notifiers.{name} in the config file"
+            ) from e
+        if not hasattr(cls, "notify"):
+            raise TalonError(
+                f"notifier {name!r} cannot send notifications in this version", hint="remove it from the config"
+            )
+        out[name] = cast("type[Notifier]", cls)(deps, decoded)
+    return out
+
+
+class Executor:
+    """Runs plans. Plugins are built once, lazily, as `cls(deps)`; notifiers are handed in ready."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        deps: Deps,
+        metrics: Metrics,
+        tracer: trace.Tracer,
+        notifiers: Mapping[str, Notifier] | None = None,
+        default_notifiers: Sequence[str] = (),
+        step_timeout: float = 30.0,
+        force_dry_run: bool = False,
+    ) -> None:
+        self.registry = registry
+        self.deps = deps
+        self.metrics = metrics
+        self.tracer = tracer
+        self.notifiers: dict[str, Notifier] = dict(notifiers or {})
+        self.default_notifiers = tuple(default_notifiers)
+        self.step_timeout = step_timeout
+        self.force_dry_run = force_dry_run
+        self._plugins: dict[type[Any], Any] = {}
+
+    def _plugin(self, cls: type[Any]) -> Any:
+        plugin = self._plugins.get(cls)
+        if plugin is None:
+            plugin = self._plugins[cls] = cls(self.deps)
+        return plugin
+
+    async def execute(self, alert: Alert, plan: Plan) -> list[StepResult]:
+        """Run the plan's steps with Talon's control flow; every result, in plan order."""
+        ended: set[str] = set()
+        results: list[StepResult] = []
+        for index, step in enumerate(plan.steps):
+            if step.rule in ended:
+                results.append(StepResult(step, "skipped", "an earlier step ended this rule"))
+                continue
+            result = await self.run_step(alert, step, index)
+            results.append(result)
+            if result.status == "failure" and not step.ignore_errors:
+                ended.add(step.rule)
+            if not step.continue_:
+                ended.add(step.rule)
+        return results
+
+    async def run_step(self, alert: Alert, step: Step, index: int = 0) -> StepResult:
+        ns, pod = alert_target(alert)
+        dry_run = step.dry_run or self.force_dry_run
+        attrs: dict[str, Any] = {
+            telemetry.RULE: step.rule,
+            telemetry.ACTION: step.action,
+            telemetry.ACTIONNER: step.actionner,
+            telemetry.STEP_INDEX: index,
+            telemetry.CONTINUE: step.continue_,
+            telemetry.IGNORE_ERRORS: step.ignore_errors,
+            telemetry.DRY_RUN: dry_run,
+        }
+        if pod:
+            attrs[telemetry.K8S_POD_NAME] = pod
+        if ns:
+            attrs[telemetry.K8S_NAMESPACE_NAME] = ns
+        extra = {"rule": step.rule, "action": step.action, "actionner": step.actionner}
+        with self.tracer.start_as_current_span(telemetry.RUN_ACTION, attributes=attrs) as span:
+            if dry_run:
+                span.set_attribute(telemetry.STATUS, "dry_run")
+                span.set_attribute(telemetry.RESULT, DRY_RUN_MESSAGE)
+                telemetry.ok(span, DRY_RUN_MESSAGE)
+                self.metrics.actions.labels(step.rule, step.action, step.actionner, "dry_run").inc()
+                log.info("action", extra={**extra, "status": "dry_run", "output": DRY_RUN_MESSAGE})
+                return StepResult(step, "dry_run", DRY_RUN_MESSAGE)
+            started = time.perf_counter()
+            log.info("action", extra={**extra, "status": "in_progress"})
+            artifact: Artifact | None = None
+            spec: Spec[Any] | None = None
+            try:
+                spec, outcome = await self._act(alert, step)
+                artifact = outcome.artifact
+            except asyncio.CancelledError:
+                raise
+            except _Failure as e:
+                result = StepResult(step, "failure", error=str(e), error_type=e.kind)
+            except TalonError as e:
+                result = StepResult(step, "failure", error=str(e), error_type=type(e).__name__)
+            except Exception as e:  # a plugin bug is still a reported failure, never a crash
+                result = StepResult(step, "failure", error=f"{type(e).__name__}: {e}", error_type=type(e).__name__)
+            else:
+                status: Status = "ignored" if outcome.status == "ignored" else "success"
+                result = StepResult(step, status, outcome.message, objects=dict(outcome.objects))
+            seconds = time.perf_counter() - started
+            self.metrics.actions.labels(step.rule, step.action, step.actionner, result.status).inc()
+            self.metrics.action_seconds.labels(step.actionner, result.status).observe(seconds)
+            span.set_attribute(telemetry.STATUS, result.status)
+            for k, v in result.objects.items():
+                span.set_attribute(f"talon.object.{k}", v)
+            if result.status == "failure":
+                span.set_attribute(telemetry.RESULT, result.error[:1000])
+                telemetry.fail(span, result.error, result.error_type)
+                log.error(
+                    "action",
+                    extra={
+                        **extra,
+                        "status": "failure",
+                        "error": result.error,
+                        "error_type": result.error_type,
+                        "duration_ms": round(seconds * 1000, 3),
+                    },
+                )
+            else:
+                span.set_attribute(telemetry.RESULT, result.message[:1000])
+                log.info(
+                    "action",
+                    extra={
+                        **extra,
+                        "status": result.status,
+                        "output": result.message,
+                        "objects": dict(result.objects),
+                        "duration_ms": round(seconds * 1000, 3),
+                    },
+                )
+            await self.notify(alert, step, self._note(alert, step, "action", result))
+            if result.status == "failure" or spec is None:
+                return result
+            final = await self._output_stage(alert, step, spec, result, artifact)
+            if final.status != "failure":
+                telemetry.ok(span)  # only now: OTel keeps an OK status final, and the output may still fail
+            return final
+
+    async def _act(self, alert: Alert, step: Step) -> tuple[Spec[Any], Outcome]:
+        cls = self.registry.actionners.get(step.actionner)
+        if cls is None:
+            raise _Failure(
+                "unknown_actionner",
+                f"unknown actionner {step.actionner!r}",
+                "the plan names an actionner this engine does not have: check native Rego rules",
+            )
+        spec: Spec[Any] = cls.spec
+        missing = missing_fields(alert, spec.needs_fields)
+        if missing:
+            raise _Failure(
+                "missing_field",
+                f"the alert has no field {missing[0]!r}, which {step.actionner} needs",
+                "narrow the rule's match (output_fields) to alerts that carry it",
+            )
+        try:
+            params = spec.decode(step.parameters)
+        except ParamsInvalid as e:
+            raise _Failure("invalid_parameters", f"invalid parameters: {e}", "fix the action's parameters") from e
+        if spec.output == "required" and step.output is None:
+            raise _Failure("missing_output", f"{step.actionner} needs an output", "add `output:` to the action")
+        plugin = self._plugin(cls)
+        run = getattr(plugin, "run", None)
+        if run is None:
+            raise _Failure(
+                "not_implemented",
+                f"{step.actionner} cannot run in this version",
+                "use dry_run: true for this action, or another actionner",
+            )
+        try:
+            async with asyncio.timeout(self.step_timeout):
+                outcome = await run(with_talon_context(alert, step), params)
+        except TimeoutError as e:
+            raise _Failure(
+                "timeout", f"{step.actionner} did not finish within {self.step_timeout}s", "raise step_timeout_seconds"
+            ) from e
+        if not isinstance(outcome, Outcome):
+            raise _Failure("bad_outcome", f"{step.actionner} returned {type(outcome).__name__}, not an Outcome")
+        return spec, outcome
+
+    async def _output_stage(
+        self, alert: Alert, step: Step, spec: Spec[Any], result: StepResult, artifact: Artifact | None
+    ) -> StepResult:
+        if step.output is None or spec.output == "none":
+            if artifact is not None and spec.output == "required":
+                log.warning("artifact without output", extra={"actionner": step.actionner})
+            return result
+        if artifact is None and result.status == "ignored":
+            return result
+        target = step.output.target
+        with self.tracer.start_as_current_span(
+            telemetry.WRITE_OUTPUT, attributes={telemetry.OUTPUT_TARGET: target, telemetry.ACTION: step.action}
+        ) as span:
+            out_status: Status = "success"
+            message = error = kind = ""
+            try:
+                if artifact is None or not artifact.data:
+                    raise _Failure("empty_artifact", f"{step.actionner} produced no artifact for {target}")
+                cls = self.registry.outputs.get(target)
+                if cls is None:
+                    raise _Failure("unknown_output", f"unknown output target {target!r}", "check the action's output")
+                params = cls.spec.decode(step.output.parameters)
+                plugin = self._plugin(cls)
+                if getattr(plugin, "run", None) is None:
+                    raise _Failure("not_implemented", f"output {target} cannot run in this version")
+                async with asyncio.timeout(self.step_timeout):
+                    outcome = await cast("Output", plugin).run(artifact, params)
+                message = outcome.message
+            except asyncio.CancelledError:
+                raise
+            except _Failure as e:
+                out_status, error, kind = "failure", str(e), e.kind
+            except TimeoutError:
+                out_status, error, kind = "failure", f"output {target} timed out after {self.step_timeout}s", "timeout"
+            except ParamsInvalid as e:
+                out_status, error, kind = "failure", f"invalid output parameters: {e}", "invalid_parameters"
+            except Exception as e:
+                out_status, error, kind = "failure", f"{type(e).__name__}: {e}", type(e).__name__
+            self.metrics.outputs.labels(step.action, target, out_status).inc()
+            span.set_attribute(telemetry.STATUS, out_status)
+            extra = {"rule": step.rule, "action": step.action, "output_target": target, "status": out_status}
+            if out_status == "failure":
+                telemetry.fail(span, error, kind)
+                log.error("output", extra={**extra, "error": error})
+            else:
+                telemetry.ok(span, message[:200])
+                log.info("output", extra={**extra, "output": message})
+            note = self._note(
+                alert, step, "output", result, out_status=out_status, out_message=message, out_error=error
+            )
+            await self.notify(alert, step, note)
+        if out_status == "failure":
+            # the step failed as a whole (Talon: an output error is the action's error)
+            step_span = trace.get_current_span()
+            step_span.set_attribute(telemetry.STATUS, "failure")
+            telemetry.fail(step_span, error, kind)
+            return StepResult(step, "failure", result.message, error, kind, result.objects, out_status)
+        return StepResult(step, result.status, result.message, "", "", result.objects, out_status)
+
+    def _note(
+        self,
+        alert: Alert,
+        step: Step,
+        stage: Literal["action", "output"],
+        result: StepResult,
+        *,
+        out_status: Status = "success",
+        out_message: str = "",
+        out_error: str = "",
+    ) -> Note:
+        ns, pod = alert_target(alert)
+        if stage == "action":
+            status, output, error = result.status, result.message, result.error
+        else:
+            status, output, error = out_status, out_message, out_error
+        return Note(
+            stage=stage,
+            status="failure" if status == "failure" else ("ignored" if status == "ignored" else "success"),
+            rule=step.rule,
+            action=step.action,
+            actionner=step.actionner,
+            event=alert.output,
+            objects=dict(result.objects),
+            output=output,
+            error=error,
+            output_target=step.output.target if (stage == "output" and step.output) else "",
+            trace_id=telemetry.current_trace_id(),
+            alert_rule=alert.rule,
+            priority=alert.priority,
+            hostname=alert.hostname,
+            pod=pod,
+            namespace=ns,
+        )
+
+    async def notify(self, alert: Alert, step: Step, note: Note) -> None:
+        """Send the note to default_notifiers and the step's notifiers, concurrently; failures are reported."""
+        # a rule's notifier unknown to the registry was reported when the rules loaded (Talon ignores it)
+        names = [
+            n
+            for n in dict.fromkeys([*self.default_notifiers, *step.notifiers])
+            if n in self.notifiers or n in self.registry.notifiers
+        ]
+        if not names:
+            return
+        async with asyncio.TaskGroup() as tg:
+            for name in names:
+                tg.create_task(self._notify_one(name, step, note), name=f"notify-{name}")
+
+    async def _notify_one(self, name: str, step: Step, note: Note) -> None:
+        extra = {"notifier": name, "stage": note.stage, "rule": step.rule, "action": step.action}
+        with self.tracer.start_as_current_span(
+            telemetry.SEND_NOTIFICATION, attributes={telemetry.NOTIFIER: name, telemetry.STAGE: note.stage}
+        ) as span:
+            status = "success"
+            try:
+                notifier = self.notifiers.get(name)
+                if notifier is None:
+                    raise _Failure("unknown_notifier", f"notifier {name!r} is not configured", "add it to the config")
+                async with asyncio.timeout(self.step_timeout):
+                    await notifier.notify(note)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                status = "failure"
+                kind = e.kind if isinstance(e, _Failure) else type(e).__name__
+                telemetry.fail(span, e if not isinstance(e, TimeoutError) else "timed out", kind)
+                log.error("notification", extra={**extra, "status": "failure", "error": str(e) or kind})
+            else:
+                telemetry.ok(span)
+                log.info("notification", extra={**extra, "status": "success"})
+            self.metrics.notifications.labels(step.rule, step.action, step.actionner, name, status).inc()
+
+
+def describe(results: Sequence[StepResult]) -> str:
+    """A compact summary for logs: `action=status` per step."""
+    return json.dumps({f"{r.step.rule}/{r.step.action}": r.status for r in results}, ensure_ascii=False)

@@ -1,0 +1,201 @@
+"""Deduplication and the bounded in-process queue between intake and execution.
+
+Dedup: alerts with the same key within the window are processed once (Talon's key is the prefix-stripped
+output text; configurable). A duplicate is answered 200 and counted, never queued.
+
+Queue: at most `capacity` accepted alerts wait; `put` refuses beyond that (intake answers 503), so
+nothing accepted is dropped. N workers take alerts in order; alerts with the same target key (the pod)
+never run at the same time: a worker that finds its alert's target busy hands it to the worker already
+on that target, which runs it next, in arrival order. `drain` stops intake and waits for every accepted
+alert to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from talon_opa.core import logs
+
+log = logs.get("queue")
+
+J = TypeVar("J")
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """The first alert of a dedup key within the window."""
+
+    alert_id: str
+    trace_id: str
+    expires: float
+
+
+class Deduplicator:
+    """Remembers keys for `window` seconds; with a window of 0 nothing is a duplicate."""
+
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self._clock = clock
+        self._seen: OrderedDict[str, Seen] = OrderedDict()  # insertion order == expiry order
+
+    def _purge(self, now: float) -> None:
+        while self._seen:
+            key, first = next(iter(self._seen.items()))
+            if first.expires > now:
+                break
+            del self._seen[key]
+
+    def lookup(self, key: str) -> Seen | None:
+        """The first alert with this key if it is still within the window."""
+        if self.window <= 0:
+            return None
+        now = self._clock()
+        self._purge(now)
+        return self._seen.get(key)
+
+    def record(self, key: str, alert_id: str, trace_id: str) -> None:
+        if self.window <= 0:
+            return
+        self._seen[key] = Seen(alert_id, trace_id, self._clock() + self.window)
+        self._seen.move_to_end(key)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+@dataclass(eq=False)
+class _Entry(Generic[J]):
+    job: J
+    target: Hashable | None
+
+
+class QueueClosed(Exception):
+    """The queue is draining: no new alerts."""
+
+
+class AlertQueue(Generic[J]):
+    """Bounded queue + workers with per-target ordering. `handler(job)` must not raise (it is logged)."""
+
+    def __init__(
+        self,
+        handler: Callable[[J], Awaitable[None]],
+        *,
+        capacity: int,
+        workers: int,
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
+        self._handler = handler
+        self.capacity = capacity
+        self._n_workers = workers
+        self._on_depth = on_depth or (lambda depth: None)
+        self._queue: asyncio.Queue[_Entry[J]] = asyncio.Queue()
+        self._busy: dict[Hashable, deque[_Entry[J]]] = {}  # target → alerts waiting behind the running one
+        self._waiting = 0  # accepted, not started
+        self._unfinished = 0  # accepted, not finished
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._workers: list[asyncio.Task[None]] = []
+        self.closed = False
+
+    @property
+    def depth(self) -> int:
+        return self._waiting
+
+    @property
+    def unfinished(self) -> int:
+        return self._unfinished
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._workers = [loop.create_task(self._work(), name=f"talon-opa-worker-{i}") for i in range(self._n_workers)]
+
+    def put(self, job: J, target: Hashable | None = None) -> bool:
+        """Accept the job unless the queue is full (False) or draining (QueueClosed)."""
+        if self.closed:
+            raise QueueClosed()
+        if self._waiting >= self.capacity:
+            return False
+        self._waiting += 1
+        self._unfinished += 1
+        self._idle.clear()
+        self._queue.put_nowait(_Entry(job, target))
+        self._on_depth(self._waiting)
+        return True
+
+    async def _work(self) -> None:
+        while True:
+            entry = await self._queue.get()
+            target = entry.target
+            if target is not None:
+                behind = self._busy.get(target)
+                if behind is not None:
+                    behind.append(entry)  # the worker on this target runs it next
+                    continue
+                self._busy[target] = deque()
+            try:
+                await self._run(entry)
+                if target is not None:
+                    queue = self._busy[target]
+                    while queue:
+                        await self._run(queue.popleft())
+            finally:
+                if target is not None:
+                    rest = self._busy.pop(target, deque())
+                    for e in rest:  # only when cancelled mid-way: put them back for other workers
+                        self._queue.put_nowait(e)
+
+    async def _run(self, entry: _Entry[J]) -> None:
+        self._waiting -= 1
+        self._on_depth(self._waiting)
+        try:
+            await self._handler(entry.job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("alert handler failed")
+        finally:
+            self._unfinished -= 1
+            if self._unfinished == 0:
+                self._idle.set()
+
+    async def join(self) -> None:
+        """Wait until every accepted alert is finished."""
+        await self._idle.wait()
+
+    async def drain(self, timeout: float) -> int:
+        """Stop accepting, finish what was accepted (up to `timeout`), stop the workers; the unfinished count."""
+        self.closed = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.join()
+        left = self._unfinished
+        await self.stop()
+        return left
+
+    async def stop(self) -> None:
+        self.closed = True
+        for t in self._workers:
+            t.cancel()
+        for t in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._workers = []
+
+
+def dedup_key_of(parts: tuple[str, ...], alert: Any, output_text: str, fields: dict[str, str]) -> str:
+    """The dedup key made of `parts` (see config `deduplication.key`)."""
+    values = []
+    for part in parts:
+        if part == "output":
+            values.append(output_text)
+        elif part in ("rule", "priority", "source", "hostname"):
+            values.append(str(getattr(alert, part, "") or ""))
+        else:
+            values.append(fields.get(part, ""))
+    return "\x1f".join(values)

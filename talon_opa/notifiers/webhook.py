@@ -1,0 +1,98 @@
+"""webhook — send each result as JSON to an HTTP endpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from talon_opa.core.errors import TalonError
+from talon_opa.plugins.params import Decoding, http_url, param
+from talon_opa.plugins.spec import Spec
+
+if TYPE_CHECKING:
+    from talon_opa.plugins.notes import Note
+    from talon_opa.plugins.runtime import Deps
+
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+BODY_EXCERPT = 300  # characters of a refusal's body kept in the error
+
+
+def body(note: Note) -> dict[str, Any]:
+    """Talon's LogLine as JSON: its keys, in its order, empty fields left out (reference §5.3)."""
+    doc: dict[str, Any] = {
+        "objects": note.titled_objects(),
+        "trace_id": note.trace_id,
+        "rule": note.rule,
+        "event": note.event,
+        "message": note.message,
+        "output": note.output,
+        "category": note.category,
+        "output_target": note.output_target,
+        "actionner": note.actionner,
+        "action": note.action,
+        "error": note.error,
+        "status": note.status,
+    }
+    return {k: v for k, v in doc.items() if v}
+
+
+def _shown(url: str) -> str:
+    """The URL without credentials, query or fragment (they may carry secrets)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WebhookSettings:
+    decoding: ClassVar[Decoding] = "settings"
+
+    url: str = param(doc="endpoint URL", required=True, check=http_url)
+    http_method: str = param("POST", doc="HTTP method")
+    content_type: str = param("application/json; charset=utf-8", doc="Content-Type header")
+    user_agent: str = param("falco-talon", doc="User-Agent header")
+    custom_headers: Mapping[str, str] = param({}, doc="extra headers", secret=True)
+
+
+class Webhook:
+    spec: ClassVar[Spec[WebhookSettings]] = Spec(
+        name="webhook",
+        kind="notifier",
+        description="Send each action and output result as a JSON document to an HTTP endpoint",
+        params=WebhookSettings,
+        example="""\
+notifiers:
+  webhook:
+    url: https://soar.example.com/talon
+    custom_headers:
+      Authorization: Bearer xxxx
+""",
+    )
+
+    def __init__(self, deps: Deps, settings: WebhookSettings) -> None:
+        self._http = deps.http
+        self._settings = settings
+
+    async def notify(self, note: Note) -> None:
+        s = self._settings
+        headers = {"Content-Type": s.content_type, "User-Agent": s.user_agent, **s.custom_headers}
+        data = json.dumps(body(note)).encode()
+        method = s.http_method.upper()
+        try:
+            async with self._http.request(method, s.url, data=data, headers=headers, timeout=TIMEOUT) as r:
+                if 200 <= r.status < 300:
+                    return
+                text = (await r.text(errors="replace"))[:BODY_EXCERPT]
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise TalonError(
+                f"webhook {method} {_shown(s.url)}: {type(e).__name__}: {e}",
+                hint="check that the webhook url is reachable from talon-opa",
+            ) from e
+        raise TalonError(
+            f"webhook {method} {_shown(s.url)}: HTTP {r.status}: {text}",
+            hint="the receiver refused the notification: check its url, method and custom_headers",
+        )

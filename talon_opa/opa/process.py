@@ -1,0 +1,165 @@
+"""A child OPA server: started on loopback (TCP or a unix socket), ready once its bundle is active."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from talon_opa.core import binaries
+from talon_opa.core.errors import OpaError
+
+_HANDED_OUT: set[int] = set()
+
+
+def free_port() -> int:
+    """A free loopback port, never one this process handed out already (the server binds it later)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+
+
+@dataclass
+class OpaProcess:
+    """`opa run --server` on a bundle (a directory or a .tar.gz).
+
+    `unix_socket` serves the data API on a socket file instead of TCP; a token, when set, is required
+    on every request (OPA's token authentication with a one-line authz policy in the bundle-less
+    `system.authz` package).
+    """
+
+    bundle: Path
+    unix_socket: bool = False
+    verification_key: Path | None = None
+    token: str | None = None
+    log_path: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)  # set in the child's environment (e.g. GOGC)
+    _proc: asyncio.subprocess.Process | None = field(default=None, init=False, repr=False)
+    _dir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
+    addr: str = field(default="", init=False)
+
+    @property
+    def base_url(self) -> str:
+        return "http://opa" if self.unix_socket else f"http://{self.addr}"
+
+    @property
+    def socket_path(self) -> str | None:
+        return self.addr if self.unix_socket else None
+
+    def connector(self) -> aiohttp.BaseConnector:
+        if self.unix_socket:
+            return aiohttp.UnixConnector(path=self.addr)
+        return aiohttp.TCPConnector(limit=64)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def start(self, ready_within: float = 30.0) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="talon-opa-opa-")
+        work = Path(self._dir.name)
+        if self.unix_socket:
+            self.addr = str(work / "opa.sock")
+            listen = f"unix://{self.addr}"
+        else:
+            self.addr = f"127.0.0.1:{free_port()}"
+            listen = self.addr
+        args = [
+            binaries.find("opa"),
+            "run",
+            "--server",
+            f"--addr={listen}",
+            "--disable-telemetry",
+            "--log-level=error",
+            "--bundle",
+            str(self.bundle),
+            *self.extra_args,
+        ]
+        if self.verification_key is not None:
+            args += [f"--verification-key={self.verification_key}"]
+        if self.token:
+            # a second bundle owning only system.authz: every request must carry the token
+            authz = work / "authz"
+            authz.mkdir()
+            (authz / ".manifest").write_text('{"roots": ["system/authz"]}')
+            (authz / "authz.rego").write_text(
+                f'package system.authz\n\ndefault allow := false\n\nallow if input.identity == "{self.token}"\n'
+            )
+            args += ["--authentication=token", "--authorization=basic", str(authz)]
+        log = open(self.log_path or work / "opa.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
+        self._proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdout=log,
+            stderr=log,
+            stdin=asyncio.subprocess.DEVNULL,
+            cwd=work,
+            env={**os.environ, **self.env} if self.env else None,
+        )
+        log.close()
+        await self._wait_ready(ready_within)
+
+    async def _wait_ready(self, ready_within: float) -> None:
+        deadline = asyncio.get_running_loop().time() + ready_within
+        last = ""
+        async with aiohttp.ClientSession(connector=self.connector()) as http:
+            while asyncio.get_running_loop().time() < deadline:
+                if self._proc is not None and self._proc.returncode is not None:
+                    raise OpaError(f"opa exited with {self._proc.returncode}: {self.log_tail()}")
+                try:
+                    async with http.get(
+                        f"{self.base_url}/health?bundles",
+                        headers=self.headers(),
+                        timeout=aiohttp.ClientTimeout(2),
+                    ) as r:
+                        if r.status == 200:
+                            return
+                        last = f"HTTP {r.status}: {await r.text()}"
+                except (aiohttp.ClientError, OSError) as e:
+                    last = str(e)
+                await asyncio.sleep(0.05)
+        await self.stop()
+        raise OpaError(f"opa not ready after {ready_within}s ({last}): {self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.log_path or (Path(self._dir.name) / "opa.log" if self._dir else None)
+        if path is None or not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._dir is not None:
+            with contextlib.suppress(OSError):
+                self._dir.cleanup()
+            self._dir = None
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)

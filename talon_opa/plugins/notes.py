@@ -1,0 +1,87 @@
+"""What a notifier receives and how it is called.
+
+A notifier class (listed in the registry with a `spec` of kind "notifier") is built once per engine as
+`cls(deps, settings)`, where `settings` is `spec.decode(config.notifiers[<name>])` (its settings
+dataclass, defaults filled), and is called as `await notifier.notify(note)` after every step (stage
+"action") and every output (stage "output"), success or failure. It raises on failure (the executor
+logs, traces and counts it); it never swallows an error.
+
+`Note` carries Talon's LogLine fields plus the trace id, so a message leads to the alert's trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+if TYPE_CHECKING:
+    from talon_opa.plugins.runtime import Deps
+    from talon_opa.plugins.spec import Spec
+
+Stage = Literal["action", "output"]
+Status = Literal["success", "failure", "ignored"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Note:
+    """One result to tell people about (Talon's LogLine as handed to notifiers)."""
+
+    stage: Stage  # Talon's `Message`: "action" or "output"
+    status: Status
+    rule: str  # the talon rule
+    action: str
+    actionner: str  # "kubernetes:label"
+    event: str = ""  # the alert's output text (Talon's `Event`)
+    objects: Mapping[str, str] = field(default_factory=dict)  # e.g. {"pod": "api-1", "namespace": "payments"}
+    output: str = ""  # the result message
+    error: str = ""  # why it failed ("" on success)
+    output_target: str = ""  # "local:file", for the output stage
+    trace_id: str = ""  # 32 hex characters: the alert's trace
+    alert_rule: str = ""  # the Falco rule of the alert
+    priority: str = ""
+    hostname: str = ""
+    pod: str = ""  # the alert's pod and namespace (from its fields), "" when absent
+    namespace: str = ""
+
+    @property
+    def message(self) -> str:
+        """Talon's name for the stage."""
+        return self.stage
+
+    @property
+    def category(self) -> str:
+        """Talon's `Category`: the actionner's category ("kubernetes")."""
+        return self.actionner.split(":", 1)[0]
+
+    def titled_objects(self) -> dict[str, str]:
+        """Object keys as Talon hands them to notifiers (`pod` → `Pod`, `namespace` → `Namespace`)."""
+        return {k.lower().title(): v for k, v in self.objects.items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view with Talon's LogLine keys (what the webhook and loki notifiers send)."""
+        doc: dict[str, Any] = {
+            "message": self.stage,
+            "status": self.status,
+            "rule": self.rule,
+            "action": self.action,
+            "actionner": self.actionner,
+            "category": self.category,
+            "event": self.event,
+            "objects": self.titled_objects(),
+            "output": self.output,
+            "error": self.error,
+            "outputtarget": self.output_target,
+            "traceid": self.trace_id,
+        }
+        return {k: v for k, v in doc.items() if v not in ("", {}, None)}
+
+
+class Notifier(Protocol):
+    """The shape the executor calls."""
+
+    spec: ClassVar[Spec[Any]]
+
+    def __init__(self, deps: Deps, settings: Any) -> None: ...
+
+    async def notify(self, note: Note) -> None: ...

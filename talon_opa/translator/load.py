@@ -1,0 +1,613 @@
+"""Talon rules files → raw items that remember where every key and value was written.
+
+Decoding follows Talon's (yaml.v3, non-strict): the top level is a sequence; every item is read both as
+an action block (named by `action:`) and as a rule (named by `rule:`); unknown keys are ignored (with a
+warning); string fields take a scalar's literal text. Our fixes (docs/compatibility.md): YAML booleans in
+any case are booleans for the flags, a bare `-` item is an error instead of a crash, and every problem
+names file:line:column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from talon_opa.core.errors import RuleProblem, Where
+
+Kind = Literal["null", "bool", "int", "float", "str", "seq", "map"]
+
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
+_SEQ = "tag:yaml.org,2002:seq"
+_MAP = "tag:yaml.org,2002:map"
+# The tag our composer gives a plain scalar written without a tag (compared by identity, never by text):
+# its kind is then decided by `_resolve_plain` (yaml.v3's rules), so PyYAML's own guess is not needed.
+_PLAIN = "\0plain"
+
+
+class _Composer(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """PyYAML's safe composer (libyaml when present: same nodes and marks) without its tag guessing.
+
+    The composer asks `resolve` for the tag of every untagged node. PyYAML's answer (a regex search per
+    scalar) only mattered to compare it with the same answer, so a plain scalar gets `_PLAIN`, except `<<`
+    which must stay a merge key. Explicit tags (`!!str 3`) are not resolved and reach the decoder as written.
+    """
+
+    def resolve(self, kind: type[yaml.Node], value: str | None, implicit: Any) -> str:
+        if kind is yaml.ScalarNode:
+            if not implicit[0]:
+                return _STR  # quoted: PyYAML's answer too
+            return _MERGE if value == "<<" else _PLAIN
+        return _SEQ if kind is yaml.SequenceNode else _MAP
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        return None  # no path resolvers: PyYAML's own check is a call per node
+
+    def ascend_resolver(self) -> None:
+        return None
+
+
+_LOADER: Any = _Composer
+
+# yaml.v3's implicit resolution (YAML 1.2 core schema), which is what Talon sees: `yes`/`on` are strings.
+_NULLS = {"", "~", "null", "Null", "NULL"}
+_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_INT = re.compile(r"[-+]?(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9][0-9_]*)")
+_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+_INF = {".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF"}
+_NINF = {"-.inf", "-.Inf", "-.INF"}
+_NAN = {".nan", ".NaN", ".NAN"}
+_NUMERIC_START = frozenset("+-.0123456789")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Value:
+    """A YAML value and its place. `data`: a JSON scalar, a tuple of Values (seq) or a dict of Values (map)."""
+
+    kind: Kind
+    data: Any
+    where: Where
+    text: str = ""  # a scalar's text as written (after unquoting)
+    quoted: bool = False
+    key_where: Where | None = None  # where its key was written, when it is a mapping's value
+
+    def plain(self) -> Any:
+        """The JSON value (lists and dicts of scalars)."""
+        if self.kind == "seq":
+            return [v.plain() for v in self.data]
+        if self.kind == "map":
+            return {k: v.plain() for k, v in self.data.items()}
+        return self.data
+
+
+@dataclass(slots=True)
+class Text:
+    """A string field: the scalar's text (Talon's Go string) and where it was written."""
+
+    value: str
+    where: Where
+
+
+@dataclass(slots=True)
+class RawOutput:
+    where: Where
+    target: Text | None = None
+    parameters: dict[str, Value] | None = None
+
+
+@dataclass(slots=True)
+class RawAction:
+    """An action block (top-level `action:` item) or an action of a rule, as written (or merged)."""
+
+    name: Text
+    where: Where
+    description: Text | None = None
+    actionner: Text | None = None
+    continue_: Text | None = None
+    ignore_errors: Text | None = None
+    additional_contexts: list[Text] = field(default_factory=list)
+    parameters: dict[str, Value] | None = None  # each Value knows where its key was written
+    output: RawOutput | None = None
+    broken: set[str] = field(default_factory=set)  # keys already reported while decoding (no cascades)
+
+
+@dataclass(slots=True)
+class RawMatch:
+    where: Where
+    rules: list[Text] = field(default_factory=list)
+    priority: Text | None = None  # None: not written (our fix: an override that omits it keeps the base)
+    tags: list[Text] = field(default_factory=list)
+    output_fields: list[Text] = field(default_factory=list)
+    source: Text | None = None
+
+
+@dataclass(slots=True)
+class RawRule:
+    name: Text
+    where: Where
+    match: RawMatch
+    description: Text | None = None
+    continue_: Text | None = None
+    dry_run: Text | None = None
+    notifiers: list[Text] = field(default_factory=list)
+    actions: list[RawAction] = field(default_factory=list)
+    broken: set[str] = field(default_factory=set)  # keys already reported while decoding (no cascades)
+
+
+@dataclass(slots=True)
+class RawItem:
+    """One top-level list item: an action block, a rule, both (Talon reads it twice), or neither."""
+
+    where: Where
+    block: RawAction | None
+    rule: RawRule | None
+
+
+@dataclass(slots=True)
+class Loaded:
+    items: list[RawItem] = field(default_factory=list)
+    problems: list[RuleProblem] = field(default_factory=list)
+    warnings: list[RuleProblem] = field(default_factory=list)
+    fatal: bool = False  # a file could not be read or parsed at all: merging would be misleading
+
+
+_ACTION_KEYS = (
+    "action",
+    "description",
+    "actionner",
+    "continue",
+    "ignore_errors",
+    "additional_contexts",
+    "parameters",
+    "output",
+)
+_RULE_KEYS = ("rule", "description", "continue", "dry_run", "notifiers", "match", "actions")
+_RULE_ONLY = ("match", "actions", "notifiers", "dry_run")
+_ACTION_ONLY = ("actionner", "parameters", "output", "ignore_errors", "additional_contexts")
+_MATCH_KEYS = ("rules", "priority", "tags", "output_fields", "source")
+_OUTPUT_KEYS = ("target", "parameters")
+_ITEM_KNOWN = frozenset(_ACTION_KEYS) | frozenset(_RULE_KEYS)
+_ACTION_KNOWN = frozenset(_ACTION_KEYS)
+_MATCH_KNOWN = frozenset(_MATCH_KEYS)
+_OUTPUT_KNOWN = frozenset(_OUTPUT_KEYS)
+
+
+def load_files(paths: Sequence[str | Path]) -> Loaded:
+    """Read every file in order; problems of all files are collected, none raised."""
+    out = Loaded()
+    if not paths:
+        out.problems.append(
+            RuleProblem(Where("<rules>", 0, 0), "no rule file is provided", hint="pass one or more -r FILE")
+        )
+        out.fatal = True
+        return out
+    for path in paths:
+        _load_file(str(path), out)
+    return out
+
+
+def load_text(text: str, file: str, out: Loaded | None = None) -> Loaded:
+    """Decode one file's content (used by tests and by `load_files`)."""
+    out = out if out is not None else Loaded()
+    try:
+        docs = list(yaml.compose_all(text, Loader=_LOADER))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = Where(file, mark.line + 1, mark.column + 1) if mark else Where(file, 1, 1)
+        what = " ".join(str(p) for p in (e.context, e.problem) if p)
+        out.problems.append(
+            RuleProblem(where, f"wrong YAML syntax: {what}", hint="fix the YAML syntax at this line and column")
+        )
+        out.fatal = True
+        return out
+    except yaml.YAMLError as e:
+        out.problems.append(RuleProblem(Where(file, 1, 1), f"wrong YAML syntax: {e}", hint="fix the YAML syntax"))
+        out.fatal = True
+        return out
+    docs = [d for d in docs if d is not None]
+    if not docs:
+        return out
+    dec = _Decoder(file, out)
+    if len(docs) > 1:
+        out.warnings.append(
+            RuleProblem(
+                _where(file, docs[1]),
+                "only the first YAML document of a rules file is read (as Talon does)",
+                hint="put every rule and action in one list, or split them into several -r files",
+            )
+        )
+    root = dec.value(docs[0])
+    if root is None:
+        out.fatal = True
+        return out
+    if root.kind == "null":
+        return out
+    if root.kind != "seq":
+        out.problems.append(
+            RuleProblem(
+                root.where,
+                f"the top level of a rules file must be a list, not a {_kind_name(root.kind)}",
+                hint="start each rule with '- rule: <name>' and each action block with '- action: <name>'",
+            )
+        )
+        out.fatal = True
+        return out
+    for item in root.data:
+        dec.item(item)
+    return out
+
+
+def _load_file(file: str, out: Loaded) -> None:
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        out.problems.append(
+            RuleProblem(Where(file, 0, 0), f"cannot read the rules file: {reason}", hint="check the path given with -r")
+        )
+        out.fatal = True
+        return
+    load_text(text, file, out)
+
+
+def _where(file: str, node: yaml.Node) -> Where:
+    return Where(file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _kind_name(kind: Kind) -> str:
+    return {"seq": "list", "map": "mapping", "str": "string", "null": "null"}.get(kind, kind)
+
+
+def _resolve_plain(text: str) -> tuple[Kind, Any]:
+    if text in _NULLS:
+        return "null", None
+    if text in _BOOLS:
+        return "bool", _BOOLS[text]
+    if text[0] not in _NUMERIC_START:  # no number, inf or nan starts otherwise
+        return "str", text
+    if _INT.fullmatch(text):
+        digits = text.replace("_", "")
+        try:
+            if re.fullmatch(r"[-+]?0[0-7]+", digits):  # Go's base-0 parsing: a leading 0 is octal
+                return "int", int(digits, 8)
+            return "int", int(digits, 0)
+        except ValueError:
+            pass
+    if _FLOAT.fullmatch(text):
+        return "float", float(text)
+    if text in _INF:
+        return "float", math.inf
+    if text in _NINF:
+        return "float", -math.inf
+    if text in _NAN:
+        return "float", math.nan
+    return "str", text
+
+
+class _Decoder:
+    """Turns composed YAML nodes into Values, then items into RawActions/RawRules, collecting problems."""
+
+    def __init__(self, file: str, out: Loaded) -> None:
+        self.file = file
+        self.out = out
+        self._resolver = yaml.SafeLoader("")
+        self._implicit: dict[str, str] = {}  # text -> the tag PyYAML gives it implicitly
+
+    # --- nodes → Values -------------------------------------------------------------------------------
+    def value(self, node: yaml.Node, depth: int = 0, key_where: Where | None = None) -> Value | None:
+        """The Value of `node`; `key_where`: where its key was written, when it is a mapping's value."""
+        mark = node.start_mark
+        where = Where(self.file, mark.line + 1, mark.column + 1)
+        if depth > 100:
+            self._error(where, "the YAML nesting is too deep (a recursive alias?)", "remove the recursive alias")
+            return None
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag is _PLAIN and not node.style:  # the common case, inline: untagged and unquoted
+                kind, data = _resolve_plain(node.value)
+                return Value(kind, data, where, node.value, False, key_where)
+            return self._scalar(node, where, key_where)
+        if isinstance(node, yaml.SequenceNode):
+            items = [self.value(n, depth + 1) for n in node.value]  # all of them: each reports its problems
+            if None in items:
+                return None
+            return Value("seq", tuple(items), where, key_where=key_where)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, where, depth, key_where)
+        return None
+
+    def _scalar(self, node: yaml.ScalarNode, where: Where, key_where: Where | None) -> Value:
+        text: str = node.value
+        if node.style not in (None, ""):
+            return Value("str", text, where, text, True, key_where)
+        if node.tag is _PLAIN:  # untagged: yaml.v3's implicit resolution
+            kind, data = _resolve_plain(text)
+            return Value(kind, data, where, text, False, key_where)
+        implicit = self._implicit.get(text)  # what PyYAML would have guessed for it untagged
+        if implicit is None:
+            implicit = self._resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+            self._implicit[text] = implicit
+        if node.tag == _STR and implicit != _STR:  # an explicit !!str
+            return Value("str", text, where, text, True, key_where)
+        if node.tag == implicit:
+            kind, data = _resolve_plain(text)
+            return Value(kind, data, where, text, False, key_where)
+        # an explicit tag such as !!int or !!float
+        tag = node.tag.rsplit(":", 1)[-1]
+        try:
+            if tag == "int":
+                return Value("int", int(text.replace("_", ""), 0), where, text, False, key_where)
+            if tag == "float":
+                return Value("float", float(text), where, text, False, key_where)
+            if tag == "bool" and text.lower() in ("true", "false"):
+                return Value("bool", text.lower() == "true", where, text, False, key_where)
+            if tag == "null":
+                return Value("null", None, where, text, False, key_where)
+        except ValueError:
+            pass
+        return Value("str", text, where, text, False, key_where)
+
+    def _mapping(self, node: yaml.MappingNode, where: Where, depth: int, key_where: Where | None) -> Value | None:
+        data: dict[str, Value] = {}
+        seen: dict[str, Where] = {}
+        merged: dict[str, Value] = {}
+        file = self.file
+        for knode, vnode in node.value:
+            kmark = knode.start_mark
+            kwhere = Where(file, kmark.line + 1, kmark.column + 1)
+            if knode.tag == _MERGE:
+                src = self.value(vnode, depth + 1)
+                sources = [] if src is None else (list(src.data) if src.kind == "seq" else [src])
+                for s in sources:
+                    if s.kind != "map":
+                        self._error(s.where, "a merge key '<<' must refer to a mapping", "use '<<: *anchor'")
+                        continue
+                    for k, v in s.data.items():
+                        merged.setdefault(k, v)
+                continue
+            if not isinstance(knode, yaml.ScalarNode):
+                self._error(kwhere, "a mapping key must be a plain string", "write the key as a string")
+                return None
+            key = knode.value
+            if key in seen:
+                self._error(
+                    kwhere,
+                    f"mapping key {key!r} already defined at line {seen[key].line}",
+                    f"write {key!r} only once",
+                )
+                return None
+            seen[key] = kwhere
+            v = self.value(vnode, depth + 1, kwhere)
+            if v is None:
+                return None
+            data[key] = v
+        for k, v in merged.items():
+            data.setdefault(k, v)
+        return Value("map", data, where, key_where=key_where)
+
+    # --- Values → raw items ---------------------------------------------------------------------------
+    def item(self, v: Value) -> None:
+        if v.kind == "null":
+            self._error(
+                v.where,
+                "empty list item: a bare '-' is neither a rule nor an action",
+                "remove the '-' line or complete the item",
+            )
+            return
+        if v.kind != "map":
+            self._error(
+                v.where,
+                f"a list item must be a mapping (a rule or an action), not a {_kind_name(v.kind)}",
+                "write '- rule: <name>' or '- action: <name>' followed by its keys",
+            )
+            return
+        m: dict[str, Value] = v.data
+        action_name = self._string(m, "action", "", "")
+        rule_name = self._string(m, "rule", rule_name_of(m), "")
+        self._unknown(m, _ITEM_KNOWN, rule_name_of(m), action_name.value if action_name else "")
+        block = None
+        if action_name is not None and action_name.value:
+            block = self._action(m, v.where, action_name, rule="")
+        else:
+            # decoded anyway, as Talon does, so type errors in action keys are reported
+            self._action(m, v.where, Text("", v.where), rule=rule_name.value if rule_name else "", check_only=True)
+        rule = None
+        if rule_name is not None and rule_name.value:
+            rule = self._rule(m, v.where, rule_name)
+        else:
+            self._rule(m, v.where, Text("", v.where), check_only=True)
+            if block is None:
+                self.out.warnings.append(
+                    RuleProblem(
+                        v.where,
+                        "this item has neither a 'rule:' nor an 'action:' name and is ignored",
+                        hint="name it with 'rule: <name>' or 'action: <name>'",
+                    )
+                )
+        if block is not None and rule is None:
+            self._misplaced(m, _RULE_ONLY, block.name.value, "", f"did you mean 'rule: {block.name.value}'?")
+        if rule is not None and block is None:
+            self._misplaced(m, _ACTION_ONLY, rule.name.value, "", "put it on an action under 'actions:'")
+        self.out.items.append(RawItem(v.where, block, rule))
+
+    def _misplaced(self, m: dict[str, Value], keys: tuple[str, ...], rule: str, action: str, hint: str) -> None:
+        for k in keys:
+            if k in m:
+                v = m[k]
+                kind = "an action block" if keys is _RULE_ONLY else "a rule"
+                self.out.warnings.append(
+                    RuleProblem(
+                        v.key_where or v.where,
+                        f"{k!r} has no meaning on {kind} and is ignored",
+                        hint=hint,
+                        rule=rule if keys is _ACTION_ONLY else "",
+                        action=rule if keys is _RULE_ONLY else action,
+                        field=k,
+                    )
+                )
+
+    def _rule(self, m: dict[str, Value], where: Where, name: Text, check_only: bool = False) -> RawRule:
+        r = name.value
+        ctx = ("", "") if check_only else (r, "")
+        match_v = m.get("match")
+        match = RawMatch(match_v.where if match_v else where)
+        if match_v is not None and match_v.kind == "map":
+            mm: dict[str, Value] = match_v.data
+            self._unknown(mm, _MATCH_KNOWN, *ctx, prefix="match.")
+            match.rules = self._strings(mm, "rules", *ctx, prefix="match.")
+            match.priority = self._string(mm, "priority", *ctx, prefix="match.", keep_null=False)
+            match.tags = self._strings(mm, "tags", *ctx, prefix="match.")
+            match.output_fields = self._strings(mm, "output_fields", *ctx, prefix="match.")
+            match.source = self._string(mm, "source", *ctx, prefix="match.", keep_null=False)
+        elif match_v is not None and match_v.kind != "null":
+            self._type(match_v, "a mapping", "match", *ctx, "write 'match:' followed by indented keys")
+        rule = RawRule(
+            name=name,
+            where=where,
+            match=match,
+            description=self._string(m, "description", *ctx),
+            continue_=self._flag(m, "continue", *ctx),
+            dry_run=self._flag(m, "dry_run", *ctx),
+            notifiers=self._strings(m, "notifiers", *ctx),
+        )
+        acts = m.get("actions")
+        if acts is not None and acts.kind == "seq":
+            for i, a in enumerate(acts.data):
+                if a.kind in ("null", "str", "int", "float", "bool", "seq"):
+                    rule.broken.add("actions")
+                if a.kind == "null":
+                    self._error(
+                        a.where,
+                        "empty action: a bare '-' in 'actions'",
+                        "remove the '-' line or write '- action: <name>'",
+                        *ctx,
+                        f"actions[{i}]",
+                    )
+                    continue
+                if a.kind != "map":
+                    self._type(a, "a mapping", f"actions[{i}]", *ctx, "write '- action: <name>' and its keys")
+                    continue
+                am: dict[str, Value] = a.data
+                an = self._string(am, "action", r, "", prefix=f"actions[{i}].")
+                self._unknown(am, _ACTION_KNOWN, r, an.value if an else "", "")
+                rule.actions.append(self._action(am, a.where, an or Text("", a.where), rule=r))
+        elif acts is not None and acts.kind != "null":
+            rule.broken.add("actions")
+            self._type(acts, "a list", "actions", *ctx, "write 'actions:' followed by '- action: <name>' items")
+        return rule
+
+    def _action(self, m: dict[str, Value], where: Where, name: Text, rule: str, check_only: bool = False) -> RawAction:
+        ctx = ("", "") if check_only else (rule, name.value)
+        act = RawAction(
+            name=name,
+            where=where,
+            description=self._string(m, "description", *ctx),
+            actionner=self._string(m, "actionner", *ctx),
+            continue_=self._flag(m, "continue", *ctx),
+            ignore_errors=self._flag(m, "ignore_errors", *ctx),
+            additional_contexts=self._strings(m, "additional_contexts", *ctx),
+        )
+        act.parameters = self._params(m, "parameters", *ctx)
+        if act.parameters is None and m.get("parameters") is not None and m["parameters"].kind not in ("null", "map"):
+            act.broken.add("parameters")
+        out_v = m.get("output")
+        if out_v is not None and out_v.kind == "map":
+            om: dict[str, Value] = out_v.data
+            self._unknown(om, _OUTPUT_KNOWN, *ctx, prefix="output.")
+            act.output = RawOutput(out_v.where, self._string(om, "target", *ctx, prefix="output."))
+            act.output.parameters = self._params(om, "parameters", *ctx, prefix="output.")
+            target_v, params_v = om.get("target"), om.get("parameters")
+            if (target_v is not None and target_v.kind in ("seq", "map")) or (
+                params_v is not None and params_v.kind not in ("null", "map")
+            ):
+                act.broken.add("output")
+        elif out_v is not None and out_v.kind != "null":
+            act.broken.add("output")
+            self._type(out_v, "a mapping", "output", *ctx, "write 'output:' with 'target:' and 'parameters:'")
+        return act
+
+    # --- typed field readers --------------------------------------------------------------------------
+    def _string(
+        self, m: dict[str, Value], key: str, rule: str, action: str, prefix: str = "", keep_null: bool = True
+    ) -> Text | None:
+        v = m.get(key)
+        if v is None:
+            return None
+        if v.kind == "null":
+            return Text("", v.where) if keep_null else None
+        if v.kind in ("seq", "map"):
+            self._type(v, "a string", prefix + key, rule, action, f"write a single value for {key!r}")
+            return None
+        return Text(v.text, v.where)
+
+    def _flag(self, m: dict[str, Value], key: str, rule: str, action: str) -> Text | None:
+        t = self._string(m, key, rule, action)
+        v = m.get(key)
+        if t is not None and v is not None and not v.quoted and v.text.lower() in ("true", "false"):
+            t.value = v.text.lower()  # our fix: TRUE/True/False are YAML booleans, not other strings
+        return t
+
+    def _strings(self, m: dict[str, Value], key: str, rule: str, action: str, prefix: str = "") -> list[Text]:
+        v = m.get(key)
+        if v is None or v.kind == "null":
+            return []
+        if v.kind != "seq":
+            example = json.dumps(v.text) if v.kind != "map" else "..."
+            self._type(v, "a list", prefix + key, rule, action, f"write a list: {key}: [{example}]")
+            return []
+        out: list[Text] = []
+        for i, item in enumerate(v.data):
+            if item.kind in ("seq", "map"):
+                self._type(item, "a string", f"{prefix}{key}[{i}]", rule, action, "write a single value per item")
+                continue
+            out.append(Text(item.text if item.kind != "null" else "", item.where))
+        return out
+
+    def _params(
+        self, m: dict[str, Value], key: str, rule: str, action: str, prefix: str = ""
+    ) -> dict[str, Value] | None:
+        v = m.get(key)
+        if v is None or v.kind == "null":
+            return None
+        if v.kind != "map":
+            self._type(v, "a mapping", prefix + key, rule, action, f"write '{key}:' followed by indented 'name: value'")
+            return None
+        return dict(v.data)
+
+    # --- problems -------------------------------------------------------------------------------------
+    def _unknown(self, m: dict[str, Value], known: frozenset[str], rule: str, action: str, prefix: str = "") -> None:
+        for k, v in m.items():
+            if k in known:
+                continue
+            hint = f"known keys here: {', '.join(sorted(known))}"
+            if k == "contexts":
+                hint = "did you mean additional_contexts?"
+            self.out.warnings.append(
+                RuleProblem(
+                    v.key_where or v.where,
+                    f"unknown key {prefix + k!r} is ignored",
+                    hint=hint,
+                    rule=rule,
+                    action=action,
+                    field=prefix + k,
+                )
+            )
+
+    def _type(self, v: Value, expected: str, fld: str, rule: str, action: str, hint: str) -> None:
+        self._error(v.where, f"{fld!r} must be {expected}, not a {_kind_name(v.kind)}", hint, rule, action, fld)
+
+    def _error(self, where: Where, message: str, hint: str, rule: str = "", action: str = "", fld: str = "") -> None:
+        if any(p.where == where and p.message == message for p in self.out.problems):
+            return  # an item is decoded twice (as an action and as a rule): report each problem once
+        self.out.problems.append(RuleProblem(where, message, hint=hint, rule=rule, action=action, field=fld))
+
+
+def rule_name_of(m: dict[str, Value]) -> str:
+    v = m.get("rule")
+    return v.text if v is not None and v.kind not in ("seq", "map", "null") else ""
