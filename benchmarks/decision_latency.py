@@ -30,9 +30,9 @@ from typing import Any
 
 import aiohttp
 
+from talon_opa import catalog
 from talon_opa.core import binaries, events
 from talon_opa.opa.process import OpaProcess
-from talon_opa.plugins import registry
 from talon_opa.translator import bundle, rego
 from talon_opa.translator import rules as rules_loader
 
@@ -236,7 +236,7 @@ async def run_size(n: int, transports: Sequence[str], requests: int, work: Path,
     t0 = time.perf_counter()
     rules_path = work / f"rules-{n}.yaml"
     rules_path.write_text(rules_file(n))
-    ruleset = rules_loader.load_ruleset([rules_path], registry.default_registry())
+    ruleset = rules_loader.load_ruleset([rules_path], catalog.default_registry())
     t1 = time.perf_counter()
     files = rego.generate(ruleset)
     t2 = time.perf_counter()

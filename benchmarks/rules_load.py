@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.decision_latency import rules_file
-from talon_opa.plugins import registry
+from talon_opa import catalog
 from talon_opa.translator import bundle, rego
 from talon_opa.translator import rules as rules_loader
 
@@ -42,7 +42,7 @@ def peak_rss_mb() -> float:
 def run_size(n: int, work: Path, profile: bool) -> None:
     rules_path = work / f"rules-{n}.yaml"
     rules_path.write_text(rules_file(n))
-    reg = registry.default_registry()
+    reg = catalog.default_registry()
     prof = cProfile.Profile() if profile else None
     t0, c0 = time.perf_counter(), time.process_time()
     if prof is not None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from talon_opa.plugins import params
-from talon_opa.plugins.spec import ParamsInvalid
+from talon_opa.plugins.params import ParamsInvalid
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,10 +9,12 @@ import pytest
 import yaml
 
 from talon_opa.actionners.kubernetes.label import Label
+from talon_opa.catalog import default_registry
 from talon_opa.cli import lists as cli_list
 from talon_opa.notifiers.k8sevents import K8sEvents
-from talon_opa.plugins.registry import Registry, default_registry
-from talon_opa.plugins.spec import ParamsInvalid, Spec
+from talon_opa.plugins.params import ParamsInvalid
+from talon_opa.plugins.registry import Registry
+from talon_opa.plugins.spec import Spec
 
 REGISTRY = default_registry()
 ROOT = Path(__file__).resolve().parent.parent

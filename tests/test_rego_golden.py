@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from talon_opa.catalog import default_registry
 from talon_opa.core import binaries
 from talon_opa.core.events import decode_alert
-from talon_opa.plugins.registry import default_registry
 from talon_opa.translator.model import RuleSet
 from talon_opa.translator.rego import HEADER, generate
 from talon_opa.translator.rules import load_ruleset

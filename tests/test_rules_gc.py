@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from talon_opa.catalog import default_registry
 from talon_opa.core.errors import RulesError
-from talon_opa.plugins.registry import default_registry
 from talon_opa.translator import load, rules
 
 GOOD = """\

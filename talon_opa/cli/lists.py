@@ -13,9 +13,10 @@ from typing import Any
 
 import yaml
 
+from talon_opa.catalog import default_registry
 from talon_opa.core.errors import TalonError
 from talon_opa.plugins import params as _params
-from talon_opa.plugins.registry import Registry, default_registry
+from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.spec import Grant, Spec
 
 # A plugin in use: its name, or its name and the raw parameters it is used with (narrows some grants).

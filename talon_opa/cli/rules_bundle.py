@@ -19,11 +19,11 @@ from typing import Any
 
 import aiohttp
 
+from talon_opa import catalog
 from talon_opa.core import binaries, events
 from talon_opa.core.errors import AlertError, OpaError, RulesError, TalonError
 from talon_opa.opa import client as decide_module
 from talon_opa.opa.process import OpaProcess
-from talon_opa.plugins import registry
 from talon_opa.translator import bundle, rego
 from talon_opa.translator import rules as rules_loader
 from talon_opa.translator.model import RuleSet
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
 
 def load(paths: Sequence[str]) -> RuleSet:
     """The validated rules set of these files (RulesError with every problem otherwise)."""
-    return rules_loader.load_ruleset([Path(p) for p in paths], registry.default_registry())
+    return rules_loader.load_ruleset([Path(p) for p in paths], catalog.default_registry())
 
 
 def translate(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ def main(args: argparse.Namespace, registry: RegistryLike | None = None, out: Te
     if args.rules_command == "print":
         return _print(paths, out)
     if registry is None:
-        from talon_opa.plugins.registry import default_registry
+        from talon_opa.catalog import default_registry
 
         registry = default_registry()
     report = rules_mod.check_rules(paths, registry)

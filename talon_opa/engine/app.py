@@ -27,6 +27,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Span, SpanKind
 
+from talon_opa.catalog import default_registry
 from talon_opa.core import config, logs
 from talon_opa.core.errors import OpaError, RulesError, TalonError
 from talon_opa.core.events import Alert
@@ -37,7 +38,7 @@ from talon_opa.engine.intake import Intake, refuse
 from talon_opa.engine.opa_supervisor import OpaSupervisor
 from talon_opa.engine.queue import AlertQueue, Deduplicator, QueueClosed, dedup_key_of
 from talon_opa.opa.client import Batcher, OpaClient, Plan
-from talon_opa.plugins.registry import Registry, default_registry
+from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.runtime import Deps
 
 log = logs.get("engine")

@@ -35,8 +35,9 @@ from talon_opa.engine import telemetry
 from talon_opa.engine.metrics import Metrics
 from talon_opa.opa.client import Plan, Step
 from talon_opa.plugins.notes import Note, Notifier
+from talon_opa.plugins.params import ParamsInvalid
 from talon_opa.plugins.runtime import Artifact, Deps, Outcome
-from talon_opa.plugins.spec import ParamsInvalid, Spec
+from talon_opa.plugins.spec import Spec
 
 if TYPE_CHECKING:
     from talon_opa.plugins.registry import Registry

@@ -30,9 +30,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-# `base` imports this module at its top: import the module (not names) so either can load first.
-from talon_opa.plugins import spec as _base
-
 Decoding = Literal["strict", "settings"]
 T = TypeVar("T")
 
@@ -50,6 +47,23 @@ class Bad:
 
 
 Check = Callable[[Any], Iterable[Bad]]
+
+
+@dataclass(frozen=True, slots=True)
+class ParamProblem:
+    """One invalid parameter: `field` is the parameter's path (e.g. "labels" or "allow_cidr[1]")."""
+
+    field: str
+    message: str
+    hint: str = ""
+
+
+class ParamsInvalid(Exception):
+    """Raised by `Spec.decode` with every problem found in the parameters."""
+
+    def __init__(self, problems: list[ParamProblem]) -> None:
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +160,12 @@ def decode(cls: type[T], raw: Mapping[str, Any]) -> T:
     """Decode and validate `raw` into an instance of the dataclass `cls`; raises ParamsInvalid."""
     if not isinstance(raw, Mapping):
         message = f"expected a map of parameters, got {_describe(raw)}"
-        raise _base.ParamsInvalid([_base.ParamProblem("parameters", message, "write key: value pairs")])
+        raise ParamsInvalid([ParamProblem("parameters", message, "write key: value pairs")])
     mode: Decoding = getattr(cls, "decoding", "strict")
     hints = _hints(cls)
     matched = _match_keys(cls, raw)
     values: dict[str, Any] = {}
-    problems: list[_base.ParamProblem] = []
+    problems: list[ParamProblem] = []
     for p in _params_of(cls):
         f, meta, name = p.field, p.info, p.key
         key = matched.get(f.name)
@@ -159,7 +173,7 @@ def decode(cls: type[T], raw: Mapping[str, Any]) -> T:
         value = raw[key] if key is not None else None
         if value is None:
             if meta.required:
-                problems.append(_base.ParamProblem(name, "is required", f"add `{name}: ...` ({meta.doc})"))
+                problems.append(ParamProblem(name, "is required", f"add `{name}: ...` ({meta.doc})"))
                 continue
             values[f.name] = default_of(f)
             continue
@@ -170,20 +184,20 @@ def decode(cls: type[T], raw: Mapping[str, Any]) -> T:
         if meta.zero_is_default and decoded in (0, "") and not isinstance(decoded, bool):
             decoded = default_of(f)
         if meta.required and decoded in ("", None):
-            problems.append(_base.ParamProblem(path, "must not be empty", f"give `{name}` a value ({meta.doc})"))
+            problems.append(ParamProblem(path, "must not be empty", f"give `{name}` a value ({meta.doc})"))
             continue
         if decoded is not None:
             for check in meta.checks:
-                problems.extend(_base.ParamProblem(path + bad.at, bad.message, bad.hint) for bad in check(decoded))
+                problems.extend(ParamProblem(path + bad.at, bad.message, bad.hint) for bad in check(decoded))
         values[f.name] = decoded
     if problems:
-        raise _base.ParamsInvalid(problems)
+        raise ParamsInvalid(problems)
     instance = cls(**values)
     cross = getattr(instance, "problems", None)
     if callable(cross):
-        found_cross: list[_base.ParamProblem] = list(cross())
+        found_cross: list[ParamProblem] = list(cross())
         if found_cross:
-            raise _base.ParamsInvalid(found_cross)
+            raise ParamsInvalid(found_cross)
     return instance
 
 
@@ -395,7 +409,7 @@ def _scalar_text(value: Any) -> str | None:
     return None
 
 
-def _decode_value(tp: Any, value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base.ParamProblem]]:
+def _decode_value(tp: Any, value: Any, path: str, mode: Decoding) -> tuple[Any, list[ParamProblem]]:
     inner, _ = _unwrap_optional(tp)
     origin = typing.get_origin(inner)
     if inner is str:
@@ -411,11 +425,11 @@ def _decode_value(tp: Any, value: Any, path: str, mode: Decoding) -> tuple[Any, 
     raise TypeError(f"unsupported parameter type {tp!r} at {path}")
 
 
-def _problem(path: str, want: str, value: Any, hint: str) -> list[_base.ParamProblem]:
-    return [_base.ParamProblem(path, f"expected {want}, got {_describe(value)}", hint)]
+def _problem(path: str, want: str, value: Any, hint: str) -> list[ParamProblem]:
+    return [ParamProblem(path, f"expected {want}, got {_describe(value)}", hint)]
 
 
-def _decode_str(value: Any, path: str, mode: Decoding, key: str = "") -> tuple[Any, list[_base.ParamProblem]]:
+def _decode_str(value: Any, path: str, mode: Decoding, key: str = "") -> tuple[Any, list[ParamProblem]]:
     if value is None:
         return "", []  # a null inside a list or map is Go's zero value
     if isinstance(value, str):
@@ -429,7 +443,7 @@ def _decode_str(value: Any, path: str, mode: Decoding, key: str = "") -> tuple[A
     return None, _problem(path, "a string", value, "write a single quoted value")
 
 
-def _decode_bool(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base.ParamProblem]]:
+def _decode_bool(value: Any, path: str, mode: Decoding) -> tuple[Any, list[ParamProblem]]:
     if isinstance(value, bool):
         return value, []
     text = _scalar_text(value)
@@ -444,7 +458,7 @@ def _decode_bool(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base
     return None, _problem(path, "true or false", value, "write true or false")
 
 
-def _decode_int(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base.ParamProblem]]:
+def _decode_int(value: Any, path: str, mode: Decoding) -> tuple[Any, list[ParamProblem]]:
     number: int | None = None
     if isinstance(value, bool):
         number = None
@@ -461,16 +475,16 @@ def _decode_int(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base.
             hint = "write a whole number, e.g. 5"
         return None, _problem(path, "an integer", value, hint)
     if not _INT64[0] <= number <= _INT64[1]:
-        return None, [_base.ParamProblem(path, f"{number} is out of range", "write a smaller number")]
+        return None, [ParamProblem(path, f"{number} is out of range", "write a smaller number")]
     return number, []
 
 
-def _decode_list(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base.ParamProblem]]:
+def _decode_list(value: Any, path: str, mode: Decoding) -> tuple[Any, list[ParamProblem]]:
     if not isinstance(value, list | tuple):
         example = f'["{value}"]' if isinstance(value, str) else '["..."]'
         return None, _problem(path, "a list of strings", value, f"write a YAML list, e.g. {example}")
     items: list[str] = []
-    problems: list[_base.ParamProblem] = []
+    problems: list[ParamProblem] = []
     for i, item in enumerate(value):
         decoded, found = _decode_str(item, f"{path}[{i}]", mode)
         problems.extend(found)
@@ -478,16 +492,16 @@ def _decode_list(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base
     return tuple(items), problems
 
 
-def _decode_map(value: Any, path: str, mode: Decoding) -> tuple[Any, list[_base.ParamProblem]]:
+def _decode_map(value: Any, path: str, mode: Decoding) -> tuple[Any, list[ParamProblem]]:
     if not isinstance(value, Mapping):
         return None, _problem(path, "a map of strings", value, 'write key: "value" pairs on their own lines')
     out: dict[str, str] = {}
-    problems: list[_base.ParamProblem] = []
+    problems: list[ParamProblem] = []
     for key, item in value.items():
         if not isinstance(key, str):
             text = _scalar_text(key)
             problems.append(
-                _base.ParamProblem(f"{path}[{key}]", f"key {key!r} is not a string", f'quote the key: "{text or key}"')
+                ParamProblem(f"{path}[{key}]", f"key {key!r} is not a string", f'quote the key: "{text or key}"')
             )
             continue
         decoded, found = _decode_str(item, f"{path}[{key}]", mode, key)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from talon_opa.plugins import params as _params
+from talon_opa.plugins.params import ParamsInvalid
 
 P = TypeVar("P")
 
@@ -24,23 +25,6 @@ class Grant:
     api_groups: tuple[str, ...]
     resources: tuple[str, ...]
     verbs: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ParamProblem:
-    """One invalid parameter: `field` is the parameter's path (e.g. "labels" or "allow_cidr[1]")."""
-
-    field: str
-    message: str
-    hint: str = ""
-
-
-class ParamsInvalid(Exception):
-    """Raised by `Spec.decode` with every problem found in the parameters."""
-
-    def __init__(self, problems: list[ParamProblem]) -> None:
-        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True, kw_only=True)

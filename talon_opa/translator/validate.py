@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from talon_opa.core.errors import RuleProblem, Where
 from talon_opa.plugins import params as _params
-from talon_opa.plugins import spec as _base
 from talon_opa.translator.load import RawRule, Text, Value
 from talon_opa.translator.merge import Resolved
 from talon_opa.translator.model import FieldCondition, Priority, PriorityOp
@@ -99,7 +98,7 @@ def parse_condition(piece: str) -> FieldCondition | None:
 
 # (plugin name, parameters as JSON) -> (problems, unknown keys): one per load, shared by its rules
 _KEY_JSON = json.JSONEncoder(sort_keys=True, default=repr)  # what json.dumps(..., sort_keys, default) builds
-DecodeCache = dict[tuple[str, str], tuple[list[_base.ParamProblem], list[str]]]
+DecodeCache = dict[tuple[str, str], tuple[list[_params.ParamProblem], list[str]]]
 
 # --- the checks ---------------------------------------------------------------------------------------
 
@@ -341,10 +340,10 @@ def _check_params(
     raw = {k: v.plain() for k, v in (params or {}).items()}
     key = (spec.name, _KEY_JSON.encode(raw))
     if key not in cache:  # many rules share one action block: decode each distinct set of parameters once
-        found: list[_base.ParamProblem] = []
+        found: list[_params.ParamProblem] = []
         try:
             spec.decode(raw)
-        except _base.ParamsInvalid as e:
+        except _params.ParamsInvalid as e:
             found = list(e.problems)
         cache[key] = (found, unknown_keys(spec, raw))
     found, unknown = cache[key]

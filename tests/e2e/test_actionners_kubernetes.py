@@ -19,11 +19,11 @@ from talon_opa.actionners.kubernetes.annotation import Annotation
 from talon_opa.actionners.kubernetes.label import Label
 from talon_opa.actionners.kubernetes.networkpolicy import NetworkPolicy
 from talon_opa.actionners.kubernetes.terminate import Terminate
+from talon_opa.catalog import default_registry
 from talon_opa.cli import lists as cli_list
 from talon_opa.core.errors import StepFailed
 from talon_opa.core.events import Alert
 from talon_opa.core.kube import KubeApiError, KubeClient
-from talon_opa.plugins.registry import default_registry
 from talon_opa.plugins.runtime import Deps, Outcome
 from tests.harness.kube import NODES, KubeCluster
 

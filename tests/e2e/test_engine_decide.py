@@ -14,13 +14,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from talon_opa.catalog import default_registry
 from talon_opa.core.errors import OpaError
 from talon_opa.core.events import decode_alert
 from talon_opa.engine import reload
 from talon_opa.engine.reload import DROP_DECISION_PATH
 from talon_opa.opa.client import Batcher, Endpoint, OpaClient, Plan
 from talon_opa.opa.process import free_port
-from talon_opa.plugins.registry import default_registry
 from tests.conftest import OpaFactory
 from tests.harness.paths import ALERTS, SEED_RULES
 

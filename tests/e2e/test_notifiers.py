@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from talon_opa.catalog import default_registry
 from talon_opa.cli import lists as cli_list
 from talon_opa.core.errors import TalonError
 from talon_opa.core.kube import KubeClient
@@ -19,7 +20,6 @@ from talon_opa.notifiers.k8sevents import K8sEvents
 from talon_opa.notifiers.webhook import Webhook
 from talon_opa.plugins.notes import Note
 from talon_opa.plugins.params import NoParams
-from talon_opa.plugins.registry import default_registry
 from talon_opa.plugins.runtime import Deps
 from tests.harness.kube import KubeCluster
 

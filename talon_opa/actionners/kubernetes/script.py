@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.actionners.kubernetes.exec import EXEC_GRANTS
-from talon_opa.plugins.params import param
-from talon_opa.plugins.spec import ParamProblem, Spec
+from talon_opa.plugins.params import ParamProblem, param
+from talon_opa.plugins.spec import Spec
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
