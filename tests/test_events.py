@@ -10,6 +10,7 @@ import pytest
 
 from talon_opa.core.errors import AlertError
 from talon_opa.core.events import Alert, decode_alert, number_text, strip_prefix, value_text
+from talon_opa.engine.dedup import dedup_key
 from tests.harness.paths import ALERTS
 
 SAMPLES = ALERTS
@@ -71,7 +72,7 @@ def test_every_sample_alert_decodes_into_the_normalised_input(path: Path) -> Non
     # the prefix is gone, the text after it is intact
     assert raw["output"].endswith(doc["output"])
     assert not doc["output"][:2].isdigit()
-    assert alert.dedup_key() == doc["output"]
+    assert dedup_key(("output",), alert) == doc["output"]
     # the input is what the engine sends: plain JSON, numbers exact
     assert json.loads(json.dumps(doc, allow_nan=False)) == doc
 
@@ -302,7 +303,7 @@ def test_priority_rank_uses_talons_table(priority: str, rank: int) -> None:
 def test_output_prefix_is_stripped(output: str, stripped: str) -> None:
     assert strip_prefix(output) == stripped
     alert = decode({"output": output})
-    assert (alert.output, alert.raw_output, alert.dedup_key()) == (stripped, output, stripped)
+    assert (alert.output, alert.raw_output, dedup_key(("output",), alert)) == (stripped, output, stripped)
 
 
 # --- string forms of output field values --------------------------------------------------------

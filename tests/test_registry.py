@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,19 @@ from talon_opa.actionners.kubernetes.label import Label
 from talon_opa.catalog import default_registry
 from talon_opa.cli import lists as cli_list
 from talon_opa.notifiers.k8sevents import K8sEvents
+from talon_opa.plugins import params
 from talon_opa.plugins.params import ParamsInvalid
 from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.spec import Spec
 
 REGISTRY = default_registry()
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def normalize(s: Spec[Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """The decoded parameters as JSON values, by the names users write."""
+    decoded = s.decode(raw)
+    return {params.key_of(f): json.loads(json.dumps(getattr(decoded, f.name))) for f in params.fields(s.params)}
 
 
 def spec(name: str) -> Spec[Any]:
@@ -78,7 +86,7 @@ def spec(name: str) -> Spec[Any]:
     ],
 )
 def test_decode_accepts_talon_valid_parameters(name: str, raw: dict[str, Any], expected: dict[str, Any]) -> None:
-    normalized = spec(name).normalize(raw)
+    normalized = normalize(spec(name), raw)
     assert {k: normalized[k] for k in expected} == expected
     assert set(normalized) == set(spec(name).defaults())
 
@@ -151,10 +159,10 @@ def test_decode_reports_every_problem_at_once() -> None:
 
 def test_keys_match_case_insensitively_exact_first_and_unknown_keys_are_reported() -> None:
     terminate = spec("kubernetes:terminate")
-    assert terminate.normalize({"Grace_Period_Seconds": 5})["grace_period_seconds"] == 5
+    assert normalize(terminate, {"Grace_Period_Seconds": 5})["grace_period_seconds"] == 5
     raw = {"GRACE_PERIOD_SECONDS": 2, "grace_period_seconds": 1, "ignoreDaemonsets": True, "gracePeriods": 3}
-    assert terminate.normalize(raw)["grace_period_seconds"] == 1
-    assert terminate.normalize(raw)["ignore_daemonsets"] is False  # the docs' spelling is not a parameter
+    assert normalize(terminate, raw)["grace_period_seconds"] == 1
+    assert normalize(terminate, raw)["ignore_daemonsets"] is False  # the docs' spelling is not a parameter
     assert terminate.unknown_keys(raw) == ["GRACE_PERIOD_SECONDS", "ignoreDaemonsets", "gracePeriods"]
     with pytest.raises(ParamsInvalid) as e:
         terminate.decode({"Grace_Period_Seconds": "5"})

@@ -13,6 +13,7 @@ import pytest
 from talon_opa.core.errors import RuleProblem, RulesError
 from talon_opa.plugins.params import param
 from talon_opa.plugins.registry import Registry
+from talon_opa.plugins.runtime import Actionner, Outcome, Planned
 from talon_opa.plugins.spec import Spec
 from talon_opa.translator.model import FieldCondition, Priority
 from talon_opa.translator.rules import check_rules, load_ruleset, load_ruleset_with_warnings
@@ -42,36 +43,36 @@ class FileParams:
     destination: str = param(doc="folder", required=True)
 
 
-class Label:
+class Label(Actionner[LabelParams]):
     spec: ClassVar[Spec[LabelParams]] = Spec(name="test:label", kind="actionner", description="", params=LabelParams)
 
-    async def run(self, alert: object, params: LabelParams) -> None:  # runnable: loading never calls it
+    async def run(self, alert: object, params: LabelParams) -> Outcome:  # runnable: loading never calls it
         raise AssertionError("not called when rules load")
 
 
-class Stop:
+class Stop(Planned):
     spec: ClassVar[Spec[StopParams]] = Spec(
         name="test:stop", kind="actionner", description="", params=StopParams, continues=False
     )
 
 
-class Dump:
+class Dump(Planned):
     spec: ClassVar[Spec[NoParams]] = Spec(
         name="test:dump", kind="actionner", description="", params=NoParams, output="required"
     )
 
 
-class Log:
+class Log(Planned):
     spec: ClassVar[Spec[NoParams]] = Spec(
         name="test:log", kind="actionner", description="", params=NoParams, output="optional"
     )
 
 
-class File:
+class File(Planned):
     spec: ClassVar[Spec[FileParams]] = Spec(name="local:file", kind="output", description="", params=FileParams)
 
 
-class Slack:
+class Slack(Planned):
     spec: ClassVar[Spec[NoParams]] = Spec(name="slack", kind="notifier", description="", params=NoParams)
 
 

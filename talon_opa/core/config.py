@@ -162,6 +162,46 @@ class Intake:
 
 
 @dataclass(frozen=True, slots=True)
+class Aws:
+    """AWS credentials of the aws:* plugins (Talon's keys); empty: the AWS SDK's default credential chain."""
+
+    region: str = ""
+    """region of the AWS APIs (static keys are used only when region, access_key and secret_key are all set)"""
+    access_key: str = ""
+    """static access key id"""
+    secret_key: str = ""
+    """static secret access key (secret: never logged)"""
+    role_arn: str = ""
+    """a role to assume with those credentials"""
+    external_id: str = ""
+    """the external id the role's trust policy asks for"""
+
+
+@dataclass(frozen=True, slots=True)
+class Minio:
+    """The MinIO server of the minio:s3 output (Talon's keys)."""
+
+    endpoint: str = ""
+    """host:port of the MinIO server"""
+    access_key: str = ""
+    """access key"""
+    secret_key: str = ""
+    """secret key (secret: never logged)"""
+    use_ssl: bool = False
+    """talk HTTPS to the endpoint"""
+
+
+@dataclass(frozen=True, slots=True)
+class Gcp:
+    """Google Cloud credentials of the gcp:* plugins (Talon's keys); empty: Application Default Credentials."""
+
+    region: str = ""
+    """accepted for Talon compatibility (Talon does not use it either)"""
+    credentials_path: str = ""
+    """service-account JSON key file (Talon reads this value as the JSON itself: a value starting with { still works)"""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the engine server reads, validated once."""
 
@@ -201,6 +241,12 @@ class Config:
     """intake TLS"""
     intake: Intake = field(default_factory=Intake)
     """intake limits"""
+    aws: Aws = field(default_factory=Aws)
+    """AWS credentials (the `aws` client of the aws:* plugins)"""
+    minio: Minio = field(default_factory=Minio)
+    """MinIO server (the `minio` client of minio:s3)"""
+    gcp: Gcp = field(default_factory=Gcp)
+    """Google Cloud credentials (the `gcp` client of the gcp:* plugins)"""
     notifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """settings of each notifier, by name (notifiers.<name>.<setting>)"""
     unknown_keys: tuple[str, ...] = ()
@@ -214,8 +260,8 @@ class Config:
         return ANY_ADDRESS if (self.auth.token or self.tls.cert_file) else LOOPBACK
 
 
-# keys that Talon knows but we do not use; accepted silently
-_TALON_ONLY = ("aws", "gcp", "minio")
+# keys whose values never appear in an error message or a log line
+SECRET_KEYS = frozenset({"auth.token", "opa.token", "aws.secret_key", "minio.secret_key"})
 
 
 def load(
@@ -261,7 +307,7 @@ def _build(
     by_lower = {str(k).lower(): k for k in raw}  # viper keys are case-insensitive
     known = {f.name for f in dataclasses.fields(cls)}
     for k in raw:
-        if str(k).lower() not in known and str(k).lower() not in _TALON_ONLY:
+        if str(k).lower() not in known:
             unknown.append(prefix + str(k))
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -360,10 +406,14 @@ def _convert(value: Any, tp: Any, key: str, *, source: str) -> Any:
             return tuple(items)
     except (TypeError, ValueError) as e:
         raise ConfigError(
-            f"config key {key!r} ({source}) has an invalid value {value!r}: {e}",
+            f"config key {key!r} ({source}) has an invalid value {_shown(key, value)}: {e}",
             hint=f"give a {_type_name(tp)}",
         ) from e
     raise AssertionError(f"unsupported config type {tp} for {key}")
+
+
+def _shown(key: str, value: Any) -> str:
+    return "(secret, not shown)" if key in SECRET_KEYS else repr(value)
 
 
 def _type_name(tp: Any) -> str:

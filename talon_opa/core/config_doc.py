@@ -83,7 +83,8 @@ def markdown() -> str:
             rows.append(f"| `{key}` | `{env}` | {default} | {docs.get(cls.__name__, {}).get(f.name, '')} |")
         lines.extend([f"## {title}", "", doc, "", "| key | env | default | meaning |", "|---|---|---|---|", *rows, ""])
         for sub, sub_prefix, sub_title, _, name in nested:
-            section(sub, sub_prefix, sub_title, docs.get(cls.__name__, {}).get(name, "").capitalize() + ".")
+            doc = docs.get(cls.__name__, {}).get(name, "")
+            section(sub, sub_prefix, sub_title, doc[:1].upper() + doc[1:] + ".")
 
     section(config.Config, "", "Top level", "")
     return "\n".join(lines).replace("\n\n\n", "\n\n").rstrip() + "\n"

@@ -227,10 +227,6 @@ class Alert:
     def target_resource(self) -> str | None:
         return self._first("ka.target.resource")
 
-    def dedup_key(self) -> str:
-        """Talon's deduplication key: the prefix-stripped output text (Talon hashes it with MD5)."""
-        return self.output
-
     def opa_input(self) -> dict[str, Any]:
         """THE normalised OPA input (docs/rego.md): the alert plus precomputed, indexable helpers."""
         fields = self.output_fields

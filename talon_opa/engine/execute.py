@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+from typing import Any, Literal
 
 from opentelemetry import trace
 
@@ -32,30 +32,20 @@ from talon_opa.core import logs
 from talon_opa.core.errors import TalonError
 from talon_opa.core.events import Alert
 from talon_opa.engine import telemetry
+from talon_opa.engine.instances import Instances
 from talon_opa.engine.metrics import Metrics
+from talon_opa.engine.notify import Notifications
 from talon_opa.opa.client import Plan, Step
-from talon_opa.plugins.notes import Note, Notifier
+from talon_opa.plugins import runtime
+from talon_opa.plugins.notes import Note
 from talon_opa.plugins.params import ParamsInvalid
-from talon_opa.plugins.runtime import Artifact, Deps, Outcome
+from talon_opa.plugins.runtime import Artifact, Outcome
 from talon_opa.plugins.spec import Spec
-
-if TYPE_CHECKING:
-    from talon_opa.plugins.registry import Registry
 
 log = logs.get("execute")
 
 Status = Literal["success", "failure", "ignored", "dry_run", "skipped"]
 DRY_RUN_MESSAGE = "no action, dry-run is enabled"
-
-
-class Output(Protocol):
-    """An artifact target (`local:file`, `aws:s3`...): built as `cls(deps)`, called `await run(artifact, params)`."""
-
-    async def run(self, artifact: Artifact, params: Any) -> Outcome: ...
-
-
-class Actionner(Protocol):
-    async def run(self, alert: Any, params: Any) -> Outcome: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,76 +108,26 @@ def alert_target(alert: Alert) -> tuple[str, str]:
     return alert.namespace() or "", alert.pod_name() or ""
 
 
-def build_notifiers(
-    registry: Registry,
-    names: Sequence[str],
-    settings: Mapping[str, Mapping[str, Any]],
-    deps: Deps,
-    *,
-    strict: bool = True,
-) -> dict[str, Notifier]:
-    """Instances of the named notifiers with their decoded settings; TalonError naming the first bad one.
-
-    `strict=False` skips names the registry does not know (rules' notifiers: the loader warned, as Talon
-    ignores them); bad settings are an error either way.
-    """
-    out: dict[str, Notifier] = {}
-    for name in dict.fromkeys(names):
-        cls = registry.notifiers.get(name)
-        if cls is None:
-            if not strict:
-                continue
-            known = ", ".join(registry.notifiers) or "none"
-            raise TalonError(
-                f"unknown notifier {name!r} in default_notifiers",
-                hint=f"use one of: {known} (names are case-sensitive)",
-            )
-        spec = cls.spec
-        raw = settings.get(name) or settings.get(name.lower()) or {}
-        try:
-            decoded = spec.decode(raw)
-        except ParamsInvalid as e:
-            raise TalonError(
-                f"settings of notifier {name!r} are invalid: {e}", hint=f"fix notifiers.{name} in the config file"
-            ) from e
-        if not hasattr(cls, "notify"):
-            raise TalonError(
-                f"notifier {name!r} cannot send notifications in this version", hint="remove it from the config"
-            )
-        out[name] = cast("type[Notifier]", cls)(deps, decoded)
-    return out
-
-
 class Executor:
-    """Runs plans. Plugins are built once, lazily, as `cls(deps)`; notifiers are handed in ready."""
+    """Runs plans with the engine's plugin instances; tells the notifiers about every result."""
 
     def __init__(
         self,
         *,
-        registry: Registry,
-        deps: Deps,
+        instances: Instances,
+        notifications: Notifications,
         metrics: Metrics,
         tracer: trace.Tracer,
-        notifiers: Mapping[str, Notifier] | None = None,
-        default_notifiers: Sequence[str] = (),
         step_timeout: float = 30.0,
         force_dry_run: bool = False,
     ) -> None:
-        self.registry = registry
-        self.deps = deps
+        self.instances = instances
+        self.registry = instances.registry
+        self.notifications = notifications
         self.metrics = metrics
         self.tracer = tracer
-        self.notifiers: dict[str, Notifier] = dict(notifiers or {})
-        self.default_notifiers = tuple(default_notifiers)
         self.step_timeout = step_timeout
         self.force_dry_run = force_dry_run
-        self._plugins: dict[type[Any], Any] = {}
-
-    def _plugin(self, cls: type[Any]) -> Any:
-        plugin = self._plugins.get(cls)
-        if plugin is None:
-            plugin = self._plugins[cls] = cls(self.deps)
-        return plugin
 
     async def execute(self, alert: Alert, plan: Plan) -> list[StepResult]:
         """Run the plan's steps with Talon's control flow; every result, in plan order."""
@@ -279,7 +219,7 @@ class Executor:
                         "duration_ms": round(seconds * 1000, 3),
                     },
                 )
-            await self.notify(alert, step, self._note(alert, step, "action", result))
+            await self.notifications.notify(step, self._note(alert, step, "action", result))
             if result.status == "failure" or spec is None:
                 return result
             final = await self._output_stage(alert, step, spec, result, artifact)
@@ -309,17 +249,16 @@ class Executor:
             raise _Failure("invalid_parameters", f"invalid parameters: {e}", "fix the action's parameters") from e
         if spec.output == "required" and step.output is None:
             raise _Failure("missing_output", f"{step.actionner} needs an output", "add `output:` to the action")
-        plugin = self._plugin(cls)
-        run = getattr(plugin, "run", None)
-        if run is None:
+        if not runtime.runs(cls):
             raise _Failure(
                 "not_implemented",
                 f"{step.actionner} cannot run in this version",
                 "use dry_run: true for this action, or another actionner",
             )
+        plugin = self.instances.actionner(cls)
         try:
             async with asyncio.timeout(self.step_timeout):
-                outcome = await run(with_talon_context(alert, step), params)
+                outcome = await plugin.run(with_talon_context(alert, step), params)
         except TimeoutError as e:
             raise _Failure(
                 "timeout", f"{step.actionner} did not finish within {self.step_timeout}s", "raise step_timeout_seconds"
@@ -350,11 +289,11 @@ class Executor:
                 if cls is None:
                     raise _Failure("unknown_output", f"unknown output target {target!r}", "check the action's output")
                 params = cls.spec.decode(step.output.parameters)
-                plugin = self._plugin(cls)
-                if getattr(plugin, "run", None) is None:
+                if not runtime.runs(cls):
                     raise _Failure("not_implemented", f"output {target} cannot run in this version")
+                plugin = self.instances.output(cls)
                 async with asyncio.timeout(self.step_timeout):
-                    outcome = await cast("Output", plugin).run(artifact, params)
+                    outcome = await plugin.store(artifact, params)
                 message = outcome.message
             except asyncio.CancelledError:
                 raise
@@ -378,7 +317,7 @@ class Executor:
             note = self._note(
                 alert, step, "output", result, out_status=out_status, out_message=message, out_error=error
             )
-            await self.notify(alert, step, note)
+            await self.notifications.notify(step, note)
         if out_status == "failure":
             # the step failed as a whole (Talon: an output error is the action's error)
             step_span = trace.get_current_span()
@@ -421,46 +360,3 @@ class Executor:
             pod=pod,
             namespace=ns,
         )
-
-    async def notify(self, alert: Alert, step: Step, note: Note) -> None:
-        """Send the note to default_notifiers and the step's notifiers, concurrently; failures are reported."""
-        # a rule's notifier unknown to the registry was reported when the rules loaded (Talon ignores it)
-        names = [
-            n
-            for n in dict.fromkeys([*self.default_notifiers, *step.notifiers])
-            if n in self.notifiers or n in self.registry.notifiers
-        ]
-        if not names:
-            return
-        async with asyncio.TaskGroup() as tg:
-            for name in names:
-                tg.create_task(self._notify_one(name, step, note), name=f"notify-{name}")
-
-    async def _notify_one(self, name: str, step: Step, note: Note) -> None:
-        extra = {"notifier": name, "stage": note.stage, "rule": step.rule, "action": step.action}
-        with self.tracer.start_as_current_span(
-            telemetry.SEND_NOTIFICATION, attributes={telemetry.NOTIFIER: name, telemetry.STAGE: note.stage}
-        ) as span:
-            status = "success"
-            try:
-                notifier = self.notifiers.get(name)
-                if notifier is None:
-                    raise _Failure("unknown_notifier", f"notifier {name!r} is not configured", "add it to the config")
-                async with asyncio.timeout(self.step_timeout):
-                    await notifier.notify(note)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                status = "failure"
-                kind = e.kind if isinstance(e, _Failure) else type(e).__name__
-                telemetry.fail(span, e if not isinstance(e, TimeoutError) else "timed out", kind)
-                log.error("notification", extra={**extra, "status": "failure", "error": str(e) or kind})
-            else:
-                telemetry.ok(span)
-                log.info("notification", extra={**extra, "status": "success"})
-            self.metrics.notifications.labels(step.rule, step.action, step.actionner, name, status).inc()
-
-
-def describe(results: Sequence[StepResult]) -> str:
-    """A compact summary for logs: `action=status` per step."""
-    return json.dumps({f"{r.step.rule}/{r.step.action}": r.status for r in results}, ensure_ascii=False)

@@ -1,23 +1,26 @@
-"""The HTTP intake (DESIGN §3.1): `POST /` and every path that is not reserved.
+"""The HTTP intake (DESIGN §3.1): `POST /` and every path that is not reserved. It owns HTTP.
 
 Order of checks: token (401) → method (405) → size (413, before reading more than the limit) → decoding
-(400 malformed or wrong type, 415 `text/plain`) → dedup (200, not queued) → queue (200 once queued,
-503 + Retry-After when full or draining). Every refusal is JSON `{"error", "field"}` (plus `hint`), and
-nothing refused is queued. The answer never waits on OPA or Kubernetes.
+(400 malformed or wrong type, 415 `text/plain`) → acceptance, whose `Admission` becomes the answer:
+200 once queued (or a duplicate, not queued), 503 + Retry-After when the queue is full or draining.
+Every refusal is JSON `{"error", "field"}` (plus `hint`), and nothing refused is queued. The answer
+never waits on OPA or Kubernetes.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Any
+import uuid
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
-from talon_opa.core import events, logs
+from talon_opa.core import config, events, logs
 from talon_opa.core.errors import AlertError
-
-if TYPE_CHECKING:
-    from talon_opa.engine.app import Engine
+from talon_opa.engine.accept import Admission
+from talon_opa.engine.metrics import Metrics
+from talon_opa.engine.work import WorkItem
 
 log = logs.get("intake")
 
@@ -32,11 +35,11 @@ def refuse(
 
 
 class Intake:
-    """The intake handler, bound to an engine."""
+    """The intake handler: HTTP in, work items to `accept`, HTTP out."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        cfg = engine.cfg
+    def __init__(self, cfg: config.Config, accept: Callable[[WorkItem], Admission], metrics: Metrics) -> None:
+        self._accept = accept
+        self._metrics = metrics
         self.max_body = cfg.intake.max_body_bytes
         self.token = cfg.auth.token
         self.header = cfg.auth.header
@@ -73,7 +76,7 @@ class Intake:
         return bytes(buf)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        metrics = self.engine.metrics
+        metrics = self._metrics
         if not self.authorized(request):
             metrics.rejected.labels(status="401").inc()
             missing = self.header not in request.headers
@@ -105,17 +108,27 @@ class Intake:
                     extra={"status": e.status, "error": str(e), "field": e.field, "also_refused_since_last_line": held},
                 )
             return refuse(e.status, Exception.__str__(e), e.field, e.hint)
-        accepted = self.engine.accept(alert, request.headers)
-        if accepted.status != 200:
-            metrics.rejected.labels(status=str(accepted.status)).inc()
-            return refuse(
-                accepted.status,
-                accepted.error,
-                "",
-                hint=accepted.hint,
-                headers={"Retry-After": str(accepted.retry_after)},
-            )
-        doc: dict[str, Any] = {"id": accepted.alert_id, "trace_id": accepted.trace_id}
-        if accepted.duplicate_of:
-            doc["duplicate_of"] = accepted.duplicate_of
-        return web.json_response(doc)
+        headers = request.headers
+        item = WorkItem(
+            uuid.uuid4().hex,
+            alert,
+            body,
+            headers.get("Content-Type") or "",
+            headers.get("traceparent") or "",
+            headers.get("tracestate") or "",
+        )
+        return self._answer(self._accept(item))
+
+    def _answer(self, admission: Admission) -> web.Response:
+        if admission.accepted:
+            doc: dict[str, Any] = {"id": admission.alert_id, "trace_id": admission.trace_id}
+            if admission.duplicate_of:
+                doc["duplicate_of"] = admission.duplicate_of
+            return web.json_response(doc)
+        self._metrics.rejected.labels(status="503").inc()
+        if admission.verdict == "closing":
+            error, hint, retry_after = "the engine is shutting down", "send it again (another replica)", 5
+        else:
+            error = f"queue full: {admission.capacity} alerts are waiting"
+            hint, retry_after = "send it again later; raise queue.capacity or queue.workers", 1
+        return refuse(503, error, "", hint=hint, headers={"Retry-After": str(retry_after)})

@@ -1,9 +1,6 @@
-"""Deduplication and the bounded in-process queue between intake and execution.
+"""The bounded in-process queue between intake and execution.
 
-Dedup: alerts with the same key within the window are processed once (Talon's key is the prefix-stripped
-output text; configurable). A duplicate is answered 200 and counted, never queued.
-
-Queue: at most `capacity` accepted alerts wait; `put` refuses beyond that (intake answers 503), so
+At most `capacity` accepted alerts wait; `put` refuses beyond that (intake answers 503), so
 nothing accepted is dropped. N workers take alerts in order; alerts with the same target key (the pod)
 never run at the same time: a worker that finds its alert's target busy hands it to the worker already
 on that target, which runs it next, in arrival order. `drain` stops intake and waits for every accepted
@@ -14,59 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from talon_opa.core import logs
 
 log = logs.get("queue")
 
 J = TypeVar("J")
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """The first alert of a dedup key within the window."""
-
-    alert_id: str
-    trace_id: str
-    expires: float
-
-
-class Deduplicator:
-    """Remembers keys for `window` seconds; with a window of 0 nothing is a duplicate."""
-
-    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.window = window
-        self._clock = clock
-        self._seen: OrderedDict[str, Seen] = OrderedDict()  # insertion order == expiry order
-
-    def _purge(self, now: float) -> None:
-        while self._seen:
-            key, first = next(iter(self._seen.items()))
-            if first.expires > now:
-                break
-            del self._seen[key]
-
-    def lookup(self, key: str) -> Seen | None:
-        """The first alert with this key if it is still within the window."""
-        if self.window <= 0:
-            return None
-        now = self._clock()
-        self._purge(now)
-        return self._seen.get(key)
-
-    def record(self, key: str, alert_id: str, trace_id: str) -> None:
-        if self.window <= 0:
-            return
-        self._seen[key] = Seen(alert_id, trace_id, self._clock() + self.window)
-        self._seen.move_to_end(key)
-
-    def __len__(self) -> int:
-        return len(self._seen)
 
 
 @dataclass(eq=False)
@@ -186,16 +140,3 @@ class AlertQueue(Generic[J]):
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._workers = []
-
-
-def dedup_key_of(parts: tuple[str, ...], alert: Any, output_text: str, fields: dict[str, str]) -> str:
-    """The dedup key made of `parts` (see config `deduplication.key`)."""
-    values = []
-    for part in parts:
-        if part == "output":
-            values.append(output_text)
-        elif part in ("rule", "priority", "source", "hostname"):
-            values.append(str(getattr(alert, part, "") or ""))
-        else:
-            values.append(fields.get(part, ""))
-    return "\x1f".join(values)

@@ -61,6 +61,18 @@ class Built:
         """Every notifier a rule names, in order of first use."""
         return tuple(dict.fromkeys(n for r in self.ruleset.rules for n in r.notifiers))
 
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        """Every actionner, output target and notifier the rules use, in order of first use."""
+        names: list[str] = []
+        for rule in self.ruleset.rules:
+            for action in rule.actions:
+                names.append(action.actionner)
+                if action.output is not None:
+                    names.append(action.output.target)
+            names.extend(rule.notifiers)
+        return tuple(dict.fromkeys(names))
+
 
 def build(
     paths: Sequence[str],

@@ -20,7 +20,8 @@ from aiohttp import web
 
 from talon_opa.core import config, logs
 from talon_opa.core.errors import RulesError, TalonError
-from talon_opa.engine.app import Engine, create_app
+from talon_opa.engine.app import create_app
+from talon_opa.engine.lifecycle import Engine
 from talon_opa.engine.reload import log_problems
 
 log = logs.get("server")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import Decoding, between, http_url, one_of, param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -29,10 +30,11 @@ class ElasticsearchSettings:
     custom_headers: Mapping[str, str] = param({}, doc="extra headers", secret=True)
 
 
-class Elasticsearch:
+class Elasticsearch(Planned):
     spec: ClassVar[Spec[ElasticsearchSettings]] = Spec(
         name="elasticsearch",
         kind="notifier",
+        clients=("http",),
         description="Index each action and output result as a document into Elasticsearch",
         params=ElasticsearchSettings,
         example="""\

@@ -7,15 +7,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-from talon_opa.core.errors import TalonError
 from talon_opa.core.kube import KubeApiError
 from talon_opa.plugins.params import NoParams
+from talon_opa.plugins.runtime import Notifier
 from talon_opa.plugins.spec import Grant, Spec
 
 if TYPE_CHECKING:
     from talon_opa.core.kube import KubeClient
     from talon_opa.plugins.notes import Note
-    from talon_opa.plugins.runtime import Deps
 
 TALON = "falco-talon"
 MESSAGE_LIMIT = 1024  # bytes: the API server refuses a longer Event message
@@ -79,10 +78,11 @@ def _namespace(note: Note) -> str:
     return _object(note.objects, "namespace") or note.namespace
 
 
-class K8sEvents:
+class K8sEvents(Notifier[NoParams]):
     spec: ClassVar[Spec[NoParams]] = Spec(
         name="k8sevents",
         kind="notifier",
+        clients=("kube",),
         description="Create a Kubernetes Event about the pod for each action and output result",
         params=NoParams,
         grants=(
@@ -95,16 +95,8 @@ default_notifiers:
 """,
     )
 
-    def __init__(self, deps: Deps, settings: NoParams | None = None) -> None:
-        self._kube = deps.kube
-
     async def notify(self, note: Note) -> None:
-        kube = self._kube
-        if kube is None:
-            raise TalonError(
-                "the k8sevents notifier needs a Kubernetes client and none is configured",
-                hint="run talon-opa in the cluster or set `kubeconfig`, or remove k8sevents from the notifiers",
-            )
+        kube = self.clients.kube
         namespace = _namespace(note)
         if not namespace or not await _found(kube, f"/api/v1/namespaces/{quote(namespace, safe='')}"):
             namespace = FALLBACK_NAMESPACE

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import Decoding, http_url, param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -21,10 +22,11 @@ class LokiSettings:
     custom_headers: Mapping[str, str] = param({}, doc="extra headers", secret=True)
 
 
-class Loki:
+class Loki(Planned):
     spec: ClassVar[Spec[LokiSettings]] = Spec(
         name="loki",
         kind="notifier",
+        clients=("http",),
         description="Push each action and output result as a log line to Grafana Loki",
         params=LokiSettings,
         example="""\

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import Decoding, http_url, param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -22,10 +23,11 @@ class SlackSettings:
     format: str = param("long", doc="long (every field) or short (one line); anything else: long")
 
 
-class Slack:
+class Slack(Planned):
     spec: ClassVar[Spec[SlackSettings]] = Spec(
         name="slack",
         kind="notifier",
+        clients=("http",),
         description="Post each action and output result to a Slack channel (incoming webhook)",
         params=SlackSettings,
         example="""\

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import Decoding, one_of, param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -22,7 +23,7 @@ class SmtpSettings:
     tls: bool = param(False, doc="use STARTTLS (TLS 1.2 or later)")
 
 
-class Smtp:
+class Smtp(Planned):
     spec: ClassVar[Spec[SmtpSettings]] = Spec(
         name="smtp",
         kind="notifier",

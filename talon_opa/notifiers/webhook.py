@@ -12,11 +12,11 @@ import aiohttp
 
 from talon_opa.core.errors import TalonError
 from talon_opa.plugins.params import Decoding, http_url, param
+from talon_opa.plugins.runtime import Notifier
 from talon_opa.plugins.spec import Spec
 
 if TYPE_CHECKING:
     from talon_opa.plugins.notes import Note
-    from talon_opa.plugins.runtime import Deps
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 BODY_EXCERPT = 300  # characters of a refusal's body kept in the error
@@ -58,10 +58,11 @@ class WebhookSettings:
     custom_headers: Mapping[str, str] = param({}, doc="extra headers", secret=True)
 
 
-class Webhook:
+class Webhook(Notifier[WebhookSettings]):
     spec: ClassVar[Spec[WebhookSettings]] = Spec(
         name="webhook",
         kind="notifier",
+        clients=("http",),
         description="Send each action and output result as a JSON document to an HTTP endpoint",
         params=WebhookSettings,
         example="""\
@@ -73,17 +74,13 @@ notifiers:
 """,
     )
 
-    def __init__(self, deps: Deps, settings: WebhookSettings) -> None:
-        self._http = deps.http
-        self._settings = settings
-
     async def notify(self, note: Note) -> None:
-        s = self._settings
+        s = self.settings
         headers = {"Content-Type": s.content_type, "User-Agent": s.user_agent, **s.custom_headers}
         data = json.dumps(body(note)).encode()
         method = s.http_method.upper()
         try:
-            async with self._http.request(method, s.url, data=data, headers=headers, timeout=TIMEOUT) as r:
+            async with self.clients.http.request(method, s.url, data=data, headers=headers, timeout=TIMEOUT) as r:
                 if 200 <= r.status < 300:
                     return
                 text = (await r.text(errors="replace"))[:BODY_EXCERPT]

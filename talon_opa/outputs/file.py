@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -15,7 +16,7 @@ class FileParams:
     destination: str = param(doc="existing folder where artifacts are written (mode 0600)", required=True)
 
 
-class File:
+class File(Planned):
     spec: ClassVar[Spec[FileParams]] = Spec(
         name="local:file",
         kind="output",

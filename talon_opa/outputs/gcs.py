@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -15,10 +16,11 @@ class GcsParams:
     prefix: str = param("", doc="object name prefix, joined with /")
 
 
-class Gcs:
+class Gcs(Planned):
     spec: ClassVar[Spec[GcsParams]] = Spec(
         name="gcp:gcs",
         kind="output",
+        clients=("gcp",),
         description="Upload the artifact to a Google Cloud Storage bucket (GCP: storage.objects.create)",
         params=GcsParams,
         example="""\

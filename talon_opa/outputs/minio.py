@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -15,10 +16,11 @@ class MinioParams:
     prefix: str = param("", doc="key prefix (a trailing / is dropped)")
 
 
-class Minio:
+class Minio(Planned):
     spec: ClassVar[Spec[MinioParams]] = Spec(
         name="minio:s3",
         kind="output",
+        clients=("minio",),
         description="Upload the artifact to a MinIO bucket (endpoint and keys from the configuration)",
         params=MinioParams,
         example="""\

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -16,10 +17,11 @@ class S3Params:
     region: str | None = param(None, doc="region of the bucket; none: the region of the AWS configuration")
 
 
-class S3:
+class S3(Planned):
     spec: ClassVar[Spec[S3Params]] = Spec(
         name="aws:s3",
         kind="output",
+        clients=("aws",),
         description="Upload the artifact to an AWS S3 bucket (IAM: s3:PutObject on the bucket)",
         params=S3Params,
         example="""\

@@ -1,10 +1,4 @@
-"""What a notifier receives and how it is called.
-
-A notifier class (listed in the registry with a `spec` of kind "notifier") is built once per engine as
-`cls(deps, settings)`, where `settings` is `spec.decode(config.notifiers[<name>])` (its settings
-dataclass, defaults filled), and is called as `await notifier.notify(note)` after every step (stage
-"action") and every output (stage "output"), success or failure. It raises on failure (the executor
-logs, traces and counts it); it never swallows an error.
+"""What a notifier receives: one `Note` after every step (stage "action") and every output (stage "output").
 
 `Note` carries Talon's LogLine fields plus the trace id, so a message leads to the alert's trace.
 """
@@ -13,11 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
-
-if TYPE_CHECKING:
-    from talon_opa.plugins.runtime import Deps
-    from talon_opa.plugins.spec import Spec
+from typing import Any, Literal
 
 Stage = Literal["action", "output"]
 Status = Literal["success", "failure", "ignored"]
@@ -75,13 +65,3 @@ class Note:
             "traceid": self.trace_id,
         }
         return {k: v for k, v in doc.items() if v not in ("", {}, None)}
-
-
-class Notifier(Protocol):
-    """The shape the executor calls."""
-
-    spec: ClassVar[Spec[Any]]
-
-    def __init__(self, deps: Deps, settings: Any) -> None: ...
-
-    async def notify(self, note: Note) -> None: ...

@@ -206,25 +206,12 @@ def defaults(cls: type[Any]) -> dict[str, Any]:
     return {p.key: _to_json(default_of(p.field)) for p in _params_of(cls)}
 
 
-def to_json(instance: Any) -> dict[str, Any]:
-    """A decoded instance as JSON values, keyed by the canonical parameter names."""
-    return {key_of(f): _to_json(getattr(instance, f.name)) for f in fields(type(instance))}
-
-
 def unknown_keys(cls: type[Any], raw: Mapping[Any, Any]) -> list[str]:
     """Keys of `raw` that match no parameter (Talon ignores them silently; we warn)."""
     if not isinstance(raw, Mapping):
         return []
     used = set(_match_keys(cls, raw).values())
     return [str(k) for k in raw if not (isinstance(k, str) and k in used)]
-
-
-def required_names(cls: type[Any]) -> list[str]:
-    return [key_of(f) for f in fields(cls) if info(f).required]
-
-
-def secret_names(cls: type[Any]) -> list[str]:
-    return [key_of(f) for f in fields(cls) if info(f).secret]
 
 
 def type_name(cls: type[Any], f: dataclasses.Field[Any]) -> str:

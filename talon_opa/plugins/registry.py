@@ -1,7 +1,9 @@
-"""The one registry: every actionner, output and notifier talon-opa knows.
+"""The one registry: every actionner, output and notifier, by kind and name.
 
-Adding a plugin is one module (a class with a `spec`) and one line in `default_registry`. The registry is
-a value: the engine, the translator and the tests are handed one (tests build their own with `Registry.of`).
+A registry is a value: the engine, the translator and the CLI are handed one (`talon_opa.catalog`
+builds the shipped one; tests build their own with `Registry.of`). `Registry.of` refuses a plugin that
+does not declare what it is: a `spec` of a known kind, and exactly one capability (the runtime base of
+its kind, or `Planned`), with known clients.
 """
 
 from __future__ import annotations
@@ -11,7 +13,29 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from talon_opa.plugins import clients, runtime
 from talon_opa.plugins.spec import Plugin, Spec
+
+
+class PluginDeclarationError(TypeError):
+    """A plugin class does not declare what the registry needs; names the class and what to add."""
+
+
+def _check(plugin: type[Any]) -> Spec[Any]:
+    spec = getattr(plugin, "spec", None)
+    if not isinstance(spec, Spec):
+        raise PluginDeclarationError(f"{plugin!r} has no `spec`: give it `spec: ClassVar[Spec[...]] = Spec(...)`")
+    base = runtime.RUNTIME_BASES[spec.kind]
+    if issubclass(plugin, runtime.Planned) == issubclass(plugin, runtime.PluginBase):
+        raise PluginDeclarationError(
+            f"{spec.name}: {plugin.__name__} must subclass exactly one of {base.__name__} (it runs) or Planned"
+        )
+    if issubclass(plugin, runtime.PluginBase) and not issubclass(plugin, base):
+        raise PluginDeclarationError(f"{spec.name} is a {spec.kind}: {plugin.__name__} must subclass {base.__name__}")
+    unknown = [c for c in spec.clients if c not in clients.KINDS]
+    if unknown:
+        raise PluginDeclarationError(f"{spec.name} declares unknown clients {unknown}: use {sorted(clients.KINDS)}")
+    return spec
 
 
 @dataclass(frozen=True)
@@ -23,11 +47,11 @@ class Registry:
     notifiers: Mapping[str, type[Plugin]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, *plugins: type[Plugin]) -> Registry:
+    def of(cls, *plugins: type[Any]) -> Registry:
         """A registry of these plugins, each filed under its spec's kind and name."""
         by_kind: dict[str, dict[str, type[Plugin]]] = {"actionner": {}, "output": {}, "notifier": {}}
         for plugin in plugins:
-            spec = plugin.spec
+            spec = _check(plugin)
             table = by_kind[spec.kind]
             if spec.name in table:
                 raise ValueError(f"two {spec.kind}s are named {spec.name!r}: {table[spec.name]!r} and {plugin!r}")
@@ -53,8 +77,26 @@ class Registry:
         plugin = self.notifiers.get(name)
         return plugin.spec if plugin is not None else None
 
+    def find(self, name: str) -> type[Plugin] | None:
+        """A plugin of any kind by name; notifiers also by their lower-cased name, as Talon initialises them."""
+        return (
+            self.actionners.get(name)
+            or self.outputs.get(name)
+            or self.notifiers.get(name)
+            or self.notifiers.get(name.lower())
+        )
+
+    def runs(self, name: str) -> bool:
+        """Whether the plugin of that name can run in this version (False for unknown names)."""
+        plugin = self.find(name)
+        return plugin is not None and runtime.runs(plugin)
+
     def specs(self) -> Iterator[Spec[Any]]:
         """Every spec: actionners, then outputs, then notifiers, each in listing order."""
         for table in (self.actionners, self.outputs, self.notifiers):
             for plugin in table.values():
                 yield plugin.spec
+
+    def all_run(self) -> bool:
+        """Every plugin can run: the "cannot run yet" marks of lists and docs then disappear."""
+        return all(runtime.runs(p) for table in (self.actionners, self.outputs, self.notifiers) for p in table.values())

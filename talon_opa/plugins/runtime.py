@@ -1,20 +1,37 @@
-"""What a plugin gets to run with, and what it returns.
+"""How a plugin runs: the three runtime kinds, what each is built with, and what it returns.
 
-An actionner class is built once per engine as `cls(deps)` and runs `await plugin.run(alert, params)`
-with its decoded params; it returns an Outcome or raises (StepFailed, or a client error such as
-KubeApiError, which the executor reports with its reason). It never returns "failed" without an error.
+Every plugin is a class carrying a `spec` (what it declares about itself, as data) and subclassing
+exactly one of these, which is its declared capability:
+
+* `Actionner`: `await run(alert, params) -> Outcome` for one step of a plan;
+* `Output`: `await store(artifact, params) -> Outcome` for the artifact of a step;
+* `Notifier`: `await notify(note)` after every step and every output;
+* `Planned`: a spec without an implementation yet. It is listed, validated and documented (marked
+  "cannot run yet"), and a step using it fails with "cannot run in this version".
+
+One constructor for every kind: `cls(clients, settings)`. `clients` holds exactly the clients the spec
+declares in `spec.clients` (see `talon_opa.plugins.clients`); `settings` is the decoded
+`notifiers.<name>` block for a notifier and `NoParams()` for the others. A plugin returns an Outcome or
+raises (StepFailed, or a client error such as KubeApiError, which the executor reports with its reason);
+it never returns "failed" without an error.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeGuard, TypeVar
+
+from talon_opa.plugins.spec import Spec
 
 if TYPE_CHECKING:
-    import aiohttp
+    from talon_opa.core.events import Alert
+    from talon_opa.plugins.clients import Clients
+    from talon_opa.plugins.notes import Note
 
-    from talon_opa.core.kube import KubeClient
+P = TypeVar("P")
+S = TypeVar("S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +60,46 @@ class Outcome:
         return cls("ignored", message, objects)
 
 
-@dataclass(frozen=True, slots=True)
-class Deps:
-    """Clients injected into plugins; None where not configured (the plugin then fails with a hint)."""
+class PluginBase(Generic[S]):
+    """What every runtime kind shares: its spec, and the one constructor."""
 
-    http: aiohttp.ClientSession
-    kube: KubeClient | None = None
+    spec: ClassVar[Spec[Any]]
+
+    def __init__(self, clients: Clients, settings: S) -> None:
+        self.clients = clients
+        self.settings = settings
+
+
+class Actionner(PluginBase[Any], ABC, Generic[P]):
+    """Runs one step of a plan against the alert."""
+
+    @abstractmethod
+    async def run(self, alert: Alert, params: P) -> Outcome: ...
+
+
+class Output(PluginBase[Any], ABC, Generic[P]):
+    """Stores the artifact of a step (`local:file`, `aws:s3`...)."""
+
+    @abstractmethod
+    async def store(self, artifact: Artifact, params: P) -> Outcome: ...
+
+
+class Notifier(PluginBase[S], ABC, Generic[S]):
+    """Tells people or systems about each result; raises on failure (never swallows an error)."""
+
+    @abstractmethod
+    async def notify(self, note: Note) -> None: ...
+
+
+class Planned:
+    """A plugin declared (spec, parameters, docs, RBAC) but not implemented in this version."""
+
+    spec: ClassVar[Spec[Any]]
+
+
+RUNTIME_BASES: Mapping[str, type[PluginBase[Any]]] = {"actionner": Actionner, "output": Output, "notifier": Notifier}
+
+
+def runs(plugin: type[Any]) -> TypeGuard[type[PluginBase[Any]]]:
+    """Whether a registered plugin class can run (subclasses its kind's runtime base, not `Planned`)."""
+    return isinstance(plugin, type) and issubclass(plugin, PluginBase)

@@ -39,6 +39,7 @@ class Spec(Generic[P]):
     continues: bool = True  # default `continue` of an action using this actionner
     grants: tuple[Grant, ...] = ()
     output: Literal["none", "optional", "required"] = "none"
+    clients: tuple[str, ...] = ()  # the clients it is handed (talon_opa.plugins.clients.KINDS)
     example: str = ""  # a YAML snippet for the docs
     # the grants a use with these decoded parameters needs (e.g. label at pod level: no node rights);
     # None: always `grants`, which must cover every use
@@ -51,10 +52,6 @@ class Spec(Generic[P]):
     def decode(self, raw: Mapping[str, Any]) -> P:
         """Decode and validate raw parameters (from YAML or a plan); raises ParamsInvalid."""
         return _params.decode(self.params, raw)
-
-    def normalize(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        """Decode and validate, then return the canonical JSON parameters (canonical keys, defaults filled)."""
-        return _params.to_json(self.decode(raw))
 
     def unknown_keys(self, raw: Mapping[str, Any]) -> list[str]:
         """Keys of `raw` that match no parameter: ignored, as Talon does; the loader warns about them."""

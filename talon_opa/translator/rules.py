@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from talon_opa.core.errors import RuleProblem, RulesError
+from talon_opa.plugins import runtime
 from talon_opa.translator import load, merge, validate
 from talon_opa.translator.model import Action, FieldCondition, Match, OutputRef, Priority, Rule, RuleSet
 from talon_opa.translator.validate import RegistryLike, SpecLike
@@ -122,7 +123,7 @@ def _not_runnable(model: RuleSet, registry: RegistryLike) -> list[RuleProblem]:
             if action.output is not None:
                 plugins.append(("output", action.output.target, registry.outputs.get(action.output.target)))
             for kind, name, cls in plugins:
-                if cls is not None and not hasattr(cls, "run") and not rule.dry_run:
+                if cls is not None and not runtime.runs(cls) and not rule.dry_run:
                     out.append(
                         RuleProblem(
                             action.where,

@@ -19,7 +19,8 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from talon_opa.core import config
 from talon_opa.core.kube import KubeConfig
 from talon_opa.engine import server
-from talon_opa.engine.app import Engine, create_app
+from talon_opa.engine.app import create_app
+from talon_opa.engine.lifecycle import Engine
 from talon_opa.opa.process import free_port
 from talon_opa.plugins.registry import Registry
 from tests.harness.paths import ALERTS

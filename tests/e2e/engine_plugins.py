@@ -16,7 +16,7 @@ from talon_opa.outputs import file
 from talon_opa.plugins.notes import Note
 from talon_opa.plugins.params import NoParams
 from talon_opa.plugins.registry import Registry
-from talon_opa.plugins.runtime import Artifact, Deps, Outcome
+from talon_opa.plugins.runtime import Actionner, Artifact, Notifier, Outcome, Output
 from talon_opa.plugins.spec import Spec
 
 
@@ -67,34 +67,25 @@ async def _behave(actionner: str, alert: Alert, behaviour: str) -> Outcome:
         SCRIPT.running[pod] -= 1
 
 
-class ScriptedLabel:
+class ScriptedLabel(Actionner[label.LabelParams]):
     spec: ClassVar[Spec[Any]] = label.Label.spec
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
 
     async def run(self, alert: Alert, params: label.LabelParams) -> Outcome:
         return await _behave("kubernetes:label", alert, params.labels.get("behaviour", "ok"))
 
 
-class ScriptedTerminate:
+class ScriptedTerminate(Actionner[terminate.TerminateParams]):
     spec: ClassVar[Spec[Any]] = terminate.Terminate.spec
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
 
     async def run(self, alert: Alert, params: terminate.TerminateParams) -> Outcome:
         behaviour = "fail" if params.grace_period_seconds == 13 else "ok"
         return await _behave("kubernetes:terminate", alert, behaviour)
 
 
-class Recorder:
+class Recorder(Notifier[NoParams]):
     spec: ClassVar[Spec[NoParams]] = Spec(
         name="recorder", kind="notifier", description="records notes (tests)", params=NoParams
     )
-
-    def __init__(self, deps: Deps, settings: Any) -> None:
-        self.settings = settings
 
     async def notify(self, note: Note) -> None:
         SCRIPT.notes.append(note)
@@ -102,13 +93,10 @@ class Recorder:
             raise ConnectionError("scripted notifier outage")
 
 
-class ScriptedLog:
+class ScriptedLog(Actionner[Any]):
     """kubernetes:log's spec; its artifact is the pod's name repeated (empty for a pod named "empty")."""
 
     spec: ClassVar[Spec[Any]] = log.Log.spec
-
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
 
     async def run(self, alert: Alert, params: Any) -> Outcome:
         pod = alert.pod_name() or ""
@@ -117,15 +105,12 @@ class ScriptedLog:
         return Outcome.done(f"got logs of {pod}", Artifact("logs.txt", data, {"pod": pod}), pod=pod)
 
 
-class ScriptedFile:
+class ScriptedFile(Output[Any]):
     """local:file's spec; records artifacts, fails for a destination of /fail."""
 
     spec: ClassVar[Spec[Any]] = file.File.spec
 
-    def __init__(self, deps: Deps) -> None:
-        self.deps = deps
-
-    async def run(self, artifact: Artifact, params: Any) -> Outcome:
+    async def store(self, artifact: Artifact, params: Any) -> Outcome:
         if params.destination == "/fail":
             raise OSError("scripted: disk full")
         SCRIPT.artifacts.append((params.destination, artifact))
@@ -136,18 +121,16 @@ def scripted_registry() -> Registry:
     return Registry.of(ScriptedLabel, ScriptedTerminate, ScriptedLog, ScriptedFile, Recorder)
 
 
-class KubeLabel:
-    """A minimal kubernetes:label over the injected KubeClient (the engine's Deps wiring, for real)."""
+class KubeLabel(Actionner[label.LabelParams]):
+    """A minimal kubernetes:label over the KubeClient the engine hands it (its client wiring, for real)."""
 
     spec: ClassVar[Spec[Any]] = label.Label.spec
 
-    def __init__(self, deps: Deps) -> None:
-        assert deps.kube is not None
-        self.kube = deps.kube
-
     async def run(self, alert: Alert, params: label.LabelParams) -> Outcome:
         pod, ns = alert.pod_name() or "", alert.namespace() or ""
-        await self.kube.patch(f"/api/v1/namespaces/{ns}/pods/{pod}", {"metadata": {"labels": dict(params.labels)}})
+        await self.clients.kube.patch(
+            f"/api/v1/namespaces/{ns}/pods/{pod}", {"metadata": {"labels": dict(params.labels)}}
+        )
         return Outcome.done(f"labelled pod {pod}", pod=pod, namespace=ns)
 
 

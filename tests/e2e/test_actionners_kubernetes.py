@@ -21,10 +21,13 @@ from talon_opa.actionners.kubernetes.networkpolicy import NetworkPolicy
 from talon_opa.actionners.kubernetes.terminate import Terminate
 from talon_opa.catalog import default_registry
 from talon_opa.cli import lists as cli_list
+from talon_opa.core.config import Config
 from talon_opa.core.errors import StepFailed
 from talon_opa.core.events import Alert
 from talon_opa.core.kube import KubeApiError, KubeClient
-from talon_opa.plugins.runtime import Deps, Outcome
+from talon_opa.plugins.clients import ClientProvider
+from talon_opa.plugins.params import NoParams
+from talon_opa.plugins.runtime import Outcome
 from tests.harness.kube import NODES, KubeCluster
 
 REGISTRY = default_registry()
@@ -51,7 +54,8 @@ async def run(kube: KubeCluster, namespace: str) -> AsyncIterator[Run]:
         account = f"sa-{secrets.token_hex(3)}"
         client = KubeClient(await kube.service_account_with_role(namespace, account, rules))
         clients.append(client)
-        outcome: Outcome = await plugin(Deps(http=session, kube=client)).run(alert(ns, pod), spec.decode(raw))
+        clients_ = ClientProvider(Config(), http=session, kube=client).clients_for(spec)
+        outcome: Outcome = await plugin(clients_, NoParams()).run(alert(ns, pod), spec.decode(raw))
         return outcome
 
     yield go
@@ -432,7 +436,8 @@ async def test_label_rereads_a_pod_changed_by_another_writer(kube: KubeCluster, 
     try:
         async with aiohttp.ClientSession() as session:
             params = Label.spec.decode({"labels": {"stale": "", "quarantine": "true"}})
-            await Label(Deps(http=session, kube=client)).run(alert(namespace, "api-1"), params)
+            clients_ = ClientProvider(Config(), http=session, kube=client).clients_for(Label.spec)
+            await Label(clients_, NoParams()).run(alert(namespace, "api-1"), params)
     finally:
         await client.close()
 

@@ -18,9 +18,9 @@ from talon_opa.core.errors import TalonError
 from talon_opa.core.kube import KubeClient
 from talon_opa.notifiers.k8sevents import K8sEvents
 from talon_opa.notifiers.webhook import Webhook
+from talon_opa.plugins.clients import Clients
 from talon_opa.plugins.notes import Note
 from talon_opa.plugins.params import NoParams
-from talon_opa.plugins.runtime import Deps
 from tests.harness.kube import KubeCluster
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -52,8 +52,7 @@ async def events(kube: KubeCluster, namespace: str) -> AsyncIterator[K8sEvents]:
     """The notifier with a ServiceAccount holding exactly the ClusterRole generated for it."""
     rules = cli_list.cluster_role(default_registry(), ["k8sevents"], "unused")["rules"]
     client = KubeClient(await kube.service_account_with_role(namespace, "notifier", rules))
-    async with aiohttp.ClientSession() as session:
-        yield K8sEvents(Deps(http=session, kube=client), NoParams())
+    yield K8sEvents(Clients("k8sevents", {"kube": client}), NoParams())
     await client.close()
 
 
@@ -157,7 +156,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 async def _send(receiver: Receiver, n: Note, **settings: Any) -> None:
     decoded = Webhook.spec.decode({"url": receiver.url + "?token=secret", **settings})
     async with aiohttp.ClientSession() as session:
-        await Webhook(Deps(http=session), decoded).notify(n)
+        await Webhook(Clients("webhook", {"http": session}), decoded).notify(n)
 
 
 async def test_webhook_posts_talons_json_line(receiver: Receiver) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import one_of, param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -21,10 +22,11 @@ class LambdaParams:
     )
 
 
-class Lambda:
+class Lambda(Planned):
     spec: ClassVar[Spec[LambdaParams]] = Spec(
         name="aws:lambda",
         kind="actionner",
+        clients=("aws",),
         description=(
             "Invoke an AWS Lambda function with the alert as JSON payload "
             "(IAM: lambda:GetFunction and lambda:InvokeFunction; no Kubernetes rights)"

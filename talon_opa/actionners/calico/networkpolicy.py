@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from talon_opa.actionners.kubernetes.networkpolicy import NetworkPolicyParams, policy_grants
 from talon_opa.plugins.params import param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -15,10 +16,11 @@ class CalicoNetworkPolicyParams(NetworkPolicyParams):
     order: int = param(0, doc="Calico policy order (lower is applied first)")
 
 
-class CalicoNetworkPolicy:
+class CalicoNetworkPolicy(Planned):
     spec: ClassVar[Spec[CalicoNetworkPolicyParams]] = Spec(
         name="calico:networkpolicy",
         kind="actionner",
+        clients=("kube",),
         description=(
             "Create or update a Calico NetworkPolicy (projectcalico.org/v3) denying egress from the pod's workload "
             "to the alert's remote IP, allowing the listed CIDRs and namespaces"

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import ClassVar
 
 from talon_opa.actionners.kubernetes.networkpolicy import NetworkPolicyParams, policy_grants
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
-class CiliumNetworkPolicy:
+class CiliumNetworkPolicy(Planned):
     spec: ClassVar[Spec[NetworkPolicyParams]] = Spec(
         name="cilium:networkpolicy",
         kind="actionner",
+        clients=("kube",),
         description=(
             "Create or update a CiliumNetworkPolicy (cilium.io/v2) denying egress from the pod's workload to the "
             "alert's remote IP, allowing the listed CIDRs and namespaces"

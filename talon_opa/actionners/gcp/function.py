@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -16,10 +17,11 @@ class FunctionParams:
     gcp_function_timeout: int = param(0, doc="seconds to wait for the answer; 0: the action's timeout")
 
 
-class Function:
+class Function(Planned):
     spec: ClassVar[Spec[FunctionParams]] = Spec(
         name="gcp:function",
         kind="actionner",
+        clients=("gcp",),
         description=(
             "Call a Google Cloud Function with the alert as JSON payload "
             "(GCP: cloudfunctions.functions.get and run.routes.invoke; no Kubernetes rights)"

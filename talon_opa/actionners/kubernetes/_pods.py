@@ -19,7 +19,6 @@ from talon_opa.core.kube import KubeApiError, KubeClient
 
 if TYPE_CHECKING:
     from talon_opa.core.events import Alert
-    from talon_opa.plugins.runtime import Deps
 
 STANDALONE = "StandalonePod"  # Talon's PodKind for a pod without owner
 REVISION_LABELS = frozenset({"pod-template-hash", "pod-template-generation", "controller-revision-hash"})
@@ -52,16 +51,6 @@ class Owner:
 
 def pod_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
-
-
-def kube_of(deps: Deps, actionner: str) -> KubeClient:
-    """The Kubernetes client, or a failure saying how to configure one."""
-    if deps.kube is None:
-        raise StepFailed(
-            f"{actionner} needs a Kubernetes client and none is configured",
-            hint="run talon-opa in the cluster or set `kubeconfig` in the configuration",
-        )
-    return deps.kube
 
 
 def target(alert: Alert) -> PodRef:

@@ -6,14 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from talon_opa.actionners.kubernetes import _pods
 from talon_opa.actionners.kubernetes.label import LEVEL_DOC, NODE_GRANTS, POD_GRANTS, metadata_grants, run_metadata
 from talon_opa.plugins.params import non_empty, param
+from talon_opa.plugins.runtime import Actionner
 from talon_opa.plugins.spec import Spec
 
 if TYPE_CHECKING:
     from talon_opa.core.events import Alert
-    from talon_opa.plugins.runtime import Deps, Outcome
+    from talon_opa.plugins.runtime import Outcome
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -26,10 +26,11 @@ class AnnotationParams:
     level: str = param("pod", doc=LEVEL_DOC)
 
 
-class Annotation:
+class Annotation(Actionner[AnnotationParams]):
     spec: ClassVar[Spec[AnnotationParams]] = Spec(
         name="kubernetes:annotation",
         kind="actionner",
+        clients=("kube",),
         description="Add, change or remove annotations of the pod or of its node",
         params=AnnotationParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name"),
@@ -45,9 +46,6 @@ class Annotation:
 """,
     )
 
-    def __init__(self, deps: Deps) -> None:
-        self._deps = deps
-
     async def run(self, alert: Alert, params: AnnotationParams) -> Outcome:
-        kube = _pods.kube_of(self._deps, self.spec.name)
+        kube = self.clients.kube
         return await run_metadata(kube, alert, "annotations", params.annotations, params.level)

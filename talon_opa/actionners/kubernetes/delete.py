@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from talon_opa.plugins.params import NoParams
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Grant, Spec
 
 # The kinds Talon deletes (`ka.target.resource`); anything else fails before the run.
@@ -13,10 +14,11 @@ APPS = ("daemonsets", "deployments", "replicasets", "statefulsets")
 RBAC = ("clusterroles", "roles")
 
 
-class Delete:
+class Delete(Planned):
     spec: ClassVar[Spec[NoParams]] = Spec(
         name="kubernetes:delete",
         kind="actionner",
+        clients=("kube",),
         description=(
             "Delete the resource a Kubernetes audit alert is about (ka.target.*): a namespace, configmap, secret, "
             "deployment, daemonset, statefulset, replicaset, service, serviceaccount, role or clusterrole; "

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import absolute_or_percent, param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Grant, Spec
 
 
@@ -25,10 +26,11 @@ class DrainParams:
     )
 
 
-class Drain:
+class Drain(Planned):
     spec: ClassVar[Spec[DrainParams]] = Spec(
         name="kubernetes:drain",
         kind="actionner",
+        clients=("kube",),
         description="Evict every pod of the node running the pod (the node is not cordoned)",
         params=DrainParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name"),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Grant, Spec
 
 EXEC_GRANTS = (Grant(("",), ("pods",), ("get",)), Grant(("",), ("pods/exec",), ("create",)))
@@ -17,10 +18,11 @@ class ExecParams:
     shell: str = param("/bin/sh", doc="the shell in the container", zero_is_default=True)
 
 
-class Exec:
+class Exec(Planned):
     spec: ClassVar[Spec[ExecParams]] = Spec(
         name="kubernetes:exec",
         kind="actionner",
+        clients=("kube",),
         description="Run a command in every container of the pod; the output is the last container's stdout",
         params=ExecParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name"),

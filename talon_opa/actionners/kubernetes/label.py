@@ -11,12 +11,11 @@ from talon_opa.actionners.kubernetes import _pods
 from talon_opa.core.errors import StepFailed
 from talon_opa.core.kube import KubeApiError, KubeClient
 from talon_opa.plugins.params import non_empty, param
-from talon_opa.plugins.runtime import Outcome
+from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Grant, Spec
 
 if TYPE_CHECKING:
     from talon_opa.core.events import Alert
-    from talon_opa.plugins.runtime import Deps
 
 POD_GRANTS = (Grant(("",), ("pods",), ("get", "patch")),)
 NODE_GRANTS = (Grant(("",), ("pods",), ("get",)), Grant(("",), ("nodes",), ("get", "patch")))
@@ -113,10 +112,11 @@ class LabelParams:
     level: str = param("pod", doc=LEVEL_DOC)
 
 
-class Label:
+class Label(Actionner[LabelParams]):
     spec: ClassVar[Spec[LabelParams]] = Spec(
         name="kubernetes:label",
         kind="actionner",
+        clients=("kube",),
         description="Add, change or remove labels of the pod or of its node",
         params=LabelParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name"),
@@ -133,9 +133,6 @@ class Label:
 """,
     )
 
-    def __init__(self, deps: Deps) -> None:
-        self._deps = deps
-
     async def run(self, alert: Alert, params: LabelParams) -> Outcome:
-        kube = _pods.kube_of(self._deps, self.spec.name)
+        kube = self.clients.kube
         return await run_metadata(kube, alert, "labels", params.labels, params.level)

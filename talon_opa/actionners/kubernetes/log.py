@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import between, param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Grant, Spec
 
 
@@ -16,10 +17,11 @@ class LogParams:
     )
 
 
-class Log:
+class Log(Planned):
     spec: ClassVar[Spec[LogParams]] = Spec(
         name="kubernetes:log",
         kind="actionner",
+        clients=("kube",),
         description="Fetch the last log lines of the pod; stored by the output if one is given, else notified",
         params=LogParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name"),

@@ -11,12 +11,11 @@ from talon_opa.actionners.kubernetes import _pods
 from talon_opa.core.errors import StepFailed
 from talon_opa.core.kube import KubeApiError, KubeClient
 from talon_opa.plugins.params import cidr, each, param
-from talon_opa.plugins.runtime import Outcome
+from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Grant, Spec
 
 if TYPE_CHECKING:
     from talon_opa.core.events import Alert
-    from talon_opa.plugins.runtime import Deps
 
 # Talon's label on the policies it makes: kept, so Talon users' tooling still finds them, and the
 # mark of a policy we may overwrite (we never touch one without it).
@@ -142,10 +141,11 @@ class NetworkPolicyParams:
     )
 
 
-class NetworkPolicy:
+class NetworkPolicy(Actionner[NetworkPolicyParams]):
     spec: ClassVar[Spec[NetworkPolicyParams]] = Spec(
         name="kubernetes:networkpolicy",
         kind="actionner",
+        clients=("kube",),
         description="Create or update a NetworkPolicy denying all egress of the pod's workload but what is allowed",
         params=NetworkPolicyParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name"),
@@ -161,11 +161,8 @@ class NetworkPolicy:
 """,
     )
 
-    def __init__(self, deps: Deps) -> None:
-        self._deps = deps
-
     async def run(self, alert: Alert, params: NetworkPolicyParams) -> Outcome:
-        kube = _pods.kube_of(self._deps, self.spec.name)
+        kube = self.clients.kube
         ref = _pods.target(alert)
         pod = await _pods.get_pod(kube, ref)
         owner = await _pods.owner_of(kube, pod)

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from talon_opa.actionners.kubernetes.exec import EXEC_GRANTS
 from talon_opa.plugins.params import ParamProblem, param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 
 
@@ -28,10 +29,11 @@ class ScriptParams:
         return []
 
 
-class Script:
+class Script(Planned):
     spec: ClassVar[Spec[ScriptParams]] = Spec(
         name="kubernetes:script",
         kind="actionner",
+        clients=("kube",),
         description="Copy a script into every container of the pod and run it in the last one",
         params=ScriptParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name"),

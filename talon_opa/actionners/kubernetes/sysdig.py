@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import between, one_of, param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Grant, Spec
 
 
@@ -27,10 +28,11 @@ class SysdigParams:
     )
 
 
-class Sysdig:
+class Sysdig(Planned):
     spec: ClassVar[Spec[SysdigParams]] = Spec(
         name="kubernetes:sysdig",
         kind="actionner",
+        clients=("kube",),
         description=(
             "Capture syscalls with sysdig from a privileged Job on the pod's node and store the capture with the "
             "output; stops the rule's later actions by default"

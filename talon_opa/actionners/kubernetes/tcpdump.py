@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from talon_opa.plugins.params import between, param
+from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Grant, Spec
 
 
@@ -16,10 +17,11 @@ class TcpdumpParams:
     snaplen: int = param(0, doc="bytes kept per packet (tcpdump -s); 0: whole packets", check=between(0))
 
 
-class Tcpdump:
+class Tcpdump(Planned):
     spec: ClassVar[Spec[TcpdumpParams]] = Spec(
         name="kubernetes:tcpdump",
         kind="actionner",
+        clients=("kube",),
         description=(
             "Capture the pod's traffic with tcpdump in an ephemeral container and store the pcap with the output; "
             "stops the rule's later actions by default"

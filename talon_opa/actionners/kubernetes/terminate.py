@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from talon_opa.actionners.kubernetes import _pods
 from talon_opa.core.kube import KubeApiError
 from talon_opa.plugins.params import absolute_or_percent, param
-from talon_opa.plugins.runtime import Outcome
+from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Grant, Spec
 
 if TYPE_CHECKING:
     from talon_opa.core.events import Alert
-    from talon_opa.plugins.runtime import Deps
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -44,10 +43,11 @@ def required_ready(min_healthy_replicas: str, desired: int) -> int:
     return int(min_healthy_replicas)
 
 
-class Terminate:
+class Terminate(Actionner[TerminateParams]):
     spec: ClassVar[Spec[TerminateParams]] = Spec(
         name="kubernetes:terminate",
         kind="actionner",
+        clients=("kube",),
         description="Terminate the pod (its owner may restart it); stops the rule's later actions by default",
         params=TerminateParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name"),
@@ -67,11 +67,8 @@ class Terminate:
 """,
     )
 
-    def __init__(self, deps: Deps) -> None:
-        self._deps = deps
-
     async def run(self, alert: Alert, params: TerminateParams) -> Outcome:
-        kube = _pods.kube_of(self._deps, self.spec.name)
+        kube = self.clients.kube
         ref = _pods.target(alert)
         try:
             pod = await kube.get(ref.path)
@@ -109,7 +106,7 @@ class Terminate:
         if kind == _pods.STANDALONE and params.ignore_standalone_pods:
             return "it has no owner and ignore_standalone_pods is set"
         if kind == "ReplicaSet" and params.min_healthy_replicas:
-            kube = _pods.kube_of(self._deps, self.spec.name)
+            kube = self.clients.kube
             owner = _pods.owner_reference(pod) or {}
             replica_set = await _pods.get_owner_object(kube, ref.namespace, kind, str(owner.get("name", "")))
             return _too_few_ready(replica_set, params.min_healthy_replicas)

@@ -1,0 +1,126 @@
+"""Acceptance: a work item is deduplicated and queued, or refused, without waiting on anything.
+
+The answer is an `Admission`, not an HTTP status: the intake turns it into one (200, or 503 with
+Retry-After). The root `receive alert` span starts here, continuing the item's trace context.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from talon_opa.core import config, logs
+from talon_opa.engine import telemetry
+from talon_opa.engine.dedup import Deduplicator, dedup_key
+from talon_opa.engine.metrics import Metrics
+from talon_opa.engine.queue import AlertQueue, QueueClosed
+from talon_opa.engine.work import Job, WorkItem
+
+log = logs.get("engine")
+
+Verdict = Literal["queued", "duplicate", "full", "closing"]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What became of one work item at acceptance."""
+
+    verdict: Verdict
+    alert_id: str
+    trace_id: str = ""
+    duplicate_of: str = ""  # the first alert's id, for a duplicate
+    capacity: int = 0  # the queue's capacity, when full
+
+    @property
+    def accepted(self) -> bool:
+        """Queued, or a duplicate of an alert already queued: either way nothing more to send."""
+        return self.verdict in ("queued", "duplicate")
+
+
+class Acceptor:
+    """Dedup, then queue; every outcome traced, counted and (throttled) logged."""
+
+    def __init__(
+        self,
+        cfg: config.Config,
+        *,
+        queue: AlertQueue[Job],
+        metrics: Metrics,
+        tracing: telemetry.Telemetry,
+    ) -> None:
+        self._cfg = cfg
+        self._queue = queue
+        self._metrics = metrics
+        self._telemetry = tracing
+        self._tracer = tracing.tracer
+        self._key_parts = cfg.deduplication.key
+        self.dedup = Deduplicator(cfg.deduplication.time_window_seconds)
+        self._full_log = logs.Throttle(1.0)
+
+    def accept(self, item: WorkItem) -> Admission:
+        """Dedup and queue a work item; never waits."""
+        alert = item.alert
+        ns, pod = alert.namespace() or "", alert.pod_name() or ""
+        attrs: dict[str, Any] = {
+            telemetry.ALERT_RULE: alert.rule,
+            telemetry.ALERT_PRIORITY: alert.priority,
+            telemetry.ALERT_SOURCE: alert.source,
+            telemetry.ALERT_HOSTNAME: alert.hostname,
+            telemetry.ALERT_ID: item.alert_id,
+        }
+        if pod:
+            attrs[telemetry.K8S_POD_NAME] = pod
+        if ns:
+            attrs[telemetry.K8S_NAMESPACE_NAME] = ns
+        parent = self._telemetry.extract(item.trace_headers())  # an empty context: a new trace
+        span = self._tracer.start_span(telemetry.RECEIVE_ALERT, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+        trace_id = telemetry.trace_id_of(span)
+        self._metrics.count_event(alert.rule, alert.priority, alert.source)
+        with trace.use_span(span, end_on_exit=False):
+            if self._cfg.print_all_events:
+                log.info(
+                    "event",
+                    extra={
+                        "id": item.alert_id,
+                        "event": alert.rule,
+                        "priority": alert.priority,
+                        "source": alert.source,
+                        "output": alert.output,
+                    },
+                )
+            key = dedup_key(self._key_parts, alert)
+            seen = self.dedup.lookup(key)
+            if seen is not None:
+                self._metrics.dedup_hits.inc()
+                span.set_attribute(telemetry.ALERT_DUPLICATE, True)
+                span.set_attribute(telemetry.ALERT_DUPLICATE_OF, seen.alert_id)
+                log.info(
+                    "duplicate alert, not processed again",
+                    extra={"id": item.alert_id, "duplicate_of": seen.alert_id, "first_trace_id": seen.trace_id},
+                )
+                span.end()
+                return Admission("duplicate", item.alert_id, trace_id, duplicate_of=seen.alert_id)
+            target = (ns, pod) if pod else None
+            try:
+                queued = self._queue.put(Job(item, span, time.monotonic()), target)
+            except QueueClosed:
+                telemetry.fail(span, "the engine is shutting down", "draining")
+                span.end()
+                return Admission("closing", item.alert_id, trace_id)
+            if not queued:
+                telemetry.fail(span, "queue full", "queue_full")
+                span.end()
+                held = self._full_log.allow()
+                if held is not None:
+                    log.warning(
+                        "queue full, alert refused",
+                        extra={"capacity": self._queue.capacity, "also_refused_since_last_line": held},
+                    )
+                return Admission("full", item.alert_id, trace_id, capacity=self._queue.capacity)
+            self.dedup.record(key, item.alert_id, trace_id)
+            log.debug("alert queued", extra={"id": item.alert_id})
+        return Admission("queued", item.alert_id, trace_id)

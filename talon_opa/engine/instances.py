@@ -1,0 +1,95 @@
+"""The engine's plugin instances: each plugin built once, with the clients its spec declares.
+
+Every kind is built the same way, `cls(clients, settings)` (see `talon_opa.plugins.runtime`). Whether a
+plugin can run is what it declares (its runtime base, or `Planned`), never guessed from its methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from talon_opa.core.errors import TalonError
+from talon_opa.plugins import runtime
+from talon_opa.plugins.clients import ClientProvider
+from talon_opa.plugins.params import NoParams, ParamsInvalid
+from talon_opa.plugins.registry import Registry
+from talon_opa.plugins.spec import Spec
+
+
+class Instances:
+    """Actionner and output instances (built on first use) and the configured notifiers."""
+
+    def __init__(self, registry: Registry, provider: ClientProvider) -> None:
+        self.registry = registry
+        self.provider = provider
+        self._built: dict[type[Any], runtime.PluginBase[Any]] = {}
+        self.notifiers: dict[str, runtime.Notifier[Any]] = {}
+
+    def check_clients(self, names: Iterable[str]) -> None:
+        """Every client that the runnable plugins of these names declare is configured (ConfigError if not)."""
+        specs: list[Spec[Any]] = []
+        for name in dict.fromkeys(names):
+            plugin = self.registry.find(name)
+            if plugin is not None and runtime.runs(plugin):
+                specs.append(plugin.spec)
+        self.provider.check(specs)
+
+    def actionner(self, cls: type[Any]) -> runtime.Actionner[Any]:
+        built = self._build(cls)
+        assert isinstance(built, runtime.Actionner)
+        return built
+
+    def output(self, cls: type[Any]) -> runtime.Output[Any]:
+        built = self._build(cls)
+        assert isinstance(built, runtime.Output)
+        return built
+
+    def _build(self, cls: type[Any]) -> runtime.PluginBase[Any]:
+        built = self._built.get(cls)
+        if built is None:
+            built = self._built[cls] = cls(self.provider.clients_for(cls.spec), NoParams())
+        return built
+
+    def add_notifiers(
+        self, names: Sequence[str], settings: Mapping[str, Mapping[str, Any]], *, strict: bool = True
+    ) -> dict[str, runtime.Notifier[Any]]:
+        """Build the named notifiers not built yet, with their decoded settings; TalonError naming the bad one.
+
+        `strict=False` skips names the registry does not know (rules' notifiers: the loader warned, as Talon
+        ignores them); bad settings and notifiers that cannot run are errors either way. Returns the new ones,
+        which `adopt` makes current (so a refused reload changes nothing).
+        """
+        out: dict[str, runtime.Notifier[Any]] = {}
+        for name in dict.fromkeys(names):
+            if name in self.notifiers:
+                continue
+            cls = self.registry.notifiers.get(name)
+            if cls is None:
+                if not strict:
+                    continue
+                known = ", ".join(self.registry.notifiers) or "none"
+                raise TalonError(
+                    f"unknown notifier {name!r} in default_notifiers",
+                    hint=f"use one of: {known} (names are case-sensitive)",
+                )
+            spec = cls.spec
+            raw = settings.get(name) or settings.get(name.lower()) or {}
+            try:
+                decoded = spec.decode(raw)
+            except ParamsInvalid as e:
+                raise TalonError(
+                    f"settings of notifier {name!r} are invalid: {e}", hint=f"fix notifiers.{name} in the config file"
+                ) from e
+            if not runtime.runs(cls):
+                raise TalonError(
+                    f"notifier {name!r} cannot send notifications in this version", hint="remove it from the config"
+                )
+            self.provider.check([spec])
+            notifier = cls(self.provider.clients_for(spec), decoded)
+            assert isinstance(notifier, runtime.Notifier)
+            out[name] = notifier
+        return out
+
+    def adopt(self, notifiers: Mapping[str, runtime.Notifier[Any]]) -> None:
+        self.notifiers.update(notifiers)

@@ -1,0 +1,273 @@
+"""The engine's lifecycle: it builds the parts, starts them on the rules, reloads them, drains them.
+
+Intake (HTTP) → `Acceptor` (dedup, queue) → queue workers → `Processor` (decide with OPA, then
+`Executor`), plus the OPA supervisor, the rules watcher, metrics and traces. `talon_opa.engine.app`
+serves an engine over HTTP; tests and benchmarks drive one directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from talon_opa.catalog import default_registry
+from talon_opa.core import config, logs
+from talon_opa.core.errors import OpaError, RulesError, TalonError
+from talon_opa.core.kube import KubeClient, KubeConfig
+from talon_opa.engine import metrics, reload, telemetry
+from talon_opa.engine.accept import Acceptor
+from talon_opa.engine.execute import Executor
+from talon_opa.engine.instances import Instances
+from talon_opa.engine.notify import Notifications
+from talon_opa.engine.opa_supervisor import OpaSupervisor
+from talon_opa.engine.process import Processor
+from talon_opa.engine.queue import AlertQueue
+from talon_opa.engine.work import Job
+from talon_opa.opa.client import Batcher, OpaClient
+from talon_opa.plugins.clients import ClientProvider
+from talon_opa.plugins.registry import Registry
+
+log = logs.get("engine")
+
+_AUTO: Any = object()
+
+
+def kube_config_of(cfg: config.Config) -> KubeConfig | None:
+    """The kubeconfig file if set, else in-cluster credentials, else None (dry-run everything)."""
+    if cfg.kubeconfig:
+        return KubeConfig.from_file(cfg.kubeconfig)
+    try:
+        return KubeConfig.in_cluster()
+    except (TalonError, OSError):
+        return None
+
+
+class Engine:
+    """One response engine. Build it, then `create_app(engine)` (or `await start(session)` / `stop()`)."""
+
+    def __init__(
+        self,
+        cfg: config.Config,
+        *,
+        registry: Registry | None = None,
+        kube_config: KubeConfig | None = _AUTO,
+        span_exporter: SpanExporter | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.registry = registry or default_registry()
+        self._kube_config = kube_config
+        self.metrics = metrics.Metrics()
+        self.telemetry = telemetry.Telemetry(cfg.otel, exporter=span_exporter)
+        self.tracer = self.telemetry.tracer
+        self.queue: AlertQueue[Job] = AlertQueue(
+            self._handle,
+            capacity=cfg.queue.capacity,
+            workers=cfg.queue.workers,
+            on_depth=self.metrics.queue_depth.set,
+        )
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if cfg.opa.bundle_dir:
+            self.workdir = Path(cfg.opa.bundle_dir)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="talon-opa-engine-")
+            self.workdir = Path(self._tmp.name)
+        self.supervisor = OpaSupervisor(cfg.opa, self.workdir, self.metrics)
+        self.opa = OpaClient(
+            self.supervisor.endpoint,
+            timeout=cfg.opa.timeout_seconds,
+            retry_initial=cfg.opa.retry_initial_seconds,
+            retry_max=cfg.opa.retry_max_seconds,
+            on_error=lambda kind: self.metrics.opa_errors.labels(kind=kind).inc(),
+            expected_revision=lambda: self.supervisor.revision,
+        )
+        self.batcher = Batcher(self.opa, max_size=cfg.opa.batch_size)
+        self.bundle_archive: tuple[str, bytes] | None = None  # (revision, .tar.gz) served to a sidecar
+        self.acceptor = Acceptor(cfg, queue=self.queue, metrics=self.metrics, tracing=self.telemetry)
+        self.processor = Processor(
+            cfg, batcher=self.batcher, executor=self._executor, metrics=self.metrics, tracer=self.tracer
+        )
+        self.built: reload.Built | None = None
+        self.executor: Executor | None = None
+        self.kube: KubeClient | None = None
+        self.dry_run_only = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reload_lock = asyncio.Lock()
+        self._started = False
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self, http: aiohttp.ClientSession) -> None:
+        """Translate the rules, start OPA on them, open clients, start workers and watchers."""
+        cfg = self.cfg
+        for key in cfg.unknown_keys:
+            log.warning("unknown config key ignored", extra={"key": key})
+        built = await self._build()
+        for w in built.warnings:
+            log.warning("rules warning", extra={"where": str(w)})
+        try:
+            if self.supervisor.external:
+                self.bundle_archive = (built.revision, await asyncio.to_thread(reload.pack, built.path))
+            await self.supervisor.start(built.path, built.revision)
+            kube_config = kube_config_of(cfg) if self._kube_config is _AUTO else self._kube_config
+            if kube_config is None:
+                self.dry_run_only = True
+                log.warning(
+                    "NO KUBERNETES CREDENTIALS: every step runs in DRY-RUN, nothing will be changed",
+                    extra={"hint": "set kubeconfig (or KUBECONFIG), or run in a cluster with a service account"},
+                )
+            else:
+                self.kube = KubeClient(kube_config, session=http)
+            instances = Instances(self.registry, ClientProvider(cfg, http=http, kube=self.kube))
+            instances.adopt(instances.add_notifiers(cfg.default_notifiers, cfg.notifiers))
+            instances.adopt(instances.add_notifiers(built.notifiers, cfg.notifiers, strict=False))
+            instances.check_clients(built.plugins)
+            notifications = Notifications(
+                instances,
+                metrics=self.metrics,
+                tracer=self.tracer,
+                default_notifiers=cfg.default_notifiers,
+                timeout=cfg.step_timeout_seconds,
+            )
+            self.executor = Executor(
+                instances=instances,
+                notifications=notifications,
+                metrics=self.metrics,
+                tracer=self.tracer,
+                step_timeout=cfg.step_timeout_seconds,
+                force_dry_run=self.dry_run_only,
+            )
+        except BaseException:
+            await self.supervisor.stop()
+            raise
+        self.built = built
+        self.metrics.set_revision(built.revision)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.batcher.run(), name="talon-opa-batcher"))
+        self.queue.start()
+        self._tasks.append(loop.create_task(self.supervisor.watch(), name="talon-opa-opa-watch"))
+        if cfg.watch_rules:
+            watcher = reload.RulesWatcher(list(cfg.rules_files), cfg.watch_interval_seconds, self.reload)
+            self._tasks.append(loop.create_task(watcher.run(), name="talon-opa-rules-watch"))
+        self._started = True
+        log.info(
+            "engine started",
+            extra={
+                "rules": len(built.ruleset.rules),
+                "revision": built.revision,
+                "opa": self.cfg.opa.url or "child",
+                "dry_run_only": self.dry_run_only,
+            },
+        )
+
+    async def stop(self) -> None:
+        """Drain (every accepted alert is finished, up to the drain timeout), then stop everything."""
+        if self._started:
+            left = await self.queue.drain(self.cfg.queue.drain_timeout_seconds)
+            if left:
+                self.metrics.alerts_failed.labels(stage="drain").inc(left)
+                log.error(
+                    "alerts not finished at shutdown",
+                    extra={"count": left, "hint": "raise queue.drain_timeout_seconds"},
+                )
+            else:
+                log.info("drained, every accepted alert finished")
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        await self.supervisor.stop()
+        self.telemetry.shutdown()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        self._started = False
+
+    async def _build(self) -> reload.Built:
+        native = [Path(p) for p in self.cfg.opa.rego]
+        key = Path(self.cfg.opa.signing_key) if self.cfg.opa.signing_key else None
+        return await asyncio.to_thread(
+            reload.build, list(self.cfg.rules_files), self.registry, self.workdir, native, key
+        )
+
+    async def reload(self) -> bool:
+        """Rebuild from the rules files and swap atomically; on any problem the old rules stay active."""
+        async with self._reload_lock:
+            try:
+                built = await self._build()
+            except RulesError as e:
+                reload.log_problems(e, reload=True)
+                self.metrics.reloads.labels(status="failure").inc()
+                return False
+            except TalonError as e:
+                self.metrics.reloads.labels(status="failure").inc()
+                log.error("rules rejected", extra={"error": str(e), "kept": "the previous rules stay active"})
+                return False
+            old = self.built
+            if old is not None and built.revision == old.revision:
+                if built.path != old.path:
+                    reload.remove(built.path)
+                self.metrics.reloads.labels(status="unchanged").inc()
+                log.info("rules unchanged", extra={"revision": built.revision})
+                return True
+            assert self.executor is not None
+            instances = self.executor.instances
+            try:
+                new_notifiers = instances.add_notifiers(built.notifiers, self.cfg.notifiers, strict=False)
+                instances.check_clients(built.plugins)
+                if self.supervisor.external:
+                    self.bundle_archive = (built.revision, await asyncio.to_thread(reload.pack, built.path))
+                await self.supervisor.swap(built.path, built.revision)
+            except TalonError as e:
+                reload.remove(built.path)
+                self.metrics.reloads.labels(status="failure").inc()
+                log.error("rules rejected", extra={"error": str(e), "kept": "the previous rules stay active"})
+                return False
+            instances.adopt(new_notifiers)
+            self.built = built
+            self.metrics.set_revision(built.revision)
+            if old is not None and old.path != built.path:
+                reload.remove(old.path)
+            for w in built.warnings:
+                log.warning("rules warning", extra={"where": str(w)})
+            self.metrics.reloads.labels(status="success").inc()
+            log.info("rules reloaded", extra={"rules": len(built.ruleset.rules), "revision": built.revision})
+            return True
+
+    # --- processing -----------------------------------------------------------------------------------
+
+    def _executor(self) -> Executor:
+        assert self.executor is not None, "the engine is not started"
+        return self.executor
+
+    async def _handle(self, job: Job) -> None:
+        await self.processor.handle(job)
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when not draining and OPA has activated the bundle revision we built."""
+        if self.queue.closed or not self._started:
+            return False, {"status": "not ready", "reason": "starting" if not self._started else "draining"}
+        want = self.supervisor.revision
+        try:
+            have = await self.opa.revisions(timeout=min(2.0, self.cfg.opa.timeout_seconds))
+        except OpaError as e:
+            return False, {"status": "not ready", "reason": "opa unreachable", "error": str(e)}
+        if want not in have:
+            return False, {"status": "not ready", "reason": "bundle not active", "want": want, "opa": sorted(have)}
+        return True, {
+            "status": "ready",
+            "revision": want,
+            "queue_depth": self.queue.depth,
+            "dry_run_only": self.dry_run_only,
+        }
+
+    async def drained(self) -> None:
+        """Wait until every accepted alert is finished (tests and benchmarks)."""
+        await self.queue.join()

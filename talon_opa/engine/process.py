@@ -1,0 +1,107 @@
+"""Processing one accepted alert, in its trace: decide its plan (OPA), then execute it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from opentelemetry import trace
+
+from talon_opa.core import config, logs
+from talon_opa.core.errors import OpaError
+from talon_opa.engine import telemetry
+from talon_opa.engine.execute import Executor
+from talon_opa.engine.metrics import Metrics
+from talon_opa.engine.work import Job
+from talon_opa.opa.client import Batcher, Plan
+
+log = logs.get("engine")
+
+
+class Processor:
+    """Decides and executes jobs; `handle` is what the queue's workers call."""
+
+    def __init__(
+        self,
+        cfg: config.Config,
+        *,
+        batcher: Batcher,
+        executor: Callable[[], Executor],
+        metrics: Metrics,
+        tracer: trace.Tracer,
+    ) -> None:
+        self._print_all_events = cfg.print_all_events
+        self._batcher = batcher
+        self._executor = executor  # the current one (the engine builds it at start)
+        self._metrics = metrics
+        self._tracer = tracer
+
+    async def handle(self, job: Job) -> None:
+        """Decide and execute one alert, in its trace. Never raises (failures are reported)."""
+        metrics = self._metrics
+        metrics.in_flight.inc()
+        try:
+            with trace.use_span(job.span, end_on_exit=False):
+                try:
+                    plan = await self.decide(job)
+                except OpaError as e:
+                    metrics.alerts_failed.labels(stage="decide").inc()
+                    telemetry.fail(job.span, e, "opa_error")
+                    log.error("decision failed", extra={"id": job.alert_id, "error": str(e)})
+                    return
+                alert = job.alert
+                if not plan.matched_rules:
+                    telemetry.ok(job.span)
+                    return
+                if not self._print_all_events:
+                    log.info(
+                        "event",
+                        extra={
+                            "id": job.alert_id,
+                            "event": alert.rule,
+                            "priority": alert.priority,
+                            "source": alert.source,
+                            "output": alert.output,
+                        },
+                    )
+                for rule in plan.acted_rules():
+                    metrics.matches.labels(rule, alert.rule, alert.priority, alert.source).inc()
+                    log.info("match", extra={"id": job.alert_id, "rule": rule, "event": alert.rule})
+                results = await self._executor().execute(alert, plan)
+                failed = [r for r in results if r.status == "failure"]
+                if failed:
+                    telemetry.fail(job.span, f"{len(failed)} step(s) failed: {failed[0].error}", failed[0].error_type)
+                else:
+                    telemetry.ok(job.span)
+        except Exception as e:
+            metrics.alerts_failed.labels(stage="execute").inc()
+            telemetry.fail(job.span, e)
+            log.exception("alert processing failed", extra={"id": job.alert_id})
+        finally:
+            job.span.end()
+            metrics.in_flight.dec()
+
+    async def decide(self, job: Job) -> Plan:
+        span = self._tracer.start_span(telemetry.DECIDE_PLAN)  # a child of the alert's span, current here
+        with trace.use_span(span, end_on_exit=True):
+
+            def retrying(attempt: int, error: OpaError) -> None:
+                span.add_event("opa unavailable, retrying", {"attempt": attempt, "error": str(error)[:500]})
+
+            try:
+                plan = await self._batcher.decide(job.alert.opa_input(), on_retry=retrying)
+            except OpaError as e:
+                telemetry.fail(span, e, "opa_error")
+                raise
+            self._metrics.decision_seconds.observe(plan.seconds)
+            span.set_attributes(
+                {
+                    telemetry.DECISION_ID: plan.decision_id,
+                    telemetry.BUNDLE_REVISION: plan.revision,
+                    telemetry.MATCHED_RULES: list(plan.matched_rules),
+                    telemetry.STEP_COUNT: len(plan.steps),
+                    telemetry.OPA_ATTEMPTS: plan.attempts,
+                    telemetry.DECISION_BATCH_SIZE: plan.batch_size,
+                }
+            )
+            telemetry.ok(span)
+            return plan
