@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,10 @@ import yaml
 
 from talon_opa.actionners.kubernetes.label import Label
 from talon_opa.catalog import default_registry
-from talon_opa.cli import lists as cli_list
 from talon_opa.notifiers.k8sevents import K8sEvents
-from talon_opa.plugins import params
+from talon_opa.plugins import clients, docs, params, rbac, runtime
 from talon_opa.plugins.params import ParamsInvalid
-from talon_opa.plugins.registry import Registry
+from talon_opa.plugins.registry import PluginDeclarationError, Registry
 from talon_opa.plugins.spec import Spec
 
 REGISTRY = default_registry()
@@ -29,9 +29,9 @@ def normalize(s: Spec[Any], raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def spec(name: str) -> Spec[Any]:
-    found = cli_list.find(REGISTRY, name)
+    found = REGISTRY.find(name)
     assert found is not None, name
-    return found
+    return found.spec
 
 
 @pytest.mark.parametrize(
@@ -203,15 +203,108 @@ def _example_params(s: Spec[Any]) -> dict[str, Any]:
     return dict(action["output"]["parameters"])
 
 
-def test_every_plugin_is_declared_with_a_description_and_an_example_that_decodes() -> None:
-    assert len(REGISTRY.actionners) == 17
-    assert list(REGISTRY.outputs) == ["local:file", "minio:s3", "aws:s3", "gcp:gcs"]
-    assert list(REGISTRY.notifiers) == ["k8sevents", "slack", "smtp", "webhook", "loki", "elasticsearch"]
-    for s in REGISTRY.specs():
+def _plugins(registry: Registry) -> list[type[Any]]:
+    return [*registry.actionners.values(), *registry.outputs.values(), *registry.notifiers.values()]
+
+
+def test_every_plugin_declares_a_spec_docs_entry_capability_and_an_example_that_decodes() -> None:
+    markdown = docs.markdown(REGISTRY)
+    for plugin in _plugins(REGISTRY):
+        s = plugin.spec
         assert s.description, s.name
         assert s.example, s.name
         s.decode(_example_params(s))
         assert not s.unknown_keys(_example_params(s)), s.name
+        assert runtime.runs(plugin) != issubclass(plugin, runtime.Planned), s.name
+        assert f"### `{s.name}`" in markdown, s.name
+        assert f"--- {s.name} ---" in docs.render_list(REGISTRY, s.kind), s.name
+        assert set(s.clients) <= set(clients.KINDS), s.name
+
+
+def test_talons_plugins_are_listed_in_talons_order() -> None:
+    def in_order(names: list[str], talons: list[str]) -> bool:
+        return [n for n in names if n in talons] == talons
+
+    assert in_order(list(REGISTRY.outputs), ["local:file", "minio:s3", "aws:s3", "gcp:gcs"])
+    assert in_order(list(REGISTRY.notifiers), ["k8sevents", "slack", "smtp", "webhook", "loki", "elasticsearch"])
+    assert in_order(list(REGISTRY.actionners), ["kubernetes:terminate", "kubernetes:label", "kubernetes:networkpolicy"])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _P:
+    pass
+
+
+def _spec(name: str, kind: Any = "actionner", **more: Any) -> Spec[_P]:
+    return Spec(name=name, kind=kind, description="d", params=_P, **more)
+
+
+class _NoSpec(runtime.Planned):
+    pass
+
+
+class _NoCapability:
+    spec = _spec("t:none")
+
+
+class _Both(runtime.Planned, runtime.Actionner[_P]):
+    spec = _spec("t:both")
+
+    async def run(self, alert: Any, params: _P) -> runtime.Outcome:
+        raise AssertionError
+
+
+class _WrongKind(runtime.Output[_P]):
+    spec = _spec("t:wrong")
+
+    async def store(self, artifact: runtime.Artifact, params: _P) -> runtime.Outcome:
+        raise AssertionError
+
+
+class _UnknownClient(runtime.Planned):
+    spec = _spec("t:client", clients=("ftp",))
+
+
+@pytest.mark.parametrize(
+    ("plugin", "words"),
+    [
+        (_NoSpec, "has no `spec`"),
+        (_NoCapability, "exactly one of Actionner (it runs) or Planned"),
+        (_Both, "exactly one of Actionner (it runs) or Planned"),
+        (_WrongKind, "must subclass Actionner"),
+        (_UnknownClient, "unknown clients ['ftp']"),
+    ],
+)
+def test_the_registry_refuses_a_plugin_that_does_not_declare_what_it_is(plugin: type[Any], words: str) -> None:
+    with pytest.raises(PluginDeclarationError) as e:
+        Registry.of(plugin)
+    assert words in str(e.value)
+
+
+class _Runs(runtime.Actionner[_P]):
+    spec = _spec("t:runs", example="x")
+
+    async def run(self, alert: Any, params: _P) -> runtime.Outcome:
+        return runtime.Outcome.done("ran")
+
+
+class _Later(runtime.Planned):
+    spec = _spec("t:later", example="x")
+
+
+def test_cannot_run_marks_show_until_every_plugin_runs_then_disappear() -> None:
+    mixed = Registry.of(_Runs, _Later)
+    listed = docs.render_list(mixed, "actionner")
+    assert "can_run: true" in listed
+    assert "can_run: false" in listed
+    assert "**Cannot run in this version yet**" in docs.markdown(mixed)
+    assert (mixed.runs("t:runs"), mixed.runs("t:later"), mixed.all_run()) == (True, False, False)
+    complete = Registry.of(_Runs)
+    assert complete.all_run()
+    assert "can_run" not in docs.render_list(complete, "actionner")
+    text = docs.markdown(complete)
+    assert "not yet" not in text
+    assert "Cannot run" not in text
 
 
 @pytest.mark.parametrize(
@@ -239,14 +332,14 @@ def _rules(role: dict[str, Any]) -> set[tuple[str, str, str]]:
 
 
 def test_cluster_role_merges_grants_and_is_least_privilege() -> None:
-    uses: list[cli_list.Use] = [
+    uses: list[rbac.Use] = [
         "kubernetes:terminate",
         ("kubernetes:label", {"labels": {"suspicious": "true"}}),  # pod level: no rights on nodes
         "calico:networkpolicy",
         "aws:s3",
         "k8sevents",
     ]
-    role = cli_list.cluster_role(REGISTRY, uses, "talon")
+    role = rbac.cluster_role(REGISTRY, uses, "talon")
     assert role["apiVersion"] == "rbac.authorization.k8s.io/v1"
     assert role["kind"] == "ClusterRole"
     assert role["metadata"] == {"name": "talon"}
@@ -258,7 +351,7 @@ def test_cluster_role_merges_grants_and_is_least_privilege() -> None:
         {"apiGroups": ["projectcalico.org"], "resources": ["networkpolicies"], "verbs": ["create", "get", "update"]},
     ]
     # deterministic, whatever the order of the uses
-    assert cli_list.cluster_role(REGISTRY, reversed(uses), "talon") == role
+    assert rbac.cluster_role(REGISTRY, reversed(uses), "talon") == role
 
 
 @pytest.mark.parametrize(
@@ -280,9 +373,9 @@ def test_cluster_role_merges_grants_and_is_least_privilege() -> None:
     ],
 )
 def test_cluster_role_grants_what_each_plugin_needs_and_no_more(
-    uses: list[cli_list.Use], present: tuple[str, str, str], absent: tuple[str, str, str]
+    uses: list[rbac.Use], present: tuple[str, str, str], absent: tuple[str, str, str]
 ) -> None:
-    rules = _rules(cli_list.cluster_role(REGISTRY, uses, "t"))
+    rules = _rules(rbac.cluster_role(REGISTRY, uses, "t"))
     assert present in rules
     assert absent not in rules
     assert not any(r == "caliconetworkpolicies" or "*" in (g, r, v) for g, r, v in rules)
@@ -293,13 +386,13 @@ def test_a_registry_is_a_value_tests_can_build() -> None:
     assert small.actionner("kubernetes:label") is Label.spec
     assert small.actionner("kubernetes:terminate") is None
     assert small.notifier("k8sevents") is K8sEvents.spec
-    assert "--- kubernetes:label ---" in cli_list.render_list(small, "actionner")
+    assert "--- kubernetes:label ---" in docs.render_list(small, "actionner")
     with pytest.raises(ValueError, match="two actionners"):
         Registry.of(Label, Label)
 
 
 def test_actionners_list_has_talons_shape() -> None:
-    text = cli_list.render_list(REGISTRY, "actionner")
+    text = docs.render_list(REGISTRY, "actionner")
     blocks = text.split("--- ")[1:]
     assert [b.split(" ---", 1)[0] for b in blocks] == list(REGISTRY.actionners)
     label = yaml.safe_load(blocks[1].split("---\n", 1)[1])
@@ -312,7 +405,7 @@ def test_actionners_list_has_talons_shape() -> None:
 
 def test_docs_actionners_md_is_generated_from_the_registry() -> None:
     committed = (ROOT / "docs" / "actionners.md").read_text(encoding="utf-8")
-    assert committed == cli_list.markdown(REGISTRY), "run: .venv/bin/python -m talon_opa.cli.lists docs/actionners.md"
+    assert committed == docs.markdown(REGISTRY), "run: .venv/bin/python -m talon_opa.cli.lists docs/actionners.md"
 
 
 def test_rbac_command_prints_the_cluster_role_of_the_rules_in_use(

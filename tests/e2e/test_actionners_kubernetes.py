@@ -20,11 +20,11 @@ from talon_opa.actionners.kubernetes.label import Label
 from talon_opa.actionners.kubernetes.networkpolicy import NetworkPolicy
 from talon_opa.actionners.kubernetes.terminate import Terminate
 from talon_opa.catalog import default_registry
-from talon_opa.cli import lists as cli_list
 from talon_opa.core.config import Config
 from talon_opa.core.errors import StepFailed
 from talon_opa.core.events import Alert
 from talon_opa.core.kube import KubeApiError, KubeClient
+from talon_opa.plugins import rbac
 from talon_opa.plugins.clients import ClientProvider
 from talon_opa.plugins.params import NoParams
 from talon_opa.plugins.runtime import Outcome
@@ -50,7 +50,7 @@ async def run(kube: KubeCluster, namespace: str) -> AsyncIterator[Run]:
     async def go(plugin: Any, ns: str, pod: str, *, rules: list[dict[str, Any]] | None = None, **raw: Any) -> Outcome:
         spec = plugin.spec
         if rules is None:
-            rules = cli_list.cluster_role(REGISTRY, [(spec.name, raw)], "unused")["rules"]
+            rules = rbac.cluster_role(REGISTRY, [(spec.name, raw)], "unused")["rules"]
         account = f"sa-{secrets.token_hex(3)}"
         client = KubeClient(await kube.service_account_with_role(namespace, account, rules))
         clients.append(client)

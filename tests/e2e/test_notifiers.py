@@ -13,11 +13,11 @@ import pytest_asyncio
 from aiohttp import web
 
 from talon_opa.catalog import default_registry
-from talon_opa.cli import lists as cli_list
 from talon_opa.core.errors import TalonError
 from talon_opa.core.kube import KubeClient
 from talon_opa.notifiers.k8sevents import K8sEvents
 from talon_opa.notifiers.webhook import Webhook
+from talon_opa.plugins import rbac
 from talon_opa.plugins.clients import Clients
 from talon_opa.plugins.notes import Note
 from talon_opa.plugins.params import NoParams
@@ -50,7 +50,7 @@ def note(namespace: str, pod: str, **changes: Any) -> Note:
 @pytest_asyncio.fixture(loop_scope="session")
 async def events(kube: KubeCluster, namespace: str) -> AsyncIterator[K8sEvents]:
     """The notifier with a ServiceAccount holding exactly the ClusterRole generated for it."""
-    rules = cli_list.cluster_role(default_registry(), ["k8sevents"], "unused")["rules"]
+    rules = rbac.cluster_role(default_registry(), ["k8sevents"], "unused")["rules"]
     client = KubeClient(await kube.service_account_with_role(namespace, "notifier", rules))
     yield K8sEvents(Clients("k8sevents", {"kube": client}), NoParams())
     await client.close()
