@@ -6,10 +6,13 @@ from typing import Any
 
 import pytest
 
+from talon_opa.catalog import default_registry
 from talon_opa.cli.rules_check import talon_shape
 from talon_opa.core.errors import RuleProblem
 from talon_opa.translator import load, merge
 from talon_opa.translator.rules import MergedRule
+
+REGISTRY = default_registry()
 
 
 def _load(*texts: str) -> load.Loaded:
@@ -26,7 +29,7 @@ def blocks(*texts: str) -> dict[str, dict[str, Any]]:
     out = {}
     for name, b in merged.blocks.items():
         rule = load.RawRule(b.name, b.where, load.RawMatch(b.where), actions=[b])
-        out[name] = talon_shape(MergedRule(rule, (merge.Resolved(b, None),)))["actions"][0]
+        out[name] = talon_shape(MergedRule(rule, (merge.Resolved(b, None),)), REGISTRY)["actions"][0]
     return out
 
 
@@ -34,7 +37,9 @@ def rules(*texts: str, warnings: list[RuleProblem] | None = None) -> list[dict[s
     """The merged and resolved rules, in Talon's print shape."""
     merged = merge.merge_items(_load(*texts).items)
     sink = warnings if warnings is not None else []
-    return [talon_shape(MergedRule(r, tuple(merge.resolve_rule(r, merged.blocks, sink)))) for r in merged.rules]
+    return [
+        talon_shape(MergedRule(r, tuple(merge.resolve_rule(r, merged.blocks, sink))), REGISTRY) for r in merged.rules
+    ]
 
 
 BASE_BLOCK = """

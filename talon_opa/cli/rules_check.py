@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 import yaml
 
+from talon_opa.catalog import default_registry
+from talon_opa.core import secrets
 from talon_opa.core.errors import RuleProblem
+from talon_opa.plugins import params
 from talon_opa.translator import rules as rules_mod
 from talon_opa.translator.validate import RegistryLike
 
@@ -27,12 +31,10 @@ def main(args: argparse.Namespace, registry: RegistryLike | None = None, out: Te
     """Run `rules check` or `rules print` (args.rules_command) over args.rules; returns the exit code."""
     out = out if out is not None else sys.stdout
     paths: list[str] = list(args.rules or [])
-    if args.rules_command == "print":
-        return _print(paths, out)
     if registry is None:
-        from talon_opa.catalog import default_registry
-
         registry = default_registry()
+    if args.rules_command == "print":
+        return _print(paths, out, registry)
     report = rules_mod.check_rules(paths, registry)
     for w in report.warnings:
         print(format_problem(w, warning=True), file=out)
@@ -47,21 +49,24 @@ def main(args: argparse.Namespace, registry: RegistryLike | None = None, out: Te
     return 0
 
 
-def _print(paths: list[str], out: TextIO) -> int:
+def _print(paths: list[str], out: TextIO, registry: RegistryLike) -> int:
     merged, problems, _warnings = rules_mod.merge_files(paths)
     if problems:
         for p in problems:
             print(format_problem(p), file=sys.stderr)
         return 1
     out.write("---\n")
-    docs = [talon_shape(mr) for mr in merged]
+    docs = [talon_shape(mr, registry) for mr in merged]
     if docs:
         out.write(yaml.safe_dump(docs, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000))
     return 0
 
 
-def talon_shape(mr: rules_mod.MergedRule) -> dict[str, Any]:
-    """A merged rule the way Talon's `rules print` writes it (its struct order, empty fields left out)."""
+def talon_shape(mr: rules_mod.MergedRule, registry: RegistryLike) -> dict[str, Any]:
+    """A merged rule the way Talon's `rules print` writes it (its struct order, empty fields left out).
+
+    Parameters the plugin declares secret are printed as `<redacted>`.
+    """
     r = mr.rule
     doc: dict[str, Any] = {"rule": r.name.value}
     _put(doc, "description", r.description.value if r.description else "")
@@ -72,10 +77,12 @@ def talon_shape(mr: rules_mod.MergedRule) -> dict[str, Any]:
     for res in mr.actions:
         a = res.action
         ad: dict[str, Any] = {}
-        _put(ad, "parameters", {k: v.plain() for k, v in (a.parameters or {}).items()})
+        actionner = a.actionner.value if a.actionner else ""
+        _put(ad, "parameters", _masked(registry.actionners.get(actionner), a.parameters))
         if a.output is not None and (a.output.target or a.output.parameters):
+            target = a.output.target.value if a.output.target else ""
             ad["output"] = {
-                "parameters": {k: v.plain() for k, v in (a.output.parameters or {}).items()},
+                "parameters": _masked(registry.outputs.get(target), a.output.parameters),
                 "target": a.output.target.value if a.output.target else "",
             }
         ad["action"] = a.name.value
@@ -95,6 +102,14 @@ def talon_shape(mr: rules_mod.MergedRule) -> dict[str, Any]:
     _put(md, "tags", [t.value for t in m.tags])
     doc["match"] = md
     return doc
+
+
+def _masked(plugin: Any, raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    plain = {k: v.plain() for k, v in (raw or {}).items()}
+    if plugin is None:
+        return plain
+    hidden = params.secret_keys(plugin.spec.params, plain)
+    return {k: secrets.REDACTED if k in hidden else v for k, v in plain.items()}
 
 
 def _put(d: dict[str, Any], key: str, value: Any) -> None:

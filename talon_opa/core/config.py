@@ -252,6 +252,11 @@ class Config:
     unknown_keys: tuple[str, ...] = ()
     """keys of the file that mean nothing to us (ignored like Talon does; logged at start)"""
 
+    def secret_values(self) -> list[str]:
+        """The values of the secret keys (SECRET_KEYS), to scrub them from every log line and span."""
+        values = [self.auth.token, self.opa.token, self.aws.secret_key, self.minio.secret_key]
+        return [v for v in values if v]
+
     @property
     def address(self) -> str:
         """The address actually listened on (see `listen_address`)."""

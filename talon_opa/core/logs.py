@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 from opentelemetry import trace
 
+from talon_opa.core import secrets
+
 LOGGER = "talon_opa"
 
 # attributes every LogRecord has; anything else was passed in `extra`
@@ -49,7 +51,7 @@ class JsonFormatter(logging.Formatter):
         doc.update(fields(record))
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False, separators=(",", ":"))
+        return secrets.KNOWN.scrub(json.dumps(doc, default=str, ensure_ascii=False, separators=(",", ":")))
 
 
 class TextFormatter(logging.Formatter):
@@ -66,7 +68,7 @@ class TextFormatter(logging.Formatter):
         line = f"{stamp} {level} {record.getMessage()}" + (f" {extras}" if extras else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return secrets.KNOWN.scrub(line)
 
 
 def _text(v: Any) -> str:

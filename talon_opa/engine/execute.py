@@ -165,7 +165,7 @@ class Executor:
         with self.tracer.start_as_current_span(telemetry.RUN_ACTION, attributes=attrs) as span:
             if dry_run:
                 span.set_attribute(telemetry.STATUS, "dry_run")
-                span.set_attribute(telemetry.RESULT, DRY_RUN_MESSAGE)
+                telemetry.result(span, DRY_RUN_MESSAGE)
                 telemetry.ok(span, DRY_RUN_MESSAGE)
                 self.metrics.actions.labels(step.rule, step.action, step.actionner, "dry_run").inc()
                 log.info("action", extra={**extra, "status": "dry_run", "output": DRY_RUN_MESSAGE})
@@ -195,7 +195,7 @@ class Executor:
             for k, v in result.objects.items():
                 span.set_attribute(f"talon.object.{k}", v)
             if result.status == "failure":
-                span.set_attribute(telemetry.RESULT, result.error[:1000])
+                telemetry.result(span, result.error)
                 telemetry.fail(span, result.error, result.error_type)
                 log.error(
                     "action",
@@ -208,7 +208,7 @@ class Executor:
                     },
                 )
             else:
-                span.set_attribute(telemetry.RESULT, result.message[:1000])
+                telemetry.result(span, result.message)
                 log.info(
                     "action",
                     extra={

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from talon_opa.core import secrets
 from talon_opa.core.errors import TalonError
-from talon_opa.plugins import runtime
+from talon_opa.plugins import params, runtime
 from talon_opa.plugins.clients import ClientProvider
 from talon_opa.plugins.params import NoParams, ParamsInvalid
 from talon_opa.plugins.registry import Registry
@@ -77,6 +78,7 @@ class Instances:
             raw = settings.get(name) or settings.get(name.lower()) or {}
             try:
                 decoded = spec.decode(raw)
+                secrets.KNOWN.add(params.secret_values(decoded))
             except ParamsInvalid as e:
                 raise TalonError(
                     f"settings of notifier {name!r} are invalid: {e}", hint=f"fix notifiers.{name} in the config file"

@@ -17,7 +17,7 @@ import aiohttp
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from talon_opa.catalog import default_registry
-from talon_opa.core import config, logs
+from talon_opa.core import config, logs, secrets
 from talon_opa.core.errors import OpaError, RulesError, TalonError
 from talon_opa.core.kube import KubeClient, KubeConfig
 from talon_opa.engine import metrics, reload, telemetry
@@ -106,6 +106,7 @@ class Engine:
     async def start(self, http: aiohttp.ClientSession) -> None:
         """Translate the rules, start OPA on them, open clients, start workers and watchers."""
         cfg = self.cfg
+        secrets.KNOWN.add(cfg.secret_values())
         for key in cfg.unknown_keys:
             log.warning("unknown config key ignored", extra={"key": key})
         built = await self._build()

@@ -8,6 +8,7 @@ exporting by OTLP/HTTP when `otel.traces_enabled`; trace ids are generated eithe
 from __future__ import annotations
 
 import socket
+import traceback
 from collections.abc import Mapping
 
 from opentelemetry import context as otel_context
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from talon_opa.core import secrets
 from talon_opa.core.config import Otel
 
 # span names
@@ -99,19 +101,33 @@ def trace_id_of(span: Span) -> str:
 
 
 def fail(span: Span, error: BaseException | str, error_type: str | None = None) -> None:
-    """Mark a span failed with the reason and `error.type`."""
-    message = str(error)
+    """Mark a span failed with the reason and `error.type` (known secrets scrubbed)."""
+    message = secrets.KNOWN.scrub(str(error))
     kind = error_type or (type(error).__name__ if isinstance(error, BaseException) else "error")
     span.set_attribute(ERROR_TYPE, kind)
     span.set_status(Status(StatusCode.ERROR, message[:1000]))
     if isinstance(error, BaseException):
-        span.record_exception(error)
+        # OTel's exception event, written here so that its message and stack are scrubbed too
+        stack = "".join(traceback.format_exception(error))
+        span.add_event(
+            "exception",
+            {
+                "exception.type": type(error).__qualname__,
+                "exception.message": message,
+                "exception.stacktrace": secrets.KNOWN.scrub(stack),
+            },
+        )
+
+
+def result(span: Span, text: str) -> None:
+    """The step's result text on its span (`talon.result`), known secrets scrubbed."""
+    span.set_attribute(RESULT, secrets.KNOWN.scrub(text[:1000]))
 
 
 def ok(span: Span, message: str = "") -> None:
     """Mark a span successful (OTel allows a description on errors only: `message` goes in an attribute)."""
     if message:
-        span.set_attribute(RESULT, message[:1000])
+        result(span, message)
     span.set_status(Status(StatusCode.OK))
 
 

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from talon_opa.core import secrets
+
 Decoding = Literal["strict", "settings"]
 T = TypeVar("T")
 
@@ -177,19 +179,10 @@ def decode(cls: type[T], raw: Mapping[str, Any]) -> T:
                 continue
             values[f.name] = default_of(f)
             continue
-        decoded, found = _decode_value(hints[f.name], value, path, mode)
-        if found:
-            problems.extend(found)
-            continue
-        if meta.zero_is_default and decoded in (0, "") and not isinstance(decoded, bool):
-            decoded = default_of(f)
-        if meta.required and decoded in ("", None):
-            problems.append(ParamProblem(path, "must not be empty", f"give `{name}` a value ({meta.doc})"))
-            continue
-        if decoded is not None:
-            for check in meta.checks:
-                problems.extend(ParamProblem(path + bad.at, bad.message, bad.hint) for bad in check(decoded))
-        values[f.name] = decoded
+        start = len(problems)
+        _decode_one(p, hints[f.name], value, path, mode, values, problems)
+        if meta.secret:
+            problems[start:] = [_hidden(problem, value) for problem in problems[start:]]
     if problems:
         raise ParamsInvalid(problems)
     instance = cls(**values)
@@ -199,6 +192,59 @@ def decode(cls: type[T], raw: Mapping[str, Any]) -> T:
         if found_cross:
             raise ParamsInvalid(found_cross)
     return instance
+
+
+def _decode_one(
+    p: _Param, tp: Any, value: Any, path: str, mode: Decoding, values: dict[str, Any], problems: list[ParamProblem]
+) -> None:
+    """Decode and check one present value into `values`, or add its problems."""
+    f, meta, name = p.field, p.info, p.key
+    decoded, found = _decode_value(tp, value, path, mode)
+    if found:
+        problems.extend(found)
+        return
+    if meta.zero_is_default and decoded in (0, "") and not isinstance(decoded, bool):
+        decoded = default_of(f)
+    if meta.required and decoded in ("", None):
+        problems.append(ParamProblem(path, "must not be empty", f"give `{name}` a value ({meta.doc})"))
+        return
+    if decoded is not None:
+        for check in meta.checks:
+            problems.extend(ParamProblem(path + bad.at, bad.message, bad.hint) for bad in check(decoded))
+    values[f.name] = decoded
+
+
+def _hidden(problem: ParamProblem, value: Any) -> ParamProblem:
+    """The problem of a secret parameter without its value (whole, shortened or as text)."""
+    texts = {form for leaf in _leaves(value) for form in (leaf, _short(leaf))}
+    message, hint = problem.message, problem.hint
+    for text in sorted(texts, key=len, reverse=True):
+        if text:
+            message, hint = message.replace(text, secrets.REDACTED), hint.replace(text, secrets.REDACTED)
+    return ParamProblem(problem.field, message, hint)
+
+
+def _leaves(value: Any) -> list[str]:
+    """The text of every scalar inside a value (a string, a number, or those inside lists and maps)."""
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _leaves(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _leaves(v)]
+    text = _scalar_text(value)
+    return [text] if text is not None else []
+
+
+def secret_values(instance: Any) -> list[str]:
+    """The values of the parameters declared secret in a decoded instance (to scrub them from every output)."""
+    return [t for p in _params_of(type(instance)) if p.info.secret for t in _leaves(getattr(instance, p.field.name))]
+
+
+def secret_keys(cls: type[Any], raw: Mapping[Any, Any]) -> set[str]:
+    """The keys of `raw` that set a parameter declared secret (to mask them when rules are printed)."""
+    if not isinstance(raw, Mapping):
+        return set()
+    secret = {p.field.name for p in _params_of(cls) if p.info.secret}
+    return {key for name, key in _match_keys(cls, raw).items() if name in secret}
 
 
 def defaults(cls: type[Any]) -> dict[str, Any]:
