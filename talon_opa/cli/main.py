@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             config.load(args.config, rules=args.rules)
         except config.ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {_naming(args.config, e)}", file=sys.stderr)
             return EXIT_INVALID
     if args.command == "version":
         print(_version())
@@ -209,30 +209,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _server(args: argparse.Namespace) -> int:
     """`server`: Talon's default config file when -c is omitted and it exists, else the built-in defaults."""
+    from talon_opa.core import config, logs
     from talon_opa.engine import server
 
+    looked_at = None
     if args.config is None:
         default = os.environ.get(DEFAULT_CONFIG_ENV) or DEFAULT_CONFIG
         if Path(default).exists():
             args.config = default
         else:
-            _log_no_config(default, args.rules)
+            looked_at = default
+    try:
+        cfg = config.load(args.config, rules=args.rules)  # here too, to name the file (server.main loads it again)
+    except config.ConfigError as e:
+        print(f"error: {_naming(args.config, e)}", file=sys.stderr)
+        return 1
+    if looked_at is not None:
+        logs.setup(cfg.log_format, cfg.log_level)
+        logs.get("cli").info(
+            "no config file read: built-in defaults and environment variables",
+            extra={"looked_at": looked_at, "hint": f"write {looked_at}, set ${DEFAULT_CONFIG_ENV} or pass -c FILE"},
+        )
     return server.main(args)
 
 
-def _log_no_config(looked_at: str, rules: Sequence[str]) -> None:
-    """One log line, in the configured format, saying that no config file was read and where we looked."""
-    from talon_opa.core import config, logs
-
-    try:
-        cfg = config.load(None, rules=rules)
-    except config.ConfigError:
-        return  # server.main reports it
-    logs.setup(cfg.log_format, cfg.log_level)
-    logs.get("cli").info(
-        "no config file read: built-in defaults and environment variables",
-        extra={"looked_at": looked_at, "hint": f"write {looked_at}, set ${DEFAULT_CONFIG_ENV} or pass -c FILE"},
-    )
+def _naming(path: str | None, e: Exception) -> str:
+    """The error, with the config file's name in front unless it already says it."""
+    text = str(e)
+    return f"{path}: {text}" if path and path not in text else text
 
 
 if __name__ == "__main__":
