@@ -77,7 +77,8 @@ def _rules_check_args(p: argparse.ArgumentParser, level: int) -> None:
     _config_option(p, level)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (also walked by `completion`)."""
     p = argparse.ArgumentParser(
         prog=PROG,
         description=(__doc__ or "").splitlines()[0],
@@ -161,7 +162,7 @@ fish: {PROG} completion fish | source     (or save it in ~/.config/fish/completi
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line into one namespace: `rules` (every -r, in order), `config` (the last -c)."""
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.rules = [f for level in range(_LEVELS) for f in vars(args).pop(f"rules_{level}", [])]
     configs = [vars(args).pop(f"config_{level}") for level in range(_LEVELS) if hasattr(args, f"config_{level}")]
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_version())
         return 0
     if args.command == "completion":
-        sys.stdout.write(completion.script(_parser(), args.shell))
+        sys.stdout.write(completion.script(build_parser(), args.shell))
         return 0
     if args.command == "rules":
         if args.rules_command in ("check", "print"):
