@@ -339,6 +339,8 @@ _files() { print -- FILES }
         (("rules", ""), ["check", "plan", "print", "test", "translate"]),
         (("-r", "x.yaml", "rules", "check", "--c"), ["--config"]),
         (("rules", "check", "-r", ""), ["FILES"]),
+        (("rules", "translate", "--s"), ["--signing-key"]),
+        (("rules", "plan", "--event", ""), ["FILES"]),
         (("completion", ""), ["bash", "fish", "zsh"]),
     ],
 )
@@ -359,6 +361,8 @@ def test_zsh_completes_commands_flags_and_files(words: tuple[str, ...], offered:
         ("talon-opa rules ", ["check", "plan", "print", "test", "translate"]),
         ("talon-opa -r x.yaml rules check --", ["--config", "--help", "--rules"]),
         ("talon-opa rules check -r rul", ["rules-extra.yaml", "rules.yaml"]),
+        ("talon-opa rules translate --s", ["--signing-key"]),
+        ("talon-opa rules plan --event c", ["config.yaml"]),
         ("talon-opa completion ", ["bash", "fish", "zsh"]),
         ("talon-opa version ", []),
     ],
