@@ -52,9 +52,14 @@ class _PrintVersion(argparse.Action):
 def _config_option(p: argparse.ArgumentParser, level: int, help: str = "config file (YAML), validated") -> None:
     # one dest per level: a subcommand's namespace replaces the root's values, so each level keeps its own
     p.add_argument(
-        "-c", "--config", dest=f"config_{level}", default=argparse.SUPPRESS, metavar="FILE", type=completion.path,
+        "-c",
+        "--config",
+        dest=f"config_{level}",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        type=completion.path,
         help=help,
-    )  # fmt: skip
+    )
 
 
 def _rules_option(p: argparse.ArgumentParser, level: int, *, required: bool) -> None:
@@ -72,7 +77,8 @@ def _rules_option(p: argparse.ArgumentParser, level: int, *, required: bool) -> 
         p.set_defaults(rules_required_by=p)
 
 
-def _rules_check_args(p: argparse.ArgumentParser, level: int) -> None:
+def _rules_command_args(p: argparse.ArgumentParser, level: int) -> None:
+    """-r (required) and -c of a command that reads rules."""
     _rules_option(p, level, required=True)
     _config_option(p, level)
 
@@ -107,18 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     _rules_option(rules, 1, required=False)
     rsub = rules.add_subparsers(dest="rules_command", required=True)
     check = rsub.add_parser("check", help="validate rules files, reporting every error at once")
-    _rules_check_args(check, 2)
+    _rules_command_args(check, 2)
     prt = rsub.add_parser("print", help="print the merged rules as YAML")
-    _rules_check_args(prt, 2)
+    _rules_command_args(prt, 2)
     tr = rsub.add_parser("translate", help="write the Rego modules, data and manifest (a dir or .tar.gz)")
-    _rules_check_args(tr, 2)
+    _rules_command_args(tr, 2)
     tr.add_argument("-o", "--output", required=True, metavar="DIR|FILE.tar.gz", type=completion.path)
     tr.add_argument("--signing-key", metavar="PEM", type=completion.path, help="sign the bundle with this private key")
     tr.add_argument(
         "--rego", action="append", default=[], metavar="FILE|DIR", type=completion.path, help="native Rego rules to add"
     )
     plan = rsub.add_parser("plan", help="print the plan of each alert, decided by a real OPA")
-    _rules_check_args(plan, 2)
+    _rules_command_args(plan, 2)
     plan.add_argument(
         "--event", required=True, metavar="FILE", type=completion.path, help="a JSON alert, or JSON lines ('-': stdin)"
     )
@@ -126,13 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--rego", action="append", default=[], metavar="FILE|DIR", type=completion.path, help="native Rego rules to add"
     )
     test = rsub.add_parser("test", help="run opa test over the library, the translated rules and yours")
-    _rules_check_args(test, 2)
+    _rules_command_args(test, 2)
     test.add_argument(
         "paths", nargs="*", metavar="PATH", type=completion.path, help="your *_test.rego files or folders"
     )
 
     alias = sub.add_parser("check", help="the same as `rules check` (Talon's first releases had it here)")
-    _rules_check_args(alias, 1)
+    _rules_command_args(alias, 1)
 
     for kind in ("actionners", "outputs", "notifiers"):
         k = sub.add_parser(kind, help=f"list the {kind}")
