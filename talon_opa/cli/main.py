@@ -1,71 +1,203 @@
-"""`talon-opa` command line: Talon's shape (server, rules, actionners...) plus OPA-native commands."""
+"""`talon-opa` command line: Talon's shape (server, rules, actionners...) plus OPA-native commands.
+
+Talon habits kept: `-c` and `-r` may come before or after the command (cobra's persistent flags);
+`-r` files given in both places are all used, in command-line order, and of two `-c` the later one wins
+(as a repeated cobra flag); `talon-opa check` is `talon-opa rules check` (Talon's first releases).
+A `-c` file is read and validated whatever the command: a missing or invalid one is an error (exit 2;
+`server` exits 1). `server` without `-c` reads Talon's default config file when it exists.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from talon_opa.cli import completion
+
+PROG = "talon-opa"
+DEFAULT_CONFIG = "/etc/falco-talon/config.yaml"  # Talon's default for `server`
+DEFAULT_CONFIG_ENV = "TALON_OPA_DEFAULT_CONFIG"  # another default path (tests, packaging)
+EXIT_INVALID = 2  # invalid input, as argparse and `rules plan`
+_LEVELS = 3  # root, command, subcommand: where -c and -r may appear
+
+_EPILOG = f"""\
+-c and -r may be given before or after the command, as with Talon: the -r files
+of both places are merged in command-line order; of two -c the later one wins.
+`{PROG} check` is `{PROG} rules check`.
+`{PROG} server` without -c reads ${DEFAULT_CONFIG_ENV}, else
+{DEFAULT_CONFIG}, when that file exists."""
+_SERVER_EPILOG = f"""\
+Without -c: reads ${DEFAULT_CONFIG_ENV} (default {DEFAULT_CONFIG})
+when that file exists, else uses the built-in defaults and logs that no config
+file was read. Environment variables override the file (Talon's names)."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="talon-opa", description=__doc__)
+def _version() -> str:
+    from importlib.metadata import version
+
+    return f"{PROG} {version(PROG)}"
+
+
+class _PrintVersion(argparse.Action):
+    """`--version`: the version is looked up only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(_version())
+        parser.exit()
+
+
+def _config_option(p: argparse.ArgumentParser, level: int, help: str = "config file (YAML), validated") -> None:
+    # one dest per level: a subcommand's namespace replaces the root's values, so each level keeps its own
+    p.add_argument(
+        "-c",
+        "--config",
+        dest=f"config_{level}",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        type=completion.path,
+        help=help,
+    )
+
+
+def _rules_option(p: argparse.ArgumentParser, level: int, *, required: bool) -> None:
+    p.add_argument(
+        "-r",
+        "--rules",
+        dest=f"rules_{level}",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        type=completion.path,
+        help="rules file (repeatable, merged in order)" + (" (required)" if required else ""),
+    )
+    if required:
+        p.set_defaults(rules_required_by=p)
+
+
+def _rules_command_args(p: argparse.ArgumentParser, level: int) -> None:
+    """-r (required) and -c of a command that reads rules."""
+    _rules_option(p, level, required=True)
+    _config_option(p, level)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (also walked by `completion`)."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=(__doc__ or "").splitlines()[0],
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action=_PrintVersion, nargs=0, help="print the version and exit (as `version`)")
+    _config_option(p, 0, help="config file (YAML), for the command that follows")
+    _rules_option(p, 0, required=False)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def rules_arg(sp: argparse.ArgumentParser, required: bool = True) -> None:
-        sp.add_argument(
-            "-r",
-            "--rules",
-            action="append",
-            default=[],
-            required=required,
-            metavar="FILE",
-            help="rules file (repeatable, merged in order)",
-        )
-
-    server = sub.add_parser("server", help="run the response engine")
-    server.add_argument("-c", "--config", metavar="FILE", help="config file (YAML)")
-    rules_arg(server, required=False)
+    server = sub.add_parser(
+        "server",
+        help="run the response engine",
+        description="Run the response engine.",
+        epilog=_SERVER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_option(
+        server, 1, help=f"config file (YAML); default: ${DEFAULT_CONFIG_ENV} or {DEFAULT_CONFIG}, if it exists"
+    )
+    _rules_option(server, 1, required=False)
 
     rules = sub.add_parser("rules", help="check, print, translate, plan or test rules")
+    _config_option(rules, 1)
+    _rules_option(rules, 1, required=False)
     rsub = rules.add_subparsers(dest="rules_command", required=True)
     check = rsub.add_parser("check", help="validate rules files, reporting every error at once")
-    rules_arg(check)
-    check.add_argument("-c", "--config", metavar="FILE", help="accepted for Talon compatibility")
+    _rules_command_args(check, 2)
     prt = rsub.add_parser("print", help="print the merged rules as YAML")
-    rules_arg(prt)
-    prt.add_argument("-c", "--config", metavar="FILE", help="accepted for Talon compatibility")
+    _rules_command_args(prt, 2)
     tr = rsub.add_parser("translate", help="write the Rego modules, data and manifest (a dir or .tar.gz)")
-    rules_arg(tr)
-    tr.add_argument("-o", "--output", required=True, metavar="DIR|FILE.tar.gz")
-    tr.add_argument("--signing-key", metavar="PEM", help="sign the bundle with this private key")
-    tr.add_argument("--rego", action="append", default=[], metavar="FILE|DIR", help="native Rego rules to add")
+    _rules_command_args(tr, 2)
+    tr.add_argument("-o", "--output", required=True, metavar="DIR|FILE.tar.gz", type=completion.path)
+    tr.add_argument("--signing-key", metavar="PEM", type=completion.path, help="sign the bundle with this private key")
+    tr.add_argument(
+        "--rego", action="append", default=[], metavar="FILE|DIR", type=completion.path, help="native Rego rules to add"
+    )
     plan = rsub.add_parser("plan", help="print the plan of each alert, decided by a real OPA")
-    rules_arg(plan)
-    plan.add_argument("--event", required=True, metavar="FILE", help="a JSON alert, or JSON lines ('-': stdin)")
-    plan.add_argument("--rego", action="append", default=[], metavar="FILE|DIR", help="native Rego rules to add")
+    _rules_command_args(plan, 2)
+    plan.add_argument(
+        "--event", required=True, metavar="FILE", type=completion.path, help="a JSON alert, or JSON lines ('-': stdin)"
+    )
+    plan.add_argument(
+        "--rego", action="append", default=[], metavar="FILE|DIR", type=completion.path, help="native Rego rules to add"
+    )
     test = rsub.add_parser("test", help="run opa test over the library, the translated rules and yours")
-    rules_arg(test)
-    test.add_argument("paths", nargs="*", metavar="PATH", help="your *_test.rego files or folders")
+    _rules_command_args(test, 2)
+    test.add_argument(
+        "paths", nargs="*", metavar="PATH", type=completion.path, help="your *_test.rego files or folders"
+    )
+
+    alias = sub.add_parser("check", help="the same as `rules check` (Talon's first releases had it here)")
+    _rules_command_args(alias, 1)
 
     for kind in ("actionners", "outputs", "notifiers"):
         k = sub.add_parser(kind, help=f"list the {kind}")
+        _config_option(k, 1)
         ksub = k.add_subparsers(dest="list_command", required=True)
-        ksub.add_parser("list", help=f"describe every {kind[:-1]}, its parameters and defaults")
+        listing = ksub.add_parser("list", help=f"describe every {kind[:-1]}, its parameters and defaults")
+        _config_option(listing, 2)
 
     rbac = sub.add_parser("rbac", help="print the least-privilege ClusterRole for the rules in use")
-    rules_arg(rbac)
+    _rules_option(rbac, 1, required=True)
     rbac.add_argument("--name", default="talon-opa", help="name of the ClusterRole")
 
     sub.add_parser("version", help="print the version")
+    comp = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print a completion script for the shell, generated from this command line.",
+        epilog=f"""\
+bash: source <({PROG} completion bash)    (e.g. in ~/.bashrc)
+zsh:  source <({PROG} completion zsh)     (after compinit), or save it as _{PROG} in $fpath
+fish: {PROG} completion fish | source     (or save it in ~/.config/fish/completions/)""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    comp.add_argument("shell", choices=completion.SHELLS, help="the shell to complete for")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "version":
-        from importlib.metadata import version
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line into one namespace: `rules` (every -r, in order), `config` (the last -c)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.rules = [f for level in range(_LEVELS) for f in vars(args).pop(f"rules_{level}", [])]
+    configs = [vars(args).pop(f"config_{level}") for level in range(_LEVELS) if hasattr(args, f"config_{level}")]
+    args.config = configs[-1] if configs else None
+    if args.command == "check":
+        args.command, args.rules_command = "rules", "check"
+    required_by: argparse.ArgumentParser | None = vars(args).pop("rules_required_by", None)
+    if required_by is not None and not args.rules:
+        required_by.error("the following arguments are required: -r/--rules")
+    return args
 
-        print(f"talon-opa {version('talon-opa')}")
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    if args.command == "server":
+        return _server(args)
+    if args.config is not None:
+        from talon_opa.core import config
+
+        try:
+            config.load(args.config, rules=args.rules)
+        except config.ConfigError as e:
+            print(f"error: {_naming(args.config, e)}", file=sys.stderr)
+            return EXIT_INVALID
+    if args.command == "version":
+        print(_version())
+        return 0
+    if args.command == "completion":
+        sys.stdout.write(completion.script(build_parser(), args.shell))
         return 0
     if args.command == "rules":
         if args.rules_command in ("check", "print"):
@@ -79,11 +211,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         from talon_opa.cli import lists as cli_list
 
         return cli_list.main(args)
-    if args.command == "server":
-        from talon_opa.engine import server
-
-        return server.main(args)
     raise AssertionError(args.command)
+
+
+def _server(args: argparse.Namespace) -> int:
+    """`server`: Talon's default config file when -c is omitted and it exists, else the built-in defaults."""
+    from talon_opa.core import config, logs
+    from talon_opa.engine import server
+
+    looked_at = None
+    if args.config is None:
+        default = os.environ.get(DEFAULT_CONFIG_ENV) or DEFAULT_CONFIG
+        if Path(default).exists():
+            args.config = default
+        else:
+            looked_at = default
+    try:
+        cfg = config.load(args.config, rules=args.rules)  # here too, to name the file (server.main loads it again)
+    except config.ConfigError as e:
+        print(f"error: {_naming(args.config, e)}", file=sys.stderr)
+        return 1
+    if looked_at is not None:
+        logs.setup(cfg.log_format, cfg.log_level)
+        logs.get("cli").info(
+            "no config file read: built-in defaults and environment variables",
+            extra={"looked_at": looked_at, "hint": f"write {looked_at}, set ${DEFAULT_CONFIG_ENV} or pass -c FILE"},
+        )
+    return server.main(args)
+
+
+def _naming(path: str | None, e: Exception) -> str:
+    """The error, with the config file's name in front unless it already says it."""
+    text = str(e)
+    return f"{path}: {text}" if path and path not in text else text
 
 
 if __name__ == "__main__":
