@@ -23,6 +23,7 @@ from talon_opa import catalog
 from talon_opa.core import binaries, events
 from talon_opa.core.errors import AlertError, OpaError, RulesError, TalonError
 from talon_opa.opa import client as decide_module
+from talon_opa.opa import plan as plan_module
 from talon_opa.opa.process import OpaProcess
 from talon_opa.translator import bundle, rego
 from talon_opa.translator import rules as rules_loader
@@ -163,5 +164,5 @@ async def decide(
             hint="the bundle does not define talon.plan: check policies/ and the generated Rego",
         )
     result: dict[str, Any] = body["result"]
-    decide_module.parse_plan(result)  # the engine's own shape check: what it would refuse, we refuse
+    plan_module.parse_plan(result)  # the engine's own shape check: what it would refuse, we refuse
     return result

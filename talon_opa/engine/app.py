@@ -33,11 +33,13 @@ from talon_opa.core.errors import OpaError, RulesError, TalonError
 from talon_opa.core.events import Alert
 from talon_opa.core.kube import KubeClient, KubeConfig
 from talon_opa.engine import metrics, reload, telemetry
+from talon_opa.engine.batcher import Batcher
 from talon_opa.engine.execute import Executor, alert_target, build_notifiers
 from talon_opa.engine.intake import Intake, refuse
 from talon_opa.engine.opa_supervisor import OpaSupervisor
 from talon_opa.engine.queue import AlertQueue, Deduplicator, QueueClosed, dedup_key_of
-from talon_opa.opa.client import Batcher, OpaClient, Plan
+from talon_opa.opa.client import OpaClient
+from talon_opa.opa.plan import Plan
 from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.runtime import Deps
 

@@ -33,7 +33,7 @@ from talon_opa.core.errors import TalonError
 from talon_opa.core.events import Alert
 from talon_opa.engine import telemetry
 from talon_opa.engine.metrics import Metrics
-from talon_opa.opa.client import Plan, Step
+from talon_opa.opa.plan import Plan, Step
 from talon_opa.plugins.notes import Note, Notifier
 from talon_opa.plugins.params import ParamsInvalid
 from talon_opa.plugins.runtime import Artifact, Deps, Outcome
