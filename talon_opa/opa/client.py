@@ -1,10 +1,15 @@
 """The OPA client: `POST /v1/data/talon/plan` with the alert's input, answered by the ordered plan.
 
+The one way talon-opa talks to an OPA server: the engine's decisions (one alert, or a batch), the
+bundle revisions OPA has activated, and the plans `talon-opa rules plan` prints.
+
 One pooled session per OPA endpoint (TCP or unix socket), the token header, a deadline per request.
 A missing `result` or a result that is not a plan is an OpaError (not retried: the bundle is wrong).
 Connection errors and timeouts are retried with backoff for as long as it takes (alerts stay queued,
 bounded by the queue, and are decided once OPA is back); a 5xx is retried a few times, since OPA's own
-evaluation errors are 500s that would never heal.
+evaluation errors are 500s that would never heal. An OpaError for an HTTP error status has the
+`ErrorAnswer` (status and whole body) as its `__cause__`; one for an unreachable OPA, the connection
+error or timeout.
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ log = logs.get("decide")
 
 class BatchRefused(OpaError):
     """OPA gave no usable answer for a whole batch: its alerts are decided one by one instead."""
+
+
+class ErrorAnswer(Exception):
+    """OPA answered with an HTTP error status: the cause of the OpaError raised for it."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.text = text  # the whole body
 
 
 class OpaUnavailable(OpaError):
@@ -121,12 +135,14 @@ class OpaClient:
             ep.in_flight -= 1
         seconds = time.perf_counter() - started
         if status >= 500:
-            raise OpaUnavailable(f"OPA answered HTTP {status}: {text[:1000]}", hint="see OPA's log", status=status)
+            raise OpaUnavailable(
+                f"OPA answered HTTP {status}: {text[:1000]}", hint="see OPA's log", status=status
+            ) from ErrorAnswer(status, text)
         if status != 200:
             raise OpaError(
                 f"OPA answered HTTP {status}: {text[:1000]}",
                 hint="401/403: the OPA token is wrong; 400: the input was refused",
-            )
+            ) from ErrorAnswer(status, text)
         try:
             body = json.loads(text)
         except ValueError as e:
@@ -151,6 +167,14 @@ class OpaClient:
         body, revisions, seconds = await self._post(PLAN_PATH, opa_input)
         matched, steps = parse_plan(_result(body, PLAN_PATH))
         return Plan(matched, steps, str(body.get("decision_id", "")), ",".join(revisions), 1, seconds)
+
+    async def plan_result(self, opa_input: Mapping[str, Any], *, path: str = PLAN_PATH) -> dict[str, Any]:
+        """The plan at `path` as OPA gives it (what `rules plan` prints), checked like a decision; one request."""
+        body, _, _ = await self._post(path, opa_input)
+        result = _result(body, path)
+        parse_plan(result)  # what the engine would refuse, refused here too
+        plan: dict[str, Any] = result  # parse_plan checked it is an object
+        return plan
 
     async def decide_batch_once(self, inputs: Sequence[Mapping[str, Any]]) -> list[Plan | OpaError]:
         """One request for many alerts (`data.talon.batch.plans`): each alert's plan, or why it has none.
