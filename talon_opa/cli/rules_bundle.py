@@ -22,14 +22,14 @@ import aiohttp
 from talon_opa import catalog
 from talon_opa.core import binaries, events
 from talon_opa.core.errors import AlertError, OpaError, RulesError, TalonError
-from talon_opa.opa import client as decide_module
+from talon_opa.opa import client as opa_client
 from talon_opa.opa.process import OpaProcess
 from talon_opa.translator import bundle, rego
 from talon_opa.translator import rules as rules_loader
 from talon_opa.translator.model import RuleSet
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-PLAN_PATH = decide_module.PLAN_PATH
+PLAN_PATH = opa_client.PLAN_PATH
 DECIDE_TIMEOUT_S = 10.0
 OPA_READY_S = 600.0  # OPA compiles every rule's module at start: about a minute for 10,000 rules
 
@@ -146,22 +146,17 @@ async def decide(
     http: aiohttp.ClientSession, base_url: str, opa_input: dict[str, Any], *, path: str = PLAN_PATH
 ) -> dict[str, Any]:
     """The plan OPA decides for one input; OpaError on an error answer or a missing/ill-shaped result."""
+    endpoint = opa_client.Endpoint(base_url, http)
+    client = opa_client.OpaClient(lambda: endpoint, timeout=DECIDE_TIMEOUT_S)
     try:
-        async with http.post(
-            base_url + path, json={"input": opa_input}, timeout=aiohttp.ClientTimeout(DECIDE_TIMEOUT_S)
-        ) as r:
-            text = await r.text()
-            status = r.status
-    except (aiohttp.ClientError, TimeoutError) as e:
-        raise OpaError(f"OPA did not answer: {e!r}", hint="see OPA's log") from e
-    if status != 200:
-        raise OpaError(f"OPA answered HTTP {status}: {text[:2000]}", hint="the Rego failed at evaluation")
-    body = json.loads(text)
-    if "result" not in body:
-        raise OpaError(
-            f"OPA returned no result for data{path.removeprefix('/v1/data').replace('/', '.')}",
-            hint="the bundle does not define talon.plan: check policies/ and the generated Rego",
-        )
-    result: dict[str, Any] = body["result"]
-    decide_module.parse_plan(result)  # the engine's own shape check: what it would refuse, we refuse
-    return result
+        return await client.plan_result(opa_input, path=path)  # the engine's own checks: what it refuses, we refuse
+    except OpaError as e:
+        # worded for someone trying their rules: any error answer is the Rego failing, shown at length
+        cause = e.__cause__
+        if isinstance(cause, opa_client.ErrorAnswer):
+            raise OpaError(
+                f"OPA answered HTTP {cause.status}: {cause.text[:2000]}", hint="the Rego failed at evaluation"
+            ) from e
+        if isinstance(e, opa_client.OpaUnavailable) and cause is not None:
+            raise OpaError(f"OPA did not answer: {cause!r}", hint="see OPA's log") from e
+        raise

@@ -35,7 +35,7 @@ from talon_opa.engine import telemetry
 from talon_opa.engine.instances import Instances
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.notify import Notifications
-from talon_opa.opa.client import Plan, Step
+from talon_opa.opa.plan import Plan, Step
 from talon_opa.plugins import runtime
 from talon_opa.plugins.notes import Note
 from talon_opa.plugins.params import ParamsInvalid

@@ -22,6 +22,7 @@ from talon_opa.core.errors import OpaError, RulesError, TalonError
 from talon_opa.core.kube import KubeClient, KubeConfig
 from talon_opa.engine import metrics, reload, telemetry
 from talon_opa.engine.accept import Acceptor
+from talon_opa.engine.batcher import Batcher
 from talon_opa.engine.execute import Executor
 from talon_opa.engine.instances import Instances
 from talon_opa.engine.notify import Notifications
@@ -29,7 +30,7 @@ from talon_opa.engine.opa_supervisor import OpaSupervisor
 from talon_opa.engine.process import Processor
 from talon_opa.engine.queue import AlertQueue
 from talon_opa.engine.work import Job
-from talon_opa.opa.client import Batcher, OpaClient
+from talon_opa.opa.client import OpaClient
 from talon_opa.plugins.clients import ClientProvider
 from talon_opa.plugins.registry import Registry
 

@@ -16,7 +16,7 @@ from talon_opa.core import logs
 from talon_opa.engine import telemetry
 from talon_opa.engine.instances import Instances
 from talon_opa.engine.metrics import Metrics
-from talon_opa.opa.client import Step
+from talon_opa.opa.plan import Step
 from talon_opa.plugins.notes import Note
 
 log = logs.get("execute")

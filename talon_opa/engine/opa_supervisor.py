@@ -24,6 +24,7 @@ import contextlib
 from pathlib import Path
 
 from talon_opa.core import config, logs
+from talon_opa.core.backoff import Backoff, Policy
 from talon_opa.core.errors import OpaError
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.reload import DROP_DECISION_PATH
@@ -125,7 +126,7 @@ class OpaSupervisor:
         """Restart the child whenever it dies (runs until cancelled)."""
         if self.external:
             return
-        backoff = 0.1
+        backoff = Backoff(Policy(0.1, RESTART_BACKOFF_MAX_S))
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             if self._stopping or self._proc is None or self._proc.running:
@@ -143,14 +144,13 @@ class OpaSupervisor:
                     proc, endpoint = await self._spawn(self.bundle)
                 except OpaError as e:
                     self.metrics.opa_errors.labels(kind="restart_failed").inc()
-                    log.error("opa restart failed", extra={"error": str(e), "retry_in_s": backoff})
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+                    log.error("opa restart failed", extra={"error": str(e), "retry_in_s": backoff.delay})
+                    await backoff.sleep()
                     continue
                 old_endpoint = self._endpoint
                 self._proc, self._endpoint = proc, endpoint
                 self.restarts += 1
-                backoff = 0.1
+                backoff.reset()
             log.info("opa restarted", extra={"pid": proc.pid, "revision": self.revision, "restarts": self.restarts})
             if old_endpoint is not None:
                 await old_endpoint.close()

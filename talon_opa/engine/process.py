@@ -9,10 +9,11 @@ from opentelemetry import trace
 from talon_opa.core import config, logs
 from talon_opa.core.errors import OpaError
 from talon_opa.engine import telemetry
+from talon_opa.engine.batcher import Batcher
 from talon_opa.engine.execute import Executor
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.work import Job
-from talon_opa.opa.client import Batcher, Plan
+from talon_opa.opa.plan import Plan
 
 log = logs.get("engine")
 

@@ -1,18 +1,22 @@
 """The OPA client: `POST /v1/data/talon/plan` with the alert's input, answered by the ordered plan.
 
+The one way talon-opa talks to an OPA server: the engine's decisions (one alert, or a batch), the
+bundle revisions OPA has activated, and the plans `talon-opa rules plan` prints.
+
 One pooled session per OPA endpoint (TCP or unix socket), the token header, a deadline per request.
 A missing `result` or a result that is not a plan is an OpaError (not retried: the bundle is wrong).
 Connection errors and timeouts are retried with backoff for as long as it takes (alerts stay queued,
 bounded by the queue, and are decided once OPA is back); a 5xx is retried a few times, since OPA's own
-evaluation errors are 500s that would never heal.
+evaluation errors are 500s that would never heal. An OpaError for an HTTP error status has the
+`ErrorAnswer` (status and whole body) as its `__cause__`; one for an unreachable OPA, the connection
+error or timeout.
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +24,9 @@ from typing import Any
 import aiohttp
 
 from talon_opa.core import logs
+from talon_opa.core.backoff import Backoff, Policy
 from talon_opa.core.errors import OpaError
+from talon_opa.opa.plan import Plan, parse_plan
 
 PLAN_PATH = "/v1/data/talon/plan"
 BATCH_PATH = "/v1/data/talon/batch/plans"
@@ -34,114 +40,21 @@ class BatchRefused(OpaError):
     """OPA gave no usable answer for a whole batch: its alerts are decided one by one instead."""
 
 
+class ErrorAnswer(Exception):
+    """OPA answered with an HTTP error status: the cause of the OpaError raised for it."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.text = text  # the whole body
+
+
 class OpaUnavailable(OpaError):
     """OPA could not be reached (`status` None) or answered 5xx: retried."""
 
     def __init__(self, message: str, *, hint: str = "", status: int | None = None) -> None:
         super().__init__(message, hint=hint)
         self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class OutputStep:
-    target: str
-    parameters: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One step of the plan, as `data.talon.plan` gives it (DESIGN §3.2)."""
-
-    rule: str
-    action: str
-    actionner: str
-    parameters: Mapping[str, Any]
-    continue_: bool = True
-    ignore_errors: bool = False
-    dry_run: bool = False
-    output: OutputStep | None = None
-    notifiers: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    matched_rules: tuple[str, ...]
-    steps: tuple[Step, ...]
-    decision_id: str = ""
-    revision: str = ""  # the bundle revision OPA decided with
-    attempts: int = 1
-    seconds: float = 0.0
-    batch_size: int = 1  # alerts decided by the same request (they share its decision id)
-
-    def acted_rules(self) -> tuple[str, ...]:
-        """The matched rules Talon iterates: up to the last one with steps (a rule `continue: false` ends it)."""
-        with_steps = {s.rule for s in self.steps}
-        last = max(
-            (i for i, r in enumerate(self.matched_rules) if r in with_steps), default=len(self.matched_rules) - 1
-        )
-        return self.matched_rules[: last + 1]
-
-
-def parse_plan(result: Any) -> tuple[tuple[str, ...], tuple[Step, ...]]:
-    """Check the shape of `data.talon.plan`; OpaError naming what is wrong."""
-
-    def bad(what: str) -> OpaError:
-        return OpaError(
-            f"the decision at data.talon.plan is not a plan: {what}",
-            hint="check policies/ and your native Rego: the plan is "
-            '{"matched_rules": [...], "steps": [{"rule", "action", "actionner", "parameters", ...}]}',
-        )
-
-    if not isinstance(result, dict):
-        raise bad(f"got {json.dumps(result)[:200]}")
-    matched = result.get("matched_rules")
-    steps = result.get("steps")
-    if not isinstance(matched, list) or not all(isinstance(m, str) for m in matched):
-        raise bad("matched_rules is not a list of strings")
-    if not isinstance(steps, list):
-        raise bad("steps is not a list")
-    out: list[Step] = []
-    for i, s in enumerate(steps):
-        if not isinstance(s, dict):
-            raise bad(f"steps[{i}] is not an object")
-        for key in ("rule", "action", "actionner"):
-            if not isinstance(s.get(key), str):
-                raise bad(f"steps[{i}].{key} is not a string")
-        params = s.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise bad(f"steps[{i}].parameters is not an object")
-        output = s.get("output")
-        out_step = None
-        if output is not None:
-            if not isinstance(output, dict) or not isinstance(output.get("target"), str):
-                raise bad(f"steps[{i}].output is not {{target, parameters}} or null")
-            out_params = output.get("parameters") or {}
-            if not isinstance(out_params, dict):
-                raise bad(f"steps[{i}].output.parameters is not an object")
-            out_step = OutputStep(output["target"], out_params)
-        notifiers = s.get("notifiers") or []
-        if not isinstance(notifiers, list) or not all(isinstance(n, str) for n in notifiers):
-            raise bad(f"steps[{i}].notifiers is not a list of strings")
-        flags = {}
-        for key in ("continue", "ignore_errors", "dry_run"):
-            v = s.get(key, key == "continue")
-            if not isinstance(v, bool):
-                raise bad(f"steps[{i}].{key} is not a boolean")
-            flags[key] = v
-        out.append(
-            Step(
-                rule=s["rule"],
-                action=s["action"],
-                actionner=s["actionner"],
-                parameters=params,
-                continue_=flags["continue"],
-                ignore_errors=flags["ignore_errors"],
-                dry_run=flags["dry_run"],
-                output=out_step,
-                notifiers=tuple(notifiers),
-            )
-        )
-    return tuple(matched), tuple(out)
 
 
 @dataclass
@@ -187,9 +100,18 @@ class OpaClient:
         # yet is "unavailable" (retried), not "wrong"
         self._expected = expected_revision or (lambda: "")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        self._retry = Policy(retry_initial, retry_max)
         self._on_error = on_error or (lambda kind: None)
+
+    @property
+    def retry(self) -> Policy:
+        """The waits between attempts while OPA is unavailable."""
+        return self._retry
+
+    @property
+    def on_error(self) -> Callable[[str], None]:
+        """Counts a failed decision by kind: `unavailable`, `http_5xx` or `bad_answer`."""
+        return self._on_error
 
     async def _post(self, path: str, opa_input: Any) -> tuple[dict[str, Any], list[str], float]:
         """One decision request: OPA's answer (an object), the bundle revisions it decided with, the seconds."""
@@ -213,12 +135,14 @@ class OpaClient:
             ep.in_flight -= 1
         seconds = time.perf_counter() - started
         if status >= 500:
-            raise OpaUnavailable(f"OPA answered HTTP {status}: {text[:1000]}", hint="see OPA's log", status=status)
+            raise OpaUnavailable(
+                f"OPA answered HTTP {status}: {text[:1000]}", hint="see OPA's log", status=status
+            ) from ErrorAnswer(status, text)
         if status != 200:
             raise OpaError(
                 f"OPA answered HTTP {status}: {text[:1000]}",
                 hint="401/403: the OPA token is wrong; 400: the input was refused",
-            )
+            ) from ErrorAnswer(status, text)
         try:
             body = json.loads(text)
         except ValueError as e:
@@ -241,13 +165,16 @@ class OpaClient:
     async def decide_once(self, opa_input: Mapping[str, Any]) -> Plan:
         """One request; OpaUnavailable when it may work later, OpaError when it will not."""
         body, revisions, seconds = await self._post(PLAN_PATH, opa_input)
-        if "result" not in body:
-            raise OpaError(
-                "OPA returned no result for data.talon.plan",
-                hint="the bundle does not define talon.plan: check policies/ and the generated Rego",
-            )
-        matched, steps = parse_plan(body["result"])
+        matched, steps = parse_plan(_result(body, PLAN_PATH))
         return Plan(matched, steps, str(body.get("decision_id", "")), ",".join(revisions), 1, seconds)
+
+    async def plan_result(self, opa_input: Mapping[str, Any], *, path: str = PLAN_PATH) -> dict[str, Any]:
+        """The plan at `path` as OPA gives it (what `rules plan` prints), checked like a decision; one request."""
+        body, _, _ = await self._post(path, opa_input)
+        result = _result(body, path)
+        parse_plan(result)  # what the engine would refuse, refused here too
+        plan: dict[str, Any] = result  # parse_plan checked it is an object
+        return plan
 
     async def decide_batch_once(self, inputs: Sequence[Mapping[str, Any]]) -> list[Plan | OpaError]:
         """One request for many alerts (`data.talon.batch.plans`): each alert's plan, or why it has none.
@@ -287,11 +214,10 @@ class OpaClient:
         on_retry: Callable[[int, OpaError], Awaitable[None] | None] | None = None,
     ) -> Plan:
         """Decide, retrying while OPA is unavailable (connection errors forever, 5xx a few times)."""
-        attempt = 0
+        backoff = Backoff(self._retry)
         fivexx = 0
-        delay = self._retry_initial
         while True:
-            attempt += 1
+            attempt = backoff.attempt
             try:
                 plan = await self.decide_once(opa_input)
             except OpaUnavailable as e:
@@ -307,13 +233,12 @@ class OpaClient:
                     maybe = on_retry(attempt, e)
                     if maybe is not None:
                         await maybe
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
+                await backoff.sleep()
                 continue
             except OpaError:
                 self._on_error("bad_answer")
                 raise
-            return Plan(plan.matched_rules, plan.steps, plan.decision_id, plan.revision, attempt, plan.seconds)
+            return dataclasses.replace(plan, attempts=attempt)
 
     async def revisions(self, timeout: float = 2.0) -> set[str]:
         """The revisions of the bundles OPA has activated; OpaUnavailable when it does not answer."""
@@ -331,142 +256,11 @@ class OpaClient:
         return {str((b.get("manifest") or {}).get("revision", "")) for b in result.values() if isinstance(b, dict)}
 
 
-@dataclass(eq=False, slots=True)
-class _Waiting:
-    """An alert waiting for its plan from the batcher."""
-
-    opa_input: Mapping[str, Any]
-    future: asyncio.Future[Plan]
-    on_retry: Callable[[int, OpaError], Awaitable[None] | None] | None
-    since: float
-
-
-class Batcher:
-    """Micro-batched decisions: the alerts that wait at the same time are decided in one OPA request.
-
-    `decide` keeps `OpaClient.decide`'s contract for each alert (its plan, or the OpaError it would get
-    alone; connection errors retried for as long as it takes, with each alert's `on_retry` called).
-    `run()` is the task sending the batches: once an alert waits, it lets the alerts handed out in the same
-    loop turn join, then sends every waiting alert (up to `max_size`) as one `data.talon.batch.plans`
-    request; alerts arriving meanwhile form the next batch. No timer: a lone alert goes at once. A batch
-    OPA will not decide as a whole (an evaluation error, a bundle without talon.batch) is decided alert by
-    alert. Without `run()` (or with `max_size` 1) each alert is its own request.
-    """
-
-    def __init__(self, client: OpaClient, *, max_size: int = 64) -> None:
-        self._client = client
-        self.max_size = max_size
-        self._waiting: deque[_Waiting] = deque()
-        self._wake = asyncio.Event()
-        self._running = False
-        self._refused_log = logs.Throttle(10.0)
-
-    async def decide(
-        self,
-        opa_input: Mapping[str, Any],
-        *,
-        on_retry: Callable[[int, OpaError], Awaitable[None] | None] | None = None,
-    ) -> Plan:
-        if not self._running or self.max_size <= 1:
-            return await self._client.decide(opa_input, on_retry=on_retry)
-        future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(opa_input, future, on_retry, time.perf_counter()))
-        self._wake.set()
-        return await future
-
-    async def run(self) -> None:
-        """Send batches until cancelled; alerts still waiting then get an OpaError."""
-        self._running = True
-        batch: list[_Waiting] = []
-        try:
-            while True:
-                await self._wake.wait()
-                await asyncio.sleep(0)  # the workers woken in this loop turn add their alerts first
-                batch = []
-                while self._waiting and len(batch) < self.max_size:
-                    w = self._waiting.popleft()
-                    if not w.future.done():  # its worker was cancelled meanwhile
-                        batch.append(w)
-                if not self._waiting:
-                    self._wake.clear()
-                if batch:
-                    try:
-                        await self._send(batch)
-                    except Exception as e:  # a bug, not OPA: each alert fails as it would alone; go on
-                        log.exception("batch failed")
-                        for w in batch:
-                            if not w.future.done():
-                                w.future.set_exception(e)
-        finally:
-            self._running = False
-            stopped = OpaError("the engine stopped before the alert was decided", hint="send it again")
-            for w in (*batch, *self._waiting):
-                if not w.future.done():
-                    w.future.set_exception(stopped)
-            self._waiting.clear()
-
-    async def _send(self, batch: list[_Waiting]) -> None:
-        client = self._client
-        attempt = 0
-        delay = client._retry_initial
-        first_sent = time.perf_counter()
-        while True:
-            attempt += 1
-            try:
-                results = await client.decide_batch_once([w.opa_input for w in batch])
-                break
-            except BatchRefused as e:
-                if self._refused_log.allow() is not None:
-                    log.warning("batch refused, deciding its alerts one by one", extra={"error": str(e)})
-                await self._one_by_one(batch)
-                return
-            except OpaUnavailable as e:  # not a 5xx (those are BatchRefused): retried for as long as it takes
-                client._on_error("unavailable")
-                if attempt == 1 or attempt % 20 == 0:
-                    log.warning(
-                        "opa unavailable, retrying", extra={"error": str(e), "attempt": attempt, "alerts": len(batch)}
-                    )
-                for w in batch:
-                    if w.on_retry is not None and not w.future.done():
-                        maybe = w.on_retry(attempt, e)
-                        if maybe is not None:
-                            await maybe
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, client._retry_max)
-                batch = [w for w in batch if not w.future.done()]
-                if not batch:
-                    return
-        for w, result in zip(batch, results, strict=True):
-            if w.future.done():
-                continue
-            if isinstance(result, OpaError):
-                client._on_error("bad_answer")
-                w.future.set_exception(result)
-            else:
-                seconds = first_sent - w.since + result.seconds  # waiting for the batch + its request
-                w.future.set_result(
-                    Plan(
-                        result.matched_rules,
-                        result.steps,
-                        result.decision_id,
-                        result.revision,
-                        attempt,
-                        seconds,
-                        len(batch),
-                    )
-                )
-
-    async def _one_by_one(self, batch: list[_Waiting]) -> None:
-        async def one(w: _Waiting) -> None:
-            try:
-                plan = await self._client.decide(w.opa_input, on_retry=w.on_retry)
-            except Exception as e:  # OpaError, or a bug: the alert's own outcome either way
-                if not w.future.done():
-                    w.future.set_exception(e)
-                return
-            if not w.future.done():
-                w.future.set_result(plan)
-
-        async with asyncio.TaskGroup() as tg:
-            for w in batch:
-                tg.create_task(one(w))
+def _result(body: Mapping[str, Any], path: str) -> Any:
+    """The decision in OPA's answer; OpaError when it has none (the bundle does not define it)."""
+    if "result" not in body:
+        raise OpaError(
+            f"OPA returned no result for data{path.removeprefix('/v1/data').replace('/', '.')}",
+            hint="the bundle does not define talon.plan: check policies/ and the generated Rego",
+        )
+    return body["result"]

@@ -18,8 +18,10 @@ from talon_opa.catalog import default_registry
 from talon_opa.core.errors import OpaError
 from talon_opa.core.events import decode_alert
 from talon_opa.engine import reload
+from talon_opa.engine.batcher import Batcher
 from talon_opa.engine.reload import DROP_DECISION_PATH
-from talon_opa.opa.client import Batcher, Endpoint, OpaClient, Plan
+from talon_opa.opa.client import Endpoint, OpaClient
+from talon_opa.opa.plan import Plan
 from talon_opa.opa.process import free_port
 from tests.conftest import OpaFactory
 from tests.harness.paths import ALERTS, SEED_RULES
