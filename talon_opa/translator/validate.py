@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from talon_opa.core import priorities
 from talon_opa.core.errors import RuleProblem, Where
 from talon_opa.plugins import params as _params
 from talon_opa.translator.load import RawRule, Text, Value
@@ -50,10 +51,8 @@ class RegistryLike(Protocol):
 # --- Talon's syntax (rules.go:80-90), with our fixes where noted --------------------------------------
 
 CONTEXTS = ("aws", "k8snode")  # Talon's additional_contexts sources (reference §4)
-PRIORITIES = ("Debug", "Informational", "Notice", "Warning", "Error", "Critical", "Alert", "Emergency")
-RANKS = {p.lower(): i + 1 for i, p in enumerate(PRIORITIES)}  # anything else ranks 0
 # Go's `$` is the end of the text; Python's also matches before a final newline: hence \Z
-_PRIORITY = re.compile(r"(?i)^(<|>)?(=)?(Debug|Informational|Notice|Warning|Error|Critical|Alert|Emergency|)\Z")
+_PRIORITY = re.compile(rf"(?i)^(<|>)?(=)?({'|'.join(priorities.NAMES)}|)\Z")
 _PRIORITY_OP = re.compile(r"^(<|>)?(=)?")
 _ACTIONNER = re.compile(r"[a-z]+:[a-z]+")  # unanchored and case-sensitive, as Talon's
 _TAG = re.compile(r"(?i)^[a-z_0-9.]*[a-z0-9]\Z")
@@ -65,7 +64,7 @@ def parse_priority(text: str) -> Priority:
     """§2.8.2: the leading operator, then the rank of the rest (case-insensitive; unknown → 0)."""
     m = _PRIORITY_OP.match(text)
     op = m.group(0) if m else ""
-    rank = RANKS.get(text[len(op) :].lower(), 0)
+    rank = priorities.rank(text[len(op) :])
     return Priority(_as_op(op), rank, text)
 
 
@@ -187,7 +186,7 @@ def check_syntax(rule: RawRule, actions: Sequence[Resolved]) -> list[RuleProblem
             )
     m = rule.match
     if m.priority is not None and not _PRIORITY.match(m.priority.value):
-        hint = f"write an optional operator (<, <=, >, >=, =) and one of: {', '.join(PRIORITIES)}"
+        hint = f"write an optional operator (<, <=, >, >=, =) and one of: {', '.join(priorities.NAMES)}"
         if m.priority.value.lower().lstrip("<>=").startswith("info"):
             hint = f"Talon spells it Informational; {hint}"
         add(m.priority.where, f"incorrect priority '{m.priority.value}'", hint, field="match.priority")
