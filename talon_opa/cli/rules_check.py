@@ -14,8 +14,8 @@ from typing import Any, TextIO
 import yaml
 
 from talon_opa.core.errors import RuleProblem
+from talon_opa.plugins.registry import Registry
 from talon_opa.translator import rules as rules_mod
-from talon_opa.translator.validate import RegistryLike
 
 
 def format_problem(p: RuleProblem, *, warning: bool = False) -> str:
@@ -23,7 +23,7 @@ def format_problem(p: RuleProblem, *, warning: bool = False) -> str:
     return p.format(warning=warning)
 
 
-def main(args: argparse.Namespace, registry: RegistryLike | None = None, out: TextIO | None = None) -> int:
+def main(args: argparse.Namespace, registry: Registry | None = None, out: TextIO | None = None) -> int:
     """Run `rules check` or `rules print` (args.rules_command) over args.rules; returns the exit code."""
     out = out if out is not None else sys.stdout
     paths: list[str] = list(args.rules or [])

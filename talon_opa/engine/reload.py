@@ -23,10 +23,10 @@ from pathlib import Path
 
 from talon_opa.core import logs
 from talon_opa.core.errors import RuleProblem, RulesError
+from talon_opa.plugins.registry import Registry
 from talon_opa.translator import bundle, rego
 from talon_opa.translator import rules as rules_loader
 from talon_opa.translator.model import RuleSet
-from talon_opa.translator.validate import RegistryLike
 
 log = logs.get("rules")
 
@@ -64,7 +64,7 @@ class Built:
 
 def build(
     paths: Sequence[str],
-    registry: RegistryLike,
+    registry: Registry,
     workdir: Path,
     native: Sequence[Path] = (),
     signing_key: Path | None = None,

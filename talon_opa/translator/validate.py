@@ -11,42 +11,16 @@ import difflib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from talon_opa.core import priorities
 from talon_opa.core.errors import RuleProblem, Where
 from talon_opa.plugins import params as _params
+from talon_opa.plugins.registry import Registry
+from talon_opa.plugins.spec import Spec
 from talon_opa.translator.load import RawRule, Text, Value
 from talon_opa.translator.merge import Resolved
 from talon_opa.translator.model import FieldCondition, Priority, PriorityOp
-
-# --- what the validator needs from the registry (actionners.registry.Registry satisfies it) -----------
-
-
-class SpecLike(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def params(self) -> type[Any]: ...
-    @property
-    def continues(self) -> bool: ...
-    @property
-    def output(self) -> str: ...
-    def decode(self, raw: Mapping[str, Any]) -> Any: ...
-    def defaults(self) -> dict[str, Any]: ...
-
-
-class RegistryLike(Protocol):
-    @property
-    def actionners(self) -> Mapping[str, Any]: ...
-    @property
-    def outputs(self) -> Mapping[str, Any]: ...
-    @property
-    def notifiers(self) -> Mapping[str, Any]: ...
-    def actionner(self, name: str) -> SpecLike | None: ...
-    def output(self, name: str) -> SpecLike | None: ...
-    def notifier(self, name: str) -> SpecLike | None: ...
-
 
 # --- Talon's syntax (rules.go:80-90), with our fixes where noted --------------------------------------
 
@@ -126,7 +100,7 @@ def _one_of(names: Sequence[str], given: str) -> str:
 def check_rule(
     rule: RawRule,
     actions: Sequence[Resolved],
-    registry: RegistryLike,
+    registry: Registry,
     warnings: list[RuleProblem],
     cache: DecodeCache | None = None,
 ) -> list[RuleProblem]:
@@ -216,7 +190,7 @@ def check_syntax(rule: RawRule, actions: Sequence[Resolved]) -> list[RuleProblem
 def check_semantics(
     rule: RawRule,
     actions: Sequence[Resolved],
-    registry: RegistryLike,
+    registry: Registry,
     warnings: list[RuleProblem],
     cache: DecodeCache | None = None,
 ) -> list[RuleProblem]:
@@ -327,7 +301,7 @@ def check_semantics(
 
 
 def _check_params(
-    spec: SpecLike,
+    spec: Spec[Any],
     params: dict[str, Value] | None,
     where: Where,
     prefix: str,
@@ -344,7 +318,7 @@ def _check_params(
             spec.decode(raw)
         except _params.ParamsInvalid as e:
             found = list(e.problems)
-        cache[key] = (found, unknown_keys(spec, raw))
+        cache[key] = (found, spec.unknown_keys(raw))
     found, unknown = cache[key]
     out: list[RuleProblem] = []
     if found:
@@ -372,11 +346,6 @@ def _check_params(
             )
         )
     return out
-
-
-def unknown_keys(spec: SpecLike, raw: Mapping[str, Any]) -> list[str]:
-    """Parameter keys the plugin does not know (Talon ignores them; we warn)."""
-    return _params.unknown_keys(spec.params, raw)
 
 
 _PATH = re.compile(r"\[([^\]]*)\]|\.([^.\[]+)")
