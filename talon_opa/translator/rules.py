@@ -20,7 +20,7 @@ from typing import Any
 from talon_opa.core.errors import RuleProblem, RulesError
 from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.spec import Spec
-from talon_opa.translator import load, merge, validate
+from talon_opa.translator import load, merge, validate, yaml_positions
 from talon_opa.translator.model import Action, FieldCondition, Match, OutputRef, Priority, Rule, RuleSet
 
 
@@ -219,7 +219,7 @@ def _action(a: load.RawAction, registry: Registry) -> Action:
     )
 
 
-def with_defaults(spec: Spec[Any], params: Mapping[str, load.Value] | None) -> dict[str, Any]:
+def with_defaults(spec: Spec[Any], params: Mapping[str, yaml_positions.Value] | None) -> dict[str, Any]:
     """The plugin's defaults overlaid with the merged parameters (JSON values); keys matched like Talon's
     decoding (exact first, else case-insensitively) are written under the canonical name; null is absent."""
     out = spec.defaults()

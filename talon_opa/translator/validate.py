@@ -18,9 +18,10 @@ from talon_opa.core.errors import RuleProblem, Where
 from talon_opa.plugins import params as _params
 from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.spec import Spec
-from talon_opa.translator.load import RawRule, Text, Value
+from talon_opa.translator.load import RawRule
 from talon_opa.translator.merge import Resolved
 from talon_opa.translator.model import FieldCondition, Priority, PriorityOp
+from talon_opa.translator.yaml_positions import Text, Value
 
 # --- Talon's syntax (rules.go:80-90), with our fixes where noted --------------------------------------
 
