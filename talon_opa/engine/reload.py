@@ -12,11 +12,9 @@ still being written (truncate then write) is only read once it has settled.
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import os
 import shutil
-import tarfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +96,7 @@ def pack(path: Path) -> bytes:
     """A bundle as the .tar.gz OPA downloads from a bundle service (what a sidecar polls)."""
     if path.is_file():
         return path.read_bytes()  # already a (signed) tarball
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            tar.add(f, arcname=f.relative_to(path).as_posix(), recursive=False)
-    return buf.getvalue()
+    return bundle.pack(path)
 
 
 def log_problems(error: RulesError, *, reload: bool) -> None:
