@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 
-from talon_opa.core import binaries
+from talon_opa.core import binaries, priorities
 from talon_opa.core.errors import Where
-from talon_opa.core.events import decode_alert, priority_rank
+from talon_opa.core.events import decode_alert
 from talon_opa.opa.process import OpaProcess
 from talon_opa.translator.bundle import build_bundle
 from talon_opa.translator.model import Action, FieldCondition, Match, OutputRef, Priority, PriorityOp, Rule, RuleSet
@@ -68,7 +68,7 @@ def rule(
 def priority(text: str) -> Priority:
     """A priority filter parsed like the loader does (">=Warning" -> op ">=", rank 4)."""
     op = next(o for o in ("<=", ">=", "<", ">", "=", "") if text.startswith(o))
-    return Priority(op_literal(op), priority_rank(text[len(op) :]), text)
+    return Priority(op_literal(op), priorities.rank(text[len(op) :]), text)
 
 
 def op_literal(op: str) -> PriorityOp:

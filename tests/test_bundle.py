@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from talon_opa.core import binaries
 from talon_opa.core.errors import OpaError
+from talon_opa.engine import reload
 from talon_opa.opa.process import OpaProcess
 from talon_opa.translator import bundle
 from tests.harness import paths
@@ -288,3 +289,15 @@ async def test_rules_translate_signs_a_bundle_opa_serves_and_refuses_once_tamper
         await bad.start(ready_within=15)
     await bad.stop()
     assert f"{name}: digest mismatch" in str(e.value)
+
+
+def test_the_translated_tarball_and_the_sidecars_bundle_are_the_same_bytes(tmp_path: Path, library: Path) -> None:
+    # one packer: `rules translate -o FILE.tar.gz` and the engine's bundle service give OPA the same archive
+    directory, archive = tmp_path / "dir", tmp_path / "b.tar.gz"
+    revision = bundle.build_bundle(GENERATED, directory, library=library)
+    assert bundle.build_bundle(GENERATED, archive, library=library) == revision
+    assert reload.pack(directory) == archive.read_bytes() == bundle.pack(directory)
+    assert reload.pack(archive) == archive.read_bytes()
+    members = tar_members(archive)
+    assert sorted(members) == sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    assert all(members[name] == (directory / name).read_bytes() for name in members)

@@ -18,8 +18,8 @@ from talon_opa.catalog import default_registry
 from talon_opa.core import secrets
 from talon_opa.core.errors import RuleProblem
 from talon_opa.plugins import params
+from talon_opa.plugins.registry import Registry
 from talon_opa.translator import rules as rules_mod
-from talon_opa.translator.validate import RegistryLike
 
 
 def format_problem(p: RuleProblem, *, warning: bool = False) -> str:
@@ -27,7 +27,7 @@ def format_problem(p: RuleProblem, *, warning: bool = False) -> str:
     return p.format(warning=warning)
 
 
-def main(args: argparse.Namespace, registry: RegistryLike | None = None, out: TextIO | None = None) -> int:
+def main(args: argparse.Namespace, registry: Registry | None = None, out: TextIO | None = None) -> int:
     """Run `rules check` or `rules print` (args.rules_command) over args.rules; returns the exit code."""
     out = out if out is not None else sys.stdout
     paths: list[str] = list(args.rules or [])
@@ -49,7 +49,7 @@ def main(args: argparse.Namespace, registry: RegistryLike | None = None, out: Te
     return 0
 
 
-def _print(paths: list[str], out: TextIO, registry: RegistryLike) -> int:
+def _print(paths: list[str], out: TextIO, registry: Registry) -> int:
     merged, problems, _warnings = rules_mod.merge_files(paths)
     if problems:
         for p in problems:
@@ -62,7 +62,7 @@ def _print(paths: list[str], out: TextIO, registry: RegistryLike) -> int:
     return 0
 
 
-def talon_shape(mr: rules_mod.MergedRule, registry: RegistryLike) -> dict[str, Any]:
+def talon_shape(mr: rules_mod.MergedRule, registry: Registry) -> dict[str, Any]:
     """A merged rule the way Talon's `rules print` writes it (its struct order, empty fields left out).
 
     Parameters the plugin declares secret are printed as `<redacted>`.

@@ -12,24 +12,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from talon_opa.core import priorities
 from talon_opa.core.errors import AlertError
-
-# Talon's priority ranks (internal/rules/priority.go); any other name ranks 0.
-PRIORITY_RANKS: Mapping[str, int] = {
-    "debug": 1,
-    "informational": 2,
-    "notice": 3,
-    "warning": 4,
-    "error": 5,
-    "critical": 6,
-    "alert": 7,
-    "emergency": 8,
-}
 
 JSON_HINT = "send the alert as JSON: set Falco's json_output: true (or use Falcosidekick's webhook output)"
 
@@ -153,10 +141,6 @@ def strip_prefix(output: str) -> str:
     return stripped[1:] if stripped.startswith(" ") else stripped
 
 
-def priority_rank(priority: str) -> int:
-    return PRIORITY_RANKS.get(priority.lower(), 0)
-
-
 def _check_time(text: str) -> None:
     m = _RFC3339.match(text)
     if m is None:
@@ -185,7 +169,7 @@ class Alert:
 
     @property
     def priority_rank(self) -> int:
-        return priority_rank(self.priority)
+        return priorities.rank(self.priority)
 
     def field_str(self, name: str) -> str | None:
         """An output field as Talon's accessors read it: strings and numbers only, else None."""

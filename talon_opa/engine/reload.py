@@ -12,21 +12,19 @@ still being written (truncate then write) is only read once it has settled.
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import os
 import shutil
-import tarfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from talon_opa.core import logs
 from talon_opa.core.errors import RuleProblem, RulesError
+from talon_opa.plugins.registry import Registry
 from talon_opa.translator import bundle, rego
 from talon_opa.translator import rules as rules_loader
 from talon_opa.translator.model import RuleSet
-from talon_opa.translator.validate import RegistryLike
 
 log = logs.get("rules")
 
@@ -76,7 +74,7 @@ class Built:
 
 def build(
     paths: Sequence[str],
-    registry: RegistryLike,
+    registry: Registry,
     workdir: Path,
     native: Sequence[Path] = (),
     signing_key: Path | None = None,
@@ -110,11 +108,7 @@ def pack(path: Path) -> bytes:
     """A bundle as the .tar.gz OPA downloads from a bundle service (what a sidecar polls)."""
     if path.is_file():
         return path.read_bytes()  # already a (signed) tarball
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            tar.add(f, arcname=f.relative_to(path).as_posix(), recursive=False)
-    return buf.getvalue()
+    return bundle.pack(path)
 
 
 def log_problems(error: RulesError, *, reload: bool) -> None:

@@ -2,13 +2,16 @@
 
 The bundle holds the generated files, every non-test `.rego` of the hand-written library in
 `policies/` (same layout), the user's native Rego, and a `.manifest` whose `revision` is a content
-hash: the same input always gives the same revision. Signing and packing are done by the real
-`opa build` / `opa sign`, and `check_bundle` runs `opa check --strict` on the result.
+hash: the same input always gives the same revision. `pack` is the one `.tar.gz` writer: for
+`rules translate -o FILE.tar.gz` and for the bundle the engine serves to a sidecar OPA. Signing is done
+by the real `opa sign`, and `check_bundle` runs `opa check --strict` on the result.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -135,11 +138,10 @@ def build_bundle(
         staging = Path(tmp) / "bundle"
         write_tree(merged, staging, revision)
         if is_archive(out):
-            packed = Path(tmp) / "bundle.tar.gz"
-            args = ["build", "--bundle", ".", "--output", str(packed), "--revision", revision]
             if signing_key is not None:
-                args += ["--signing-key", str(signing_key.absolute())]
-            run_opa(args, cwd=staging, what="opa build")
+                sign(staging, signing_key)
+            packed = Path(tmp) / "bundle.tar.gz"
+            packed.write_bytes(pack(staging))
             if check:
                 check_bundle(packed)
             os.replace(packed, out)
@@ -167,6 +169,28 @@ def write_tree(files: Mapping[str, str], root: Path, revision: str) -> None:
             made.add(path.parent)
         path.write_text(text, encoding="utf-8")
     (root / ".manifest").write_text(json.dumps(manifest(revision), sort_keys=True) + "\n", encoding="utf-8")
+
+
+def sign(root: Path, signing_key: Path) -> None:
+    """Add `.signatures.json` (every file's hash, signed with the PEM private key) to a bundle directory."""
+    args = ["sign", "--signing-key", str(signing_key.absolute()), "--bundle", ".", "--output-file-path", "."]
+    run_opa(args, cwd=root, what="opa sign")
+
+
+def pack(root: Path) -> bytes:
+    """A bundle directory as the `.tar.gz` OPA loads: every file by its path under `root`, in sorted order.
+
+    Times, owners and modes are fixed, so the same bundle always packs to the same bytes.
+    """
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(path.relative_to(root).as_posix())
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def check_bundle(path: Path) -> None:
@@ -207,8 +231,8 @@ def run_opa(args: Sequence[str], *, what: str, cwd: Path | None = None) -> str:
 def _hint(what: str) -> str:
     if what == "opa check --strict":
         return "fix the Rego at the file:line OPA names (generated code: report it with the rules file)"
-    if what in ("opa build", "opa sign"):
-        return "check the signing key (a PEM private key) and the Rego OPA names"
+    if what == "opa sign":
+        return "check the signing key (a PEM private key)"
     return "see OPA's message"
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from talon_opa.core.errors import RuleProblem
-from talon_opa.translator.load import RawAction, RawItem, RawMatch, RawOutput, RawRule, Text, Value
+from talon_opa.translator.load import RawAction, RawItem, RawMatch, RawOutput, RawRule
+from talon_opa.translator.yaml_positions import Text, Value
 
 _Raw = TypeVar("_Raw", RawAction, RawRule, RawMatch)
 

@@ -19,9 +19,10 @@ from typing import Any
 
 from talon_opa.core.errors import RuleProblem, RulesError
 from talon_opa.plugins import runtime
-from talon_opa.translator import load, merge, validate
+from talon_opa.plugins.registry import Registry
+from talon_opa.plugins.spec import Spec
+from talon_opa.translator import load, merge, validate, yaml_positions
 from talon_opa.translator.model import Action, FieldCondition, Match, OutputRef, Priority, Rule, RuleSet
-from talon_opa.translator.validate import RegistryLike, SpecLike
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +80,13 @@ def _merge_files(
     return rules, problems, warnings
 
 
-def check_rules(paths: Sequence[str | Path], registry: RegistryLike) -> Report:
+def check_rules(paths: Sequence[str | Path], registry: Registry) -> Report:
     """Load, merge, resolve and validate (§2.4 and §2.5); build the model when there is no problem."""
     with collector_paused():
         return _check_rules(paths, registry)
 
 
-def _check_rules(paths: Sequence[str | Path], registry: RegistryLike) -> Report:
+def _check_rules(paths: Sequence[str | Path], registry: Registry) -> Report:
     rules, problems, warnings = merge_files(paths, syntax=False)
     cache: validate.DecodeCache = {}
     for mr in rules:  # rule by rule (Talon: §2.4 for all, then §2.5), so a rule's problems stay together
@@ -114,7 +115,7 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _not_runnable(model: RuleSet, registry: RegistryLike) -> list[RuleProblem]:
+def _not_runnable(model: RuleSet, registry: Registry) -> list[RuleProblem]:
     """Valid actions this version cannot run yet: they plan, and their steps fail (reported) at run time."""
     out: list[RuleProblem] = []
     for rule in model.rules:
@@ -149,14 +150,12 @@ def _once(warnings: list[RuleProblem]) -> list[RuleProblem]:
     return out
 
 
-def load_ruleset(paths: Sequence[str | Path], registry: RegistryLike) -> RuleSet:
+def load_ruleset(paths: Sequence[str | Path], registry: Registry) -> RuleSet:
     """The validated model of the rules files; raises RulesError with every problem."""
     return load_ruleset_with_warnings(paths, registry)[0]
 
 
-def load_ruleset_with_warnings(
-    paths: Sequence[str | Path], registry: RegistryLike
-) -> tuple[RuleSet, list[RuleProblem]]:
+def load_ruleset_with_warnings(paths: Sequence[str | Path], registry: Registry) -> tuple[RuleSet, list[RuleProblem]]:
     """Like `load_ruleset`, also returning the warnings."""
     with collector_paused():  # back on once the report (raw rules, Values) is gone: less for it to walk
         report = check_rules(paths, registry)
@@ -170,7 +169,7 @@ def load_ruleset_with_warnings(
 # --- the final model ----------------------------------------------------------------------------------
 
 
-def _rule(mr: MergedRule, registry: RegistryLike) -> Rule:
+def _rule(mr: MergedRule, registry: Registry) -> Rule:
     r = mr.rule
     return Rule(
         name=r.name.value,
@@ -198,7 +197,7 @@ def _match(m: load.RawMatch) -> Match:
     )
 
 
-def _action(a: load.RawAction, registry: RegistryLike) -> Action:
+def _action(a: load.RawAction, registry: Registry) -> Action:
     assert a.actionner is not None  # validated
     spec = registry.actionner(a.actionner.value)
     assert spec is not None  # validated
@@ -221,7 +220,7 @@ def _action(a: load.RawAction, registry: RegistryLike) -> Action:
     )
 
 
-def with_defaults(spec: SpecLike, params: Mapping[str, load.Value] | None) -> dict[str, Any]:
+def with_defaults(spec: Spec[Any], params: Mapping[str, yaml_positions.Value] | None) -> dict[str, Any]:
     """The plugin's defaults overlaid with the merged parameters (JSON values); keys matched like Talon's
     decoding (exact first, else case-insensitively) are written under the canonical name; null is absent."""
     out = spec.defaults()

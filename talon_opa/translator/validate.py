@@ -11,49 +11,23 @@ import difflib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
+from talon_opa.core import priorities
 from talon_opa.core.errors import RuleProblem, Where
 from talon_opa.plugins import params as _params
-from talon_opa.translator.load import RawRule, Text, Value
+from talon_opa.plugins.registry import Registry
+from talon_opa.plugins.spec import Spec
+from talon_opa.translator.load import RawRule
 from talon_opa.translator.merge import Resolved
 from talon_opa.translator.model import FieldCondition, Priority, PriorityOp
-
-# --- what the validator needs from the registry (actionners.registry.Registry satisfies it) -----------
-
-
-class SpecLike(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def params(self) -> type[Any]: ...
-    @property
-    def continues(self) -> bool: ...
-    @property
-    def output(self) -> str: ...
-    def decode(self, raw: Mapping[str, Any]) -> Any: ...
-    def defaults(self) -> dict[str, Any]: ...
-
-
-class RegistryLike(Protocol):
-    @property
-    def actionners(self) -> Mapping[str, Any]: ...
-    @property
-    def outputs(self) -> Mapping[str, Any]: ...
-    @property
-    def notifiers(self) -> Mapping[str, Any]: ...
-    def actionner(self, name: str) -> SpecLike | None: ...
-    def output(self, name: str) -> SpecLike | None: ...
-    def notifier(self, name: str) -> SpecLike | None: ...
-
+from talon_opa.translator.yaml_positions import Text, Value
 
 # --- Talon's syntax (rules.go:80-90), with our fixes where noted --------------------------------------
 
 CONTEXTS = ("aws", "k8snode")  # Talon's additional_contexts sources (reference §4)
-PRIORITIES = ("Debug", "Informational", "Notice", "Warning", "Error", "Critical", "Alert", "Emergency")
-RANKS = {p.lower(): i + 1 for i, p in enumerate(PRIORITIES)}  # anything else ranks 0
 # Go's `$` is the end of the text; Python's also matches before a final newline: hence \Z
-_PRIORITY = re.compile(r"(?i)^(<|>)?(=)?(Debug|Informational|Notice|Warning|Error|Critical|Alert|Emergency|)\Z")
+_PRIORITY = re.compile(rf"(?i)^(<|>)?(=)?({'|'.join(priorities.NAMES)}|)\Z")
 _PRIORITY_OP = re.compile(r"^(<|>)?(=)?")
 _ACTIONNER = re.compile(r"[a-z]+:[a-z]+")  # unanchored and case-sensitive, as Talon's
 _TAG = re.compile(r"(?i)^[a-z_0-9.]*[a-z0-9]\Z")
@@ -65,7 +39,7 @@ def parse_priority(text: str) -> Priority:
     """§2.8.2: the leading operator, then the rank of the rest (case-insensitive; unknown → 0)."""
     m = _PRIORITY_OP.match(text)
     op = m.group(0) if m else ""
-    rank = RANKS.get(text[len(op) :].lower(), 0)
+    rank = priorities.rank(text[len(op) :])
     return Priority(_as_op(op), rank, text)
 
 
@@ -127,7 +101,7 @@ def _one_of(names: Sequence[str], given: str) -> str:
 def check_rule(
     rule: RawRule,
     actions: Sequence[Resolved],
-    registry: RegistryLike,
+    registry: Registry,
     warnings: list[RuleProblem],
     cache: DecodeCache | None = None,
 ) -> list[RuleProblem]:
@@ -187,7 +161,7 @@ def check_syntax(rule: RawRule, actions: Sequence[Resolved]) -> list[RuleProblem
             )
     m = rule.match
     if m.priority is not None and not _PRIORITY.match(m.priority.value):
-        hint = f"write an optional operator (<, <=, >, >=, =) and one of: {', '.join(PRIORITIES)}"
+        hint = f"write an optional operator (<, <=, >, >=, =) and one of: {', '.join(priorities.NAMES)}"
         if m.priority.value.lower().lstrip("<>=").startswith("info"):
             hint = f"Talon spells it Informational; {hint}"
         add(m.priority.where, f"incorrect priority '{m.priority.value}'", hint, field="match.priority")
@@ -217,7 +191,7 @@ def check_syntax(rule: RawRule, actions: Sequence[Resolved]) -> list[RuleProblem
 def check_semantics(
     rule: RawRule,
     actions: Sequence[Resolved],
-    registry: RegistryLike,
+    registry: Registry,
     warnings: list[RuleProblem],
     cache: DecodeCache | None = None,
 ) -> list[RuleProblem]:
@@ -328,7 +302,7 @@ def check_semantics(
 
 
 def _check_params(
-    spec: SpecLike,
+    spec: Spec[Any],
     params: dict[str, Value] | None,
     where: Where,
     prefix: str,
@@ -345,7 +319,7 @@ def _check_params(
             spec.decode(raw)
         except _params.ParamsInvalid as e:
             found = list(e.problems)
-        cache[key] = (found, unknown_keys(spec, raw))
+        cache[key] = (found, spec.unknown_keys(raw))
     found, unknown = cache[key]
     out: list[RuleProblem] = []
     if found:
@@ -373,11 +347,6 @@ def _check_params(
             )
         )
     return out
-
-
-def unknown_keys(spec: SpecLike, raw: Mapping[str, Any]) -> list[str]:
-    """Parameter keys the plugin does not know (Talon ignores them; we warn)."""
-    return _params.unknown_keys(spec.params, raw)
 
 
 _PATH = re.compile(r"\[([^\]]*)\]|\.([^.\[]+)")
