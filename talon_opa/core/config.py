@@ -129,6 +129,16 @@ class Queue:
     """alerts processed concurrently (alerts about the same pod never run at the same time)"""
     drain_timeout_seconds: float = 30.0
     """on SIGTERM, how long to finish the accepted alerts before stopping"""
+    kind: str = "memory"
+    """"memory" (one replica) or "nats": accepted alerts go to a NATS JetStream work queue every replica consumes"""
+    nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server(s), comma-separated (with kind: nats); credentials in the URL are secret"""
+    nats_stream: str = "TALON_OPA"
+    """JetStream stream of accepted alerts (created when missing: work-queue retention, file storage)"""
+    partitions: int = 16
+    """with kind: nats, alerts are spread by target pod over this many partitions, one alert of each in flight"""
+    ack_wait_seconds: float = 30.0
+    """with kind: nats, an alert whose replica stops answering is delivered again after this long"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,6 +495,14 @@ def _validate(cfg: Config) -> None:
             raise bad(key, f"names {f}, which is not a readable file", "give the path of a PEM file")
     if cfg.tls.client_ca_file and not Path(cfg.tls.client_ca_file).is_file():
         raise bad("tls.client_ca_file", f"names {cfg.tls.client_ca_file}, which is not a file", "give a PEM CA bundle")
+    if cfg.queue.kind not in ("memory", "nats"):
+        raise bad("queue.kind", f"is {cfg.queue.kind!r}", 'use "memory" (one replica) or "nats" (replicas)')
+    if cfg.queue.kind == "nats" and not cfg.queue.nats_url.startswith(("nats://", "tls://")):
+        raise bad("queue.nats_url", f"is {cfg.queue.nats_url!r}", "use nats://host:4222 (or tls://host:4222)")
+    if cfg.queue.partitions < 1:
+        raise bad("queue.partitions", f"is {cfg.queue.partitions}", "use a whole number of at least 1")
+    if cfg.queue.ack_wait_seconds <= 0:
+        raise bad("queue.ack_wait_seconds", f"is {cfg.queue.ack_wait_seconds}", "use a positive number of seconds")
     if not cfg.auth.header.strip():
         raise bad("auth.header", "is empty", 'use "Authorization" or a custom header name')
     if not cfg.rules_files:

@@ -11,18 +11,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from talon_opa.core import config, logs
 from talon_opa.engine import telemetry
 from talon_opa.engine.dedup import Deduplicator, dedup_key
+from talon_opa.engine.jetstream import JetStreamQueue, QueueUnavailable
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.queue import AlertQueue, QueueClosed
 from talon_opa.engine.work import Job, WorkItem
 
 log = logs.get("engine")
 
-Verdict = Literal["queued", "duplicate", "full", "closing"]
+Verdict = Literal["queued", "duplicate", "full", "closing", "unavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class Admission:
     trace_id: str = ""
     duplicate_of: str = ""  # the first alert's id, for a duplicate
     capacity: int = 0  # the queue's capacity, when full
+    reason: str = ""  # why the queue could not take it, when unavailable
 
     @property
     def accepted(self) -> bool:
@@ -51,9 +53,11 @@ class Acceptor:
         queue: AlertQueue[Job],
         metrics: Metrics,
         tracing: telemetry.Telemetry,
+        jetstream: JetStreamQueue | None = None,
     ) -> None:
         self._cfg = cfg
         self._queue = queue
+        self._jetstream = jetstream
         self._metrics = metrics
         self._telemetry = tracing
         self._tracer = tracing.tracer
@@ -61,8 +65,8 @@ class Acceptor:
         self.dedup = Deduplicator(cfg.deduplication.time_window_seconds)
         self._full_log = logs.Throttle(1.0)
 
-    def accept(self, item: WorkItem) -> Admission:
-        """Dedup and queue a work item; never waits."""
+    async def accept(self, item: WorkItem) -> Admission:
+        """Dedup and queue a work item: in process, without waiting; on JetStream, once it is stored."""
         alert = item.alert
         ns, pod = alert.namespace() or "", alert.pod_name() or ""
         attrs: dict[str, Any] = {
@@ -105,6 +109,8 @@ class Acceptor:
                 span.end()
                 return Admission("duplicate", item.alert_id, trace_id, duplicate_of=seen.alert_id)
             target = (ns, pod) if pod else None
+            if self._jetstream is not None:
+                return await self._publish(item, span, trace_id, target, key)
             try:
                 queued = self._queue.put(Job(item, span, time.monotonic()), target)
             except QueueClosed:
@@ -123,4 +129,34 @@ class Acceptor:
                 return Admission("full", item.alert_id, trace_id, capacity=self._queue.capacity)
             self.dedup.record(key, item.alert_id, trace_id)
             log.debug("alert queued", extra={"id": item.alert_id})
+        return Admission("queued", item.alert_id, trace_id)
+
+    async def _publish(
+        self, item: WorkItem, span: Span, trace_id: str, target: tuple[str, str] | None, key: str
+    ) -> Admission:
+        """Store the item in JetStream; the receive span ends here, the replica that runs it continues the trace."""
+        assert self._jetstream is not None
+        carrier: dict[str, str] = {}
+        telemetry.inject(carrier)
+        try:
+            seq, duplicate = await self._jetstream.publish(item, target, key, carrier)
+        except QueueUnavailable as e:
+            telemetry.fail(span, e, "queue_unavailable")
+            span.end()
+            if self._full_log.allow() is not None:
+                log.warning("queue unavailable, alert refused", extra={"error": str(e)})
+            return Admission("unavailable", item.alert_id, trace_id, reason=str(e))
+        if duplicate:
+            first = await self._jetstream.original_id(seq)
+            self._metrics.dedup_hits.inc()
+            span.set_attribute(telemetry.ALERT_DUPLICATE, True)
+            if first:
+                span.set_attribute(telemetry.ALERT_DUPLICATE_OF, first)
+            log.info("duplicate alert, not processed again", extra={"id": item.alert_id, "duplicate_of": first})
+            span.end()
+            return Admission("duplicate", item.alert_id, trace_id, duplicate_of=first)
+        self.dedup.record(key, item.alert_id, trace_id)
+        telemetry.ok(span)
+        span.end()
+        log.debug("alert queued", extra={"id": item.alert_id, "seq": seq})
         return Admission("queued", item.alert_id, trace_id)

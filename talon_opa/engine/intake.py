@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -37,7 +37,9 @@ def refuse(
 class Intake:
     """The intake handler: HTTP in, work items to `accept`, HTTP out."""
 
-    def __init__(self, cfg: config.Config, accept: Callable[[WorkItem], Admission], metrics: Metrics) -> None:
+    def __init__(
+        self, cfg: config.Config, accept: Callable[[WorkItem], Awaitable[Admission]], metrics: Metrics
+    ) -> None:
         self._accept = accept
         self._metrics = metrics
         self.max_body = cfg.intake.max_body_bytes
@@ -117,17 +119,21 @@ class Intake:
             headers.get("traceparent") or "",
             headers.get("tracestate") or "",
         )
-        return self._answer(self._accept(item))
+        return self._answer(await self._accept(item))
 
     def _answer(self, admission: Admission) -> web.Response:
         if admission.accepted:
             doc: dict[str, Any] = {"id": admission.alert_id, "trace_id": admission.trace_id}
-            if admission.duplicate_of:
-                doc["duplicate_of"] = admission.duplicate_of
+            if admission.verdict == "duplicate":
+                doc["duplicate"] = True
+                if admission.duplicate_of:  # unknown when another replica's copy is already consumed
+                    doc["duplicate_of"] = admission.duplicate_of
             return web.json_response(doc)
         self._metrics.rejected.labels(status="503").inc()
         if admission.verdict == "closing":
             error, hint, retry_after = "the engine is shutting down", "send it again (another replica)", 5
+        elif admission.verdict == "unavailable":
+            error, hint, retry_after = f"the queue is unavailable: {admission.reason}", "send it again later", 2
         else:
             error = f"queue full: {admission.capacity} alerts are waiting"
             hint, retry_after = "send it again later; raise queue.capacity or queue.workers", 1

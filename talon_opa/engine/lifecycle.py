@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import SpanKind
 
 from talon_opa.catalog import default_registry
 from talon_opa.core import config, logs, secrets
@@ -25,11 +28,12 @@ from talon_opa.engine.accept import Acceptor
 from talon_opa.engine.batcher import Batcher
 from talon_opa.engine.execute import Executor
 from talon_opa.engine.instances import Instances
+from talon_opa.engine.jetstream import JetStreamQueue
 from talon_opa.engine.notify import Notifications
 from talon_opa.engine.opa_supervisor import OpaSupervisor
 from talon_opa.engine.process import Processor
 from talon_opa.engine.queue import AlertQueue
-from talon_opa.engine.work import Job
+from talon_opa.engine.work import Job, WorkItem
 from talon_opa.opa.client import OpaClient
 from talon_opa.plugins.clients import ClientProvider
 from talon_opa.plugins.registry import Registry
@@ -90,7 +94,10 @@ class Engine:
         )
         self.batcher = Batcher(self.opa, max_size=cfg.opa.batch_size)
         self.bundle_archive: tuple[str, bytes] | None = None  # (revision, .tar.gz) served to a sidecar
-        self.acceptor = Acceptor(cfg, queue=self.queue, metrics=self.metrics, tracing=self.telemetry)
+        self.jetstream = JetStreamQueue(cfg, self._handle_item) if cfg.queue.kind == "nats" else None
+        self.acceptor = Acceptor(
+            cfg, queue=self.queue, metrics=self.metrics, tracing=self.telemetry, jetstream=self.jetstream
+        )
         self.processor = Processor(
             cfg, batcher=self.batcher, executor=self._executor, metrics=self.metrics, tracer=self.tracer
         )
@@ -145,7 +152,11 @@ class Engine:
                 step_timeout=cfg.step_timeout_seconds,
                 force_dry_run=self.dry_run_only,
             )
+            if self.jetstream is not None:
+                await self.jetstream.connect()
         except BaseException:
+            if self.jetstream is not None:
+                await self.jetstream.stop()
             await self.supervisor.stop()
             raise
         self.built = built
@@ -153,6 +164,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.batcher.run(), name="talon-opa-batcher"))
         self.queue.start()
+        if self.jetstream is not None:
+            self.jetstream.start()
         self._tasks.append(loop.create_task(self.supervisor.watch(), name="talon-opa-opa-watch"))
         if cfg.watch_rules:
             watcher = reload.RulesWatcher(list(cfg.rules_files), cfg.watch_interval_seconds, self.reload)
@@ -171,7 +184,10 @@ class Engine:
     async def stop(self) -> None:
         """Drain (every accepted alert is finished, up to the drain timeout), then stop everything."""
         if self._started:
-            left = await self.queue.drain(self.cfg.queue.drain_timeout_seconds)
+            timeout = self.cfg.queue.drain_timeout_seconds
+            left = await self.queue.drain(timeout)
+            if self.jetstream is not None:  # what it has not started stays in the stream for the other replicas
+                left += await self.jetstream.drain(timeout)
             if left:
                 self.metrics.alerts_failed.labels(stage="drain").inc(left)
                 log.error(
@@ -252,10 +268,22 @@ class Engine:
     async def _handle(self, job: Job) -> None:
         await self.processor.handle(job)
 
+    async def _handle_item(self, item: WorkItem, trace_headers: Mapping[str, str]) -> None:
+        """An alert from JetStream: processed in a `process alert` span continuing its `receive alert` span."""
+        span = self.tracer.start_span(
+            telemetry.PROCESS_ALERT,
+            context=self.telemetry.extract(trace_headers),
+            kind=SpanKind.CONSUMER,
+            attributes={telemetry.ALERT_ID: item.alert_id, telemetry.ALERT_RULE: item.alert.rule},
+        )
+        await self.processor.handle(Job(item, span, time.monotonic()))
+
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when not draining and OPA has activated the bundle revision we built."""
         if self.queue.closed or not self._started:
             return False, {"status": "not ready", "reason": "starting" if not self._started else "draining"}
+        if self.jetstream is not None and not self.jetstream.connected:
+            return False, {"status": "not ready", "reason": "nats unreachable", "url": "queue.nats_url"}
         want = self.supervisor.revision
         try:
             have = await self.opa.revisions(timeout=min(2.0, self.cfg.opa.timeout_seconds))

@@ -24,6 +24,7 @@ from talon_opa.core.config import Otel
 
 # span names
 RECEIVE_ALERT = "receive alert"
+PROCESS_ALERT = "process alert"  # the replica running an alert from JetStream
 DECIDE_PLAN = "decide plan"
 RUN_ACTION = "run action"
 WRITE_OUTPUT = "write output"
@@ -94,6 +95,11 @@ class Telemetry:
     def shutdown(self) -> None:
         self.provider.force_flush(5000)
         self.provider.shutdown()
+
+
+def inject(carrier: dict[str, str]) -> None:
+    """The current span's context as W3C `traceparent`/`tracestate` entries of `carrier`."""
+    _PROPAGATOR.inject(carrier)
 
 
 def trace_id_of(span: Span) -> str:

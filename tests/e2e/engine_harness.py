@@ -138,6 +138,7 @@ async def running_engine(
     if not rules.exists():
         rules.write_text(rules_yaml)
     cfg = test_config(rules, **changes)
+    before = set(asyncio.all_tasks())  # other engines of the test may run beside this one
     engine = Engine(cfg, kube_config=kube_config, registry=registry, span_exporter=span_exporter)
     app = create_app(engine)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -151,7 +152,9 @@ async def running_engine(
             yield RunningEngine(engine, f"{scheme}://{cfg.address}:{cfg.listen_port}", http, rules)
     finally:
         await runner.cleanup()
-    leaked = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("talon-opa-") and not t.done()]
+    leaked = [
+        t.get_name() for t in asyncio.all_tasks() - before if t.get_name().startswith("talon-opa-") and not t.done()
+    ]
     assert not leaked, f"the engine left tasks running: {leaked}"
 
 

@@ -17,9 +17,15 @@ class Nats:
     url: str = ""
     component: Component | None = field(default=None, init=False)
 
+    port: int = 0
+    monitor: int = 0
+
     async def start(self) -> None:
+        """Start (again, on the same ports and store, after `stop`)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        port, monitor = free_port(), free_port()
+        if not self.port:
+            self.port, self.monitor = free_port(), free_port()
+        port, monitor = self.port, self.monitor
         self.url = f"nats://127.0.0.1:{port}"
         self.component = process.start(
             "nats-server",
