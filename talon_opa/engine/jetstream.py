@@ -102,7 +102,7 @@ class JetStreamQueue:
             ) from e
         self._js = self._nc.jetstream()
         subjects = [f"{self._subject}.*"]
-        window = self._window if self._window > 0 else 0.001  # 0 turns dedup off: no message ids are sent
+        window = self._window if self._window > 0 else 0.1  # 0 turns dedup off: no message ids are sent
         try:
             await self._js.stream_info(self._stream)
         except NotFoundError:
