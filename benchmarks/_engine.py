@@ -15,6 +15,7 @@ import aiohttp
 import yaml
 
 from talon_opa.opa.process import free_port
+from tests.harness.nats import Nats
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,6 +66,23 @@ async def engine_process(rules: str, **config: object) -> AsyncIterator[str]:
             except TimeoutError:
                 proc.kill()
             log.close()
+
+
+@contextlib.asynccontextmanager
+async def engines(
+    rules: str, replicas: int, kind: str, queue: dict[str, object], **config: object
+) -> AsyncIterator[list[str]]:
+    """`replicas` engine processes; with kind "nats", on one JetStream stream of a nats-server started here."""
+    async with contextlib.AsyncExitStack() as stack:
+        q = dict(queue)
+        if kind == "nats":
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="talon-opa-bench-nats-"))
+            server = Nats(Path(tmp))
+            await server.start()
+            stack.callback(server.stop)
+            q.update(kind="nats", nats_url=server.url, nats_stream="BENCH")
+        urls = [await stack.enter_async_context(engine_process(rules, queue=q, **config)) for _ in range(replicas)]
+        yield urls
 
 
 async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:

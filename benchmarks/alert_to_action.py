@@ -3,7 +3,8 @@
 Starts a real control plane (etcd, kube-apiserver, kwok... from tools/) and the engine as its own process,
 creates pods, then for each pod posts a "Terminal shell in container" alert and waits for the pod's
 labelled version on a watch. Prints `p50_ms=X p99_ms=Y n=N`. Loopback only, bounded.
-Usage: benchmarks/alert_to_action.py [--alerts 100]
+With `--queue nats --replicas N`, N engine processes share one JetStream stream and the alerts go round-robin.
+Usage: benchmarks/alert_to_action.py [--alerts 100] [--queue memory|nats] [--replicas 1]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._engine import engine_process
+from benchmarks._engine import engines
 from tests.harness.kube import NODES, KubeCluster
 
 LABEL = "security.falco.org/suspicious"
@@ -46,6 +47,8 @@ def percentile(values: list[float], q: float) -> float:
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--alerts", type=int, default=100)
+    p.add_argument("--queue", choices=("memory", "nats"), default="memory")
+    p.add_argument("--replicas", type=int, default=1)
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="talon-opa-bench-kube-") as tmp:
         kube = KubeCluster(Path(tmp))
@@ -59,7 +62,7 @@ async def main() -> None:
                 f"p{i}": asyncio.get_running_loop().create_future() for i in range(a.alerts)
             }
             watch = asyncio.create_task(watch_labels(kube, ns, seen))
-            async with engine_process(RULES, kubeconfig=str(kube.kubeconfig)) as url:
+            async with engines(RULES, a.replicas, a.queue, {}, kubeconfig=str(kube.kubeconfig)) as urls:
                 latencies = []
                 async with aiohttp.ClientSession() as http:
                     for i in range(a.alerts):
@@ -70,7 +73,7 @@ async def main() -> None:
                             "output_fields": {"k8s.pod.name": f"p{i}", "k8s.ns.name": ns},
                         }
                         start = time.monotonic()
-                        async with http.post(url + "/", json=body) as r:
+                        async with http.post(urls[i % len(urls)] + "/", json=body) as r:
                             assert r.status == 200, await r.text()
                         done = await asyncio.wait_for(seen[f"p{i}"], 30)
                         latencies.append((done - start) * 1000)
@@ -78,7 +81,8 @@ async def main() -> None:
             await asyncio.gather(watch, return_exceptions=True)
         finally:
             await kube.stop()
-    print(f"p50_ms={statistics.median(latencies):.1f} p99_ms={percentile(latencies, 0.99):.1f} n={len(latencies)}")
+    p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+    print(f"p50_ms={p50:.1f} p99_ms={p99:.1f} n={len(latencies)} queue={a.queue} replicas={a.replicas}")
 
 
 async def watch_labels(kube: KubeCluster, ns: str, seen: dict[str, asyncio.Future[float]]) -> None:

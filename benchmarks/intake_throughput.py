@@ -2,7 +2,9 @@
 
 Prints `alerts_per_s=X lost=N accepted=A refused=R decided=D`: `lost` counts alerts the engine accepted
 (HTTP 200) and never decided. Loopback only; the load is bounded in time and count.
-Usage: benchmarks/intake_throughput.py [--seconds 10] [--connections 32]
+With `--queue nats --replicas N`, N engine processes share one JetStream stream (a nats-server started here)
+and the load is spread over them; the figures are summed over the replicas.
+Usage: benchmarks/intake_throughput.py [--seconds 10] [--connections 32] [--queue memory|nats] [--replicas 1]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._engine import engine_process, metric
+from benchmarks._engine import engines, metric
 
 RULES = (Path(__file__).resolve().parent.parent / "examples" / "rules.yaml").read_text()
 SAMPLE = (
@@ -41,8 +43,10 @@ async def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--max-alerts", type=int, default=500_000)
+    p.add_argument("--queue", choices=("memory", "nats"), default="memory")
+    p.add_argument("--replicas", type=int, default=1)
     a = p.parse_args()
-    async with engine_process(RULES, queue={"capacity": 100_000, "workers": 16}) as url:
+    async with engines(RULES, a.replicas, a.queue, queue={"capacity": 100_000, "workers": 16}) as urls:
         accepted = refused = 0
         sent = 0
         stop = time.monotonic() + a.seconds
@@ -55,7 +59,7 @@ async def main() -> None:
                     sent += 1
                     n += 1
                     body = dict(SAMPLE, rule="Benchmark rule that matches nothing", output=f"bench {w}-{n}")
-                    async with http.post(url + "/", json=body) as r:
+                    async with http.post(urls[(w + n) % len(urls)] + "/", json=body) as r:
                         await r.read()
                         if r.status == 200:
                             accepted += 1
@@ -68,9 +72,9 @@ async def main() -> None:
             # wait until the engine has decided everything it accepted (or stops making progress)
             decided, last, still = 0.0, -1.0, 0
             while still < 50:
-                decided = await metric(http, url, "talon_opa_decision_duration_seconds_count")
-                depth = await metric(http, url, "talon_opa_queue_depth")
-                flight = await metric(http, url, "talon_opa_alerts_in_flight")
+                decided = await total(http, urls, "talon_opa_decision_duration_seconds_count")
+                depth = await total(http, urls, "talon_opa_queue_depth")
+                flight = await total(http, urls, "talon_opa_alerts_in_flight")
                 if decided >= accepted and depth == 0 and flight == 0:
                     break
                 still = still + 1 if decided == last else 0
@@ -78,8 +82,13 @@ async def main() -> None:
                 await asyncio.sleep(0.1)
     print(
         f"alerts_per_s={accepted / elapsed:.0f} lost={max(0, accepted - int(decided))} "
-        f"accepted={accepted} refused={refused} decided={int(decided)} seconds={elapsed:.1f}"
+        f"accepted={accepted} refused={refused} decided={int(decided)} seconds={elapsed:.1f} "
+        f"queue={a.queue} replicas={a.replicas}"
     )
+
+
+async def total(http: aiohttp.ClientSession, urls: list[str], name: str) -> float:
+    return sum([await metric(http, url, name) for url in urls])
 
 
 if __name__ == "__main__":
