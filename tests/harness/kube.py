@@ -298,6 +298,8 @@ class KubeCluster:
             found = await self.api.get(f"/apis/{spec['group']}/{version}")
             if spec["names"]["plural"] not in {r["name"] for r in found.get("resources", [])}:
                 return False
+            # served is not yet usable: a new resource answers 429 until its storage is initialised
+            await self.api.get(f"/apis/{spec['group']}/{version}/{spec['names']['plural']}", params={"limit": "1"})
         return True
 
     async def remove_crd(self, name: str) -> dict[str, Any]:
