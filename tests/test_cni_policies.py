@@ -50,6 +50,15 @@ def test_calico_selectors_sort_keys_and_quote_values() -> None:
         (None, None, [DENY, ALLOW_ALL]),  # nothing said: only the remote IP is cut
         ([], None, [DENY]),  # an empty list is not an absent one: deny all egress
         (["10.0.0.0/8"], None, [DENY, {"action": "Allow", "destination": {"nets": ["10.0.0.0/8"]}}]),
+        (  # Calico refuses a rule mixing IPv4 and IPv6 nets: one rule per family
+            ["fd00::/8", "10.0.0.0/8", "172.16.0.0/12"],
+            None,
+            [
+                DENY,
+                {"action": "Allow", "destination": {"nets": ["10.0.0.0/8", "172.16.0.0/12"]}},
+                {"action": "Allow", "destination": {"nets": ["fd00::/8"]}},
+            ],
+        ),
         (
             None,
             ["dns"],
@@ -81,13 +90,18 @@ def test_calico_accumulate_unions_denied_ips_keeps_calico_labels_and_follows_the
         },
     }
     wanted = calico.policy(
-        "web-1", "ns", {"app": "web"}, ["1.2.3.4/32", "5.5.5.5/32"], calico.CalicoNetworkPolicyParams()
+        "web-1",
+        "ns",
+        {"app": "web"},
+        ["1.2.3.4/32", "5.5.5.5/32", "2001:db8::1/128"],
+        calico.CalicoNetworkPolicyParams(),
     )
 
     merged = calico.accumulate(existing, wanted)
 
     assert merged["spec"]["egress"] == [
         {"action": "Deny", "destination": {"nets": ["9.9.9.9/32", "1.2.3.4/32", "5.5.5.5/32"]}},
+        {"action": "Deny", "destination": {"nets": ["2001:db8::1/128"]}},
         ALLOW_ALL,
     ]
     assert merged["metadata"]["labels"] == {
@@ -96,6 +110,8 @@ def test_calico_accumulate_unions_denied_ips_keeps_calico_labels_and_follows_the
         "projectcalico.org/tier": "default",
     }
     assert wanted["spec"]["egress"][0]["destination"]["nets"] == ["1.2.3.4/32", "5.5.5.5/32"]  # not changed
+    # the IPv6 deny rule of an existing policy counts too
+    assert calico.denied_nets(merged) == ["9.9.9.9/32", "1.2.3.4/32", "5.5.5.5/32", "2001:db8::1/128"]
 
 
 @pytest.mark.parametrize(

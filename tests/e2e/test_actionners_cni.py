@@ -155,6 +155,13 @@ async def test_calico_standalone_pod_ipv6_and_empty_allow_list(kube: KubeCluster
     # an empty allow list (not an absent one) allows nothing: only the Deny rule; IPv6 gets /128
     assert policy["spec"]["egress"] == [{"action": "Deny", "destination": {"nets": ["2001:db8::7/128"]}}]
 
+    # an IPv4 address next: Calico refuses a rule mixing the families, so each has its Deny rule
+    await run(CalicoNetworkPolicy, alert(namespace, "api-1", **{"fd.rip": "203.0.113.7"}), allow_cidr=[])
+    assert (await kube.api.get(f"{CALICO.format(ns=namespace)}/api-1"))["spec"]["egress"] == [
+        {"action": "Deny", "destination": {"nets": ["203.0.113.7/32"]}},
+        {"action": "Deny", "destination": {"nets": ["2001:db8::7/128"]}},
+    ]
+
 
 async def test_talons_calico_rbac_resource_does_not_exist_ours_is_enough(
     kube: KubeCluster, namespace: str, run: Run

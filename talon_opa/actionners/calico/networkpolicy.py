@@ -2,13 +2,15 @@
 
 The object follows Falco Talon (reference §3.16): a `projectcalico.org/v3` NetworkPolicy named after the
 pod's owner, `types: [Egress]`, `order`, a selector over the owner's selector labels, then egress rules in
-this order: one Deny to the remote IP, an Allow to `allow_cidr`, an Allow to the `allow_namespaces`; with
+this order: a Deny to the remote IP, an Allow to `allow_cidr`, an Allow to the `allow_namespaces`; with
 neither list given, one Allow to 0.0.0.0/0 (only the remote IP is cut). Re-running for another IP of the
-same workload adds it to the Deny rule: denied IPs accumulate, the allow rules follow the parameters.
+same workload adds it to the denied nets: denied IPs accumulate, the allow rules follow the parameters.
+Unlike Talon, nets are split into one rule per IP family, since Calico refuses a rule that mixes them.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -52,13 +54,27 @@ def namespace_selector(namespaces: Sequence[str]) -> str:
     return f"{NAMESPACE_NAME_LABEL} in {{ " + ", ".join(f"'{ns}'" for ns in namespaces) + " }"
 
 
+def by_family(nets: Sequence[str]) -> list[list[str]]:
+    """The nets split by IP family (IPv4 first), each kept in order; no empty group.
+
+    Calico refuses a rule whose nets mix IPv4 and IPv6 ("rule contains both IPv4 and IPv6 CIDRs").
+    """
+    v4 = [n for n in nets if ipaddress.ip_network(n, strict=False).version == 4]
+    v6 = [n for n in nets if n not in v4]
+    return [group for group in (v4, v6) if group]
+
+
+def deny_rules(denied: Sequence[str]) -> list[dict[str, Any]]:
+    """A Deny rule to the denied nets, one per IP family."""
+    return [{"action": "Deny", "destination": {"nets": group}} for group in by_family(denied)]
+
+
 def egress_rules(denied: Sequence[str], params: NetworkPolicyParams) -> list[dict[str, Any]]:
     """Deny to the remote IPs, then the allow rules of the parameters (reference §3.16)."""
-    rules: list[dict[str, Any]] = [{"action": "Deny", "destination": {"nets": list(denied)}}]
+    rules = deny_rules(denied)
     if params.allow_cidr is None and params.allow_namespaces is None:
         return [*rules, {"action": "Allow", "destination": {"nets": ["0.0.0.0/0"]}}]
-    if params.allow_cidr:
-        rules.append({"action": "Allow", "destination": {"nets": list(params.allow_cidr)}})
+    rules += [{"action": "Allow", "destination": {"nets": group}} for group in by_family(params.allow_cidr or ())]
     if params.allow_namespaces:
         rules.append(
             {"action": "Allow", "destination": {"namespaceSelector": namespace_selector(params.allow_namespaces)}}
@@ -91,11 +107,8 @@ def denied_nets(policy: Mapping[str, Any]) -> list[str]:
 def accumulate(existing: Mapping[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
     """The wanted policy, denying also every IP the existing one denies, keeping Calico's own labels."""
     earlier = denied_nets(existing)
-    egress = [dict(rule) for rule in wanted["spec"]["egress"]]
-    egress[0] = {
-        "action": "Deny",
-        "destination": {"nets": [*earlier, *(n for n in denied_nets(wanted) if n not in earlier)]},
-    }
+    denied = [*earlier, *(n for n in denied_nets(wanted) if n not in earlier)]
+    egress = [*deny_rules(denied), *(r for r in wanted["spec"]["egress"] if r.get("action") != "Deny")]
     vendor = {
         k: v
         for k, v in ((existing.get("metadata") or {}).get("labels") or {}).items()
