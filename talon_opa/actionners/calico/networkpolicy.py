@@ -26,7 +26,7 @@ from talon_opa.actionners.kubernetes.networkpolicy import (
     policy_grants,
     remote_cidr,
 )
-from talon_opa.plugins.params import param
+from talon_opa.plugins.params import cidr, each, param
 from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Spec
 
@@ -124,6 +124,15 @@ def accumulate(existing: Mapping[str, Any], wanted: dict[str, Any]) -> dict[str,
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CalicoNetworkPolicyParams(NetworkPolicyParams):
+    allow_cidr: tuple[str, ...] | None = param(
+        None,
+        doc="CIDRs the workload may still reach; with neither list, all but the remote IP is allowed; "
+        "an empty list allows none",
+        check=each(cidr),
+    )
+    allow_namespaces: tuple[str, ...] | None = param(
+        None, doc="namespaces the workload may still reach (Calico selector on kubernetes.io/metadata.name)"
+    )
     order: int = param(0, doc="Calico policy order (lower is applied first)")
 
 

@@ -10,6 +10,7 @@ ones that are not there yet: denied IPs and allow rules accumulate, each rule on
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -22,6 +23,7 @@ from talon_opa.actionners.kubernetes.networkpolicy import (
     policy_grants,
     remote_cidr,
 )
+from talon_opa.plugins.params import cidr, each, param
 from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Spec
 
@@ -37,6 +39,19 @@ _SERVED_BY = (
     "ciliumnetworkpolicies.cilium.io (cilium.io/v2)",
     "install Cilium (its CRDs), or use kubernetes:networkpolicy",
 )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CiliumNetworkPolicyParams(NetworkPolicyParams):
+    allow_cidr: tuple[str, ...] | None = param(
+        None,
+        doc="CIDRs the workload may still reach; with neither list, all but the remote IP is allowed; "
+        "an empty list allows none",
+        check=each(cidr),
+    )
+    allow_namespaces: tuple[str, ...] | None = param(
+        None, doc="namespaces the workload may still reach (endpoints labelled k8s:io.kubernetes.pod.namespace)"
+    )
 
 
 def allow_rules(params: NetworkPolicyParams) -> list[dict[str, Any]]:
@@ -84,8 +99,8 @@ def accumulate(existing: Mapping[str, Any], wanted: dict[str, Any]) -> dict[str,
     return {**wanted, "spec": spec}
 
 
-class CiliumNetworkPolicy(Actionner[NetworkPolicyParams]):
-    spec: ClassVar[Spec[NetworkPolicyParams]] = Spec(
+class CiliumNetworkPolicy(Actionner[CiliumNetworkPolicyParams]):
+    spec: ClassVar[Spec[CiliumNetworkPolicyParams]] = Spec(
         name="cilium:networkpolicy",
         kind="actionner",
         clients=("kube",),
@@ -93,7 +108,7 @@ class CiliumNetworkPolicy(Actionner[NetworkPolicyParams]):
             "Create or update a CiliumNetworkPolicy (cilium.io/v2) denying egress from the pod's workload to the "
             "alert's remote IP, allowing the listed CIDRs and namespaces"
         ),
-        params=NetworkPolicyParams,
+        params=CiliumNetworkPolicyParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name", "fd.sip|fd.rip"),
         grants=policy_grants("cilium.io", "ciliumnetworkpolicies"),
         example="""\
@@ -107,7 +122,7 @@ class CiliumNetworkPolicy(Actionner[NetworkPolicyParams]):
 """,
     )
 
-    async def run(self, alert: Alert, params: NetworkPolicyParams) -> Outcome:
+    async def run(self, alert: Alert, params: CiliumNetworkPolicyParams) -> Outcome:
         kube = self.clients.kube
         ref = _pods.target(alert)
         cidr = remote_cidr(alert)
