@@ -99,12 +99,10 @@ async def test_calico_policy_created_as_talon_does_then_converges_and_accumulate
     policy = await kube.api.get(path)
     assert policy["apiVersion"] == "projectcalico.org/v3"
     assert policy["kind"] == "NetworkPolicy"
-    # Calico's own admission policy adds its tier label; ours are Talon's plus the selector labels
-    assert policy["metadata"]["labels"] == {
-        "app": "web",
-        **MANAGED,
-        **({"projectcalico.org/tier": "default"} if kube.calico_admission else {}),
-    }
+    # Calico's own admission policy (which the Tigera operator installs with v3 CRDs) adds its tier label;
+    # ours are Talon's plus the selector labels
+    assert kube.calico_admission == "v1"
+    assert policy["metadata"]["labels"] == {"app": "web", **MANAGED, "projectcalico.org/tier": "default"}
     assert policy["metadata"]["annotations"] == {"talon-opa/actionner": "calico:networkpolicy"}
     assert policy["spec"] == {
         "tier": "default",
