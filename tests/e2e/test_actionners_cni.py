@@ -11,6 +11,7 @@ pods have no network), nor the checks only a calico-apiserver makes beyond the C
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -38,6 +39,7 @@ CILIUM = "/apis/cilium.io/v2/namespaces/{ns}/ciliumnetworkpolicies"
 MANAGED = {"app.k8s.io/managed-by": "falco-talon"}
 
 Run = Callable[..., Awaitable[Outcome]]
+Prepare = Callable[..., Awaitable[Callable[[Alert], Awaitable[Outcome]]]]
 
 
 def alert(namespace: str, pod: str, **fields: Any) -> Alert:
@@ -48,27 +50,49 @@ def alert(namespace: str, pod: str, **fields: Any) -> Alert:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def run(kube: KubeCluster, namespace: str) -> AsyncIterator[Run]:
-    """`await run(Plugin, alert, **params)`: the plugin built with a KubeClient whose ServiceAccount has
-    exactly the ClusterRole generated for this use (`rules=` overrides the role's rules)."""
+async def prepare(kube: KubeCluster, namespace: str) -> AsyncIterator[Prepare]:
+    """`step = await prepare(Plugin, **params)`, then `await step(alert)`: the plugin built with a KubeClient
+    (of class `client=`) whose ServiceAccount has exactly the ClusterRole generated for this use (`rules=`
+    overrides the role's rules)."""
     session = aiohttp.ClientSession()
     clients: list[KubeClient] = []
 
-    async def go(plugin: Any, event: Alert, *, rules: list[dict[str, Any]] | None = None, **raw: Any) -> Outcome:
+    async def build(
+        plugin: Any,
+        *,
+        rules: list[dict[str, Any]] | None = None,
+        client: type[KubeClient] = KubeClient,
+        **raw: Any,
+    ) -> Callable[[Alert], Awaitable[Outcome]]:
         spec = plugin.spec
         if rules is None:
             rules = rbac.cluster_role(REGISTRY, [(spec.name, raw)], "unused")["rules"]
         account = f"sa-{secrets.token_hex(3)}"
-        client = KubeClient(await kube.service_account_with_role(namespace, account, rules))
-        clients.append(client)
-        provided = ClientProvider(Config(), http=session, kube=client).clients_for(spec)
-        outcome: Outcome = await plugin(provided, NoParams()).run(event, spec.decode(raw))
-        return outcome
+        kube_client = client(await kube.service_account_with_role(namespace, account, rules))
+        clients.append(kube_client)
+        provided = ClientProvider(Config(), http=session, kube=kube_client).clients_for(spec)
+        instance, params = plugin(provided, NoParams()), spec.decode(raw)
 
-    yield go
+        async def step(event: Alert) -> Outcome:
+            outcome: Outcome = await instance.run(event, params)
+            return outcome
+
+        return step
+
+    yield build
     for c in clients:
         await c.close()
     await session.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def run(prepare: Prepare) -> Run:
+    """`await run(Plugin, alert, **params)`: `prepare`, then the step on the alert."""
+
+    async def go(plugin: Any, event: Alert, **kw: Any) -> Outcome:
+        return await (await prepare(plugin, **kw))(event)
+
+    return go
 
 
 async def deployment_pod(kube: KubeCluster, ns: str, name: str) -> tuple[str, str]:
@@ -340,3 +364,42 @@ async def test_a_remote_ip_that_is_not_an_ip_fails_before_any_write(
 
     assert (await kube.api.get(CALICO.format(ns=namespace)))["items"] == []
     assert (await kube.api.get(CILIUM.format(ns=namespace)))["items"] == []
+
+
+class _TogetherClient(KubeClient):
+    """Creates wait until both writers are about to create: their lookups are done, one POST must lose."""
+
+    barrier = asyncio.Barrier(2)
+
+    async def post(self, path: str, body: Any, **kw: Any) -> Any:
+        if path.endswith(("/networkpolicies", "/ciliumnetworkpolicies")):
+            async with asyncio.timeout(30):
+                await self.barrier.wait()
+        return await super().post(path, body, **kw)
+
+
+@pytest.mark.parametrize("vendor", ["calico", "cilium"])
+async def test_concurrent_alerts_about_two_pods_of_one_workload_deny_both_ips(
+    kube: KubeCluster, namespace: str, prepare: Prepare, vendor: str
+) -> None:
+    # per-pod ordering does not serialise them: both write the one policy named after the ReplicaSet
+    await kube.create_workload("Deployment", namespace, "web", replicas=2)
+    pods = await kube.wait_running(namespace, "app=web", 2)
+    [first, second] = [p["metadata"]["name"] for p in pods[:2]]
+    replica_set = pods[0]["metadata"]["ownerReferences"][0]["name"]
+    plugin, collection = (CalicoNetworkPolicy, CALICO) if vendor == "calico" else (CiliumNetworkPolicy, CILIUM)
+    _TogetherClient.barrier = asyncio.Barrier(2)
+    steps = [await prepare(plugin, client=_TogetherClient) for _ in range(2)]
+
+    outcomes = await asyncio.gather(
+        steps[0](alert(namespace, first, **{"fd.rip": "203.0.113.1"})),
+        steps[1](alert(namespace, second, **{"fd.rip": "203.0.113.2"})),
+    )
+
+    # both created at once: the one refused (409) looked again and updated what the other made
+    assert sorted(o.message.split(" ")[-1] for o in outcomes) == ["created", "updated"]
+    spec = (await kube.api.get(f"{collection.format(ns=namespace)}/{replica_set}"))["spec"]
+    if vendor == "calico":
+        assert sorted(spec["egress"][0]["destination"]["nets"]) == ["203.0.113.1/32", "203.0.113.2/32"]
+    else:
+        assert sorted(r["toCIDR"][0] for r in spec["egressDeny"]) == ["203.0.113.1/32", "203.0.113.2/32"]
