@@ -185,6 +185,39 @@ async def test_calico_standalone_pod_ipv6_and_empty_allow_list(kube: KubeCluster
     ]
 
 
+async def test_calico_takes_over_a_policy_falco_talon_created_keeping_its_denied_ips(
+    kube: KubeCluster, namespace: str, run: Run
+) -> None:
+    pod, replica_set = await deployment_pod(kube, namespace, "web")
+    talons = {  # as Falco Talon writes it: its label, its namespace selector key, no annotation of ours
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": replica_set, "labels": {"app": "web", **MANAGED}},
+        "spec": {
+            "order": 0,
+            "selector": 'app == "web"',
+            "types": ["Egress"],
+            "egress": [
+                {"action": "Deny", "destination": {"nets": ["192.0.2.1/32"]}},
+                {"action": "Allow", "destination": {"namespaceSelector": "k8s.io/metadata.name in { 'dns' }"}},
+            ],
+        },
+    }
+    await kube.api.post(CALICO.format(ns=namespace), talons)
+
+    outcome = await run(
+        CalicoNetworkPolicy, alert(namespace, pod, **{"fd.rip": "203.0.113.7"}), allow_namespaces=["dns"]
+    )
+
+    assert outcome.message.endswith("has been updated")
+    policy = await kube.api.get(f"{CALICO.format(ns=namespace)}/{replica_set}")
+    assert policy["metadata"]["annotations"] == {"talon-opa/actionner": "calico:networkpolicy"}
+    assert policy["spec"]["egress"] == [
+        {"action": "Deny", "destination": {"nets": ["192.0.2.1/32", "203.0.113.7/32"]}},
+        {"action": "Allow", "destination": {"namespaceSelector": "kubernetes.io/metadata.name in { 'dns' }"}},
+    ]
+
+
 async def test_talons_calico_rbac_resource_does_not_exist_ours_is_enough(
     kube: KubeCluster, namespace: str, run: Run
 ) -> None:
