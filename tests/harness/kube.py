@@ -3,6 +3,11 @@ kwok simulating the nodes (pods reach Running; `exec` and `logs` go through the 
 
 Authentication is by static token (admin in system:masters); RBAC is on, so a test can get its own
 ServiceAccount bound to a given ClusterRole and see what it is forbidden to do.
+
+The API server also serves the CNI vendors' own resource definitions, copied out of their Go modules by
+`tools/build calico-crds cilium-crds`: Calico's projectcalico.org/v3 CRDs with the admission policies the
+Tigera operator installs beside them, and Cilium's cilium.io/v2 CiliumNetworkPolicy CRD. Every object a
+test or an actionner writes is validated against the vendor's real schema.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ from tests.harness import process
 from tests.harness.process import Component, free_port
 
 NODES = ("kwok-node-1", "kwok-node-2")
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+# tools/path names of the folders of vendor CRDs the cluster serves
+VENDOR_CRDS = ("calico-crds", "cilium-crds")
+# the Tigera operator's admission policies for v3 CRDs (tier and policy-types defaulting)
+CALICO_ADMISSION = "calico-admission"
 
 
 def _write_kubeconfig(path: Path, server: str, token: str, namespace: str = "default") -> Path:
@@ -50,6 +60,7 @@ class KubeCluster:
     kwok_workdir: Path = field(init=False)
     container_log: Path = field(init=False)
     api: KubeClient = field(init=False)
+    calico_admission: str = ""  # the admissionregistration version Calico's policies run at ("": none)
 
     async def start(self) -> None:
         w = self.workdir
@@ -206,6 +217,7 @@ class KubeCluster:
             await self.create_node(name)
         for name in NODES:
             await self.wait_for(lambda n=name: self._node_ready(n), f"node {name} Ready", within=60)
+        await self.install_vendor_crds()
 
     async def stop(self) -> None:
         if hasattr(self, "api"):
@@ -244,6 +256,114 @@ class KubeCluster:
         node = await self.api.get(f"/api/v1/nodes/{name}")
         conds = node.get("status", {}).get("conditions", [])
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+    # ---- vendor resource definitions -----------------------------------------------------------
+
+    @staticmethod
+    def vendor_docs(*names: str) -> list[dict[str, Any]]:
+        """The YAML documents of the `tools/path` folders named, as the vendors ship them."""
+        docs: list[dict[str, Any]] = []
+        for name in names:
+            for path in sorted(Path(binaries.find(name)).glob("*.yaml")):
+                docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+        return docs
+
+    async def install_vendor_crds(self) -> None:
+        """Serve the vendors' CRDs, then Calico's admission policies where the server has the API."""
+        docs = self.vendor_docs(*VENDOR_CRDS)
+        for doc in docs:
+            await self.install_crd(doc, wait=False)
+        for doc in docs:
+            await self.install_crd(doc)
+        await self.install_calico_admission()
+
+    async def install_crd(self, doc: Mapping[str, Any], *, wait: bool = True) -> None:
+        """Create a CRD (unless it exists) and wait until its resources are served."""
+        try:
+            await self.api.post(CRD_PATH, dict(doc))
+        except KubeApiError as e:
+            if e.status != 409:
+                raise
+        if wait:
+            name = doc["metadata"]["name"]
+            await self.wait_for(lambda: self._crd_served(doc), f"CRD {name} established and served", within=60)
+
+    async def _crd_served(self, doc: Mapping[str, Any]) -> bool:
+        crd = await self.api.get(f"{CRD_PATH}/{doc['metadata']['name']}")
+        conds = (crd.get("status") or {}).get("conditions") or []
+        if not any(c["type"] == "Established" and c["status"] == "True" for c in conds):
+            return False
+        spec = doc["spec"]
+        for version in (v["name"] for v in spec["versions"] if v.get("served")):
+            found = await self.api.get(f"/apis/{spec['group']}/{version}")
+            if spec["names"]["plural"] not in {r["name"] for r in found.get("resources", [])}:
+                return False
+            # served is not yet usable: a new resource answers 429 until its storage is initialised
+            await self.api.get(f"/apis/{spec['group']}/{version}/{spec['names']['plural']}", params={"limit": "1"})
+        return True
+
+    async def remove_crd(self, name: str) -> dict[str, Any]:
+        """Delete a CRD (and so every object of it) and wait until it is gone; returns what was removed."""
+        crd: dict[str, Any] = await self.api.get(f"{CRD_PATH}/{name}")
+        await self.api.delete(f"{CRD_PATH}/{name}")
+
+        async def removed() -> bool:
+            try:
+                await self.api.get(f"{CRD_PATH}/{name}")
+            except KubeApiError as e:
+                return e.status == 404
+            return False
+
+        await self.wait_for(removed, f"CRD {name} deleted", within=60)
+        meta = crd["metadata"]
+        return {
+            "apiVersion": crd["apiVersion"],
+            "kind": crd["kind"],
+            "metadata": {"name": meta["name"]},
+            "spec": crd["spec"],
+        }
+
+    async def install_calico_admission(self) -> None:
+        """The Tigera operator's MutatingAdmissionPolicies for v3 CRDs, at the version the server serves.
+
+        The operator does the same: it reads these files and creates them at the served version of
+        admissionregistration.k8s.io (v1 from Kubernetes 1.36). A server without the API gets none.
+        """
+        group = await self.api.get("/apis/admissionregistration.k8s.io")
+        served = {v["version"] for v in group.get("versions", [])}
+        version = next((v for v in ("v1", "v1beta1") if v in served), None)
+        if version is None:
+            return
+        resources = await self.api.get(f"/apis/admissionregistration.k8s.io/{version}")
+        if "mutatingadmissionpolicies" not in {r["name"] for r in resources.get("resources", [])}:
+            return
+        # policies before their bindings
+        docs = self.vendor_docs(CALICO_ADMISSION)
+        for doc in sorted(docs, key=lambda d: d["kind"] != "MutatingAdmissionPolicy"):
+            plural = {"MutatingAdmissionPolicy": "mutatingadmissionpolicies"}.get(
+                doc["kind"], "mutatingadmissionpolicybindings"
+            )
+            body = {**doc, "apiVersion": f"admissionregistration.k8s.io/{version}"}
+            try:
+                await self.api.post(f"/apis/admissionregistration.k8s.io/{version}/{plural}", body)
+            except KubeApiError as e:
+                if e.status != 409:
+                    raise
+
+        async def active() -> bool:  # the policies apply once the admission plugin has seen them
+            probe = {
+                "apiVersion": "projectcalico.org/v3",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": "admission-probe", "labels": {}},
+                "spec": {"selector": "all()"},
+            }
+            done = await self.api.post(
+                "/apis/projectcalico.org/v3/namespaces/default/networkpolicies", probe, params={"dryRun": "All"}
+            )
+            return "projectcalico.org/tier" in done["metadata"].get("labels", {}) and "types" in done["spec"]
+
+        await self.wait_for(active, "Calico's admission policies active", within=60)
+        self.calico_admission = version
 
     # ---- objects -------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
@@ -39,6 +40,25 @@ def policy_grants(api_group: str, resource: str) -> tuple[Grant, ...]:
     return (Grant((api_group,), (resource,), ("get", "create", "update")), *OWNER_LOOKUP_GRANTS)
 
 
+# what apply_policy did, as the step's message says it
+RESULT_TEXT = {"created": "has been created", "updated": "has been updated", "unchanged": "was already up to date"}
+
+
+def remote_cidr(alert: Alert) -> str:
+    """The alert's remote IP (fd.rip, else fd.sip) as a one-address CIDR: /32, or /128 for IPv6."""
+    text = alert.remote_ip()
+    if not text:
+        raise StepFailed("the alert names no remote IP", hint="the alert needs fd.rip or fd.sip")
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError as e:
+        raise StepFailed(
+            f"the alert's remote IP {text!r} (fd.rip/fd.sip) is not an IP address",
+            hint="narrow the rule's match to network alerts whose fd.rip/fd.sip is an IP",
+        ) from e
+    return f"{ip}/{ip.max_prefixlen}"
+
+
 def egress_peers(allow_cidr: Sequence[str] | None, allow_namespaces: Sequence[str] | None) -> list[dict[str, Any]]:
     """The `to` peers of the one egress rule: each allowed CIDR, then each allowed namespace."""
     peers: list[dict[str, Any]] = [{"ipBlock": {"cidr": c}} for c in allow_cidr or ()]
@@ -59,9 +79,22 @@ def policy_object(
     peers = egress_peers(allow_cidr, allow_namespaces)
     if peers:  # no rule at all: every egress is denied
         spec["egress"] = [{"to": peers}]
+    return managed_object("networking.k8s.io/v1", "NetworkPolicy", name, namespace, selector, actionner, spec)
+
+
+def managed_object(
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str,
+    selector: Mapping[str, str],
+    actionner: str,
+    spec: dict[str, Any],
+) -> dict[str, Any]:
+    """A policy object of any kind as the three actionners write it: Talon's labels, our annotation."""
     return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
+        "apiVersion": api_version,
+        "kind": kind,
         "metadata": {
             "name": name,
             "namespace": namespace,
@@ -70,6 +103,11 @@ def policy_object(
         },
         "spec": spec,
     }
+
+
+# Given the policy in the cluster and the one wanted, the object to converge to (calico and cilium
+# carry over what they accumulate: denied IPs, vendor labels).
+Prepare = Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]]
 
 
 def _converged(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
@@ -82,11 +120,22 @@ def _converged(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     )
 
 
-async def apply_policy(kube: KubeClient, collection: str, wanted: Mapping[str, Any], what: str) -> str:
+async def apply_policy(
+    kube: KubeClient,
+    collection: str,
+    wanted: dict[str, Any],
+    what: str,
+    *,
+    prepare: Prepare | None = None,
+    served_by: tuple[str, str] | None = None,
+) -> str:
     """Create the policy, or update it when we made it; "created", "updated" or "unchanged".
 
     `collection` is the API path of the namespace's policies of this kind. A policy of the same name
-    without our managed-by label belongs to someone else: it is never overwritten.
+    without our managed-by label belongs to someone else: it is never overwritten. `prepare` turns the
+    existing policy and the wanted one into the object to update to (default: the wanted one).
+    `served_by` is (resource, hint) for a kind a CNI serves: when the API server does not serve it,
+    the step fails naming the resource, with the hint to install the CNI.
     """
     name = wanted["metadata"]["name"]
     path = f"{collection}/{quote(name, safe='')}"
@@ -101,6 +150,13 @@ async def apply_policy(kube: KubeClient, collection: str, wanted: Mapping[str, A
             except KubeApiError as e2:
                 if e2.status == 409 and attempt < _ATTEMPTS:
                     continue  # created meanwhile: look again
+                if e2.status == 404 and served_by is not None:
+                    resource, hint = served_by
+                    raise StepFailed(
+                        f"the API server does not serve {resource} "
+                        f"(POST {collection}: {e2.status} {e2.api_message.strip()})",
+                        hint=hint,
+                    ) from e2
                 raise
             return "created"
         meta = existing.get("metadata") or {}
@@ -111,14 +167,15 @@ async def apply_policy(kube: KubeClient, collection: str, wanted: Mapping[str, A
                 hint=f"rename or delete that {what}, or label it {MANAGED_BY}={MANAGED_BY_VALUE} "
                 "to let talon-opa manage it",
             )
-        if _converged(existing, wanted):
+        target = prepare(existing, wanted) if prepare is not None else wanted
+        if _converged(existing, target):
             return "unchanged"
         body = {
-            **wanted,
+            **target,
             "metadata": {
-                **wanted["metadata"],
+                **target["metadata"],
                 "resourceVersion": meta.get("resourceVersion"),
-                "annotations": {**(meta.get("annotations") or {}), **wanted["metadata"]["annotations"]},
+                "annotations": {**(meta.get("annotations") or {}), **target["metadata"]["annotations"]},
             },
         }
         try:
@@ -171,13 +228,8 @@ class NetworkPolicy(Actionner[NetworkPolicyParams]):
         )
         collection = f"/apis/networking.k8s.io/v1/namespaces/{quote(ref.namespace, safe='')}/networkpolicies"
         result = await apply_policy(kube, collection, wanted, "NetworkPolicy")
-        message = {
-            "created": "has been created",
-            "updated": "has been updated",
-            "unchanged": "was already up to date",
-        }[result]
         return Outcome.done(
-            f"the networkpolicy '{owner.name}' in the namespace '{ref.namespace}' {message}",
+            f"the networkpolicy '{owner.name}' in the namespace '{ref.namespace}' {RESULT_TEXT[result]}",
             pod=ref.name,
             namespace=ref.namespace,
             networkpolicy=owner.name,
