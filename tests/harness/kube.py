@@ -8,6 +8,7 @@ ServiceAccount bound to a given ClusterRole and see what it is forbidden to do.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,45 @@ from tests.harness import process
 from tests.harness.process import Component, free_port
 
 NODES = ("kwok-node-1", "kwok-node-2")
+
+# kwok's pod stages never report ephemeral containers; a kubelet reports one running once it started it.
+# This stage does the same as soon as the API server has stored an ephemeral container without a status
+# (kwok starts nothing: exec in it runs on loopback like every kwok exec).
+EPHEMERAL_CONTAINERS_RUNNING = {
+    "kind": "Stage",
+    "apiVersion": "kwok.x-k8s.io/v1alpha1",
+    "metadata": {"name": "pod-ephemeral-containers-running"},
+    "spec": {
+        "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+        "selector": {
+            "matchExpressions": [
+                {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                {
+                    "key": "((.spec.ephemeralContainers // []) | length) > "
+                    "((.status.ephemeralContainerStatuses // []) | length)",
+                    "operator": "In",
+                    "values": ["true"],
+                },
+            ]
+        },
+        "next": {
+            "statusTemplate": """\
+{{ $now := Now }}
+ephemeralContainerStatuses:
+{{ range .spec.ephemeralContainers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  restartCount: 0
+  state:
+    running:
+      startedAt: {{ $now | Quote }}
+{{ end }}
+"""
+        },
+    },
+}
 
 
 def _write_kubeconfig(path: Path, server: str, token: str, namespace: str = "default") -> Path:
@@ -49,6 +89,7 @@ class KubeCluster:
     kubeconfig: Path = field(init=False)
     kwok_workdir: Path = field(init=False)
     container_log: Path = field(init=False)
+    fake_bin: Path = field(init=False)  # first on PATH of every exec: tests put stand-ins (tcpdump...) here
     api: KubeClient = field(init=False)
 
     async def start(self) -> None:
@@ -150,6 +191,8 @@ class KubeCluster:
         self.kwok_workdir.mkdir(exist_ok=True)
         self.container_log = w / "container.log"
         self.container_log.write_text("")
+        self.fake_bin = w / "fake-bin"
+        self.fake_bin.mkdir(exist_ok=True)
         extra = w / "kwok-extra.yaml"
         extra.write_text(
             yaml.safe_dump_all(
@@ -169,12 +212,16 @@ class KubeCluster:
                                 {
                                     "local": {
                                         "workDir": str(self.kwok_workdir),
-                                        "envs": [{"name": "KWOK_EXEC", "value": "1"}],
+                                        "envs": [
+                                            {"name": "KWOK_EXEC", "value": "1"},
+                                            {"name": "PATH", "value": f"{self.fake_bin}:{os.environ.get('PATH', '')}"},
+                                        ],
                                     }
                                 }
                             ]
                         },
                     },
+                    EPHEMERAL_CONTAINERS_RUNNING,
                 ]
             )
         )

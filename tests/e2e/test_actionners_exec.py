@@ -1,0 +1,239 @@
+"""kubernetes:exec, :script, :log, :download, :tcpdump and :sysdig against a real API server.
+
+Every actionner runs as a ServiceAccount bound to exactly the ClusterRole generated from the registry's
+grants for that use (what `talon-opa rbac` gives it). Commands go through the API server's exec
+subresource to kwok, whose ClusterExec runs them on loopback in the harness's kwok work directory (so a
+file a command writes is visible to the test there); logs come from kwok's ClusterLogs file.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from talon_opa.actionners.kubernetes.exec import Exec
+from talon_opa.actionners.kubernetes.script import Script
+from talon_opa.catalog import default_registry
+from talon_opa.core.config import Config
+from talon_opa.core.errors import StepFailed
+from talon_opa.core.events import Alert
+from talon_opa.core.kube import KubeClient
+from talon_opa.plugins import rbac
+from talon_opa.plugins.clients import ClientProvider
+from talon_opa.plugins.params import NoParams
+from talon_opa.plugins.runtime import Outcome
+from tests.harness.kube import KubeCluster
+
+REGISTRY = default_registry()
+
+Run = Callable[..., Awaitable[Outcome]]
+
+
+def alert(namespace: str, pod: str, **fields: Any) -> Alert:
+    return Alert(
+        rule="Terminal shell in container",
+        priority="Notice",
+        hostname="falco-node-1",
+        output_fields={"k8s.ns.name": namespace, "k8s.pod.name": pod, **fields},
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def run(kube: KubeCluster, namespace: str) -> AsyncIterator[Run]:
+    """`await run(Plugin, alert, **params)`: the plugin built with a KubeClient whose ServiceAccount has
+    exactly the ClusterRole generated for this use."""
+    session = aiohttp.ClientSession()
+    clients: list[KubeClient] = []
+
+    async def go(plugin: Any, event: Alert, **raw: Any) -> Outcome:
+        spec = plugin.spec
+        rules = rbac.cluster_role(REGISTRY, [(spec.name, raw)], "unused")["rules"]
+        client = KubeClient(await kube.service_account_with_role(namespace, f"sa-{secrets.token_hex(3)}", rules))
+        clients.append(client)
+        provided = ClientProvider(Config(), http=session, kube=client).clients_for(spec)
+        outcome: Outcome = await plugin(provided, NoParams()).run(event, spec.decode(raw))
+        return outcome
+
+    yield go
+    for c in clients:
+        await c.close()
+    await session.close()
+
+
+async def running_pod(kube: KubeCluster, namespace: str, name: str, containers: int = 1) -> None:
+    await kube.create_pod(namespace, name, containers=containers)
+    await kube.wait_running(namespace, f"app={name}")
+
+
+def workfile(kube: KubeCluster, name: str) -> Path:
+    """A file in kwok's exec work directory (the "container's" current directory), unique to a test."""
+    return kube.kwok_workdir / name
+
+
+# ---- exec ----------------------------------------------------------------------------------------
+
+
+async def test_exec_runs_in_every_container_and_returns_the_last_stdout(
+    kube: KubeCluster, namespace: str, run: Run
+) -> None:
+    await running_pod(kube, namespace, "api-1", containers=2)
+    tag = secrets.token_hex(4)
+
+    outcome = await run(
+        Exec, alert(namespace, "api-1"), command=f"echo run >> ran-{tag}; printf '\\033[31mred\\033[0m %s' {tag}"
+    )
+
+    assert outcome.status == "success"
+    assert outcome.message == f"red {tag}"  # ANSI colours removed, as Talon does
+    assert outcome.objects["exit_code"] == "0"
+    assert outcome.objects["container"] == "c1"  # the last container's output
+    assert (outcome.objects["pod"], outcome.objects["namespace"]) == ("api-1", namespace)
+    assert workfile(kube, f"ran-{tag}").read_text() == "run\nrun\n"  # one run per container
+
+
+async def test_exec_non_zero_exit_fails_with_the_code_and_stderr_tail(
+    kube: KubeCluster, namespace: str, run: Run
+) -> None:
+    await running_pod(kube, namespace, "api-1")
+
+    with pytest.raises(StepFailed) as caught:
+        await run(Exec, alert(namespace, "api-1"), command="echo partial; echo 'no such process' >&2; exit 7")
+
+    assert "the command exited with code 7 in the container 'api-1': no such process" in str(caught.value)
+
+
+async def test_exec_uses_the_configured_shell(kube: KubeCluster, namespace: str, run: Run) -> None:
+    await running_pod(kube, namespace, "api-1")
+
+    outcome = await run(Exec, alert(namespace, "api-1"), shell="/bin/bash", command='echo "$BASH_VERSION" | cut -c1')
+
+    assert outcome.message.strip().isdigit()
+    with pytest.raises(StepFailed, match="code 127"):
+        await run(Exec, alert(namespace, "api-1"), shell="sh", command="no-such-command-here")
+
+
+# ---- shell-safe templating ---------------------------------------------------------------------
+
+HOSTILE = {
+    "substitution": "$(touch {marker})",
+    "backticks": "`touch {marker}`",
+    "semicolon": "x; touch {marker}",
+    "single quotes": "'; touch {marker}; echo '",
+    "double quotes": '"; touch {marker}; echo "',
+    "newlines": "a\ntouch {marker}\nb",
+    "variables": "${{HOME}} $PATH \\$(touch {marker})",
+    "binary-looking": "\x01\x02\x7f\u00ff\ufffd\x1b[31m;|&<>*?[]{{}}~#! touch {marker}",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+async def test_alert_values_arrive_verbatim_and_never_run(
+    kube: KubeCluster, namespace: str, run: Run, kind: str
+) -> None:
+    await running_pod(kube, namespace, "api-1")
+    tag = secrets.token_hex(4)
+    marker = workfile(kube, f"pwned-{tag}")
+    value = HOSTILE[kind].format(marker=marker)
+    out = workfile(kube, f"value-{tag}")
+    event = alert(namespace, "api-1", **{"proc.cmdline": value, "fd.name": value})
+
+    # quoted and unquoted references, in a command and in a script
+    outcome = await run(Exec, event, command=f"printf '%s' \"${{PROC_CMDLINE}}\" > {out.name}; echo $FD_NAME")
+    await run(Script, event, script=f'echo ${{PROC_CMDLINE}} >/dev/null\nprintf "%s" "$FD_NAME" >> {out.name}\n')
+
+    assert out.read_bytes() == (value + value).encode()  # byte for byte, twice
+    assert not marker.exists()
+    assert outcome.objects["variables"] == "PROC_CMDLINE,FD_NAME"
+
+
+async def test_the_marker_is_created_when_the_command_itself_says_so(
+    kube: KubeCluster, namespace: str, run: Run
+) -> None:
+    """The control for the test above: the same payload written in the command does run."""
+    await running_pod(kube, namespace, "api-1")
+    marker = workfile(kube, f"pwned-{secrets.token_hex(4)}")
+
+    await run(Exec, alert(namespace, "api-1"), command=f"echo $(touch {marker})")
+
+    assert marker.exists()
+
+
+async def test_values_come_from_this_alert_only(kube: KubeCluster, namespace: str, run: Run) -> None:
+    await running_pod(kube, namespace, "api-1")
+    command = 'printf "[%s][%s][%s][%s]" "${PROC_PID}" "${PRIORITY}" "${FALCO-TALON_MISSING}" "$K8S_POD_NAME"'
+
+    first = await run(Exec, alert(namespace, "api-1", **{"proc.pid": 1234567}), command=command)
+    second = await run(Exec, alert(namespace, "api-1"), command=command)
+
+    assert first.message == "[1234567][Notice][][api-1]"  # numbers in decimal, not 1.234567e+06
+    assert second.message == "[][Notice][][api-1]"  # nothing left over from the first alert
+
+
+async def test_talon_context_names_work_with_their_dash(kube: KubeCluster, namespace: str, run: Run) -> None:
+    await running_pod(kube, namespace, "api-1")
+    fields = {"k8s.ns.name": namespace, "k8s.pod.name": "api-1"}
+    event = Alert(rule="r", output_fields=fields, context={"falco-talon.action": "A"})
+
+    outcome = await run(Exec, event, command='printf "%s/%s" "${FALCO-TALON_ACTION}" "$FALCO_TALON_ACTION"')
+
+    assert outcome.message == "A/A"
+
+
+async def test_a_nul_in_a_referenced_value_fails_before_anything_runs(
+    kube: KubeCluster, namespace: str, run: Run
+) -> None:
+    await running_pod(kube, namespace, "api-1")
+    marker = workfile(kube, f"ran-{secrets.token_hex(4)}")
+
+    with pytest.raises(StepFailed, match=r"\$\{PROC_NAME\} holds a NUL byte"):
+        await run(Exec, alert(namespace, "api-1", **{"proc.name": "a\x00b"}), command=f"touch {marker}; ${{PROC_NAME}}")
+
+    assert not marker.exists()
+    # unreferenced, the same value is harmless
+    await run(Exec, alert(namespace, "api-1", **{"proc.name": "a\x00b"}), command=f"touch {marker}")
+    assert marker.exists()
+
+
+# ---- script ------------------------------------------------------------------------------------
+
+
+async def test_script_runs_in_the_last_container_only(kube: KubeCluster, namespace: str, run: Run) -> None:
+    await running_pod(kube, namespace, "api-1", containers=3)
+    tag = secrets.token_hex(4)
+    script = f"set -e\necho one >> s-{tag}\nif true; then\n  echo two\nfi\n"
+
+    outcome = await run(Script, alert(namespace, "api-1"), script=script)
+
+    assert outcome.message == "two\n"
+    assert outcome.objects["container"] == "c2"
+    assert workfile(kube, f"s-{tag}").read_text() == "one\n"
+
+
+async def test_script_from_a_file_with_another_shell(
+    kube: KubeCluster, namespace: str, run: Run, tmp_path: Path
+) -> None:
+    await running_pod(kube, namespace, "api-1")
+    path = tmp_path / "collect.sh"
+    path.write_text('arr=(a b c)\necho "${#arr[@]} ${K8S_POD_NAME}"\n')  # bash arrays
+
+    outcome = await run(Script, alert(namespace, "api-1"), file=str(path), shell="bash")
+
+    assert outcome.message == "3 api-1\n"
+
+
+async def test_script_failure_names_the_code_and_stderr(kube: KubeCluster, namespace: str, run: Run) -> None:
+    await running_pod(kube, namespace, "api-1")
+
+    with pytest.raises(StepFailed, match=r"the script exited with code 2 in the container 'api-1': boom \(the pod"):
+        await run(Script, alert(namespace, "api-1"), script="echo boom >&2\nexit 2\n")
+
+
+async def test_exec_in_a_missing_pod_fails_naming_it(namespace: str, run: Run) -> None:
+    with pytest.raises(StepFailed, match=f"the pod 'nope' in the namespace '{namespace}' doesn't exist"):
+        await run(Exec, alert(namespace, "nope"), command="true")
