@@ -17,7 +17,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from talon_opa.actionners.kubernetes.download import Download
 from talon_opa.actionners.kubernetes.exec import Exec
+from talon_opa.actionners.kubernetes.log import Log
 from talon_opa.actionners.kubernetes.script import Script
 from talon_opa.catalog import default_registry
 from talon_opa.core.config import Config
@@ -237,3 +239,100 @@ async def test_script_failure_names_the_code_and_stderr(kube: KubeCluster, names
 async def test_exec_in_a_missing_pod_fails_naming_it(namespace: str, run: Run) -> None:
     with pytest.raises(StepFailed, match=f"the pod 'nope' in the namespace '{namespace}' doesn't exist"):
         await run(Exec, alert(namespace, "nope"), command="true")
+
+
+# ---- log ---------------------------------------------------------------------------------------
+
+
+def append_logs(kube: KubeCluster, lines: list[str]) -> None:
+    """kwok serves every container's log from one file (ClusterLogs, CRI log format): add lines to it."""
+    with kube.container_log.open("a") as f:
+        f.writelines(f"2026-12-01T10:00:00.000000000Z stdout F {line}\n" for line in lines)
+
+
+async def test_log_fetches_the_tail_as_the_artifact(kube: KubeCluster, namespace: str, run: Run) -> None:
+    await running_pod(kube, namespace, "api-1", containers=2)
+    tag = secrets.token_hex(4)
+    append_logs(kube, [f"{tag} line {i}" for i in range(50)])
+
+    outcome = await run(Log, alert(namespace, "api-1"), tail_lines=3)
+
+    assert outcome.message == f"the logs for the pod 'api-1' in the namespace '{namespace}' has been downloaded"
+    assert outcome.artifact is not None
+    assert outcome.artifact.name == "log"
+    assert outcome.artifact.data.decode().splitlines() == [f"{tag} line {i}" for i in (47, 48, 49)]
+    assert dict(outcome.artifact.objects) == {"pod": "api-1", "namespace": namespace}
+    assert outcome.objects["container"] == "api-1"  # the first container with logs
+
+    named = await run(Log, alert(namespace, "api-1"), tail_lines=1, container="c1")
+    assert named.objects["container"] == "c1"
+    assert named.artifact is not None
+    assert named.artifact.data == f"{tag} line 49\n".encode()
+
+    with pytest.raises(StepFailed, match=r"has no container 'nope'.*its containers are: api-1, c1"):
+        await run(Log, alert(namespace, "api-1"), container="nope")
+
+
+async def test_log_is_bounded_and_says_so(kube: KubeCluster, namespace: str, run: Run) -> None:
+    await running_pod(kube, namespace, "api-1")
+    append_logs(kube, ["x" * 1000 for _ in range(300)])  # 300 kB asked for, 100 kB kept
+
+    outcome = await run(Log, alert(namespace, "api-1"), tail_lines=300, max_bytes=100_000)
+
+    assert outcome.artifact is not None
+    assert len(outcome.artifact.data) == 100_000
+    assert outcome.objects["truncated"] == "true"
+    assert "cut at 100000 bytes" in outcome.message
+
+
+# ---- download ----------------------------------------------------------------------------------
+
+
+async def test_download_copies_the_file_the_alert_names_byte_for_byte(
+    kube: KubeCluster, namespace: str, run: Run
+) -> None:
+    await running_pod(kube, namespace, "api-1")
+    path = workfile(kube, f"dropped binary $(touch x) {secrets.token_hex(4)}")  # spaces and $( ) in the name
+    content = bytes(range(256)) * 64 + b"\x00end"
+    path.write_bytes(content)
+
+    outcome = await run(Download, alert(namespace, "api-1", **{"fd.name": str(path)}), file="${FD_NAME}")
+
+    assert outcome.message == f"the file '{path}' has been downloaded"
+    assert outcome.artifact is not None
+    assert outcome.artifact.name == str(path)
+    assert outcome.artifact.data == content
+    assert dict(outcome.artifact.objects) == {"pod": "api-1", "namespace": namespace, "file": str(path)}
+    assert not workfile(kube, "x").exists()
+
+
+async def test_download_of_a_huge_file_stops_at_the_bound(kube: KubeCluster, namespace: str, run: Run) -> None:
+    await running_pod(kube, namespace, "api-1")
+    path = workfile(kube, f"huge-{secrets.token_hex(4)}")
+    with path.open("wb") as f:
+        for _ in range(32):
+            f.write(b"\xab" * (1024 * 1024))  # 32 MiB
+
+    outcome = await run(Download, alert(namespace, "api-1"), file=str(path), max_bytes=1024 * 1024)
+
+    assert outcome.artifact is not None
+    assert len(outcome.artifact.data) == 1024 * 1024
+    assert outcome.objects["truncated"] == "true"
+    assert "cut at 1048576 bytes" in outcome.message
+
+
+async def test_download_of_a_missing_file_fails_per_container(kube: KubeCluster, namespace: str, run: Run) -> None:
+    await running_pod(kube, namespace, "api-1", containers=2)
+
+    with pytest.raises(StepFailed) as caught:
+        await run(Download, alert(namespace, "api-1"), file="/no/such/file")
+
+    text = str(caught.value)
+    assert "cat '/no/such/file' exited with code 1 in the container 'api-1'" in text
+    assert "in the container 'c1'" in text
+    assert "No such file" in text
+
+
+async def test_download_path_empty_for_this_alert_fails_before_any_exec(namespace: str, run: Run) -> None:
+    with pytest.raises(StepFailed, match=r"the file path '\$\{FD_NAME\}' is empty for this alert"):
+        await run(Download, alert(namespace, "api-1"), file="${FD_NAME}")
