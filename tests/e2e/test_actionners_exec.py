@@ -8,6 +8,7 @@ file a command writes is visible to the test there); logs come from kwok's Clust
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from talon_opa.actionners.kubernetes.download import Download
 from talon_opa.actionners.kubernetes.exec import Exec
 from talon_opa.actionners.kubernetes.log import Log
 from talon_opa.actionners.kubernetes.script import Script
+from talon_opa.actionners.kubernetes.tcpdump import Tcpdump
 from talon_opa.catalog import default_registry
 from talon_opa.core.config import Config
 from talon_opa.core.errors import StepFailed
@@ -336,3 +338,67 @@ async def test_download_of_a_missing_file_fails_per_container(kube: KubeCluster,
 async def test_download_path_empty_for_this_alert_fails_before_any_exec(namespace: str, run: Run) -> None:
     with pytest.raises(StepFailed, match=r"the file path '\$\{FD_NAME\}' is empty for this alert"):
         await run(Download, alert(namespace, "api-1"), file="${FD_NAME}")
+
+
+# ---- tcpdump -----------------------------------------------------------------------------------
+
+PCAP_HEADER = bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000")
+
+# A stand-in for tcpdump on kwok's exec PATH (kwok has no container to run the image in): it writes a
+# pcap header and its own arguments to the -w file, then captures "forever" like tcpdump until `timeout`
+# stops it; `-s 13` makes it fail like a refused capture.
+FAKE_TCPDUMP = """\
+#!/bin/sh
+out=""; prev=""
+for a in "$@"; do [ "$prev" = "-w" ] && out="$a"; prev="$a"; done
+case " $* " in *" -s 13 "*) echo "tcpdump: refused snaplen" >&2; exit 2;; esac
+printf '{header}' > "$out"
+printf 'args: %s\\n' "$*" >> "$out"
+exec sleep 30
+"""
+
+
+def exists(path: str) -> bool:
+    return Path(path).exists()
+
+
+def install_fake(kube: KubeCluster, name: str, text: str) -> None:
+    path = kube.fake_bin / name
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+async def test_tcpdump_adds_talons_ephemeral_container_and_copies_the_capture_out(
+    kube: KubeCluster, namespace: str, run: Run
+) -> None:
+    install_fake(kube, "tcpdump", FAKE_TCPDUMP.format(header="".join(f"\\{b:03o}" for b in PCAP_HEADER)))
+    await running_pod(kube, namespace, "api-1", containers=2)
+
+    outcome = await run(Tcpdump, alert(namespace, "api-1"), duration=1, snaplen=512, image="example.com/tcpdump:4")
+
+    name = outcome.objects["container"]
+    assert re.fullmatch(r"falco-talon-tcpdump-[a-z0-9]{5}", name)
+    [stored] = (await kube.api.get(f"/api/v1/namespaces/{namespace}/pods/api-1"))["spec"]["ephemeralContainers"]
+    assert stored["name"] == name
+    assert stored["image"] == "example.com/tcpdump:4"
+    assert stored["imagePullPolicy"] == "Always"
+    assert stored["command"] == ["sleep", "61"]
+    assert stored["stdin"] is True
+    assert stored["targetContainerName"] == "api-1"  # the first container
+    assert stored["securityContext"] == {"privileged": True, "runAsUser": 0}
+
+    assert outcome.artifact is not None
+    assert outcome.artifact.name == "tcpdump.pcap"
+    path = f"/tmp/talon-opa-{name}.pcap"
+    assert outcome.artifact.data == PCAP_HEADER + f"args: -n -i any -s 512 -w {path}\n".encode()
+    assert dict(outcome.artifact.objects) == {"pod": "api-1", "namespace": namespace}
+    assert outcome.message == f"the traffic of the pod 'api-1' in the namespace '{namespace}' has been captured for 1s"
+    assert not exists(path)  # removed once copied
+
+
+async def test_tcpdump_failure_fails_the_step_with_its_stderr(kube: KubeCluster, namespace: str, run: Run) -> None:
+    install_fake(kube, "tcpdump", FAKE_TCPDUMP.format(header=""))
+    await running_pod(kube, namespace, "api-1")
+
+    with pytest.raises(StepFailed, match="the capture exited with code 1 in the container 'falco-talon-tcpdump-"):
+        await run(Tcpdump, alert(namespace, "api-1"), duration=1, snaplen=13)
