@@ -22,6 +22,7 @@ from talon_opa.actionners.kubernetes.download import Download
 from talon_opa.actionners.kubernetes.exec import Exec
 from talon_opa.actionners.kubernetes.log import Log
 from talon_opa.actionners.kubernetes.script import Script
+from talon_opa.actionners.kubernetes.sysdig import Sysdig
 from talon_opa.actionners.kubernetes.tcpdump import Tcpdump
 from talon_opa.catalog import default_registry
 from talon_opa.core.config import Config
@@ -32,7 +33,7 @@ from talon_opa.plugins import rbac
 from talon_opa.plugins.clients import ClientProvider
 from talon_opa.plugins.params import NoParams
 from talon_opa.plugins.runtime import Outcome
-from tests.harness.kube import KubeCluster
+from tests.harness.kube import NODES, KubeCluster
 
 REGISTRY = default_registry()
 
@@ -402,3 +403,74 @@ async def test_tcpdump_failure_fails_the_step_with_its_stderr(kube: KubeCluster,
 
     with pytest.raises(StepFailed, match="the capture exited with code 1 in the container 'falco-talon-tcpdump-"):
         await run(Tcpdump, alert(namespace, "api-1"), duration=1, snaplen=13)
+
+
+# ---- sysdig ------------------------------------------------------------------------------------
+
+# A stand-in for sysdig on kwok's exec PATH: writes its arguments to the -w file, like a capture would.
+FAKE_SYSDIG = """\
+#!/bin/sh
+out=""; prev=""
+for a in "$@"; do [ "$prev" = "-w" ] && out="$a"; prev="$a"; done
+printf 'scap %s\\n' "$*" > "$out"
+"""
+
+
+async def give_container_ids(kube: KubeCluster, namespace: str, name: str) -> list[str]:
+    """Write runtime ids into the pod's container statuses, as a kubelet does (kwok reports none)."""
+    path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+    pod = await kube.api.get(path)
+    statuses = pod["status"]["containerStatuses"]
+    for i, status in enumerate(statuses):
+        status["containerID"] = f"containerd://{i}{secrets.token_hex(32)[1:]}"
+    await kube.api.patch(path + "/status", {"status": {"containerStatuses": statuses}})
+    return [s["containerID"].removeprefix("containerd://")[:12] for s in statuses]
+
+
+async def test_sysdig_runs_talons_job_on_the_pods_node_and_copies_the_capture_out(
+    kube: KubeCluster, namespace: str, run: Run
+) -> None:
+    install_fake(kube, "sysdig", FAKE_SYSDIG)
+    await kube.create_pod(namespace, "api-1", node=NODES[1], containers=2)
+    await kube.wait_running(namespace, "app=api-1")
+    ids = await give_container_ids(kube, namespace, "api-1")
+
+    outcome = await run(Sysdig, alert(namespace, "api-1"), duration=2, buffer_size=512, image="example.com/sysdig:1")
+
+    name = outcome.objects["job"]
+    assert re.fullmatch(r"falco-talon-sysdig-[a-z0-9]{5}", name)
+    job = await kube.api.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}")
+    assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "falco-talon"
+    assert "end-at" in job["metadata"]["annotations"]
+    assert (job["spec"]["activeDeadlineSeconds"], job["spec"]["backoffLimit"]) == (65, 1)
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["nodeName"] == NODES[1]  # the alert's pod's node
+    [container] = pod_spec["containers"]
+    assert (container["name"], container["image"]) == ("falco-talon-sysdig", "example.com/sysdig:1")
+    assert container["securityContext"] == {"privileged": True, "runAsUser": 0}
+    assert container["volumeMounts"] == [{"name": "host", "mountPath": "/host"}]
+    assert pod_spec["volumes"] == [{"name": "host", "hostPath": {"path": "/", "type": ""}}]
+
+    assert outcome.artifact is not None
+    assert outcome.artifact.name == "sysdig.scap.gz"
+    path = f"/tmp/talon-opa-{name}.scap.gz"
+    expected = (
+        f"scap --modern-bpf --cri /run/containerd/containerd.sock -M 2 -s 512 -z -w {path} "
+        f"container.id in ({','.join(ids)})\n"
+    )
+    assert outcome.artifact.data == expected.encode()
+    assert dict(outcome.artifact.objects) == {"pod": "api-1", "namespace": namespace, "job": name}
+    assert not exists(path)
+
+
+async def test_sysdig_scope_node_needs_no_container_ids(kube: KubeCluster, namespace: str, run: Run) -> None:
+    install_fake(kube, "sysdig", FAKE_SYSDIG)
+    await running_pod(kube, namespace, "api-1")
+
+    with pytest.raises(StepFailed, match=r"report no container id.*use scope: node"):
+        await run(Sysdig, alert(namespace, "api-1"))
+
+    outcome = await run(Sysdig, alert(namespace, "api-1"), scope="node")
+    assert outcome.artifact is not None
+    assert b"container.id" not in outcome.artifact.data
+    assert outcome.artifact.data.startswith(b"scap --modern-bpf --cri /run/containerd/containerd.sock -M 5 -s 2048 ")

@@ -193,6 +193,7 @@ class KubeCluster:
         self.container_log.write_text("")
         self.fake_bin = w / "fake-bin"
         self.fake_bin.mkdir(exist_ok=True)
+        stages = Path(binaries.find("kwok-stages"))
         extra = w / "kwok-extra.yaml"
         extra.write_text(
             yaml.safe_dump_all(
@@ -222,10 +223,10 @@ class KubeCluster:
                         },
                     },
                     EPHEMERAL_CONTAINERS_RUNNING,
+                    _job_pods_complete_after_their_sleep(stages),
                 ]
             )
         )
-        stages = Path(binaries.find("kwok-stages"))
         kwok_port = free_port()
         kwok = process.start(
             "kwok",
@@ -240,7 +241,8 @@ class KubeCluster:
                 "--node-lease-duration-seconds=40",
                 f"--config={stages / 'node' / 'fast'}",
                 f"--config={stages / 'node' / 'heartbeat-with-lease'}",
-                f"--config={stages / 'pod' / 'fast'}",
+                f"--config={stages / 'pod' / 'fast' / 'pod-ready.yaml'}",
+                f"--config={stages / 'pod' / 'fast' / 'pod-delete.yaml'}",
                 f"--config={extra}",
             ],
             w,
@@ -432,6 +434,19 @@ class KubeCluster:
             self.workdir / f"{role}.kubeconfig", self.server, tr["status"]["token"], namespace=namespace
         )
         return KubeConfig.from_file(path)
+
+
+def _job_pods_complete_after_their_sleep(stages: Path) -> dict[str, Any]:
+    """kwok's fast `pod-complete` stage (a Job's pod succeeds as soon as it runs), except that a pod whose
+    first container's command is `sleep N` succeeds after N seconds, as it would on a kubelet."""
+    stage: dict[str, Any] = yaml.safe_load((stages / "pod" / "fast" / "pod-complete.yaml").read_text())
+    stage["spec"]["delay"] = {
+        "durationMilliseconds": 0,
+        "durationFrom": {
+            "expressionFrom": '.spec.containers[0].command // [] | if .[0] == "sleep" then .[1] + "s" else empty end'
+        },
+    }
+    return stage
 
 
 async def _http_ok(url: str) -> bool:

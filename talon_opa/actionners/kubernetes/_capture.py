@@ -12,8 +12,8 @@ import asyncio
 import secrets
 import string
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from talon_opa.actionners.kubernetes import _exec
 from talon_opa.actionners.kubernetes._pods import PodRef
@@ -23,6 +23,17 @@ from talon_opa.core.kube import KubeClient
 START_SECONDS = 20.0  # Talon waits this long for the capture container to run
 POLL_SECONDS = 0.25
 _SUFFIX = string.ascii_lowercase + string.digits
+T = TypeVar("T")
+
+
+async def poll(check: Callable[[], Awaitable[T | None]], within: float = START_SECONDS) -> T | None:
+    """`check()` until it returns a value, at most `within` seconds; None when it never did."""
+    deadline = time.monotonic() + within
+    while True:
+        found = await check()
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(POLL_SECONDS)
 
 
 def suffix() -> str:
