@@ -8,6 +8,7 @@ file a command writes is visible to the test there); logs come from kwok's Clust
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from talon_opa.actionners.kubernetes import _capture
 from talon_opa.actionners.kubernetes.download import Download
 from talon_opa.actionners.kubernetes.exec import Exec
 from talon_opa.actionners.kubernetes.log import Log
@@ -474,3 +476,44 @@ async def test_sysdig_scope_node_needs_no_container_ids(kube: KubeCluster, names
     assert outcome.artifact is not None
     assert b"container.id" not in outcome.artifact.data
     assert outcome.artifact.data.startswith(b"scap --modern-bpf --cri /run/containerd/containerd.sock -M 5 -s 2048 ")
+
+
+async def test_tcpdump_fails_with_the_kubelets_reason_when_its_container_never_runs(
+    kube: KubeCluster, namespace: str, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod kwok does not run (no node matches it) keeps its ephemeral container unreported: we report,
+    as a kubelet would, that the image cannot be pulled, and the step fails with that reason."""
+    monkeypatch.setattr(_capture, "START_SECONDS", 3.0)
+    tpl = kube.pod_template("pending")
+    tpl["spec"]["nodeSelector"] = {"no-such-label": "x"}
+    await kube.api.post(
+        f"/api/v1/namespaces/{namespace}/pods",
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pending", **tpl["metadata"]}, "spec": tpl["spec"]},
+    )
+    path = f"/api/v1/namespaces/{namespace}/pods/pending"
+
+    async def kubelet_says_image_pull_failed() -> None:
+        async def added() -> str | None:
+            found = (await kube.api.get(path))["spec"].get("ephemeralContainers") or []
+            return str(found[0]["name"]) if found else None
+
+        name = await kube.wait_for(added, "the ephemeral container", within=10)
+        waiting = {"reason": "ErrImagePull", "message": "pull access denied"}
+        status = {
+            "ephemeralContainerStatuses": [
+                {
+                    "name": name,
+                    "image": "x",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"waiting": waiting},
+                }
+            ]
+        }
+        await kube.api.patch(path + "/status", {"status": status})
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(kubelet_says_image_pull_failed())
+        with pytest.raises(StepFailed, match=r"did not run within 3s \(waiting: ErrImagePull pull access denied\)"):
+            await run(Tcpdump, alert(namespace, "pending"), duration=1)
