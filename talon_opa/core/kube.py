@@ -6,6 +6,7 @@ reason and message, never a bare HTTP status.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -327,15 +328,17 @@ class KubeClient:
         status: dict[str, Any] = {}
         truncated = False
         try:
-            async with self._session.ws_connect(
-                self.config.server + path,
-                params=params,
-                headers=self._headers(),
-                protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
-                ssl=self._ssl,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=timeout, ws_close=timeout),
-                max_msg_size=0,
-            ) as ws:
+            async with asyncio.timeout(timeout):  # the handshake; then `timeout` bounds each wait for data
+                ws = await self._session.ws_connect(
+                    self.config.server + path,
+                    params=params,
+                    headers=self._headers(),
+                    protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
+                    ssl=self._ssl,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=timeout, ws_close=timeout),
+                    max_msg_size=0,
+                )
+            async with ws:
                 if stdin is not None:
                     for at in range(0, len(stdin), 32 * 1024):
                         await ws.send_bytes(b"\x00" + stdin[at : at + 32 * 1024])
