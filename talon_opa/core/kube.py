@@ -6,6 +6,7 @@ reason and message, never a bare HTTP status.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -139,6 +140,31 @@ class ExecResult:
     exit_code: int
 
 
+@dataclass(frozen=True, slots=True)
+class ExecOutput:
+    """What an exec produced, as bytes. `stdout` holds at most the limit asked for; `stderr` its tail.
+
+    `exit_code` is None when we stopped reading because stdout went past the limit (the command was
+    cut off by closing the stream, so it has no exit status of its own).
+    """
+
+    stdout: bytes
+    stderr: bytes
+    exit_code: int | None
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogOutput:
+    """Log bytes, at most the limit asked for; `truncated` when the container had more."""
+
+    data: bytes
+    truncated: bool
+
+
+STDERR_KEPT = 64 * 1024  # the tail of stderr an exec keeps (for the error message)
+
+
 class KubeClient:
     """JSON verbs on API paths, exec and logs. Pass a session to share its pool; `close` closes our own."""
 
@@ -212,13 +238,50 @@ class KubeClient:
     async def logs(
         self, namespace: str, pod: str, *, container: str | None = None, tail_lines: int | None = None
     ) -> str:
+        out = await self.log_bytes(namespace, pod, container=container, tail_lines=tail_lines, limit=None)
+        return out.data.decode(errors="replace")
+
+    async def log_bytes(
+        self,
+        namespace: str,
+        pod: str,
+        *,
+        container: str | None = None,
+        tail_lines: int | None = None,
+        limit: int | None,
+        timeout: float = 30.0,
+    ) -> LogOutput:
+        """A container's log (the log subresource), read as a stream and cut at `limit` bytes.
+
+        The API server is asked for `limitBytes=limit+1` so it never sends much more than we keep; the
+        extra byte tells a log of exactly `limit` bytes from a longer one.
+        """
         params: dict[str, str] = {}
         if container:
             params["container"] = container
         if tail_lines is not None:
             params["tailLines"] = str(tail_lines)
-        text = await self.get(f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log", params=params)
-        return "" if text is None else str(text)
+        if limit is not None:
+            params["limitBytes"] = str(limit + 1)
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}/log"
+        buf = bytearray()
+        truncated = False
+        async with self._session.get(
+            self.config.server + path,
+            params=params,
+            headers=self._headers(),
+            ssl=self._ssl,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as r:
+            if r.status >= 400:
+                raise _api_error("GET", path, r.status, await r.text())
+            async for chunk in r.content.iter_chunked(64 * 1024):
+                buf += chunk
+                if limit is not None and len(buf) > limit:
+                    truncated = True
+                    del buf[limit:]
+                    break
+        return LogOutput(bytes(buf), truncated)
 
     async def exec(
         self,
@@ -230,28 +293,55 @@ class KubeClient:
         stdin: bytes | None = None,
         timeout: float = 30.0,
     ) -> ExecResult:
-        """Run a command in a container through the API server (websocket, v5 or v4 channel protocol)."""
+        """Run a command in a container through the API server; the output as text."""
+        out = await self.exec_bytes(namespace, pod, command, container=container, stdin=stdin, timeout=timeout)
+        code = out.exit_code if out.exit_code is not None else -1
+        return ExecResult(out.stdout.decode(errors="replace"), out.stderr.decode(errors="replace"), code)
+
+    async def exec_bytes(
+        self,
+        namespace: str,
+        pod: str,
+        command: Sequence[str],
+        *,
+        container: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float = 30.0,
+        max_stdout: int | None = None,
+        stop_at_limit: bool = True,
+    ) -> ExecOutput:
+        """Run a command in a container through the API server (websocket, v5 or v4 channel protocol).
+
+        stdout is kept up to `max_stdout` bytes and the result says `truncated` past it. Then, with
+        `stop_at_limit`, the stream is closed (which ends the command, so there is no exit code);
+        without, the rest is read and dropped until the command exits. `timeout` bounds each wait for
+        data, not the whole run.
+        """
         params: list[tuple[str, str]] = [("command", c) for c in command]
         params += [("stdout", "true"), ("stderr", "true")]
         if stdin is not None:
             params.append(("stdin", "true"))
         if container:
             params.append(("container", container))
-        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/exec"
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}/exec"
         out, err = bytearray(), bytearray()
         status: dict[str, Any] = {}
+        truncated = False
         try:
-            async with self._session.ws_connect(
-                self.config.server + path,
-                params=params,
-                headers=self._headers(),
-                protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
-                ssl=self._ssl,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=timeout, ws_close=timeout),
-                max_msg_size=0,
-            ) as ws:
+            async with asyncio.timeout(timeout):  # the handshake; then `timeout` bounds each wait for data
+                ws = await self._session.ws_connect(
+                    self.config.server + path,
+                    params=params,
+                    headers=self._headers(),
+                    protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
+                    ssl=self._ssl,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=timeout, ws_close=timeout),
+                    max_msg_size=0,
+                )
+            async with ws:
                 if stdin is not None:
-                    await ws.send_bytes(b"\x00" + stdin)
+                    for at in range(0, len(stdin), 32 * 1024):
+                        await ws.send_bytes(b"\x00" + stdin[at : at + 32 * 1024])
                     if ws.protocol == "v5.channel.k8s.io":
                         await ws.send_bytes(b"\xff\x00")  # close stdin
                 async for msg in ws:
@@ -259,16 +349,33 @@ class KubeClient:
                         continue
                     channel, payload = msg.data[0], msg.data[1:]
                     if channel == 1:
-                        out += payload
+                        if not truncated:
+                            out += payload
+                        if max_stdout is not None and len(out) > max_stdout:
+                            del out[max_stdout:]
+                            truncated = True
+                            if stop_at_limit:
+                                break
                     elif channel == 2:
                         err += payload
+                        if len(err) > STDERR_KEPT:
+                            del err[: len(err) - STDERR_KEPT]
                     elif channel == 3 and payload:
                         status = json.loads(payload)
         except aiohttp.WSServerHandshakeError as e:
             raise KubeApiError("EXEC", path, e.status, "Upgrade refused", e.message) from e
         except TimeoutError as e:
-            raise TalonError(f"exec in {namespace}/{pod} timed out after {timeout}s", hint="") from e
-        return ExecResult(out.decode(errors="replace"), err.decode(errors="replace"), _exit_code(status))
+            raise TalonError(
+                f"exec in {namespace}/{pod} sent nothing for {timeout}s", hint="the command hangs or runs too long"
+            ) from e
+        if truncated and stop_at_limit:
+            return ExecOutput(bytes(out), bytes(err), None, True)
+        if not status:
+            raise TalonError(
+                f"exec in {namespace}/{pod} ended without an exit status",
+                hint="the connection to the API server or the kubelet was cut",
+            )
+        return ExecOutput(bytes(out), bytes(err), _exit_code(status), truncated)
 
 
 def _exit_code(status: Mapping[str, Any]) -> int:

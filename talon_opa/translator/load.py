@@ -101,6 +101,11 @@ _OUTPUT_KEYS = ("target", "parameters")
 _ITEM_KNOWN = frozenset(_ACTION_KEYS) | frozenset(_RULE_KEYS)
 _ACTION_KNOWN = frozenset(_ACTION_KEYS)
 _MATCH_KNOWN = frozenset(_MATCH_KEYS)
+
+# Names of Talon's first docs generation, read as today's with a warning naming the new spelling.
+ACTIONNER_ALIASES = {"kubernetes:labelize": "kubernetes:label"}
+PARAMETER_ALIASES = {"kubernetes:networkpolicy": {"allow": "allow_cidr"}}
+_FIRST_GENERATION_PARAMETERS = ("parameters", "arguments", "options")
 _OUTPUT_KNOWN = frozenset(_OUTPUT_KEYS)
 
 
@@ -195,6 +200,8 @@ class _Decoder:
             )
             return
         m: dict[str, Value] = v.data
+        if "rule" not in m and "name" in m and m.get("action") is not None and m["action"].kind == "map":
+            m = self._first_generation(m)
         action_name = self._string(m, "action", "", "")
         rule_name = self._string(m, "rule", rule_name_of(m), "")
         self._unknown(m, _ITEM_KNOWN, rule_name_of(m), action_name.value if action_name else "")
@@ -222,6 +229,71 @@ class _Decoder:
         if rule is not None and block is None:
             self._misplaced(m, _ACTION_ONLY, rule.name.value, "", "put it on an action under 'actions:'")
         self.out.items.append(RawItem(v.where, block, rule))
+
+    def _first_generation(self, m: dict[str, Value]) -> dict[str, Value]:
+        """A rule of Talon's first README (`name:` and one `action:` mapping with `name:` and `parameters:`,
+        earlier `arguments:` or `options:`), rewritten as `rule:` with one action, with a warning."""
+        name, act = m["name"], m["action"]
+        am: dict[str, Value] = act.data
+        rule = name.text if name.kind not in ("seq", "map", "null") else ""
+        action: dict[str, Value] = {"action": Value("str", rule, act.where, rule)}
+        if "name" in am:
+            action["actionner"] = am["name"]
+        for key in _FIRST_GENERATION_PARAMETERS:
+            if key in am:
+                action.setdefault("parameters", am[key])
+        for key, value in am.items():
+            if key not in ("name", *_FIRST_GENERATION_PARAMETERS):
+                action.setdefault(key, value)
+        self.out.warnings.append(
+            RuleProblem(
+                name.key_where or name.where,
+                "first-generation rule syntax ('name:' with one 'action:' mapping) is read as 'rule:' with one action",
+                hint=f"write '- rule: {rule}' and 'actions:' with '- action: <name>', 'actionner: "
+                f"{am['name'].text if 'name' in am else '...'}' and 'parameters:'",
+                rule=rule,
+                field="name",
+            )
+        )
+        rewritten = {k: v for k, v in m.items() if k not in ("name", "action")}
+        rewritten["rule"] = name
+        rewritten["actions"] = Value("seq", (Value("map", action, act.where, key_where=act.key_where),), act.where)
+        return rewritten
+
+    def _aliases(self, act: RawAction, rule: str) -> None:
+        """Old names of an actionner or of its parameters: read as the new ones, with a warning."""
+        if act.actionner is not None and act.actionner.value in ACTIONNER_ALIASES:
+            old, new = act.actionner.value, ACTIONNER_ALIASES[act.actionner.value]
+            self.out.warnings.append(
+                RuleProblem(
+                    act.actionner.where,
+                    f"{old!r} is the old name of {new!r}",
+                    hint=f"write 'actionner: {new}'",
+                    rule=rule,
+                    action=act.name.value,
+                    field="actionner",
+                )
+            )
+            act.actionner = Text(new, act.actionner.where)
+        actionner = act.actionner.value if act.actionner is not None else ""
+        for target, renames in PARAMETER_ALIASES.items():
+            if act.parameters is None or actionner != target:
+                continue
+            for old, new in renames.items():
+                if old not in act.parameters or new in act.parameters:
+                    continue
+                value = act.parameters.pop(old)
+                act.parameters[new] = value
+                self.out.warnings.append(
+                    RuleProblem(
+                        value.key_where or value.where,
+                        f"parameter {old!r} of {target} is the old name of {new!r}",
+                        hint=f"write '{new}:'",
+                        rule=rule,
+                        action=act.name.value,
+                        field="parameters." + old,
+                    )
+                )
 
     def _misplaced(self, m: dict[str, Value], keys: tuple[str, ...], rule: str, action: str, hint: str) -> None:
         for k in keys:
@@ -317,6 +389,8 @@ class _Decoder:
         elif out_v is not None and out_v.kind != "null":
             act.broken.add("output")
             self._type(out_v, "a mapping", "output", *ctx, "write 'output:' with 'target:' and 'parameters:'")
+        if not check_only:
+            self._aliases(act, rule)
         return act
 
     # --- typed field readers --------------------------------------------------------------------------

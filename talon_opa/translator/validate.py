@@ -98,6 +98,14 @@ def _one_of(names: Sequence[str], given: str) -> str:
     return f"did you mean {close[0]}? known: {known}" if close else f"use one of: {known}"
 
 
+def _param_hint(names: Sequence[str], given: str) -> str:
+    """`did you mean ...?` for an unknown parameter; an old camelCase name finds its snake_case one."""
+    snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", given).lower()
+    if snake != given and snake in names:
+        return f"did you mean {snake}? known: {', '.join(sorted(names))}"
+    return _one_of(names, given)
+
+
 def check_rule(
     rule: RawRule,
     actions: Sequence[Resolved],
@@ -340,7 +348,7 @@ def _check_params(
             RuleProblem(
                 (v.key_where or v.where) if v is not None else where,
                 f"unknown parameter {name!r} of {spec.name} is ignored",
-                hint=_one_of(list(spec.defaults()), name),
+                hint=_param_hint(list(spec.defaults()), name),
                 rule=rule,
                 action=action,
                 field=prefix + name,

@@ -13,6 +13,7 @@ test or an actionner writes is validated against the vendor's real schema.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,45 @@ CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 VENDOR_CRDS = ("calico-crds", "cilium-crds")
 # the Tigera operator's admission policies for v3 CRDs (tier and policy-types defaulting)
 CALICO_ADMISSION = "calico-admission"
+
+# kwok's pod stages never report ephemeral containers; a kubelet reports one running once it started it.
+# This stage does the same as soon as the API server has stored an ephemeral container without a status
+# (kwok starts nothing: exec in it runs on loopback like every kwok exec).
+EPHEMERAL_CONTAINERS_RUNNING = {
+    "kind": "Stage",
+    "apiVersion": "kwok.x-k8s.io/v1alpha1",
+    "metadata": {"name": "pod-ephemeral-containers-running"},
+    "spec": {
+        "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+        "selector": {
+            "matchExpressions": [
+                {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+                {
+                    "key": "((.spec.ephemeralContainers // []) | length) > "
+                    "((.status.ephemeralContainerStatuses // []) | length)",
+                    "operator": "In",
+                    "values": ["true"],
+                },
+            ]
+        },
+        "next": {
+            "statusTemplate": """\
+{{ $now := Now }}
+ephemeralContainerStatuses:
+{{ range .spec.ephemeralContainers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  restartCount: 0
+  state:
+    running:
+      startedAt: {{ $now | Quote }}
+{{ end }}
+"""
+        },
+    },
+}
 
 
 def _write_kubeconfig(path: Path, server: str, token: str, namespace: str = "default") -> Path:
@@ -59,6 +99,7 @@ class KubeCluster:
     kubeconfig: Path = field(init=False)
     kwok_workdir: Path = field(init=False)
     container_log: Path = field(init=False)
+    fake_bin: Path = field(init=False)  # first on PATH of every exec: tests put stand-ins (tcpdump...) here
     api: KubeClient = field(init=False)
     calico_admission: str = ""  # the admissionregistration version Calico's policies run at ("": none)
 
@@ -161,6 +202,9 @@ class KubeCluster:
         self.kwok_workdir.mkdir(exist_ok=True)
         self.container_log = w / "container.log"
         self.container_log.write_text("")
+        self.fake_bin = w / "fake-bin"
+        self.fake_bin.mkdir(exist_ok=True)
+        stages = Path(binaries.find("kwok-stages"))
         extra = w / "kwok-extra.yaml"
         extra.write_text(
             yaml.safe_dump_all(
@@ -180,16 +224,20 @@ class KubeCluster:
                                 {
                                     "local": {
                                         "workDir": str(self.kwok_workdir),
-                                        "envs": [{"name": "KWOK_EXEC", "value": "1"}],
+                                        "envs": [
+                                            {"name": "KWOK_EXEC", "value": "1"},
+                                            {"name": "PATH", "value": f"{self.fake_bin}:{os.environ.get('PATH', '')}"},
+                                        ],
                                     }
                                 }
                             ]
                         },
                     },
+                    EPHEMERAL_CONTAINERS_RUNNING,
+                    _job_pods_complete_after_their_sleep(stages),
                 ]
             )
         )
-        stages = Path(binaries.find("kwok-stages"))
         kwok_port = free_port()
         kwok = process.start(
             "kwok",
@@ -204,7 +252,8 @@ class KubeCluster:
                 "--node-lease-duration-seconds=40",
                 f"--config={stages / 'node' / 'fast'}",
                 f"--config={stages / 'node' / 'heartbeat-with-lease'}",
-                f"--config={stages / 'pod' / 'fast'}",
+                f"--config={stages / 'pod' / 'fast' / 'pod-ready.yaml'}",
+                f"--config={stages / 'pod' / 'fast' / 'pod-delete.yaml'}",
                 f"--config={extra}",
             ],
             w,
@@ -505,6 +554,19 @@ class KubeCluster:
             self.workdir / f"{role}.kubeconfig", self.server, tr["status"]["token"], namespace=namespace
         )
         return KubeConfig.from_file(path)
+
+
+def _job_pods_complete_after_their_sleep(stages: Path) -> dict[str, Any]:
+    """kwok's fast `pod-complete` stage (a Job's pod succeeds as soon as it runs), except that a pod whose
+    first container's command is `sleep N` succeeds after N seconds, as it would on a kubelet."""
+    stage: dict[str, Any] = yaml.safe_load((stages / "pod" / "fast" / "pod-complete.yaml").read_text())
+    stage["spec"]["delay"] = {
+        "durationMilliseconds": 0,
+        "durationFrom": {
+            "expressionFrom": '.spec.containers[0].command // [] | if .[0] == "sleep" then .[1] + "s" else empty end'
+        },
+    }
+    return stage
 
 
 async def _http_ok(url: str) -> bool:
