@@ -1,0 +1,228 @@
+"""The Helm chart against real servers: `helm install` into the harness's kube-apiserver (pods Running on
+kwok nodes), rendered non-default objects applied kind by kind, SubjectAccessReviews for the chart's
+ServiceAccount, and the rendered pod's two processes (engine + sidecar OPA) run here from the rendered
+config.
+
+kwok fakes the containers: a Running pod here means the API server accepted every object and the pod was
+scheduled and marked running, not that the engine runs inside it. The last test runs the rendered
+engine and OPA commands as local processes to cover that part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from talon_opa.core import config
+from talon_opa.core.kube import KubeApiError
+from talon_opa.opa.process import free_port
+from tests.e2e.engine_harness import running_engine, shell_alert
+from tests.harness import helm, process
+from tests.harness.kube import KubeCluster
+
+RELEASE = "talon"
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # prometheus-operator's CRDs: not installed here
+
+
+def install(kube: KubeCluster, namespace: str, *args: str) -> str:
+    done = helm.helm(
+        "upgrade", "--install", RELEASE, str(helm.CHART), "--namespace", namespace, *args, kubeconfig=kube.kubeconfig
+    )
+    return done.stdout
+
+
+async def apply(kube: KubeCluster, objects: list[dict[str, Any]], namespace: str) -> list[str]:
+    """Create every object whose kind the API server serves (found by discovery); the skipped kinds."""
+    skipped: list[str] = []
+    for obj in objects:
+        api_version, kind = obj["apiVersion"], obj["kind"]
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        try:
+            resources = (await kube.api.get(base))["resources"]
+        except KubeApiError as e:
+            if e.status != 404:
+                raise
+            skipped.append(kind)  # the API group is not served
+            continue
+        (res,) = [r for r in resources if r["kind"] == kind and "/" not in r["name"]]
+        ns = obj["metadata"].get("namespace", namespace)
+        path = f"{base}/namespaces/{ns}/{res['name']}" if res["namespaced"] else f"{base}/{res['name']}"
+        await kube.api.post(path, obj)
+    return skipped
+
+
+async def test_helm_install_creates_the_chart_and_the_engine_pod_runs_on_kwok(
+    kube: KubeCluster, namespace: str
+) -> None:
+    notes = install(kube, namespace)
+    fullname = f"{RELEASE}-talon-opa"
+    pods = await kube.wait_running(namespace, f"app.kubernetes.io/instance={RELEASE}")
+    pod = pods[0]
+    assert pod["spec"]["nodeName"].startswith("kwok-node-")
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["engine", "opa"]
+    assert pod["spec"]["serviceAccountName"] == fullname
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in pod["spec"]["containers"]:
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # every object exists, as helm created it
+    api = kube.api
+    await api.get(f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-rules")
+    await api.get(f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-dashboard")
+    svc = await api.get(f"/api/v1/namespaces/{namespace}/services/{fullname}")
+    assert [p["port"] for p in svc["spec"]["ports"]] == [2803, 8282]
+    await api.get(f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{fullname}")
+    await api.get(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{fullname}")
+    await api.get(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{namespace}-{fullname}")
+    # what Falcosidekick users set, from the install's notes
+    assert f"config.webhook.address: http://{fullname}.{namespace}:2803" in notes
+    assert 'config.webhook.customHeaders: "Authorization:Bearer <token>"' in notes
+
+    # an upgrade keeps the generated token (helm's lookup against the real API server) and rolls the pod
+    secret = f"/api/v1/namespaces/{namespace}/secrets/{fullname}-auth"
+    token = base64.b64decode((await api.get(secret))["data"]["token"])
+    install(kube, namespace, "--set", "config.log_level=debug")
+    assert base64.b64decode((await api.get(secret))["data"]["token"]) == token
+    cm = await api.get(f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-config")
+    assert yaml.safe_load(cm["data"]["config.yaml"])["log_level"] == "debug"
+
+    async def rolled() -> bool:
+        running = await kube.running_pods(namespace, f"app.kubernetes.io/instance={RELEASE}")
+        return bool(running) and all(p["metadata"]["name"] != pod["metadata"]["name"] for p in running)
+
+    await kube.wait_for(rolled, "the pod replaced after a config change")
+
+
+async def test_rendered_non_default_objects_apply_and_pods_run(kube: KubeCluster, namespace: str) -> None:
+    values = {
+        "opa": {"mode": "child"},
+        "replicaCount": 2,
+        "auth": {"existingSecret": "intake", "existingSecretKey": "token"},
+        "rules": {"files": {"00-mine.yaml": (helm.CHART / "rules" / "rules.yaml").read_text()}},
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "podDisruptionBudget": {"minAvailable": 1},
+        "networkPolicy": {
+            "ingress": {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "falcosidekick"}}}]},
+            "egress": {"apiServer": {"cidrs": ["127.0.0.1/32"]}},
+        },
+        "config": {"otel": {"traces_enabled": True, "collector_endpoint": "http://jaeger.tracing:4318"}},
+    }
+    await kube.api.post(
+        f"/api/v1/namespaces/{namespace}/secrets",
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "intake"}, "stringData": {"token": "s3cret"}},
+    )
+    rendered = helm.template(values, release=RELEASE, namespace=namespace)
+    skipped = await apply(kube, rendered.objects, namespace)
+    assert set(skipped) == CRD_KINDS
+    pods = await kube.wait_running(namespace, f"app.kubernetes.io/instance={RELEASE}", count=2)
+    assert all([c["name"] for c in p["spec"]["containers"]] == ["engine"] for p in pods)
+    np = await kube.api.get(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{RELEASE}-talon-opa")
+    assert [r["ports"][0]["port"] for r in np["spec"]["egress"]] == [53, 443, 4318]
+
+
+async def _allowed(kube: KubeCluster, user: str, namespace: str, verb: str, group: str, resource: str) -> bool:
+    review = await kube.api.post(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": user,
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+                "resourceAttributes": {"namespace": "payments", "verb": verb, "group": group, "resource": resource},
+            },
+        },
+    )
+    return bool(review["status"].get("allowed"))
+
+
+VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
+
+
+async def test_the_chart_service_account_can_do_what_the_rules_need_and_nothing_more(
+    kube: KubeCluster, namespace: str
+) -> None:
+    install(kube, namespace)
+    user = f"system:serviceaccount:{namespace}:{RELEASE}-talon-opa"
+    generated = yaml.safe_load((helm.CHART / "rbac" / "clusterrole.yaml").read_text())["rules"]
+    granted = {
+        (g, r, v) for rule in generated for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
+    # what the chart's rules need: label (get/patch pods), terminate (delete pods, get owners), isolate
+    assert {("", "pods", "get"), ("", "pods", "patch"), ("", "pods", "delete")} <= granted
+    assert ("networking.k8s.io", "networkpolicies", "create") in granted
+    checks = {(g, r, v) for (g, r, _) in granted for v in VERBS} | {
+        ("", "nodes", "delete"),
+        ("", "nodes", "patch"),
+        ("", "secrets", "get"),
+        ("", "secrets", "list"),
+        ("", "configmaps", "get"),
+        ("", "pods/exec", "create"),
+        ("", "pods", "create"),
+        ("apps", "deployments", "delete"),
+        ("rbac.authorization.k8s.io", "clusterroles", "escalate"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings", "create"),
+    }
+    answers = await asyncio.gather(*(_allowed(kube, user, namespace, v, g, r) for (g, r, v) in sorted(checks)))
+    allowed = {check for check, ok in zip(sorted(checks), answers, strict=True) if ok}
+    assert allowed == granted
+
+
+async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_the_bundle() -> None:
+    """The engine's rendered config.yaml and the sidecar's rendered `opa run` (config with ${AUTH_TOKEN}),
+    with the pod's paths moved to a local folder: OPA fetches the engine's bundle with the token and the
+    engine decides through OPA's unix socket."""
+    port, diag, token = free_port(), free_port(), "chart-token"
+    r = helm.template({"service": {"port": port}, "auth": {"token": token}})
+    work = Path(tempfile.mkdtemp(prefix="tc-"))  # short: unix socket paths are limited to 107 bytes
+
+    def local(text: str) -> str:
+        moves = (("/etc/talon-opa", "etc"), ("/var/lib/talon-opa", "state"), ("/var/run/talon-opa", "run"))
+        for pod_path, here in moves:
+            text = text.replace(pod_path, str(work / here))
+        return text
+
+    mounted = {"config": r.one("ConfigMap", "-config")["data"], "rules": r.one("ConfigMap", "-rules")["data"]}
+    for name, data in mounted.items():
+        (work / "etc" / name).mkdir(parents=True)
+        for key, content in data.items():
+            (work / "etc" / name / key).write_text(local(content))
+    (work / "run").mkdir()
+    cfg = config.load(work / "etc" / "config" / "config.yaml", env={"AUTH_TOKEN": token})
+    cfg = dataclasses.replace(cfg, listen_address="127.0.0.1", log_format="text")
+
+    opa_c = r.containers()["opa"]
+    args = [local(a).replace(f"0.0.0.0:{8282}", f"127.0.0.1:{diag}") for a in opa_c["args"]]
+    sidecar = process.start("sidecar-opa", opa_c["command"][0], args, work, env={"AUTH_TOKEN": token})
+    try:
+        changes = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "unknown_keys"}
+        async with running_engine(work, "", **changes) as e:
+            auth = {"Authorization": f"Bearer {token}"}
+            for _ in range(200):
+                ready = await e.get("/readyz")
+                if ready.status == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert ready.status == 200, (ready.body, sidecar.log_tail())
+            assert e.engine.built is not None
+            assert ready.body["revision"] == e.engine.built.revision
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{diag}/health?bundles") as h:
+                assert h.status == 200  # the sidecar's readiness probe
+            assert (await e.post(json_body=shell_alert("api-1"))).status == 401
+            assert (await e.post(json_body=shell_alert("api-1"), headers=auth)).status == 200
+            await asyncio.wait_for(e.drained(), 15)
+            # no cluster here: the engine runs every step in dry-run, decided by the sidecar
+            assert await e.metric("falcosecurity_falco_talon_actions_total", rule="Shell in a container") == 1
+    finally:
+        sidecar.stop()
+        shutil.rmtree(work, ignore_errors=True)
