@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -228,8 +229,9 @@ async def test_the_chart_service_account_can_do_what_the_rules_need_and_nothing_
 
 async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_the_bundle() -> None:
     """The engine's rendered config.yaml and the sidecar's rendered `opa run` (config with ${AUTH_TOKEN}),
-    with the pod's paths moved to a local folder: OPA fetches the engine's bundle with the token and the
-    engine decides through OPA's unix socket."""
+    with the pod's paths moved to a local folder laid out like ConfigMap volumes: OPA fetches the engine's
+    bundle with the token, the engine decides through OPA's unix socket, and a rules ConfigMap update
+    (the kubelet's ..data swap) reaches the sidecar as a new revision."""
     port, diag, token = free_port(), free_port(), "chart-token"
     r = helm.template({"service": {"port": port}, "auth": {"token": token}})
     work = Path(tempfile.mkdtemp(prefix="tc-"))  # short: unix socket paths are limited to 107 bytes
@@ -240,11 +242,20 @@ async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_t
             text = text.replace(pod_path, str(work / here))
         return text
 
-    mounted = {"config": r.one("ConfigMap", "-config")["data"], "rules": r.one("ConfigMap", "-rules")["data"]}
-    for name, data in mounted.items():
-        (work / "etc" / name).mkdir(parents=True)
+    def mount(name: str, data: dict[str, str], version: str) -> None:
+        """A ConfigMap volume as the kubelet lays it out: key -> ..data/key, ..data -> ..<version>."""
+        folder = work / "etc" / name
+        (folder / f"..{version}").mkdir(parents=True)
         for key, content in data.items():
-            (work / "etc" / name / key).write_text(local(content))
+            (folder / f"..{version}" / key).write_text(local(content))
+            if not (folder / key).is_symlink():
+                os.symlink(f"..data/{key}", folder / key)
+        os.symlink(f"..{version}", folder / "..data_tmp")
+        os.replace(folder / "..data_tmp", folder / "..data")  # the kubelet's atomic swap
+
+    rules = r.one("ConfigMap", "-rules")["data"]
+    mount("config", r.one("ConfigMap", "-config")["data"], "v1")
+    mount("rules", rules, "v1")
     (work / "run").mkdir()
     cfg = config.load(work / "etc" / "config" / "config.yaml", env={"AUTH_TOKEN": token})
     cfg = dataclasses.replace(cfg, listen_address="127.0.0.1", log_format="text")
@@ -271,6 +282,20 @@ async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_t
             await asyncio.wait_for(e.drained(), 15)
             # no cluster here: the engine runs every step in dry-run, decided by the sidecar
             assert await e.metric("falcosecurity_falco_talon_actions_total", rule="Shell in a container") == 1
+
+            # the rules ConfigMap changes: the engine reloads it and the sidecar follows the new revision
+            old = e.engine.built.revision
+            renamed = rules["rules.yaml"].replace("- rule: Shell in a container", "- rule: Shell, renamed")
+            mount("rules", {"rules.yaml": renamed}, "v2")
+            for _ in range(300):
+                ready = await e.get("/readyz")
+                if e.engine.built.revision != old and ready.body.get("revision") == e.engine.built.revision:
+                    break
+                await asyncio.sleep(0.1)
+            assert ready.body.get("revision") == e.engine.built.revision != old, ready.body
+            assert (await e.post(json_body=shell_alert("api-2"), headers=auth)).status == 200
+            await asyncio.wait_for(e.drained(), 15)
+            assert await e.metric("falcosecurity_falco_talon_actions_total", rule="Shell, renamed") == 1
     finally:
         sidecar.stop()
         shutil.rmtree(work, ignore_errors=True)
