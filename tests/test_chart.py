@@ -84,6 +84,11 @@ def test_default_render_runs_the_engine_with_an_opa_sidecar(tmp_path: Path) -> N
         ]
     )
     engine, opa = r.containers()["engine"], r.containers()["opa"]
+    # OPA is a native sidecar: started before the engine, stopped after it (alerts drained on SIGTERM
+    # are still decided)
+    pod = r.deployment()["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["engine"]
+    assert [(c["name"], c["restartPolicy"]) for c in pod["initContainers"]] == [("opa", "Always")]
     assert engine["args"] == ["server", "-c", "/etc/talon-opa/config/config.yaml"]
     cfg = load_config(r, tmp_path, env={"AUTH_TOKEN": "t0ken"})
     assert cfg.unknown_keys == ()
@@ -127,7 +132,7 @@ def test_pods_run_non_root_read_only_without_capabilities_and_only_the_engine_ha
         assert pod["securityContext"]["runAsUser"] != 0
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         volumes = {v["name"]: v for v in pod["volumes"]}
-        for c in pod["containers"]:
+        for c in r.containers().values():
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True
             assert sc["allowPrivilegeEscalation"] is False
@@ -145,6 +150,7 @@ def test_non_default_values_child_opa_own_token_secret_and_rules_files_in_name_o
     r = helm.template(NON_DEFAULT)
     assert "Secret" not in r.kinds()  # the token is the user's Secret
     assert set(r.containers()) == {"engine"}  # child OPA: no sidecar
+    assert "initContainers" not in r.deployment()["spec"]["template"]["spec"]
     assert r.deployment()["spec"]["replicas"] == 2
     (env,) = [e for e in r.containers()["engine"]["env"] if e["name"] == "AUTH_TOKEN"]
     assert env["valueFrom"]["secretKeyRef"] == {"name": "my-token", "key": "intake"}
@@ -181,10 +187,14 @@ def test_auth_disabled_renders_no_secret_and_warns(tmp_path: Path) -> None:
     assert load_config(r, tmp_path).auth.token == ""
 
 
-def test_a_bad_opa_mode_is_refused_naming_the_value() -> None:
+def test_bad_values_are_refused_naming_the_value() -> None:
     done = helm.helm("template", "t", str(helm.CHART), "--set", "opa.mode=wasm", check=False)
     assert done.returncode != 0
     assert 'opa.mode must be sidecar or child, not "wasm"' in done.stderr
+    done = helm.helm("template", "t", str(helm.CHART), "--set", "opa.sidecar.image.repository=opa", check=False)
+    assert "opa.sidecar.image.tag is required" in done.stderr
+    done = helm.helm("template", "t", str(helm.CHART), "--set", "rules.existingConfigMap=mine", check=False)
+    assert "rules.existingConfigMap needs rules.fileNames" in done.stderr
 
 
 def test_chart_clusterrole_is_talon_opa_rbac_of_the_chart_rules() -> None:

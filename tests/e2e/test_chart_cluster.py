@@ -69,11 +69,14 @@ async def test_helm_install_creates_the_chart_and_the_engine_pod_runs_on_kwok(
     pods = await kube.wait_running(namespace, f"app.kubernetes.io/instance={RELEASE}")
     pod = pods[0]
     assert pod["spec"]["nodeName"].startswith("kwok-node-")
-    assert [c["name"] for c in pod["spec"]["containers"]] == ["engine", "opa"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["engine"]
+    assert [(c["name"], c["restartPolicy"]) for c in pod["spec"]["initContainers"]] == [("opa", "Always")]
+    statuses = pod["status"]["initContainerStatuses"] + pod["status"]["containerStatuses"]
+    assert all("running" in s["state"] for s in statuses)  # as kwok reports them
     assert pod["spec"]["serviceAccountName"] == fullname
     assert pod["spec"]["automountServiceAccountToken"] is False
     assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    for c in pod["spec"]["containers"]:
+    for c in pod["spec"]["containers"] + pod["spec"]["initContainers"]:
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     # every object exists, as helm created it
@@ -130,6 +133,7 @@ async def test_rendered_non_default_objects_apply_and_pods_run(kube: KubeCluster
     assert {o["kind"] for o in rendered.objects} - set(skipped) >= {"Deployment", "NetworkPolicy", "ClusterRole"}
     pods = await kube.wait_running(namespace, f"app.kubernetes.io/instance={RELEASE}", count=2)
     assert all([c["name"] for c in p["spec"]["containers"]] == ["engine"] for p in pods)
+    assert all("initContainers" not in p["spec"] for p in pods)
     np = await kube.api.get(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{RELEASE}-talon-opa")
     assert [r["ports"][0]["port"] for r in np["spec"]["egress"]] == [53, 443, 4318]
 

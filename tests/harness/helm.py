@@ -66,7 +66,9 @@ class Rendered:
         return self.one("Deployment")
 
     def containers(self) -> dict[str, dict[str, Any]]:
-        return {c["name"]: c for c in self.deployment()["spec"]["template"]["spec"]["containers"]}
+        """The pod's containers and init containers (the OPA sidecar is a native sidecar), by name."""
+        pod = self.deployment()["spec"]["template"]["spec"]
+        return {c["name"]: c for c in [*pod.get("initContainers", []), *pod["containers"]]}
 
     def config_yaml(self) -> str:
         data: dict[str, str] = self.one("ConfigMap", "-config")["data"]

@@ -48,7 +48,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "talon-opa.opaImage" -}}
 {{- $img := .Values.opa.sidecar.image }}
 {{- if $img.repository }}
-{{- printf "%s:%s" $img.repository (default "latest" $img.tag) }}
+{{- printf "%s:%s" $img.repository (required "opa.sidecar.image.tag is required with opa.sidecar.image.repository (e.g. 1.21.4-static: the OPA version of tools/versions.env)" $img.tag) }}
 {{- else }}
 {{- include "talon-opa.image" . }}
 {{- end }}
