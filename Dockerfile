@@ -21,7 +21,7 @@ RUN GOBIN=/out go install -trimpath -ldflags "-s -w" "github.com/open-policy-age
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt ./
 COPY talon_opa ./talon_opa
 RUN python -m venv /opt/talon-opa \
     && /opt/talon-opa/bin/pip install -c constraints.txt .

@@ -34,10 +34,10 @@ RELEASE = "talon"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # prometheus-operator's CRDs: not served unless installed
 
 
-def install(kube: KubeCluster, namespace: str, *args: str) -> str:
-    done = helm.helm(
-        "upgrade", "--install", RELEASE, str(helm.CHART), "--namespace", namespace, *args, kubeconfig=kube.kubeconfig
-    )
+async def install(kube: KubeCluster, namespace: str, *args: str) -> str:
+    """`helm upgrade --install` of the chart into the test cluster (helm runs in a thread); its output."""
+    cmd = ("upgrade", "--install", RELEASE, str(helm.CHART), "--namespace", namespace, *args)
+    done = await asyncio.to_thread(helm.helm, *cmd, kubeconfig=kube.kubeconfig)
     return done.stdout
 
 
@@ -64,7 +64,7 @@ async def apply(kube: KubeCluster, objects: list[dict[str, Any]], namespace: str
 async def test_helm_install_creates_the_chart_and_the_engine_pod_runs_on_kwok(
     kube: KubeCluster, namespace: str
 ) -> None:
-    notes = install(kube, namespace)
+    notes = await install(kube, namespace)
     fullname = f"{RELEASE}-talon-opa"
     pods = await kube.wait_running(namespace, f"app.kubernetes.io/instance={RELEASE}")
     pod = pods[0]
@@ -95,7 +95,7 @@ async def test_helm_install_creates_the_chart_and_the_engine_pod_runs_on_kwok(
     # an upgrade keeps the generated token (helm's lookup against the real API server) and rolls the pod
     secret = f"/api/v1/namespaces/{namespace}/secrets/{fullname}-auth"
     token = base64.b64decode((await api.get(secret))["data"]["token"])
-    install(kube, namespace, "--set", "config.log_level=debug")
+    await install(kube, namespace, "--set", "config.log_level=debug")
     assert base64.b64decode((await api.get(secret))["data"]["token"]) == token
     cm = await api.get(f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-config")
     assert yaml.safe_load(cm["data"]["config.yaml"])["log_level"] == "debug"
@@ -126,7 +126,7 @@ async def test_rendered_non_default_objects_apply_and_pods_run(kube: KubeCluster
         f"/api/v1/namespaces/{namespace}/secrets",
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "intake"}, "stringData": {"token": "s3cret"}},
     )
-    rendered = helm.template(values, release=RELEASE, namespace=namespace)
+    rendered = await asyncio.to_thread(helm.template, values, release=RELEASE, namespace=namespace)
     skipped = await apply(kube, rendered.objects, namespace)
     # the CRD kinds, unless test_servicemonitor_and_prometheusrule_fit_the_operator_crds installed them
     assert set(skipped) <= CRD_KINDS
@@ -164,8 +164,11 @@ async def install_crds(kube: KubeCluster) -> None:
 async def test_servicemonitor_and_prometheusrule_fit_the_operator_crds(kube: KubeCluster, namespace: str) -> None:
     """The API server validates both against the CRDs' OpenAPI schemas (a field of the wrong shape is refused)."""
     await install_crds(kube)
-    rendered = helm.template(
-        {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}, release=RELEASE, namespace=namespace
+    rendered = await asyncio.to_thread(
+        helm.template,
+        {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        release=RELEASE,
+        namespace=namespace,
     )
     objects = [o for o in rendered.objects if o["kind"] in CRD_KINDS]
     assert {o["kind"] for o in objects} == CRD_KINDS
@@ -205,7 +208,7 @@ VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletec
 async def test_the_chart_service_account_can_do_what_the_rules_need_and_nothing_more(
     kube: KubeCluster, namespace: str
 ) -> None:
-    install(kube, namespace)
+    await install(kube, namespace)
     user = f"system:serviceaccount:{namespace}:{RELEASE}-talon-opa"
     generated = yaml.safe_load((helm.CHART / "rbac" / "clusterrole.yaml").read_text())["rules"]
     granted = {
@@ -237,7 +240,7 @@ async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_t
     bundle with the token, the engine decides through OPA's unix socket, and a rules ConfigMap update
     (the kubelet's ..data swap) reaches the sidecar as a new revision."""
     port, diag, token = free_port(), free_port(), "chart-token"
-    r = helm.template({"service": {"port": port}, "auth": {"token": token}})
+    r = await asyncio.to_thread(helm.template, {"service": {"port": port}, "auth": {"token": token}})
     work = Path(tempfile.mkdtemp(prefix="tc-"))  # short: unix socket paths are limited to 107 bytes
 
     def local(text: str) -> str:
