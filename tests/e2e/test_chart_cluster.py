@@ -137,6 +137,15 @@ async def test_rendered_non_default_objects_apply_and_pods_run(kube: KubeCluster
     np = await kube.api.get(f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{RELEASE}-talon-opa")
     assert [r["ports"][0]["port"] for r in np["spec"]["egress"]] == [53, 443, 4318]
 
+    # the disruption controller finds the engine pods through the PDB's selector: one of two may go
+    async def pdb_counts() -> tuple[int, int, int] | None:
+        pdb = await kube.api.get(f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets/{RELEASE}-talon-opa")
+        st = pdb.get("status", {})
+        counts = (st.get("expectedPods", 0), st.get("currentHealthy", 0), st.get("disruptionsAllowed", 0))
+        return counts if counts == (2, 2, 1) else None
+
+    await kube.wait_for(pdb_counts, "the PDB counting both engine pods, one disruption allowed")
+
 
 def _crds() -> list[dict[str, Any]]:
     folder = Path(binaries.find("prometheus-crds"))
