@@ -268,3 +268,28 @@ def test_dashboard_and_alerts_name_only_metrics_the_engine_exports() -> None:
     cm = r.one("ConfigMap", "-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["talon-opa.json"]) == dashboard
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key != "notifiers":
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append(prefix + key)
+    return out
+
+
+def test_values_config_defaults_are_the_engine_defaults(tmp_path: Path) -> None:
+    """values.yaml's `config` repeats the engine's defaults (so that users see the keys): it must not
+    silently change one."""
+    values = yaml.safe_load((helm.CHART / "values.yaml").read_text())["config"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values))
+    from_values, defaults = config.load(path, env={}), config.Config()
+    assert from_values.unknown_keys == ()
+    for key in _leaves(values):
+        got, want = from_values, defaults
+        for part in key.split("."):
+            got, want = getattr(got, part), getattr(want, part)
+        assert got == want, f"values.yaml config.{key} is {got!r}, the engine's default is {want!r}"
