@@ -195,6 +195,30 @@ def test_bad_values_are_refused_naming_the_value() -> None:
     assert "opa.sidecar.image.tag is required" in done.stderr
     done = helm.helm("template", "t", str(helm.CHART), "--set", "rules.existingConfigMap=mine", check=False)
     assert "rules.existingConfigMap needs rules.fileNames" in done.stderr
+    done = helm.helm("template", "t", str(helm.CHART), "--set", "config.tls.client_ca_file=/ca.pem", check=False)
+    assert "config.tls.client_ca_file (client certificates) is not supported by the chart" in done.stderr
+
+
+def test_tls_intake_probes_over_https_and_mounts_the_certificate() -> None:
+    values = {
+        "config": {"tls": {"cert_file": "/etc/talon-opa/tls/tls.crt", "key_file": "/etc/talon-opa/tls/tls.key"}},
+        "extraVolumes": [{"name": "tls", "secret": {"secretName": "talon-tls"}}],
+        "extraVolumeMounts": [{"name": "tls", "mountPath": "/etc/talon-opa/tls", "readOnly": True}],
+    }
+    r = helm.template(values)
+    engine = r.containers()["engine"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert engine[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert {"name": "tls", "mountPath": "/etc/talon-opa/tls", "readOnly": True} in engine["volumeMounts"]
+    assert {"name": "tls", "secret": {"secretName": "talon-tls"}} in r.deployment()["spec"]["template"]["spec"][
+        "volumes"
+    ]
+    opa_cfg = yaml.safe_load(r.one("ConfigMap", "-config")["data"]["opa.yaml"])
+    assert opa_cfg["services"]["engine"]["url"] == "https://127.0.0.1:2803"
+    assert opa_cfg["services"]["engine"]["allow_insecure_tls"] is True
+    # (the engine's loader checks that the files exist: tests/e2e/test_chart_cluster.py runs it with them)
+    plain = helm.template().containers()["engine"]
+    assert plain["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
 
 
 def test_chart_clusterrole_is_talon_opa_rbac_of_the_chart_rules() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import datetime as dt
 import os
 import shutil
 import tempfile
@@ -22,6 +23,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from talon_opa.core import binaries, config
 from talon_opa.core.kube import KubeApiError
@@ -243,14 +248,47 @@ async def test_the_chart_service_account_can_do_what_the_rules_need_and_nothing_
     assert allowed == granted
 
 
-async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_the_bundle() -> None:
+def _self_signed(folder: Path) -> None:
+    """tls.crt/tls.key for the Service's DNS name (not 127.0.0.1, where the sidecar connects)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "talon-talon-opa.falco.svc")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("talon-talon-opa.falco.svc")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True)
+    (folder / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "tls.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "tls"])
+async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_the_bundle(tls: bool) -> None:
     """The engine's rendered config.yaml and the sidecar's rendered `opa run` (config with ${AUTH_TOKEN}),
     with the pod's paths moved to a local folder laid out like ConfigMap volumes: OPA fetches the engine's
-    bundle with the token, the engine decides through OPA's unix socket, and a rules ConfigMap update
-    (the kubelet's ..data swap) reaches the sidecar as a new revision."""
+    bundle with the token (over TLS too, when the intake has a certificate), the engine decides through
+    OPA's unix socket, and a rules ConfigMap update (the kubelet's ..data swap) reaches the sidecar as a
+    new revision."""
     port, diag, token = free_port(), free_port(), "chart-token"
-    r = await asyncio.to_thread(helm.template, {"service": {"port": port}, "auth": {"token": token}})
+    values: dict[str, Any] = {"service": {"port": port}, "auth": {"token": token}}
+    if tls:
+        certs = {"cert_file": "/etc/talon-opa/tls/tls.crt", "key_file": "/etc/talon-opa/tls/tls.key"}
+        values["config"] = {"tls": certs}
+    r = await asyncio.to_thread(helm.template, values)
     work = Path(tempfile.mkdtemp(prefix="tc-"))  # short: unix socket paths are limited to 107 bytes
+    if tls:
+        _self_signed(work / "etc" / "tls")
+        probe = r.containers()["engine"]["readinessProbe"]["httpGet"]
+        assert probe["scheme"] == "HTTPS"
 
     def local(text: str) -> str:
         moves = (("/etc/talon-opa", "etc"), ("/var/lib/talon-opa", "state"), ("/var/run/talon-opa", "run"))
@@ -281,7 +319,8 @@ async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_t
     sidecar = process.start("sidecar-opa", opa_c["command"][0], args, work, env={"AUTH_TOKEN": token})
     try:
         changes = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "unknown_keys"}
-        async with running_engine(work, "", **changes) as e:
+        connector = aiohttp.TCPConnector(ssl=False)  # a client of the self-signed intake
+        async with running_engine(work, "", connector=connector, **changes) as e:
             auth = {"Authorization": f"Bearer {token}"}
             for _ in range(200):
                 ready = await e.get("/readyz")

@@ -76,7 +76,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* HTTPS when the engine's intake has a certificate (config.tls.cert_file). */}}
+{{- define "talon-opa.scheme" -}}
+{{- if dig "tls" "cert_file" "" .Values.config }}HTTPS{{ else }}HTTP{{ end }}
+{{- end }}
+
 {{- define "talon-opa.validate" -}}
+{{- if dig "tls" "client_ca_file" "" .Values.config }}
+{{- fail "config.tls.client_ca_file (client certificates) is not supported by the chart: the kubelet's probes and the sidecar OPA present no client certificate. Terminate mTLS in front of the Service, or use auth.token" }}
+{{- end }}
 {{- if not (has .Values.opa.mode (list "sidecar" "child")) }}
 {{- fail (printf "opa.mode must be sidecar or child, not %q" .Values.opa.mode) }}
 {{- end }}
