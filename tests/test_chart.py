@@ -195,6 +195,8 @@ def test_bad_values_are_refused_naming_the_value() -> None:
     assert "opa.sidecar.image.tag is required" in done.stderr
     done = helm.helm("template", "t", str(helm.CHART), "--set", "rules.existingConfigMap=mine", check=False)
     assert "rules.existingConfigMap needs rules.fileNames" in done.stderr
+    done = helm.helm("template", "t", str(helm.CHART), "--set", "auth.token=a:b", check=False)
+    assert "auth.token must not contain ':', ','" in done.stderr
     done = helm.helm("template", "t", str(helm.CHART), "--set", "config.tls.client_ca_file=/ca.pem", check=False)
     assert "config.tls.client_ca_file (client certificates) is not supported by the chart" in done.stderr
 

@@ -34,6 +34,7 @@ from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import running_engine, shell_alert
 from tests.harness import helm, process
 from tests.harness.kube import KubeCluster
+from tests.harness.paths import ALERTS
 
 RELEASE = "talon"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # prometheus-operator's CRDs: not served unless installed
@@ -248,6 +249,19 @@ async def test_the_chart_service_account_can_do_what_the_rules_need_and_nothing_
     assert allowed == granted
 
 
+def falcosidekick_headers(custom_headers: str) -> dict[str, str]:
+    """Falcosidekick's parsing of WEBHOOK_CUSTOMHEADERS (config.go): split on ",", then on ":", and keep
+    only the pairs that split in exactly two (a value with ":" or "," is dropped silently)."""
+    pairs = (item.split(":") for item in custom_headers.split(","))
+    return {kv[0]: kv[1] for kv in pairs if len(kv) == 2}
+
+
+def test_why_the_chart_refuses_tokens_with_colons_or_commas() -> None:
+    assert falcosidekick_headers("Authorization:Bearer t0k3n") == {"Authorization": "Bearer t0k3n"}
+    assert falcosidekick_headers("Authorization:Bearer a:b") == {}  # Falcosidekick drops it: 401 forever
+    assert falcosidekick_headers("Authorization:Bearer a,b") == {}
+
+
 def _self_signed(folder: Path) -> None:
     """tls.crt/tls.key for the Service's DNS name (not 127.0.0.1, where the sidecar connects)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -333,7 +347,16 @@ async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_t
             async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{diag}/health?bundles") as h:
                 assert h.status == 200  # the sidecar's readiness probe
             assert (await e.post(json_body=shell_alert("api-1"))).status == 401
-            assert (await e.post(json_body=shell_alert("api-1"), headers=auth)).status == 200
+            # what Falcosidekick sends with the chart's documented webhook.customHeaders
+            sidekick = {
+                **falcosidekick_headers(f"Authorization:Bearer {token}"),
+                "Content-Type": "application/json; charset=utf-8",
+                "User-Agent": "Falcosidekick",
+            }
+            sent = await e.post(
+                data=(ALERTS / "falcosidekick-terminal-shell-in-container.json").read_bytes(), headers=sidekick
+            )
+            assert sent.status == 200, sent.body
             await asyncio.wait_for(e.drained(), 15)
             # no cluster here: the engine runs every step in dry-run, decided by the sidecar
             assert await e.metric("falcosecurity_falco_talon_actions_total", rule="Shell in a container") == 1

@@ -82,6 +82,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "talon-opa.validate" -}}
+{{- if regexMatch "[:,\\s]" .Values.auth.token }}
+{{- fail "auth.token must not contain ':', ',' or spaces: Falcosidekick's webhook.customHeaders (key:value,key:value) would drop the header" }}
+{{- end }}
 {{- if dig "tls" "client_ca_file" "" .Values.config }}
 {{- fail "config.tls.client_ca_file (client certificates) is not supported by the chart: the kubelet's probes and the sidecar OPA present no client certificate. Terminate mTLS in front of the Service, or use auth.token" }}
 {{- end }}
