@@ -195,6 +195,13 @@ def test_bad_values_are_refused_naming_the_value() -> None:
     assert "opa.sidecar.image.tag is required" in done.stderr
     done = helm.helm("template", "t", str(helm.CHART), "--set", "rules.existingConfigMap=mine", check=False)
     assert "rules.existingConfigMap needs rules.fileNames" in done.stderr
+    for key, instead in (
+        ("config.listen_port=9000", "config.listen_port is set by the chart: use service.port"),
+        ("config.opa.url=http://opa:8181", "config.opa.url is set by the chart: use opa.mode"),
+        ("config.auth.token=x", "config.auth.token is set by the chart: use auth.token or auth.existingSecret"),
+    ):
+        done = helm.helm("template", "t", str(helm.CHART), "--set", key, check=False)
+        assert instead in done.stderr
     done = helm.helm("template", "t", str(helm.CHART), "--set", "auth.token=a:b", check=False)
     assert "auth.token must not contain ':', ','" in done.stderr
     done = helm.helm("template", "t", str(helm.CHART), "--set", "config.tls.client_ca_file=/ca.pem", check=False)

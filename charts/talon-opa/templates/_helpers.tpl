@@ -82,6 +82,26 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "talon-opa.validate" -}}
+{{- $owned := dict
+      "listen_address" "nothing (the chart listens on 0.0.0.0 in the pod; networkPolicy.ingress restricts who reaches it)"
+      "listen_port" "service.port"
+      "rules_files" "rules.files (or rules.existingConfigMap and rules.fileNames)"
+      "kubeconfig" "nothing (the engine uses its ServiceAccount)" }}
+{{- range $key, $instead := $owned }}
+{{- if hasKey $.Values.config $key }}
+{{- fail (printf "config.%s is set by the chart: use %s" $key $instead) }}
+{{- end }}
+{{- end }}
+{{- range $key, $instead := dict "url" "opa.mode" "bundle_dir" "nothing (an emptyDir of the pod)" }}
+{{- if hasKey (default dict $.Values.config.opa) $key }}
+{{- fail (printf "config.opa.%s is set by the chart: use %s" $key $instead) }}
+{{- end }}
+{{- end }}
+{{- range $key, $instead := dict "token" "auth.token or auth.existingSecret" "header" "auth.header" }}
+{{- if hasKey (default dict $.Values.config.auth) $key }}
+{{- fail (printf "config.auth.%s is set by the chart: use %s" $key $instead) }}
+{{- end }}
+{{- end }}
 {{- if regexMatch "[:,\\s]" .Values.auth.token }}
 {{- fail "auth.token must not contain ':', ',' or spaces: Falcosidekick's webhook.customHeaders (key:value,key:value) would drop the header" }}
 {{- end }}
