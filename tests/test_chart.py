@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import yaml
 
 from talon_opa.catalog import default_registry
@@ -264,7 +264,35 @@ def test_network_policy_admits_only_the_intake_from_chosen_sources_and_egress_to
     assert traced["egress"][2] == {"ports": [{"port": 4318, "protocol": "TCP"}]}
 
 
-METRIC = re.compile(r"\b((?:falcosecurity_falco_talon|talon_opa)_[a-z_]+)")
+GRAFANA_VARIABLES = {"$__rate_interval": "5m"}  # Grafana's interval variables (label values are strings)
+
+
+def _selected(expr: str) -> set[str]:
+    """Every metric name a PromQL expression selects, from its syntax tree (the parser refuses bad
+    PromQL: unknown functions, wrong argument types, unbalanced parentheses)."""
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            names.add(node.name or "")
+        elif isinstance(node, promql_parser.MatrixSelector):
+            walk(node.vector_selector)
+        elif isinstance(node, promql_parser.BinaryExpr):
+            walk(node.lhs)
+            walk(node.rhs)
+        elif isinstance(node, promql_parser.AggregateExpr):
+            walk(node.expr)
+            walk(node.param)
+        elif isinstance(node, promql_parser.Call):
+            for arg in node.args:
+                walk(arg)
+        elif isinstance(node, (promql_parser.ParenExpr, promql_parser.UnaryExpr, promql_parser.SubqueryExpr)):
+            walk(node.expr)
+
+    walk(promql_parser.parse(expr))
+    return names
 
 
 def _exported_names() -> set[str]:
@@ -289,7 +317,7 @@ def test_dashboard_and_alerts_name_only_metrics_the_engine_exports() -> None:
     r = helm.template({"prometheusRule": {"enabled": True}})
     alerts = r.one("PrometheusRule")["spec"]["groups"][0]["rules"]
     exprs += [a["expr"] for a in alerts]
-    used = {m for e in exprs for m in METRIC.findall(e)}
+    used = {name for e in exprs for name in _selected(e)} - {"up"}  # `up`: Prometheus' own, per target
     assert used - exported == set(), f"unknown metrics: {sorted(used - exported)}"
     # the panels cover OPA errors, failed actions and the queue; the alerts too
     for needed in ("talon_opa_opa_errors_total", "falcosecurity_falco_talon_actions_total", "talon_opa_queue_depth"):
