@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -17,6 +19,7 @@ from tests.harness.paths import REPO
 
 CHART = REPO / "charts" / "talon-opa"
 _HOME = Path(tempfile.mkdtemp(prefix="talon-opa-helm-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 
 def helm(*args: str, check: bool = True, kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
