@@ -209,6 +209,21 @@ class KubeClient:
     async def delete(self, path: str, body: Any = None, **kw: Any) -> Any:
         return await self.request("DELETE", path, body=body, **kw)
 
+    async def evict(self, namespace: str, pod: str, *, uid: str | None = None, timeout: float = 10.0) -> None:
+        """Evict a pod through the Eviction API (policy/v1): PodDisruptionBudgets apply; 429 when one refuses.
+
+        With `uid`, only that pod: a pod created anew under the same name gives 409.
+        """
+        body: dict[str, Any] = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": namespace},
+        }
+        if uid:
+            body["deleteOptions"] = {"preconditions": {"uid": uid}}
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}/eviction"
+        await self.post(path, body, timeout=timeout)
+
     async def logs(
         self, namespace: str, pod: str, *, container: str | None = None, tail_lines: int | None = None
     ) -> str:
