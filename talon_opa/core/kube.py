@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiohttp
 import yaml
@@ -173,7 +173,7 @@ class KubeClient:
         data = None if body is None else json.dumps(body).encode()
         async with self._session.request(
             method,
-            self.config.server + path,
+            self.config.server + _checked(path),
             data=data,
             params=params,
             headers=self._headers(content_type if data is not None else None),
@@ -257,7 +257,7 @@ class KubeClient:
         status: dict[str, Any] = {}
         try:
             async with self._session.ws_connect(
-                self.config.server + path,
+                self.config.server + _checked(path),
                 params=params,
                 headers=self._headers(),
                 protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
@@ -284,6 +284,21 @@ class KubeClient:
         except TimeoutError as e:
             raise TalonError(f"exec in {namespace}/{pod} timed out after {timeout}s", hint="") from e
         return ExecResult(out.decode(errors="replace"), err.decode(errors="replace"), _exit_code(status))
+
+
+def _checked(path: str) -> str:
+    """The path, refused when a segment is `.` or `..` (raw or percent-encoded).
+
+    The HTTP client resolves such segments before the request leaves: a pod named `..` from an alert
+    would turn `/api/v1/namespaces/x/pods/..` into the namespace itself, and a DELETE meant for the pod
+    would delete the namespace. No Kubernetes object can have such a name.
+    """
+    if any(unquote(segment) in (".", "..") for segment in path.split("?", 1)[0].split("/")):
+        raise TalonError(
+            f"refused to request {path}: a name in it is '.' or '..'",
+            hint="no Kubernetes object has such a name: check the alert's fields",
+        )
+    return path
 
 
 def _exit_code(status: Mapping[str, Any]) -> int:
