@@ -47,7 +47,7 @@ RULES = """\
       actionner: kubernetes:drain
       parameters:
         ignore_daemonsets: true
-        max_wait_period: 60
+        max_wait_period: 20
 """
 
 

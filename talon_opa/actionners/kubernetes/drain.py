@@ -47,7 +47,10 @@ class DrainParams:
     ignore_statefulsets: bool = param(False, doc="leave pods owned by a StatefulSet alone")
     ignore_errors: bool = param(False, doc="report success even when some pods could not be evicted")
     max_wait_period: int = param(
-        0, doc="seconds to wait for the evicted pods to leave the node; 0: no wait", check=between(0)
+        0,
+        doc="seconds to wait for the evicted pods to leave the node; 0: no wait; keep it below the step's "
+        "timeout (step_timeout_seconds, 30 by default), which the wait counts against",
+        check=between(0),
     )
     wait_period_excluded_namespaces: tuple[str, ...] | None = param(
         None, doc="accepted for Talon compatibility; Talon ignores it"
@@ -115,7 +118,7 @@ class Drain(Actionner[DrainParams]):
     ignore_daemonsets: true
     ignore_statefulsets: true
     min_healthy_replicas: "50%"
-    max_wait_period: 60
+    max_wait_period: 20
 """,
     )
 
