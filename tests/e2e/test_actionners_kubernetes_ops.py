@@ -404,3 +404,29 @@ async def test_drain_min_healthy_replicas_counts_each_pod_it_evicts(
     [last] = await on_the_node(kube, namespace, node)
     await run(Drain, pod_alert(namespace, last), min_healthy_replicas="1", max_wait_period=60)
     assert await on_the_node(kube, namespace, node) == {}
+
+
+class _FlakyEvictions(KubeClient):
+    """The connection drops while evicting the pod named "flaky"."""
+
+    async def evict(self, namespace: str, pod: str, **kw: Any) -> None:
+        if pod == "flaky":
+            raise ConnectionResetError("scripted: connection reset")
+        await super().evict(namespace, pod, **kw)
+
+
+async def test_drain_names_a_pod_whose_eviction_failed_and_evicts_the_others(
+    kube: KubeCluster, namespace: str, node: str, run: Run
+) -> None:
+    for name in ("flaky", "fine"):
+        await kube.create_pod(namespace, name, node=node)
+        await kube.wait_running(namespace, f"app={name}")
+    before = await on_the_node(kube, namespace, node)
+
+    with pytest.raises(StepFailed) as caught:
+        await run(Drain, pod_alert(namespace, "fine"), client=_FlakyEvictions, max_wait_period=60)
+
+    message = caught.value.args[0]
+    assert ", 0 eviction errors, 1 other errors, 0 wait errors; " in message
+    assert message.endswith(f"not evicted: {namespace}/flaky (ConnectionResetError: scripted: connection reset)")
+    assert await on_the_node(kube, namespace, node, terminating=True) == {"flaky": before["flaky"]}

@@ -227,8 +227,8 @@ async def _evict_all(kube: KubeClient, drain: _Drain) -> None:
                 else:
                     drain.failed.append(f"{name} ({e.status} {e.reason}: {e.api_message})")
                 return
-            except TalonError as e:
-                drain.failed.append(f"{name} ({e})")
+            except Exception as e:  # a connection error, a timeout: this pod's failure, the others go on
+                drain.failed.append(f"{name} ({type(e).__name__}: {e})")
                 return
         drain.evicted.append(name)
         drain.leaving[uid] = name
