@@ -430,3 +430,24 @@ async def test_drain_names_a_pod_whose_eviction_failed_and_evicts_the_others(
     assert ", 0 eviction errors, 1 other errors, 0 wait errors; " in message
     assert message.endswith(f"not evicted: {namespace}/flaky (ConnectionResetError: scripted: connection reset)")
     assert await on_the_node(kube, namespace, node, terminating=True) == {"flaky": before["flaky"]}
+
+
+async def test_drain_reports_pods_still_on_the_node_after_max_wait_period(
+    kube: KubeCluster, namespace: str, run: Run
+) -> None:
+    """A node no kubelet (nor kwok) runs: an evicted pod stays terminating there, as behind a hung kubelet."""
+    name = f"hung-{secrets.token_hex(3)}"
+    await kube.api.post("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+    try:
+        uid = (await kube.create_pod(namespace, "stuck", node=name))["metadata"]["uid"]
+
+        with pytest.raises(StepFailed) as caught:
+            await run(Drain, pod_alert(namespace, "stuck"), max_wait_period=1)
+
+        message = caught.value.args[0]
+        assert "1 evicted pods, 0 ignored pods, 0 eviction errors, 0 other errors, 1 wait errors" in message
+        assert message.endswith(f"not evicted: {namespace}/stuck (still on the node after 1s)")
+        pod = await kube.api.get(pod_path(namespace, "stuck"))
+        assert (pod["metadata"]["uid"], bool(pod["metadata"].get("deletionTimestamp"))) == (uid, True)
+    finally:
+        await kube.api.delete(f"/api/v1/nodes/{name}")
