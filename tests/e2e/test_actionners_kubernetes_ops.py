@@ -451,3 +451,21 @@ async def test_drain_reports_pods_still_on_the_node_after_max_wait_period(
         assert (pod["metadata"]["uid"], bool(pod["metadata"].get("deletionTimestamp"))) == (uid, True)
     finally:
         await kube.api.delete(f"/api/v1/nodes/{name}")
+
+
+async def test_drain_does_not_wait_for_pods_of_excluded_namespaces(kube: KubeCluster, namespace: str, run: Run) -> None:
+    name = f"hung-{secrets.token_hex(3)}"
+    await kube.api.post("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+    try:
+        await kube.create_pod(namespace, "stuck", node=name)
+
+        outcome = await run(
+            Drain, pod_alert(namespace, "stuck"), max_wait_period=1, wait_period_excluded_namespaces=[namespace]
+        )
+
+        assert outcome.message == f"the node '{name}' has been drained: " + (
+            "1 evicted pods, 0 ignored pods, 0 eviction errors, 0 other errors, 0 wait errors"
+        )
+        assert (await kube.api.get(pod_path(namespace, "stuck")))["metadata"].get("deletionTimestamp")
+    finally:
+        await kube.api.delete(f"/api/v1/nodes/{name}")

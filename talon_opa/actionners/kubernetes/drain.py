@@ -53,7 +53,7 @@ class DrainParams:
         check=between(0),
     )
     wait_period_excluded_namespaces: tuple[str, ...] | None = param(
-        None, doc="accepted for Talon compatibility; Talon ignores it"
+        None, doc="namespaces whose evicted pods max_wait_period does not wait for (Talon ignores it)"
     )
 
 
@@ -130,8 +130,13 @@ class Drain(Actionner[DrainParams]):
         await self._plan(kube, await _pods_on(kube, node), params, drain)
         await _evict_all(kube, drain)
         waited = params.max_wait_period > 0
-        if waited and drain.leaving:
-            await _wait_gone(kube, node, drain, params.max_wait_period)
+        if waited:
+            excluded = {f"{ns}/" for ns in params.wait_period_excluded_namespaces or ()}
+            for uid, name in list(drain.leaving.items()):
+                if name.startswith(tuple(excluded)):
+                    del drain.leaving[uid]
+            if drain.leaving:
+                await _wait_gone(kube, node, drain, params.max_wait_period)
         summary = drain.summary(waited)
         problems = drain.problems()
         if problems and not params.ignore_errors:
