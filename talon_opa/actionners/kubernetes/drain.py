@@ -131,10 +131,8 @@ class Drain(Actionner[DrainParams]):
         await _evict_all(kube, drain)
         waited = params.max_wait_period > 0
         if waited:
-            excluded = {f"{ns}/" for ns in params.wait_period_excluded_namespaces or ()}
-            for uid, name in list(drain.leaving.items()):
-                if name.startswith(tuple(excluded)):
-                    del drain.leaving[uid]
+            excluded = tuple(f"{ns}/" for ns in params.wait_period_excluded_namespaces or ())
+            drain.leaving = {uid: name for uid, name in drain.leaving.items() if not name.startswith(excluded)}
             if drain.leaving:
                 await _wait_gone(kube, node, drain, params.max_wait_period)
         summary = drain.summary(waited)
