@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from talon_opa.core import config
 from talon_opa.core.kube import KubeApiError, KubeConfig
@@ -159,21 +160,21 @@ FILE_RULES = """\
 """
 
 
-async def test_local_file_stores_the_artifact_of_a_step_traced_and_counted(tmp_path: Path, jaeger: Jaeger) -> None:
+async def test_local_file_stores_the_artifact_of_a_step_traced_and_counted(tmp_path: Path) -> None:
     """The artifact comes from the scripted kubernetes:log (tests/e2e/engine_plugins.py); local:file is real."""
     SCRIPT.reset()
     good, missing = tmp_path / "artifacts", tmp_path / "missing"
     good.mkdir()
-    otel = config.Otel(traces_enabled=True, collector_endpoint=jaeger.otlp_http, batch_delay_ms=50)
+    spans = InMemorySpanExporter()
 
     async with running_engine(
         tmp_path,
         FILE_RULES.format(good=good, missing=missing),
         registry=Registry.of(ScriptedLog, File, Recorder),
         kube_config=KubeConfig(server="http://127.0.0.1:9"),  # the scripted log never calls it
-        otel=otel,
+        span_exporter=spans,
     ) as e:
-        trace_id = await post(e, shell_alert("../../etc/api-1", "payments"))
+        await post(e, shell_alert("../../etc/api-1", "payments"))
         await e.drained()
         count = e.metric
         assert await count("falcosecurity_falco_talon_outputs_total", target="local:file", status="success") == 1
@@ -192,8 +193,10 @@ async def test_local_file_stores_the_artifact_of_a_step_traced_and_counted(tmp_p
     assert len(failed) == 1
     assert f"folder '{missing}' does not exist" in failed[0].error
 
-    trace = await jaeger.trace(trace_id, min_spans=6)
-    writes = [tags(s) for s in trace["spans"] if s["operationName"] == "write output"]
-    assert len(writes) == 2
-    assert sorted(w.get("otel.status_code", "") for w in writes) == ["ERROR", "OK"]
-    assert all(w["talon.output.target"] == "local:file" for w in writes)
+    finished = spans.get_finished_spans()
+    steps = {s.context.span_id: s for s in finished if s.name == "run action"}
+    writes = [s for s in finished if s.name == "write output"]
+    assert len(steps) == 2
+    assert all(w.parent is not None and w.parent.span_id in steps for w in writes)
+    assert sorted(w.status.status_code.name for w in writes) == ["ERROR", "OK"]
+    assert all((w.attributes or {})["talon.output.target"] == "local:file" for w in writes)
