@@ -364,7 +364,7 @@ def test_cluster_role_merges_grants_and_is_least_privilege() -> None:
         ),
         (["kubernetes:exec"], ("", "pods/exec", "create"), ("", "pods", "delete")),
         (["kubernetes:log"], ("", "pods/log", "get"), ("", "pods/exec", "create")),
-        (["kubernetes:drain"], ("", "pods/eviction", "create"), ("", "nodes", "patch")),
+        (["kubernetes:drain"], ("", "pods/eviction", "create"), ("", "pods", "delete")),
         (["kubernetes:cordon"], ("", "nodes", "patch"), ("", "pods", "delete")),
         (["cilium:networkpolicy"], ("cilium.io", "ciliumnetworkpolicies", "update"), ("", "pods", "list")),
         (["kubernetes:delete"], ("rbac.authorization.k8s.io", "clusterroles", "delete"), ("", "pods", "delete")),

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import aiohttp
 import yaml
@@ -199,7 +199,7 @@ class KubeClient:
         data = None if body is None else json.dumps(body).encode()
         async with self._session.request(
             method,
-            self.config.server + path,
+            self.config.server + _checked(path),
             data=data,
             params=params,
             headers=self._headers(content_type if data is not None else None),
@@ -235,6 +235,21 @@ class KubeClient:
     async def delete(self, path: str, body: Any = None, **kw: Any) -> Any:
         return await self.request("DELETE", path, body=body, **kw)
 
+    async def evict(self, namespace: str, pod: str, *, uid: str | None = None, timeout: float = 10.0) -> None:
+        """Evict a pod through the Eviction API (policy/v1): PodDisruptionBudgets apply; 429 when one refuses.
+
+        With `uid`, only that pod: a pod created anew under the same name gives 409.
+        """
+        body: dict[str, Any] = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": namespace},
+        }
+        if uid:
+            body["deleteOptions"] = {"preconditions": {"uid": uid}}
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}/eviction"
+        await self.post(path, body, timeout=timeout)
+
     async def logs(
         self, namespace: str, pod: str, *, container: str | None = None, tail_lines: int | None = None
     ) -> str:
@@ -267,7 +282,7 @@ class KubeClient:
         buf = bytearray()
         truncated = False
         async with self._session.get(
-            self.config.server + path,
+            self.config.server + _checked(path),
             params=params,
             headers=self._headers(),
             ssl=self._ssl,
@@ -330,7 +345,7 @@ class KubeClient:
         try:
             async with asyncio.timeout(timeout):  # the handshake; then `timeout` bounds each wait for data
                 ws = await self._session.ws_connect(
-                    self.config.server + path,
+                    self.config.server + _checked(path),
                     params=params,
                     headers=self._headers(),
                     protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"),
@@ -376,6 +391,21 @@ class KubeClient:
                 hint="the connection to the API server or the kubelet was cut",
             )
         return ExecOutput(bytes(out), bytes(err), _exit_code(status), truncated)
+
+
+def _checked(path: str) -> str:
+    """The path, refused when a segment is `.` or `..` (raw or percent-encoded).
+
+    The HTTP client resolves such segments before the request leaves: a pod named `..` from an alert
+    would turn `/api/v1/namespaces/x/pods/..` into the namespace itself, and a DELETE meant for the pod
+    would delete the namespace. No Kubernetes object can have such a name.
+    """
+    if any(unquote(segment) in (".", "..") for segment in path.split("?", 1)[0].split("/")):
+        raise TalonError(
+            f"refused to request {path}: a name in it is '.' or '..'",
+            hint="no Kubernetes object has such a name: check the alert's fields",
+        )
+    return path
 
 
 def _exit_code(status: Mapping[str, Any]) -> int:

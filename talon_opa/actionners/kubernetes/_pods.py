@@ -134,3 +134,18 @@ async def owner_of(kube: KubeClient, pod: Mapping[str, Any]) -> Owner:
             hint="give the workload a selector with matchLabels (or the standalone pod some labels)",
         )
     return owner
+
+
+def path_segment(value: str, what: str) -> str:
+    """An alert value used as one segment of an API path, refused when it would name another path.
+
+    `.` and `..` are resolved away by the HTTP client before the request leaves (`pods/..` would
+    become the namespace itself), and `/` or `%` would split or re-encode the segment: the API
+    server refuses such names for every object, so no real object is ever named that way.
+    """
+    if value in (".", "..") or "/" in value or "%" in value or not value:
+        raise StepFailed(
+            f"the {what} {value!r} is not a valid Kubernetes object name",
+            hint="the alert's value cannot name an object; check what sent this alert",
+        )
+    return value
