@@ -11,8 +11,11 @@ import pytest_asyncio
 
 from talon_opa.opa.process import OpaProcess
 from tests.harness import process
+from tests.harness.gcp_functions import FunctionsServer
+from tests.harness.gcs import FakeGcs
 from tests.harness.jaeger import Jaeger
 from tests.harness.kube import KubeCluster
+from tests.harness.moto import Moto
 from tests.harness.nats import Nats
 
 OpaFactory = Callable[..., Awaitable[OpaProcess]]
@@ -53,6 +56,39 @@ async def nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Nats]:
         yield n
     finally:
         n.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def moto(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Moto]:
+    """A moto server (S3, STS, IAM, Lambda without Docker), shared by the session."""
+    m = Moto(tmp_path_factory.mktemp("moto"))
+    try:
+        await m.start()
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FakeGcs]:
+    """fake-gcs-server (Cloud Storage JSON API, in memory), shared by the session."""
+    g = FakeGcs(tmp_path_factory.mktemp("gcs"))
+    try:
+        await g.start()
+        yield g
+    finally:
+        g.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gcp_functions() -> AsyncIterator[FunctionsServer]:
+    """A Cloud Functions v2 + OAuth token test server (see its docstring), one per test."""
+    server = FunctionsServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
