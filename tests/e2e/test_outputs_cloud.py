@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,11 @@ from tests.harness.moto import Moto
 UNUSED_KUBE = KubeConfig(server="http://127.0.0.1:9")  # the scripted log never calls it
 # Talon's name: <UTC time>_<the artifact's objects>_<name>; the scripted log's objects are {pod}
 KEY = re.compile(r"^\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ_(?P<pod>[a-z0-9-]+)_logs\.txt$")
+
+
+def pod_of(name: str) -> str:
+    m = KEY.match(name)
+    return m["pod"] if m else f"(not Talon's name: {name})"
 
 
 def registry() -> Registry:
@@ -60,12 +64,14 @@ def rules(target: str, good: dict[str, str], missing_bucket: str) -> str:
 
 
 @pytest.fixture
-def aws_env(moto: Moto, monkeypatch: pytest.MonkeyPatch) -> Iterator[config.Aws]:
+def aws_env(moto: Moto, monkeypatch: pytest.MonkeyPatch) -> config.Aws:
     """boto3's own endpoint variable points at moto; static keys from Talon's aws.* keys."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    yield config.Aws(region=moto_harness.REGION, access_key=moto_harness.ACCESS_KEY, secret_key=moto_harness.SECRET_KEY)
+    return config.Aws(
+        region=moto_harness.REGION, access_key=moto_harness.ACCESS_KEY, secret_key=moto_harness.SECRET_KEY
+    )
 
 
 def spans_by_name(spans: InMemorySpanExporter) -> dict[str, list[ReadableSpan]]:
@@ -123,12 +129,13 @@ async def test_aws_s3_stores_the_artifact_under_talons_key_and_a_missing_bucket_
     [key] = [o["Key"] for o in listed.get("Contents", [])]
     prefix, _, name = key.partition("/logs/")
     assert prefix == "falco"  # one leading and one trailing '/' dropped, as Talon
-    assert (m := KEY.match(name)) and m["pod"] == "s3-pod-1", key
+    assert pod_of(name) == "s3-pod-1", key
     body = await asyncio.to_thread(lambda: s3.get_object(Bucket="talon-artifacts", Key=key)["Body"].read())
     assert body == b"logs of s3-pod-1\n"
     [(_, ok_status, _), (_, bad_status, error)] = output_notes()
     assert (ok_status, bad_status) == ("success", "failure")
-    assert "NoSuchBucket" in error and "create the bucket" in error
+    assert "NoSuchBucket" in error
+    assert "create the bucket" in error
     ok_note = next(n for n in SCRIPT.notes if n.stage == "output" and n.status == "success")
     assert ok_note.output == f"the file 'logs.txt' has been uploaded as the key '{key}' to the bucket 'talon-artifacts'"
     await assert_traced(spans, "aws:s3", "NoSuchBucket")
@@ -162,13 +169,14 @@ async def test_minio_s3_checks_the_bucket_then_stores_with_its_key_rule(
     listed = await asyncio.to_thread(s3.list_objects_v2, Bucket="minio-artifacts")
     [key] = [o["Key"] for o in listed.get("Contents", [])]
     assert key.startswith("/captures/")  # minio's rule: only a trailing '/' is dropped
-    assert (m := KEY.match(key.removeprefix("/captures/"))) and m["pod"] == "minio-pod-1", key
+    assert pod_of(key.removeprefix("/captures/")) == "minio-pod-1", key
     head = await asyncio.to_thread(lambda: s3.get_object(Bucket="minio-artifacts", Key=key))
     assert head["Body"].read() == b"logs of minio-pod-1\n"
     assert head["ContentType"] == "text/plain; charset=UTF-8"
     [_, (_, status, error)] = output_notes()
     assert status == "failure"
-    assert "the bucket 'no-such-minio-bucket' does not exist" in error and "create the bucket" in error
+    assert "the bucket 'no-such-minio-bucket' does not exist" in error
+    assert "create the bucket" in error
     await assert_traced(spans, "minio:s3", "does not exist")
 
 
@@ -196,10 +204,11 @@ async def test_gcp_gcs_uploads_through_the_json_api_and_a_missing_bucket_fails(
         assert (ok, failed) == (1, 1)
     [name] = await fake_gcs.objects("gcs-artifacts")
     assert name.startswith("falco/")
-    assert (m := KEY.match(name.removeprefix("falco/"))) and m["pod"] == "gcs-pod-1", name
+    assert pod_of(name.removeprefix("falco/")) == "gcs-pod-1", name
     assert await fake_gcs.read("gcs-artifacts", name) == (b"logs of gcs-pod-1\n", "application/octet-stream")
     assert "access" in gcp_functions.issued.values()  # a token was obtained with the key
     [_, (_, status, error)] = output_notes()
     assert status == "failure"
-    assert "no-such-gcs-bucket" in error and "404" in error
+    assert "no-such-gcs-bucket" in error
+    assert "404" in error
     await assert_traced(spans, "gcp:gcs", "404")
