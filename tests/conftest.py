@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,10 @@ from tests.harness.gcp_functions import FunctionsServer
 from tests.harness.gcs import FakeGcs
 from tests.harness.jaeger import Jaeger
 from tests.harness.kube import KubeCluster
+from tests.harness.minio import MinioServer
 from tests.harness.moto import Moto
 from tests.harness.nats import Nats
+from tests.harness.paths import REPO
 
 OpaFactory = Callable[..., Awaitable[OpaProcess]]
 
@@ -78,6 +82,20 @@ async def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fa
         yield g
     finally:
         g.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def minio_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MinioServer]:
+    """A real MinIO server, shared by the session; built on demand (`tools/build minio`, ~14 min cold)."""
+    built = await asyncio.to_thread(subprocess.run, [str(REPO / "tools" / "path"), "minio"], capture_output=True)
+    if built.returncode != 0:
+        pytest.skip("MinIO is not built (opt-in, ~14 min cold): run tools/build minio")
+    m = MinioServer(tmp_path_factory.mktemp("minio"))
+    try:
+        await m.start()
+        yield m
+    finally:
+        m.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

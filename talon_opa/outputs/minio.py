@@ -17,7 +17,17 @@ CONTENT_TYPE = "text/plain; charset=UTF-8"  # Talon's, whatever the artifact
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MinioParams:
     bucket: str = param(doc="name of the bucket (it must exist)", required=True, check=_naming.bucket_name)
-    prefix: str = param("", doc="key prefix (a trailing / is dropped)")
+    prefix: str = param("", doc="key prefix (one leading and one trailing / are dropped)")
+
+
+def minio_prefix(prefix: str) -> str:
+    """Talon drops a trailing '/'; we drop one leading '/' too (docs/compatibility.md).
+
+    MinIO itself stores `/captures/x` as `captures/x` (seen against a real MinIO), so with Talon's key the
+    result message names a key that does not exist, and an S3 server that keeps the '/' makes a folder
+    with an empty name. Dropping it gives the same key on every server, and the one the message names.
+    """
+    return prefix.removesuffix("/").removeprefix("/")
 
 
 class Minio(Output[MinioParams]):
@@ -48,7 +58,7 @@ class Minio(Output[MinioParams]):
                 f"the bucket '{params.bucket}' does not exist on {minio.endpoint_url}",
                 hint="create the bucket (mc mb), or fix the output's bucket parameter",
             )
-        prefix = params.prefix.removesuffix("/")
+        prefix = minio_prefix(params.prefix)
         key = _naming.join_key(prefix, _naming.object_key(artifact))
         await minio.s3.put(params.bucket, key, artifact.data, content_type=CONTENT_TYPE)
         return Outcome.done(

@@ -22,9 +22,11 @@ from talon_opa.outputs.s3 import S3
 from talon_opa.plugins.registry import Registry
 from tests.e2e.engine_harness import running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, Recorder, ScriptedLog
+from tests.harness import minio as minio_harness
 from tests.harness import moto as moto_harness
 from tests.harness.gcp_functions import FunctionsServer
 from tests.harness.gcs import FakeGcs
+from tests.harness.minio import MinioServer
 from tests.harness.moto import Moto
 
 UNUSED_KUBE = KubeConfig(server="http://127.0.0.1:9")  # the scripted log never calls it
@@ -141,17 +143,27 @@ async def test_aws_s3_stores_the_artifact_under_talons_key_and_a_missing_bucket_
     await assert_traced(spans, "aws:s3", "NoSuchBucket")
 
 
-async def test_minio_s3_checks_the_bucket_then_stores_with_its_key_rule(
-    tmp_path: Path, moto: Moto, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """minio:s3 talks path-style to `minio.endpoint` with its keys (here moto speaking the S3 API)."""
-    SCRIPT.reset()
+@pytest.fixture(params=["moto", "minio"])
+def s3_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[config.Minio, Any]:
+    """minio.* pointing at a real MinIO (when built) or at moto speaking the S3 API; and a client to check."""
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # the endpoint comes from minio.endpoint only
-    s3 = moto.client("s3")
+    if request.param == "minio":
+        server: MinioServer = request.getfixturevalue("minio_server")
+        keys = (minio_harness.ROOT_USER, minio_harness.ROOT_PASSWORD)
+        return config.Minio(endpoint=server.endpoint, access_key=keys[0], secret_key=keys[1]), server.client()
+    m: Moto = request.getfixturevalue("moto")
+    keys = (moto_harness.ACCESS_KEY, moto_harness.SECRET_KEY)
+    return config.Minio(endpoint=m.url.removeprefix("http://"), access_key=keys[0], secret_key=keys[1]), m.client("s3")
+
+
+async def test_minio_s3_checks_the_bucket_then_stores_with_its_key_rule(
+    tmp_path: Path, s3_server: tuple[config.Minio, Any]
+) -> None:
+    """minio:s3 talks path-style to `minio.endpoint` with its keys; BucketExists first, as Talon."""
+    SCRIPT.reset()
+    minio, s3 = s3_server
     await asyncio.to_thread(s3.create_bucket, Bucket="minio-artifacts")
     spans = InMemorySpanExporter()
-    endpoint = moto.url.removeprefix("http://")
-    minio = config.Minio(endpoint=endpoint, access_key=moto_harness.ACCESS_KEY, secret_key=moto_harness.SECRET_KEY)
     good = {"bucket": "minio-artifacts", "prefix": "/captures/"}
     async with running_engine(
         tmp_path,
@@ -168,12 +180,14 @@ async def test_minio_s3_checks_the_bucket_then_stores_with_its_key_rule(
         assert (ok, failed) == (1, 1)
     listed = await asyncio.to_thread(s3.list_objects_v2, Bucket="minio-artifacts")
     [key] = [o["Key"] for o in listed.get("Contents", [])]
-    assert key.startswith("/captures/")  # minio's rule: only a trailing '/' is dropped
-    assert pod_of(key.removeprefix("/captures/")) == "minio-pod-1", key
+    assert key.startswith("captures/")  # the leading '/' dropped: the key MinIO stores, on every server
+    assert pod_of(key.removeprefix("captures/")) == "minio-pod-1", key
     head = await asyncio.to_thread(lambda: s3.get_object(Bucket="minio-artifacts", Key=key))
     assert head["Body"].read() == b"logs of minio-pod-1\n"
     assert head["ContentType"] == "text/plain; charset=UTF-8"
-    [_, (_, status, error)] = output_notes()
+    [(_, _, _), (_, status, error)] = output_notes()
+    ok_note = next(n for n in SCRIPT.notes if n.stage == "output" and n.status == "success")
+    assert ok_note.output == f"the file 'logs.txt' has been uploaded as the key '{key}' to the bucket 'minio-artifacts'"
     assert status == "failure"
     assert "the bucket 'no-such-minio-bucket' does not exist" in error
     assert "create the bucket" in error
