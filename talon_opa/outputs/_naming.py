@@ -12,9 +12,8 @@ value becomes `_` too, so an alert value never makes a folder or a `..` step in 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 
-from talon_opa.plugins.params import Bad
+from talon_opa.core.errors import StepFailed
 from talon_opa.plugins.runtime import Artifact
 
 TIME_FORMAT = "%Y-%m-%dT%H-%M-%SZ"
@@ -39,13 +38,19 @@ def object_key(artifact: Artifact, now: dt.datetime | None = None) -> str:
     return f"{when}_{middle}{name}"
 
 
-def bucket_name(value: object) -> Iterable[Bad]:
-    """A check of a bucket parameter: a name, not a path or a URL (3 to 222 characters, no / or spaces)."""
-    text = str(value)
-    if not 3 <= len(text) <= 222 or any(c in text for c in "/\\?#") or any(c.isspace() or ord(c) < 32 for c in text):
-        yield Bad(
-            f"{text!r} is not a bucket name",
-            "write the bucket's name only (3 to 63 lower-case letters, digits, '-' and '.'), no path or URL",
+def check_bucket(bucket: str) -> None:
+    """A bucket parameter must be a name, not a path or a URL: StepFailed naming it otherwise.
+
+    Checked when the output runs, not when the rules load: Talon loads any string here.
+    """
+    if (
+        not 3 <= len(bucket) <= 222
+        or any(c in bucket for c in "/\\?#")
+        or any(c.isspace() or ord(c) < 32 for c in bucket)
+    ):
+        raise StepFailed(
+            f"{bucket!r} is not a bucket name",
+            hint="write the bucket's name only (3 to 63 lower-case letters, digits, '-' and '.'), no path or URL",
         )
 
 

@@ -15,7 +15,7 @@ CONTENT_TYPE = "application/octet-stream"
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GcsParams:
-    bucket: str = param(doc="name of the bucket", required=True, check=_naming.bucket_name)
+    bucket: str = param(doc="name of the bucket", required=True)
     prefix: str = param("", doc="object name prefix, joined with /")
 
 
@@ -43,6 +43,7 @@ class Gcs(Output[GcsParams]):
     )
 
     async def store(self, artifact: Artifact, params: GcsParams) -> Outcome:
+        _naming.check_bucket(params.bucket)
         # unlike Talon, which ignores the writer's Close error, a refused upload fails the step
         name = _naming.join_key(params.prefix, _naming.object_key(artifact))
         stored = await self.clients.gcp.upload(params.bucket, name, artifact.data, CONTENT_TYPE)

@@ -16,7 +16,7 @@ CONTENT_TYPE = "text/plain; charset=UTF-8"  # Talon's, whatever the artifact
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MinioParams:
-    bucket: str = param(doc="name of the bucket (it must exist)", required=True, check=_naming.bucket_name)
+    bucket: str = param(doc="name of the bucket (it must exist)", required=True)
     prefix: str = param("", doc="key prefix (one leading and one trailing / are dropped)")
 
 
@@ -52,6 +52,7 @@ class Minio(Output[MinioParams]):
     )
 
     async def store(self, artifact: Artifact, params: MinioParams) -> Outcome:
+        _naming.check_bucket(params.bucket)
         minio = self.clients.minio
         if not await minio.s3.bucket_exists(params.bucket):  # Talon's BucketExists check
             raise StepFailed(

@@ -17,7 +17,7 @@ CONTENT_TYPE = "application/octet-stream"
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class S3Params:
-    bucket: str = param(doc="name of the bucket", required=True, check=_naming.bucket_name)
+    bucket: str = param(doc="name of the bucket", required=True)
     prefix: str = param("", doc="key prefix, e.g. artifacts/ (one leading and trailing / are dropped)")
     region: str | None = param(None, doc="region of the bucket; none: the region of the AWS configuration")
 
@@ -51,6 +51,7 @@ class S3(Output[S3Params]):
     )
 
     async def store(self, artifact: Artifact, params: S3Params) -> Outcome:
+        _naming.check_bucket(params.bucket)
         aws = self.clients.aws
         region = params.region or aws.cfg.region or await asyncio.to_thread(aws.chain_region)
         if not region:
