@@ -143,7 +143,7 @@ def aws_session(cfg: config.Aws, timeouts: Timeouts = Timeouts()) -> boto3.Sessi
             aws_access_key_id=cfg.access_key, aws_secret_access_key=cfg.secret_key, region_name=cfg.region
         )
     else:
-        base = boto3.Session(region_name=cfg.region or None)
+        base = boto3.Session(region_name=cfg.region or _env_region())
     if not cfg.role_arn:
         return base
     sts = base.client("sts", config=_Blocking(timeouts).botocore_config())
@@ -180,7 +180,7 @@ class Aws:
 
     def chain_region(self) -> str:
         """The region of the default chain (AWS_REGION, shared config), "" if none (blocking: reads files)."""
-        return boto3.Session().region_name or ""
+        return _env_region() or boto3.Session().region_name or ""
 
     def _session_now(self) -> boto3.Session:
         with self._lock:
@@ -241,6 +241,11 @@ class Aws:
 
     def s3(self, region: str = "") -> S3:
         return S3(lambda: self.client("s3", region), self._blocking, before=self.identity)
+
+
+def _env_region() -> str | None:
+    # AWS_REGION is what the Go SDK (Talon) and EKS/IRSA use; boto3 alone reads only AWS_DEFAULT_REGION
+    return os.environ.get("AWS_REGION") or None
 
 
 def _path_style() -> bool:
