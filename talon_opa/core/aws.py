@@ -31,7 +31,7 @@ import botocore.credentials
 import botocore.exceptions
 import botocore.session
 
-from talon_opa.core import config
+from talon_opa.core import config, secrets
 from talon_opa.core.errors import TalonError
 
 T = TypeVar("T")
@@ -153,6 +153,7 @@ def aws_session(cfg: config.Aws, timeouts: Timeouts = Timeouts()) -> boto3.Sessi
         if cfg.external_id:
             kw["ExternalId"] = cfg.external_id
         creds = sts.assume_role(**kw)["Credentials"]
+        secrets.KNOWN.add([creds["SecretAccessKey"], creds["SessionToken"]])
         return {
             "access_key": creds["AccessKeyId"],
             "secret_key": creds["SecretAccessKey"],
@@ -161,6 +162,7 @@ def aws_session(cfg: config.Aws, timeouts: Timeouts = Timeouts()) -> boto3.Sessi
         }
 
     core = botocore.session.get_session()
+    # botocore's documented way to give a session self-refreshing credentials has no public setter
     core._credentials = botocore.credentials.RefreshableCredentials.create_from_metadata(
         metadata=refresh(), refresh_using=refresh, method="assume-role"
     )

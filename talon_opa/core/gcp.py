@@ -22,9 +22,9 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -38,6 +38,7 @@ import google.oauth2.service_account
 from talon_opa.core import config, secrets
 from talon_opa.core.errors import TalonError
 
+T = TypeVar("T")
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 STORAGE = "https://storage.googleapis.com"
 FUNCTIONS = "https://cloudfunctions.googleapis.com"
@@ -158,15 +159,14 @@ class Gcp:
         secrets.KNOWN.add([token])
         return token
 
-    async def _blocking_token(self, what: str, audience: str = "") -> str:
+    async def _blocking(self, what: str, fn: Callable[[], T]) -> T:
+        """Run a blocking google-auth step in a thread, under the deadline, its errors made GcpError."""
         try:
             async with asyncio.timeout(self.timeout):
-                if audience:
-                    return await asyncio.to_thread(self._id_token, audience)
-                return await asyncio.to_thread(self._access_token)
+                return await asyncio.to_thread(fn)
         except TimeoutError as e:
             raise GcpError(
-                f"{what}: no token within {self.timeout}s", hint="check the path to Google's token endpoint"
+                f"{what}: no credentials within {self.timeout}s", hint="check the path to Google's token endpoint"
             ) from e
         except google.auth.exceptions.DefaultCredentialsError as e:
             raise GcpError(
@@ -175,12 +175,17 @@ class Gcp:
             ) from e
         except google.auth.exceptions.GoogleAuthError as e:
             raise GcpError(f"{what}: the token was refused: {e}", hint="check the service-account key") from e
-        except OSError as e:
-            raise GcpError(f"{what}: cannot read gcp.credentials_path: {e}", hint="fix gcp.credentials_path") from e
+        except (OSError, ValueError) as e:  # an unreadable file, a key google-auth cannot parse
+            raise GcpError(f"{what}: bad gcp.credentials_path: {e}", hint="fix gcp.credentials_path") from e
+
+    async def _blocking_token(self, what: str, audience: str = "") -> str:
+        if audience:
+            return await self._blocking(what, lambda: self._id_token(audience))
+        return await self._blocking(what, self._access_token)
 
     async def project(self) -> str:
         """The project of the credentials (Talon: it must be in them)."""
-        await asyncio.to_thread(self._load)
+        await self._blocking("load the Google credentials", self._load)
         if not self._project:
             raise GcpError(
                 "the Google credentials name no project",
