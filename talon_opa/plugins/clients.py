@@ -13,9 +13,10 @@ client it did not declare is a bug, reported as such.
 | `minio` | `minio.*` (Talon's keys) | `core.aws.Minio` (the same S3 client, path-style) |
 | `gcp` | `gcp.*` (Talon's keys), else Application Default Credentials | `core.gcp.Gcp` (google-auth + aiohttp) |
 
-The cloud clients are built once per engine, on the first plugin that declares them, and talk to the
+The cloud clients are built once per engine, when `check` finds a plugin of the rules that declares
+them (at start or reload, so their SDKs are never imported in the middle of a step), and talk to the
 network only when a step runs (a bad key fails that step with the provider's reason). Their SDKs
-(boto3, google-auth) are imported only then: they cost a second of start-up that an engine whose
+(boto3, google-auth) are imported only then: they cost up to a second of start-up that an engine whose
 rules use no cloud plugin should not pay.
 """
 
@@ -86,6 +87,8 @@ def _check_gcp(cfg: config.Config) -> None:
             "give a service-account JSON key file (or leave it empty for Application Default Credentials)",
         )
 
+
+CLOUD = ("aws", "minio", "gcp")  # built on demand, their SDKs imported only then
 
 KINDS: Mapping[str, ClientKind] = {
     kind.name: kind
@@ -181,6 +184,8 @@ class ClientProvider:
                     KINDS[name].check(self._cfg)
                 except config.ConfigError as e:
                     raise config.ConfigError(f"{spec.name} needs {name}: {e.args[0]}", hint=e.hint) from e
+                if name in CLOUD:
+                    self._built(name)  # its SDK is imported now, at start, not in the middle of a step
 
     def clients_for(self, spec: Spec[Any]) -> Clients:
         return Clients(spec.name, {name: self._shared[name] for name in spec.clients})
