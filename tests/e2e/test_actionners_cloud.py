@@ -204,7 +204,7 @@ FUNCTION_RULES = """\
 """
 
 
-@pytest.mark.parametrize("credentials", ["path", "json content"])
+@pytest.mark.parametrize("credentials", ["path", "json content", "adc"])
 async def test_gcp_function_gets_then_calls_with_an_id_token_and_reports_google_errors(
     tmp_path: Path,
     gcp_functions: FunctionsServer,
@@ -212,13 +212,16 @@ async def test_gcp_function_gets_then_calls_with_an_id_token_and_reports_google_
     caplog: pytest.LogCaptureFixture,
     credentials: str,
 ) -> None:
-    """gcp.credentials_path as a key file, or as the key's JSON itself (how Talon reads it)."""
+    """gcp.credentials_path as a key file, as the key's JSON itself (how Talon reads it), or empty: then
+    Application Default Credentials (here GOOGLE_APPLICATION_CREDENTIALS naming the key file)."""
     SCRIPT.reset()
     monkeypatch.setenv("CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDFUNCTIONS", gcp_functions.url)
     gcp_functions.functions[("europe-west1", "responder")] = FunctionBehaviour(200, '{"isolated": true}')
     gcp_functions.functions[("europe-west1", "broken")] = FunctionBehaviour(500, "upstream exploded")
     key = gcp_functions.write_key(tmp_path / "key.json")
-    value = str(key) if credentials == "path" else key.read_text()
+    value = {"path": str(key), "json content": key.read_text(), "adc": ""}[credentials]
+    if credentials == "adc":
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
     spans = InMemorySpanExporter()
     caplog.set_level(logging.DEBUG)
     async with running_engine(

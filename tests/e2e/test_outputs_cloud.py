@@ -226,3 +226,28 @@ async def test_gcp_gcs_uploads_through_the_json_api_and_a_missing_bucket_fails(
     assert "no-such-gcs-bucket" in error
     assert "404" in error
     await assert_traced(spans, "gcp:gcs", "404")
+
+
+async def test_minio_s3_refused_by_the_server_fails_with_its_reason(tmp_path: Path, minio_server: MinioServer) -> None:
+    """A real MinIO refuses a wrong secret key: the step fails with MinIO's answer, nothing is stored."""
+    SCRIPT.reset()
+    s3 = minio_server.client()
+    await asyncio.to_thread(s3.create_bucket, Bucket="guarded-artifacts")
+    wrong = config.Minio(endpoint=minio_server.endpoint, access_key=minio_harness.ROOT_USER, secret_key="wrong-secret")
+    async with running_engine(
+        tmp_path,
+        rules("minio:s3", {"bucket": "guarded-artifacts"}, "no-such-minio-bucket"),
+        registry=registry(),
+        kube_config=UNUSED_KUBE,
+        minio=wrong,
+    ) as e:
+        await e.post(json_body=shell_alert("minio-pod-2"))
+        await e.drained()
+        failed = await e.metric("falcosecurity_falco_talon_outputs_total", target="minio:s3", status="failure")
+    assert failed == 1  # the first step's; its failure ended the rule
+    [(_, status, error)] = output_notes()
+    assert status == "failure"
+    assert "s3:HeadBucket guarded-artifacts: 403" in error
+    assert "fix the keys" in error
+    listed = await asyncio.to_thread(s3.list_objects_v2, Bucket="guarded-artifacts")
+    assert listed.get("Contents", []) == []
