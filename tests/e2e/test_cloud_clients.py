@@ -72,3 +72,31 @@ async def test_an_unreachable_endpoint_fails_with_the_reason_and_a_hint() -> Non
         await minio.s3.bucket_exists("some-bucket")
     assert "s3:HeadBucket some-bucket: cannot reach the endpoint" in str(e.value)
     assert e.value.code == "Network"
+
+
+async def test_a_pending_s3_call_leaves_the_event_loop_free() -> None:
+    """The S3 endpoint is served by this very loop and answers only when told: were boto3 run on the loop,
+    the request could not be read while the call waits (it would time out first)."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def endpoint(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrived.set()
+        await release.wait()
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(endpoint, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    minio = Minio(config.Minio(endpoint=f"127.0.0.1:{port}", access_key="a", secret_key="b"), Timeouts(read=20))
+    try:
+        call = asyncio.create_task(minio.s3.bucket_exists("some-bucket"))
+        async with asyncio.timeout(15):
+            await arrived.wait()
+        assert not call.done()  # the call waits in its thread while the loop serves the endpoint
+        release.set()
+        assert await call is False  # and the 404 means "no such bucket"
+    finally:
+        server.close()
+        await server.wait_closed()
