@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import botocore.exceptions
 import pytest
 
 from talon_opa.actionners import _payload
 from talon_opa.actionners.aws.lambda_ import function_error_text
+from talon_opa.core.aws import describe
 from talon_opa.core.errors import StepFailed
 from talon_opa.core.events import decode_alert
 from talon_opa.core.gcp import GcpError, error_reason, key_info
@@ -177,3 +179,23 @@ def test_rules_using_every_cloud_plugin_check_without_a_cannot_run_warning(tmp_p
     for name in ("aws:s3", "minio:s3", "gcp:gcs", "aws:lambda", "gcp:function"):
         assert f"{name} cannot run" not in out
     assert out.splitlines()[-1] == "1 rule valid"
+
+
+@pytest.mark.parametrize(
+    ("operation", "code", "status", "what", "text"),
+    [
+        ("PutObject", "NoSuchBucket", 404, "s3:PutObject b", "s3:PutObject b: NoSuchBucket: m (HTTP 404)"),
+        # the AssumeRole behind a first call is named, so a denied role is not read as a denied call
+        ("AssumeRole", "AccessDenied", 403, "sts:GetCallerIdentity", "sts:GetCallerIdentity (AssumeRole): Access"),
+        ("GetFunction", "ResourceNotFoundException", 404, "lambda:GetFunction", "lambda:GetFunction: Resource"),
+    ],
+)
+def test_aws_errors_name_the_call_the_code_and_the_status(
+    operation: str, code: str, status: int, what: str, text: str
+) -> None:
+
+    answer = {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    error = describe(botocore.exceptions.ClientError(answer, operation), what)
+    assert str(error).startswith(text)
+    assert (error.code, error.status) == (code, status)
+    assert error.hint

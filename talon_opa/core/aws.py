@@ -63,6 +63,9 @@ def describe(e: BaseException, what: str) -> AwsError:
         code = str(err.get("Code", "")) or "Unknown"
         status = int(meta.get("HTTPStatusCode", 0) or 0)
         message = str(err.get("Message", "")) or str(e)
+        operation = str(getattr(e, "operation_name", "") or "")
+        if operation and operation not in what:  # e.g. the AssumeRole behind the first call
+            what = f"{what} ({operation})"
         return AwsError(
             f"{what}: {code}: {message} (HTTP {status})", hint=_hint(code, status), code=code, status=status
         )
@@ -162,7 +165,7 @@ def aws_session(cfg: config.Aws, timeouts: Timeouts = Timeouts()) -> boto3.Sessi
         }
 
     core = botocore.session.get_session()
-    # botocore's documented way to give a session self-refreshing credentials has no public setter
+    # botocore has no public setter for a session's credentials: this is the attribute its resolver fills
     core._credentials = botocore.credentials.RefreshableCredentials.create_from_metadata(
         metadata=refresh(), refresh_using=refresh, method="assume-role"
     )
