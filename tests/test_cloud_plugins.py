@@ -14,7 +14,8 @@ import pytest
 
 from talon_opa.actionners import _payload
 from talon_opa.actionners.aws.lambda_ import function_error_text
-from talon_opa.core.aws import describe
+from talon_opa.core import config
+from talon_opa.core.aws import Minio, describe
 from talon_opa.core.errors import StepFailed
 from talon_opa.core.events import decode_alert
 from talon_opa.core.gcp import GcpError, error_reason, key_info
@@ -199,3 +200,9 @@ def test_aws_errors_name_the_call_the_code_and_the_status(
     assert str(error).startswith(text)
     assert (error.code, error.status) == (code, status)
     assert error.hint
+
+
+@pytest.mark.parametrize(("use_ssl", "url"), [(False, "http://minio.local:9000"), (True, "https://minio.local:9000")])
+def test_minio_endpoint_and_use_ssl_make_the_url(use_ssl: bool, url: str) -> None:
+    cfg = config.Minio(endpoint="minio.local:9000", access_key="a", secret_key="b", use_ssl=use_ssl)
+    assert Minio(cfg).endpoint_url == url
