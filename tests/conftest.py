@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,14 @@ import pytest_asyncio
 
 from talon_opa.opa.process import OpaProcess
 from tests.harness import process
+from tests.harness.gcp_functions import FunctionsServer
+from tests.harness.gcs import FakeGcs
 from tests.harness.jaeger import Jaeger
 from tests.harness.kube import KubeCluster
+from tests.harness.minio import MinioServer
+from tests.harness.moto import Moto
 from tests.harness.nats import Nats
+from tests.harness.paths import REPO
 
 OpaFactory = Callable[..., Awaitable[OpaProcess]]
 
@@ -53,6 +60,53 @@ async def nats(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Nats]:
         yield n
     finally:
         n.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def moto(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Moto]:
+    """A moto server (S3, STS, IAM, Lambda without Docker), shared by the session."""
+    m = Moto(tmp_path_factory.mktemp("moto"))
+    try:
+        await m.start()
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FakeGcs]:
+    """fake-gcs-server (Cloud Storage JSON API, in memory), shared by the session."""
+    g = FakeGcs(tmp_path_factory.mktemp("gcs"))
+    try:
+        await g.start()
+        yield g
+    finally:
+        g.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def minio_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MinioServer]:
+    """A real MinIO server, shared by the session; built on demand (`tools/build minio`, ~14 min cold)."""
+    built = await asyncio.to_thread(subprocess.run, [str(REPO / "tools" / "path"), "minio"], capture_output=True)
+    if built.returncode != 0:
+        pytest.skip("MinIO is not built (opt-in, ~14 min cold): run tools/build minio")
+    m = MinioServer(tmp_path_factory.mktemp("minio"))
+    try:
+        await m.start()
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gcp_functions() -> AsyncIterator[FunctionsServer]:
+    """A Cloud Functions v2 + OAuth token test server (see its docstring), one per test."""
+    server = FunctionsServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -12,4 +12,6 @@ export GOTOOLCHAIN=local
 export GOFLAGS=-modcacherw
 export CGO_ENABLED=0
 
-ALL_COMPONENTS="opa etcd k8s kwok jaeger nats calico-crds cilium-crds helm promcrds"
+ALL_COMPONENTS="opa etcd k8s kwok jaeger nats calico-crds cilium-crds helm promcrds fakegcs"
+# built only when asked (`tools/build minio`): the minio:s3 test runs against moto without it
+OPTIONAL_COMPONENTS="minio"

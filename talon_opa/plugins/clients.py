@@ -9,9 +9,15 @@ client it did not declare is a bug, reported as such.
 | --- | --- | --- |
 | `http` | nothing (one pooled session per engine) | `aiohttp.ClientSession` |
 | `kube` | `kubeconfig` (or in-cluster credentials) | `KubeClient` (without one, every step runs in dry-run) |
-| `aws` | `aws.*` (Talon's keys), else the AWS SDK's default chain | `config.Aws` |
-| `minio` | `minio.*` (Talon's keys) | `config.Minio` |
-| `gcp` | `gcp.*` (Talon's keys), else Application Default Credentials | `config.Gcp` |
+| `aws` | `aws.*` (Talon's keys), else the AWS SDK's default chain | `core.aws.Aws` (boto3, off the loop) |
+| `minio` | `minio.*` (Talon's keys) | `core.aws.Minio` (the same S3 client, path-style) |
+| `gcp` | `gcp.*` (Talon's keys), else Application Default Credentials | `core.gcp.Gcp` (google-auth + aiohttp) |
+
+The cloud clients are built once per engine, when `check` finds a plugin of the rules that declares
+them (at start or reload, so their SDKs are never imported in the middle of a step), and talk to the
+network only when a step runs (a bad key fails that step with the provider's reason). Their SDKs
+(boto3, google-auth) are imported only then: they cost up to a second of start-up that an engine whose
+rules use no cloud plugin should not pay.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from talon_opa.core.errors import StepFailed, TalonError
 if TYPE_CHECKING:
     import aiohttp
 
+    from talon_opa.core.aws import Aws, Minio
+    from talon_opa.core.gcp import Gcp
     from talon_opa.core.kube import KubeClient
     from talon_opa.plugins.spec import Spec
 
@@ -80,6 +88,8 @@ def _check_gcp(cfg: config.Config) -> None:
         )
 
 
+CLOUD = ("aws", "minio", "gcp")  # built on demand, their SDKs imported only then
+
 KINDS: Mapping[str, ClientKind] = {
     kind.name: kind
     for kind in (
@@ -123,18 +133,18 @@ class Clients:
         return kube
 
     @property
-    def aws(self) -> config.Aws:
-        aws: config.Aws = self._get("aws")
+    def aws(self) -> Aws:
+        aws: Aws = self._get("aws")()
         return aws
 
     @property
-    def minio(self) -> config.Minio:
-        minio: config.Minio = self._get("minio")
+    def minio(self) -> Minio:
+        minio: Minio = self._get("minio")()
         return minio
 
     @property
-    def gcp(self) -> config.Gcp:
-        gcp: config.Gcp = self._get("gcp")
+    def gcp(self) -> Gcp:
+        gcp: Gcp = self._get("gcp")()
         return gcp
 
 
@@ -143,7 +153,28 @@ class ClientProvider:
 
     def __init__(self, cfg: config.Config, *, http: aiohttp.ClientSession, kube: KubeClient | None) -> None:
         self._cfg = cfg
-        self._shared: dict[str, Any] = {"http": http, "kube": kube, "aws": cfg.aws, "minio": cfg.minio, "gcp": cfg.gcp}
+        self._http = http
+        self._lazy: dict[str, Any] = {}
+        self._shared: dict[str, Any] = {
+            "http": http,
+            "kube": kube,
+            "aws": lambda: self._built("aws"),
+            "minio": lambda: self._built("minio"),
+            "gcp": lambda: self._built("gcp"),
+        }
+
+    def _built(self, name: str) -> Any:
+        """The one cloud client of this name, built on first use (its SDK imported only then)."""
+        if name not in self._lazy:
+            if name == "gcp":
+                from talon_opa.core import gcp
+
+                self._lazy[name] = gcp.Gcp(self._cfg.gcp, self._http)
+            else:
+                from talon_opa.core import aws
+
+                self._lazy[name] = aws.Aws(self._cfg.aws) if name == "aws" else aws.Minio(self._cfg.minio)
+        return self._lazy[name]
 
     def check(self, specs: Iterable[Spec[Any]]) -> None:
         """Every client these plugins declare is configured; ConfigError naming the key otherwise."""
@@ -153,6 +184,8 @@ class ClientProvider:
                     KINDS[name].check(self._cfg)
                 except config.ConfigError as e:
                     raise config.ConfigError(f"{spec.name} needs {name}: {e.args[0]}", hint=e.hint) from e
+                if name in CLOUD:
+                    self._built(name)  # its SDK is imported now, at start, not in the middle of a step
 
     def clients_for(self, spec: Spec[Any]) -> Clients:
         return Clients(spec.name, {name: self._shared[name] for name in spec.clients})

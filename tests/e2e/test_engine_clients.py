@@ -79,7 +79,9 @@ async def test_a_configured_client_is_handed_to_the_plugin(tmp_path: Path) -> No
     ) as engine:
         assert (await engine.post("/", json_body=shell_alert())).status == 200
         await engine.drained()
-    assert [minio] == SEEN
+    [client] = SEEN
+    assert client.cfg == minio  # the MinIO client built from exactly that configuration
+    assert client.endpoint_url == "http://127.0.0.1:9000"
 
 
 async def test_a_plugin_reading_a_client_it_did_not_declare_fails_its_step(tmp_path: Path) -> None:
