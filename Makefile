@@ -43,7 +43,7 @@ pytest: venv tools
 test: lint typecheck pytest
 
 constraints: venv
-	{ echo '# Every transitive dependency, pinned (regenerate: make constraints)'; $(BIN)/pip freeze --exclude-editable; } > constraints.txt
+	tools/constraints $(BIN)/pip > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 # the chart's least-privilege ClusterRole, from its default rules (tests/test_chart.py fails on drift)
 CHART := charts/talon-opa
