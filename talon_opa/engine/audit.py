@@ -18,6 +18,7 @@ import datetime
 import fcntl
 import hashlib
 import os
+import stat
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -125,7 +126,8 @@ class AuditTrail:
                 f"cannot open the audit trail {self.path}: {e.strerror}", hint="set audit.path to a writable file"
             ) from e
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # a device (or pipe) has no chain to share or continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
             raise audit_chain.AuditError(
