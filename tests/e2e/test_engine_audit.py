@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -345,3 +346,40 @@ def test_replay_warns_about_a_trail_that_does_not_verify(recorded: Recorded, tmp
     assert done.returncode == 0, done.stderr
     assert f"warning: {copy}: line 2: chain broken" in done.stderr
     assert "replayed 3 alert(s)" in done.stderr
+
+
+async def test_lines_held_while_the_disk_fails_are_written_after_it_and_drops_leave_a_gap_line(tmp_path: Path) -> None:
+    SCRIPT.reset()
+    trail = tmp_path / "audit.jsonl"
+    async with running_engine(
+        tmp_path, RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, audit=audit_config(trail, buffer=1)
+    ) as e:
+        audit = e.engine.audit
+        assert audit is not None
+        first = await post_in_order(e, ALERTS[:1])
+        await audit.flushed()
+        kept = os.dup(audit._fd)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, audit._fd)  # the trail's descriptor now fails every write with ENOSPC, as a full disk
+        try:
+            held = await post_in_order(e, ALERTS[1:2])
+            await wait_metric(e, "talon_opa_audit_write_failures_total", 1)
+            await post_in_order(e, ALERTS[2:])  # the buffer (1 line) is taken: these are dropped
+            assert (await e.get("/readyz")).status == 503
+            dropped = await e.metric("talon_opa_audit_records_dropped_total")
+            assert dropped >= 1
+        finally:
+            os.dup2(kept, audit._fd)  # the disk has room again
+            os.close(kept)
+            os.close(full)
+        await audit.flushed()
+        assert (await e.get("/readyz")).status == 200
+    records = lines_of(trail)
+    alerts = [r for r in records if r["kind"] == "alert"]
+    [gap] = [r for r in records if r["kind"] == "gap"]
+    assert gap["dropped"] == dropped
+    assert len(alerts) + dropped == len(ALERTS)
+    assert [a["alert_id"] for a in alerts[:2]] == [first[0][1]["id"], held[0][1]["id"]]  # held, then written
+    done = talon_opa("audit", "verify", str(trail))
+    assert done.returncode == 0, done.stdout
+    assert f"{trail}:{records.index(gap) + 1}: {int(dropped)} alert(s) not recorded here" in done.stderr
