@@ -383,3 +383,15 @@ async def test_lines_held_while_the_disk_fails_are_written_after_it_and_drops_le
     done = talon_opa("audit", "verify", str(trail))
     assert done.returncode == 0, done.stdout
     assert f"{trail}:{records.index(gap) + 1}: {int(dropped)} alert(s) not recorded here" in done.stderr
+
+
+def test_the_example_trail_verifies_and_replays_as_docs_audit_md_shows() -> None:
+    trail, new_rules = binaries.REPO / "examples/audit/audit.jsonl", binaries.REPO / "examples/audit/new-rules.yaml"
+    verified = talon_opa("audit", "verify", str(trail))
+    assert verified.returncode == 0, verified.stdout
+    assert verified.stdout.split()[-1] in (binaries.REPO / "docs/audit.md").read_text()
+    done = talon_opa("rules", "plan", "--replay", str(trail), "-r", str(new_rules))
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.splitlines() == [
+        line for line in (binaries.REPO / "docs/audit.md").read_text().splitlines() if line.startswith('{"line":')
+    ]
