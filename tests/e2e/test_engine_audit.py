@@ -395,3 +395,55 @@ def test_the_example_trail_verifies_and_replays_as_docs_audit_md_shows() -> None
     assert done.stdout.splitlines() == [
         line for line in (binaries.REPO / "docs/audit.md").read_text().splitlines() if line.startswith('{"line":')
     ]
+
+
+async def test_unmatched_alerts_are_left_out_when_asked(tmp_path: Path) -> None:
+    SCRIPT.reset()
+    trail = tmp_path / "audit.jsonl"
+    async with running_engine(
+        tmp_path,
+        RULES,
+        registry=scripted_registry(),
+        kube_config=UNUSED_KUBE,
+        audit=audit_config(trail, unmatched=False),
+    ) as e:
+        sent = await post_in_order(e, ALERTS)
+    recorded = [r["alert_id"] for r in lines_of(trail)]
+    assert recorded == [reply["id"] for (_, reply), (_, ns) in zip(sent, ALERTS, strict=True) if ns != "shop"]
+
+
+BROKEN_NATIVE_RULE = """\
+package talon.rules.broken
+
+name := "Broken native rule"
+
+match if input.output_fields["k8s.ns.name"] == "broken"
+
+actions := [{"action": "Bad", "actionner": 5, "parameters": {}}]
+"""
+
+
+async def test_an_alert_whose_decision_failed_is_recorded_with_the_error_and_replays_as_undecided(
+    tmp_path: Path,
+) -> None:
+    SCRIPT.reset()
+    native = tmp_path / "broken.rego"
+    native.write_text(BROKEN_NATIVE_RULE)
+    opa = dataclasses.replace(
+        config.Opa(), retry_initial_seconds=0.02, retry_max_seconds=0.3, ready_timeout_seconds=30, rego=(str(native),)
+    )
+    trail = tmp_path / "audit.jsonl"
+    async with running_engine(
+        tmp_path, RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, opa=opa, audit=audit_config(trail)
+    ) as e:
+        [(_, reply)] = await post_in_order(e, [("x-1", "broken")])
+        assert await e.metric("talon_opa_alerts_failed_total", stage="decide") == 1
+    [record] = lines_of(trail)
+    assert record["alert_id"] == reply["id"]
+    assert (record["plan"], record["decision_id"], record["results"]) == (None, "", [])
+    assert "steps[0].actionner is not a string" in record["error"]
+    rules = tmp_path / "rules.yaml"
+    done = talon_opa("rules", "plan", "--replay", str(trail), "-r", str(rules))  # without the broken rule
+    assert done.returncode == 3, done.stderr
+    [changed] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert changed["matched_rules"] == {"before": None, "after": [], "added": [], "removed": []}
