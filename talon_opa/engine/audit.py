@@ -158,6 +158,7 @@ class AuditTrail:
                 )
             self._dropped += 1
             self.dropped.inc()
+            self._wake.set()
             return
         self._pending.append(alert_record(job, plan, results, error))
         self._idle.clear()
