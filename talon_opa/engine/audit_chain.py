@@ -1,8 +1,8 @@
 """The audit trail's format: JSON lines chained by hashes, and their verification (docs/audit.md).
 
-Each line is one JSON object written in canonical form (keys sorted, no spaces, ASCII only). It carries
-`prev`, the `hash` of the line before it (`GENESIS` for the first line), and `hash`, the sha256 of the
-canonical JSON of the line without `hash`. Editing a line breaks its hash; deleting, inserting or
+Each line is one JSON object: `prev`, the `hash` of the line before it (`GENESIS` for the first line),
+and `hash`, the sha256 of the canonical JSON (keys sorted, no spaces, ASCII only) of the line without
+`hash`. The writer writes exactly that canonical JSON, with `hash` added as the last key. Editing a line breaks its hash; deleting, inserting or
 moving a line breaks the next line's `prev`. Removing lines at the end keeps a valid chain: compare the
 last hash with a head recorded elsewhere (`audit verify --head`) to see that.
 """
@@ -40,10 +40,14 @@ def digest(doc: Mapping[str, Any]) -> str:
 
 
 def seal(record: Mapping[str, Any], prev: str) -> tuple[bytes, str]:
-    """The record as one chained line (newline included), and its hash."""
-    doc = {**record, "prev": prev}
-    h = digest(doc)
-    return canonical({**doc, "hash": h}) + b"\n", h
+    """The record as one chained line (newline included), and its hash.
+
+    The line is the canonical JSON of the record with `prev`, then `hash` as its last key: serialised
+    once, and the hash is where `tail -c 80` shows it.
+    """
+    body = canonical({k: v for k, v in record.items() if k != "hash"} | {"prev": prev})
+    h = hashlib.sha256(body).hexdigest()
+    return body[:-1] + b',"hash":"' + h.encode() + b'"}\n', h
 
 
 @dataclass(frozen=True, slots=True)
