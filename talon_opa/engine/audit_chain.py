@@ -2,9 +2,10 @@
 
 Each line is one JSON object: `prev`, the `hash` of the line before it (`GENESIS` for the first line),
 and `hash`, the sha256 of the canonical JSON (keys sorted, no spaces, ASCII only) of the line without
-`hash`. The writer writes exactly that canonical JSON, with `hash` added as the last key. Editing a line breaks its hash; deleting, inserting or
-moving a line breaks the next line's `prev`. Removing lines at the end keeps a valid chain: compare the
-last hash with a head recorded elsewhere (`audit verify --head`) to see that.
+`hash`. The writer writes exactly that canonical JSON, with `hash` added as the last key.
+Editing a line breaks its hash; deleting, inserting or moving a line breaks the next line's `prev`.
+Removing lines at the end keeps a valid chain: compare the last hash with a head recorded elsewhere
+(`audit verify --head`) to see that.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ class Processor:
         metrics = self._metrics
         metrics.in_flight.inc()
         plan: Plan | None = None
+        results: list[StepResult] | None = None  # set once the plan has run (and its line is recorded)
         try:
             with trace.use_span(job.span, end_on_exit=False):
                 try:
@@ -84,7 +85,8 @@ class Processor:
             metrics.alerts_failed.labels(stage="execute").inc()
             telemetry.fail(job.span, e)
             log.exception("alert processing failed", extra={"id": job.alert_id})
-            self._record(job, plan, [], f"{type(e).__name__}: {e}")
+            if results is None:
+                self._record(job, plan, [], f"{type(e).__name__}: {e}")
         finally:
             job.span.end()
             metrics.in_flight.dec()
