@@ -17,7 +17,9 @@ def chain(n: int) -> list[bytes]:
     """n sealed lines, as the writer writes them."""
     lines, prev = [], GENESIS
     for seq in range(1, n + 1):
-        line, prev = seal({"v": 1, "kind": "alert", "seq": seq, "alert_id": f"a{seq}", "results": []}, prev)
+        body = json.dumps({"rule": "Terminal shell in container", "output": f"shell {seq} \u00e9"})
+        record = {"v": 1, "kind": "alert", "seq": seq, "alert_id": f"a{seq}", "body": body, "results": []}
+        line, prev = seal({**record, "digest": audit_chain.body_digest(body.encode())}, prev)
         lines.append(line)
     return lines
 
@@ -74,8 +76,12 @@ INSERTED = _rehashed(L[2], alert_id="forged", prev=json.loads(L[2])["hash"])  # 
         (_swap(L, 2, 3), [(3, "chain broken"), (4, "chain broken"), (5, "chain broken")]),  # two lines moved
         ([*L[:5], L[5].rstrip(b"\n")], [(6, "the last line is incomplete (no newline)")]),
         ([L[0], b"not json\n", *L[2:]], [(2, "not an audit record (not a JSON object with hash and prev)")]),
+        (
+            [L[0], _rehashed(L[1], body="{}"), *L[2:]],
+            [(2, "its body does not match its digest (written so, or edited with a new hash)"), (3, "chain broken")],
+        ),
     ],
-    ids=["edited", "edited-rehashed", "deleted", "first-deleted", "inserted", "reordered", "cut", "garbage"],
+    ids=["edited", "edited-rehashed", "deleted", "first-deleted", "inserted", "reordered", "cut", "garbage", "body"],
 )
 def test_each_kind_of_tampering_is_found_at_its_line(lines: list[bytes], expected: list[tuple[int, str]]) -> None:
     assert problems(lines) == expected
@@ -110,12 +116,17 @@ def test_the_tail_of_a_trail_is_checked_before_it_is_continued(tmp_path: Path) -
     trail.write_bytes(b"".join([*L[:4], L[5]]))  # the line before the last was deleted
     with pytest.raises(audit_chain.AuditError, match="chain broken"):
         audit_chain.tail(trail)
+    trail.write_bytes(b"".join(L)[:-10])  # a crash in the middle of the last write
+    with pytest.raises(audit_chain.AuditError, match="incomplete"):
+        audit_chain.tail(trail)
 
 
 def test_the_tail_reads_lines_longer_than_its_read_block(tmp_path: Path) -> None:
     lines, prev = [], GENESIS
     for seq in (1, 2, 3):
-        line, prev = seal({"v": 1, "kind": "alert", "seq": seq, "body": "x" * 200_000}, prev)
+        body = "x" * 200_000
+        record = {"v": 1, "kind": "alert", "seq": seq, "body": body, "digest": audit_chain.body_digest(body.encode())}
+        line, prev = seal(record, prev)
         lines.append(line)
     trail = tmp_path / "audit.jsonl"
     trail.write_bytes(b"".join(lines))

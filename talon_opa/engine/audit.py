@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import datetime
 import fcntl
-import hashlib
 import os
 import stat
 from collections import deque
@@ -52,7 +51,7 @@ def alert_record(job: Job, plan: Plan | None, results: Sequence[StepResult], err
         "kind": "alert",
         "time": now(),
         "alert_id": item.alert_id,
-        "digest": "sha256:" + hashlib.sha256(item.body).hexdigest(),
+        "digest": audit_chain.body_digest(item.body),
         "body": item.body.decode("utf-8", "surrogateescape"),
         "content_type": item.content_type,
         "trace_id": telemetry.trace_id_of(job.span),

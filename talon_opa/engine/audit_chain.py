@@ -40,6 +40,11 @@ def digest(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in doc.items() if k != "hash"})).hexdigest()
 
 
+def body_digest(body: bytes) -> str:
+    """The `digest` of an alert as received: `sha256:` and the hex sha256 of its body."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
 def seal(record: Mapping[str, Any], prev: str) -> tuple[bytes, str]:
     """The record as one chained line (newline included), and its hash.
 
@@ -137,6 +142,9 @@ def _check(raw: bytes, prev: str | None, prev_line: int, recent: Mapping[str, in
         return "not an audit record (not a JSON object with hash and prev): edited or corrupted"
     if digest(doc) != doc["hash"]:
         return "edited: its content does not match its hash"
+    body = doc.get("body")
+    if isinstance(body, str) and doc.get("digest") != body_digest(body.encode("utf-8", "surrogateescape")):
+        return "its body does not match its digest (written so, or edited with a new hash)"
     if prev is None or doc["prev"] == prev:
         return ""
     if prev_line == 0:
