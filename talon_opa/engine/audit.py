@@ -216,6 +216,7 @@ class AuditTrail:
         self._size += sum(len(line) for line in lines)
         self._seq, self._prev = seq, prev
         self.head = prev
+        # shipping the trail to an output (docs/audit.md, "not yet built in") would take `lines` here
 
     async def flushed(self) -> None:
         """Wait until every line recorded so far is written."""
