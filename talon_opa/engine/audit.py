@@ -239,3 +239,4 @@ class AuditTrail:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            log.info("audit trail closed", extra={"path": str(self.path), "seq": self._seq, "head": self.head})

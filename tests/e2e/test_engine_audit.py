@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ import pytest_asyncio
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from talon_opa.core import binaries, config
+from talon_opa.core import binaries, config, logs
 from talon_opa.core.kube import KubeConfig
 from talon_opa.engine.audit_chain import GENESIS, AuditError
 from tests.e2e.engine_harness import RunningEngine, running_engine, shell_alert
@@ -211,18 +212,45 @@ def test_audit_verify_finds_lines_cut_from_the_end_with_the_recorded_head(record
     assert intact.stdout.endswith("; the anchored head is line 2, 2 line(s) since\n")
 
 
+class Heads(logging.Handler):
+    """The (message, seq, head) of the audit writer's log lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "head"):
+            self.seen.append((record.getMessage(), record.__dict__["seq"], record.__dict__["head"]))
+
+
 async def test_the_chain_continues_across_a_restart(tmp_path: Path) -> None:
     SCRIPT.reset()
     trail = tmp_path / "audit.jsonl"
-    for alerts in (ALERTS[:2], ALERTS[2:]):
-        async with running_engine(
-            tmp_path, RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, audit=audit_config(trail)
-        ) as e:
-            await post_in_order(e, alerts)
+    heads = Heads()
+    logger = logs.get("audit")
+    level = logger.level
+    logger.addHandler(heads)
+    logger.setLevel(logging.INFO)
+    try:
+        for alerts in (ALERTS[:2], ALERTS[2:]):
+            async with running_engine(
+                tmp_path, RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, audit=audit_config(trail)
+            ) as e:
+                await post_in_order(e, alerts)
+    finally:
+        logger.removeHandler(heads)
+        logger.setLevel(level)
     records = lines_of(trail)
     assert [r["seq"] for r in records] == [1, 2, 3, 4]
     assert records[0]["prev"] == GENESIS
     assert records[2]["prev"] == records[1]["hash"]  # the second engine went on from the first one's head
+    assert heads.seen == [  # the heads logged at open and close: anchors kept outside the file
+        ("audit trail", 0, GENESIS),
+        ("audit trail closed", 2, records[1]["hash"]),
+        ("audit trail", 2, records[1]["hash"]),
+        ("audit trail closed", 4, records[3]["hash"]),
+    ]
     done = talon_opa("audit", "verify", str(trail))
     assert done.returncode == 0, done.stdout
 
