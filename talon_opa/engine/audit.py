@@ -124,8 +124,9 @@ class AuditTrail:
             raise audit_chain.AuditError(
                 f"cannot open the audit trail {self.path}: {e.strerror}", hint="set audit.path to a writable file"
             ) from e
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)  # a device or a pipe has no chain to share or continue
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):  # a device (or pipe) has no chain to share or continue
+            if regular:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
@@ -134,13 +135,19 @@ class AuditTrail:
                 hint="give each engine (replica) its own audit.path",
             ) from e
         try:
-            end = audit_chain.tail(self.path)
+            end = audit_chain.tail(self.path) if regular else None
+        except OSError as e:
+            os.close(fd)
+            raise audit_chain.AuditError(
+                f"cannot read the end of the audit trail {self.path}: {e.strerror}", hint="make the file readable"
+            ) from e
         except BaseException:
             os.close(fd)
             raise
         if end is not None:
             self._seq, self._prev = end
         self.head = self._prev
+        self._fsync = self._fsync and regular  # a pipe or a device cannot be fsynced
         self._size = os.fstat(fd).st_size
         self._fd = fd
 

@@ -268,6 +268,18 @@ async def test_an_engine_does_not_extend_a_trail_whose_end_was_edited(recorded: 
     assert trail.read_text() == text.replace('"pod":"api-2"', '"pod":"api-3"')  # nothing appended
 
 
+async def test_a_second_engine_on_the_same_trail_is_refused(tmp_path: Path) -> None:
+    trail = tmp_path / "audit.jsonl"
+    async with running_engine(
+        tmp_path, RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, audit=audit_config(trail)
+    ):
+        with pytest.raises(AuditError, match="is being written by another process"):
+            async with running_engine(
+                tmp_path, RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, audit=audit_config(trail)
+            ):
+                pass
+
+
 async def test_a_failing_audit_disk_is_counted_logged_and_makes_the_engine_unready(tmp_path: Path) -> None:
     SCRIPT.reset()
     full = Path("/dev/full")  # every write fails with ENOSPC, as on a full disk
