@@ -223,6 +223,8 @@ class Audit:
     """lines waiting for the writer; beyond it lines are dropped, counted, and a gap line says how many"""
     unmatched: bool = True
     """also record alerts that matched no rule (a replay against new rules needs them)"""
+    required: bool = True
+    """while the trail cannot be written /readyz answers 503; false: still ready, the problem in /readyz's body"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -295,8 +295,9 @@ class Engine:
         """Ready when not draining and OPA has activated the bundle revision we built."""
         if self.queue.closed or not self._started:
             return False, {"status": "not ready", "reason": "starting" if not self._started else "draining"}
-        if self.audit is not None and self.audit.problem:
-            return False, {"status": "not ready", "reason": "audit trail not writable", "error": self.audit.problem}
+        audit_problem = self.audit.problem if self.audit is not None else ""
+        if audit_problem and self.cfg.audit.required:
+            return False, {"status": "not ready", "reason": "audit trail not writable", "error": audit_problem}
         if self.jetstream is not None and not self.jetstream.connected:
             return False, {"status": "not ready", "reason": "nats unreachable", "url": "queue.nats_url"}
         want = self.supervisor.revision
@@ -311,6 +312,7 @@ class Engine:
             "revision": want,
             "queue_depth": self.queue.depth,
             "dry_run_only": self.dry_run_only,
+            **({"audit": f"not writable: {audit_problem}"} if audit_problem else {}),
         }
 
     async def drained(self) -> None:

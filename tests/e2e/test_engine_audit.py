@@ -280,20 +280,28 @@ async def test_a_second_engine_on_the_same_trail_is_refused(tmp_path: Path) -> N
                 pass
 
 
-async def test_a_failing_audit_disk_is_counted_logged_and_makes_the_engine_unready(tmp_path: Path) -> None:
+@pytest.mark.parametrize("required", [True, False])
+async def test_a_failing_audit_disk_is_counted_and_makes_the_engine_unready_unless_not_required(
+    tmp_path: Path, required: bool
+) -> None:
     SCRIPT.reset()
     full = Path("/dev/full")  # every write fails with ENOSPC, as on a full disk
     queue = config.Queue(capacity=100, workers=4, drain_timeout_seconds=1)
+    audit = audit_config(full, required=required)
     async with running_engine(
-        tmp_path, RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, audit=audit_config(full), queue=queue
+        tmp_path, RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, audit=audit, queue=queue
     ) as e:
         assert (await e.get("/readyz")).status == 200
         await post_in_order(e, ALERTS[:1])
         await wait_metric(e, "talon_opa_audit_write_failures_total", 1)
         ready = await e.get("/readyz")
-        assert ready.status == 503
-        assert ready.body["reason"] == "audit trail not writable"
-        assert "No space left on device" in ready.body["error"]
+        if required:
+            assert ready.status == 503
+            assert ready.body["reason"] == "audit trail not writable"
+            assert "No space left on device" in ready.body["error"]
+        else:
+            assert ready.status == 200
+            assert ready.body["audit"] == "not writable: No space left on device"
         assert await e.metric("talon_opa_audit_records_total") == 0
         assert SCRIPT.calls == [("kubernetes:label", "api-1", "ok")]  # the response itself went on
 
