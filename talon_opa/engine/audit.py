@@ -92,6 +92,9 @@ class AuditTrail:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set when everything recorded is written
         self._idle.set()
+        self._queued = 0  # alert lines put in the buffer since start
+        self._written = 0  # of those, written
+        self._progress = asyncio.Condition()  # notified after each written batch
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="talon-opa-audit")
         self._task: asyncio.Task[None] | None = None
         self._fd = -1
@@ -167,6 +170,7 @@ class AuditTrail:
             self._wake.set()
             return
         self._pending.append(alert_record(job, plan, results, error))
+        self._queued += 1
         self._idle.clear()
         self._wake.set()
 
@@ -198,6 +202,9 @@ class AuditTrail:
                 retry = backoff.Backoff(RETRY)
                 for doc in batch:
                     self.written.labels(kind=doc["kind"]).inc()
+                self._written += len(batch) - (1 if dropped else 0)
+                async with self._progress:
+                    self._progress.notify_all()
                 if dropped:
                     log.error("audit gap recorded", extra={"path": str(self.path), "dropped": dropped})
             self._idle.set()
@@ -224,6 +231,16 @@ class AuditTrail:
         self._seq, self._prev = seq, prev
         self.head = prev
         # shipping the trail to an output (docs/audit.md, "not yet built in") would take `lines` here
+
+    async def caught_up(self, timeout: float) -> bool:
+        """Wait until every alert line recorded so far is written (up to `timeout`: False when not)."""
+        target = self._queued
+        try:
+            async with asyncio.timeout(timeout), self._progress:
+                await self._progress.wait_for(lambda: self._written >= target)
+        except TimeoutError:
+            return False
+        return True
 
     async def flushed(self) -> None:
         """Wait until every line recorded so far is written."""

@@ -290,6 +290,8 @@ class Engine:
             attributes={telemetry.ALERT_ID: item.alert_id, telemetry.ALERT_RULE: item.alert.rule},
         )
         await self.processor.handle(Job(item, span, time.monotonic()))
+        if self.audit is not None:  # its line is written before JetStream is told the alert is done
+            await self.audit.caught_up(self.cfg.step_timeout_seconds)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when not draining and OPA has activated the bundle revision we built."""

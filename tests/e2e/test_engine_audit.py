@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,9 @@ from talon_opa.core.kube import KubeConfig
 from talon_opa.engine.audit_chain import GENESIS, AuditError
 from tests.e2e.engine_harness import RunningEngine, running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, scripted_registry
+from tests.e2e.test_engine_jetstream import _until, nats_queue
 from tests.e2e.test_engine_reload import wait_metric
+from tests.harness.nats import Nats
 
 UNUSED_KUBE = KubeConfig(server="http://127.0.0.1:9")  # scripted plugins never call it; not dry-run
 
@@ -495,3 +498,35 @@ async def test_an_alert_whose_decision_failed_is_recorded_with_the_error_and_rep
     assert done.returncode == 3, done.stderr
     [changed] = [json.loads(line) for line in done.stdout.splitlines()]
     assert changed["matched_rules"] == {"before": None, "after": [], "added": [], "removed": []}
+
+
+async def test_with_jetstream_an_alert_is_acked_only_once_its_line_is_written(tmp_path: Path, nats: Nats) -> None:
+    SCRIPT.reset()
+    trail = tmp_path / "audit.jsonl"
+    queue = nats_queue(nats.url, f"A{uuid.uuid4().hex[:8].upper()}")
+    async with running_engine(
+        tmp_path, RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, queue=queue, audit=audit_config(trail)
+    ) as e:
+        audit, jetstream = e.engine.audit, e.engine.jetstream
+        assert audit is not None
+        assert jetstream is not None
+        kept = os.dup(audit._fd)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, audit._fd)  # the disk is full: the line cannot be written yet
+        try:
+            reply = await e.post(json_body=shell_alert("api-1", "payments"))
+            assert reply.status == 200
+            await wait_metric(e, "talon_opa_audit_write_failures_total", 1)
+            assert SCRIPT.calls == [("kubernetes:label", "api-1", "ok")]  # the plan ran...
+            assert jetstream.in_flight == 1  # ...but JetStream still holds the alert: not acked without its line
+        finally:
+            os.dup2(kept, audit._fd)
+            os.close(kept)
+            os.close(full)
+        await _until(lambda: _true(jetstream.in_flight == 0))
+        [record] = lines_of(trail)
+        assert record["alert_id"] == reply.body["id"]
+
+
+async def _true(value: bool) -> bool:
+    return value
