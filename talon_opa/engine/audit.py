@@ -8,6 +8,7 @@ the event loop never blocks on the disk. Failures are never silent:
   batch stays in the buffer (retried with backoff; the file is cut back to its last whole line);
 * a full buffer drops the new line, counts it, and the next write adds a `gap` line saying how many.
 At start the trail's last lines are checked and the chain continues from them; `stop` flushes.
+`caught_up` lets the JetStream path ack an alert only once its line is written.
 """
 
 from __future__ import annotations
