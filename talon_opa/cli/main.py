@@ -125,8 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan = rsub.add_parser("plan", help="print the plan of each alert, decided by a real OPA")
     _rules_command_args(plan, 2)
-    plan.add_argument(
-        "--event", required=True, metavar="FILE", type=completion.path, help="a JSON alert, or JSON lines ('-': stdin)"
+    alerts = plan.add_mutually_exclusive_group(required=True)
+    alerts.add_argument(
+        "--event", metavar="FILE", type=completion.path, help="a JSON alert, or JSON lines ('-': stdin)"
+    )
+    alerts.add_argument(
+        "--replay",
+        metavar="AUDIT",
+        type=completion.path,
+        help="decide the alerts of an audit trail again; print those decided differently (exit 3)",
     )
     plan.add_argument(
         "--rego", action="append", default=[], metavar="FILE|DIR", type=completion.path, help="native Rego rules to add"
@@ -146,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         ksub = k.add_subparsers(dest="list_command", required=True)
         listing = ksub.add_parser("list", help=f"describe every {kind[:-1]}, its parameters and defaults")
         _config_option(listing, 2)
+
+    audit = sub.add_parser("audit", help="verify an audit trail")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = asub.add_parser("verify", help="check the hash chain: print where it breaks (exit 1), or the head")
+    verify.add_argument("file", metavar="FILE", type=completion.path, help="the audit trail (audit.path)")
+    verify.add_argument("--head", metavar="HASH", help="a head printed earlier: the trail must still contain it")
 
     rbac = sub.add_parser("rbac", help="print the least-privilege ClusterRole for the rules in use")
     _rules_option(rbac, 1, required=True)
@@ -204,9 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from talon_opa.cli import rules_check as cli_check
 
             return cli_check.main(args)
+        if args.rules_command == "plan" and args.replay:
+            from talon_opa.cli import replay as cli_replay
+
+            return cli_replay.main(args)
         from talon_opa.cli import rules_bundle as cli_bundle
 
         return cli_bundle.main(args)
+    if args.command == "audit":
+        from talon_opa.cli import audit as cli_audit
+
+        return cli_audit.main(args)
     if args.command in ("actionners", "outputs", "notifiers", "rbac"):
         from talon_opa.cli import lists as cli_list
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,30 +36,30 @@ DECIDE_TIMEOUT_S = 10.0
 OPA_READY_S = 600.0  # OPA compiles every rule's module at start: about a minute for 10,000 rules
 
 
-class _Invalid(TalonError):
+class Invalid(TalonError):
     """Bad user input (rules, alerts, files): exit 2."""
 
 
 def main(args: argparse.Namespace) -> int:
+    commands = {"translate": translate, "plan": plan, "test": test}
+    return guarded(commands[args.rules_command], args)
+
+
+def guarded(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; its errors printed with the exit codes of the module doc."""
     try:
-        if args.rules_command == "translate":
-            return translate(args)
-        if args.rules_command == "plan":
-            return plan(args)
-        if args.rules_command == "test":
-            return test(args)
+        return command(args)
     except RulesError as e:
         print(f"error: invalid rules: {len(e.problems)} problem(s)", file=sys.stderr)
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_INVALID
-    except _Invalid as e:
+    except Invalid as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
     except TalonError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    raise AssertionError(args.rules_command)
 
 
 def load(paths: Sequence[str]) -> RuleSet:
@@ -77,10 +79,7 @@ def translate(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     ruleset = load(args.rules)
     inputs = [alert.opa_input() for alert in decode_alerts(read_event_file(args.event))]
-    with tempfile.TemporaryDirectory(prefix="talon-opa-plan-") as tmp:
-        out = Path(tmp) / "bundle"
-        bundle.build_bundle(rego.generate(ruleset), out, native=[Path(p) for p in args.rego], check=False)
-        asyncio.run(_print_plans(out, inputs))
+    asyncio.run(_print_plans(ruleset, [Path(p) for p in args.rego], inputs))
     return EXIT_OK
 
 
@@ -102,7 +101,7 @@ def read_event_file(name: str) -> bytes:
     try:
         return Path(name).read_bytes()
     except OSError as e:
-        raise _Invalid(f"cannot read --event {name}: {e.strerror}", hint="pass a JSON file, or - for stdin") from e
+        raise Invalid(f"cannot read --event {name}: {e.strerror}", hint="pass a JSON file, or - for stdin") from e
 
 
 def split_alerts(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -124,22 +123,44 @@ def decode_alerts(data: bytes) -> list[events.Alert]:
             alerts.append(events.decode_alert(body, "application/json"))
         except AlertError as e:
             where = f" (field {e.field!r})" if e.field else ""
-            raise _Invalid(f"alert at line {line} cannot be decoded{where}: {e}") from e
+            raise Invalid(f"alert at line {line} cannot be decoded{where}: {e}") from e
     if not alerts:
-        raise _Invalid("no alert in --event", hint="give a JSON object, or one JSON object per line")
+        raise Invalid("no alert in --event", hint="give a JSON object, or one JSON object per line")
     return alerts
 
 
-async def _print_plans(bundle_path: Path, inputs: Sequence[dict[str, Any]]) -> None:
-    opa = OpaProcess(bundle=bundle_path)
-    await opa.start(ready_within=OPA_READY_S)
-    try:
-        async with aiohttp.ClientSession(connector=opa.connector(), headers=opa.headers()) as http:
-            for opa_input in inputs:
-                result = await decide(http, opa.base_url, opa_input)
-                print(json.dumps(result, separators=(",", ":"), ensure_ascii=False), flush=True)
-    finally:
-        await opa.stop()
+async def _print_plans(ruleset: RuleSet, native: Sequence[Path], inputs: Sequence[dict[str, Any]]) -> None:
+    async with deciding(ruleset, native) as decider:
+        for opa_input in inputs:
+            result = await decider.decide(opa_input)
+            print(json.dumps(result, separators=(",", ":"), ensure_ascii=False), flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Decider:
+    """A real OPA serving the bundle of a rules set: `decide` one input's plan."""
+
+    revision: str
+    http: aiohttp.ClientSession
+    base_url: str
+
+    async def decide(self, opa_input: dict[str, Any]) -> dict[str, Any]:
+        return await decide(self.http, self.base_url, opa_input)
+
+
+@contextlib.asynccontextmanager
+async def deciding(ruleset: RuleSet, native: Sequence[Path]) -> AsyncIterator[Decider]:
+    """The rules set (plus native Rego) translated into a bundle, served by a real OPA for the block."""
+    with tempfile.TemporaryDirectory(prefix="talon-opa-plan-") as tmp:
+        out = Path(tmp) / "bundle"
+        revision = bundle.build_bundle(rego.generate(ruleset), out, native=list(native), check=False)
+        opa = OpaProcess(bundle=out)
+        await opa.start(ready_within=OPA_READY_S)
+        try:
+            async with aiohttp.ClientSession(connector=opa.connector(), headers=opa.headers()) as http:
+                yield Decider(revision, http, opa.base_url)
+        finally:
+            await opa.stop()
 
 
 async def decide(

@@ -212,6 +212,22 @@ class Gcp:
 
 
 @dataclass(frozen=True, slots=True)
+class Audit:
+    """The tamper-evident audit trail: one hash-chained JSON line per processed alert (docs/audit.md)."""
+
+    path: str = ""
+    """file the trail is appended to, continued across restarts (one file per replica); empty: no audit trail"""
+    fsync: bool = True
+    """fsync the file after each batch of lines: a crash loses no line already written"""
+    buffer: int = 10000
+    """lines waiting for the writer; beyond it lines are dropped, counted, and a gap line says how many"""
+    unmatched: bool = True
+    """also record alerts that matched no rule (a replay against new rules needs them)"""
+    required: bool = True
+    """while the trail cannot be written /readyz answers 503; false: still ready, the problem in /readyz's body"""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the engine server reads, validated once."""
 
@@ -257,6 +273,8 @@ class Config:
     """MinIO server (the `minio` client of minio:s3)"""
     gcp: Gcp = field(default_factory=Gcp)
     """Google Cloud credentials (the `gcp` client of the gcp:* plugins)"""
+    audit: Audit = field(default_factory=Audit)
+    """the audit trail"""
     notifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """settings of each notifier, by name (notifiers.<name>.<setting>)"""
     unknown_keys: tuple[str, ...] = ()
@@ -458,6 +476,7 @@ def _validate(cfg: Config) -> None:
         ("opa.batch_size", cfg.opa.batch_size, 1),
         ("opa.gc_percent", cfg.opa.gc_percent, 0),
         ("intake.max_body_bytes", cfg.intake.max_body_bytes, 1),
+        ("audit.buffer", cfg.audit.buffer, 1),
     ):
         if value < low:
             raise bad(name, f"is {value}", f"use a whole number of at least {low}")

@@ -59,6 +59,7 @@ class StepResult:
     error_type: str = ""
     objects: Mapping[str, str] = field(default_factory=dict)
     output_status: Status | None = None  # of the output stage, when there was one
+    span_id: str = ""  # of the step's `run action` span ("" when skipped)
 
 
 class _Failure(Exception):
@@ -106,6 +107,11 @@ def missing_fields(alert: Alert, needs: Sequence[str]) -> list[str]:
 def alert_target(alert: Alert) -> tuple[str, str]:
     """(namespace, pod) of the alert, Talon's accessor order; "" when absent."""
     return alert.namespace() or "", alert.pod_name() or ""
+
+
+def _spanned(result: StepResult, span: trace.Span) -> StepResult:
+    """The result with the id of the span it ran in (the audit trail points at it)."""
+    return dataclasses.replace(result, span_id=telemetry.span_id_of(span))
 
 
 class Executor:
@@ -169,7 +175,7 @@ class Executor:
                 telemetry.ok(span, DRY_RUN_MESSAGE)
                 self.metrics.actions.labels(step.rule, step.action, step.actionner, "dry_run").inc()
                 log.info("action", extra={**extra, "status": "dry_run", "output": DRY_RUN_MESSAGE})
-                return StepResult(step, "dry_run", DRY_RUN_MESSAGE)
+                return _spanned(StepResult(step, "dry_run", DRY_RUN_MESSAGE), span)
             started = time.perf_counter()
             log.info("action", extra={**extra, "status": "in_progress"})
             artifact: Artifact | None = None
@@ -221,11 +227,11 @@ class Executor:
                 )
             await self.notifications.notify(step, self._note(alert, step, "action", result))
             if result.status == "failure" or spec is None:
-                return result
+                return _spanned(result, span)
             final = await self._output_stage(alert, step, spec, result, artifact)
             if final.status != "failure":
                 telemetry.ok(span)  # only now: OTel keeps an OK status final, and the output may still fail
-            return final
+            return _spanned(final, span)
 
     async def _act(self, alert: Alert, step: Step) -> tuple[Spec[Any], Outcome]:
         cls = self.registry.actionners.get(step.actionner)

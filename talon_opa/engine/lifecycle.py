@@ -25,6 +25,7 @@ from talon_opa.core.errors import OpaError, RulesError, TalonError
 from talon_opa.core.kube import KubeClient, KubeConfig
 from talon_opa.engine import metrics, reload, telemetry
 from talon_opa.engine.accept import Acceptor
+from talon_opa.engine.audit import AuditTrail
 from talon_opa.engine.batcher import Batcher
 from talon_opa.engine.execute import Executor
 from talon_opa.engine.instances import Instances
@@ -98,8 +99,14 @@ class Engine:
         self.acceptor = Acceptor(
             cfg, queue=self.queue, metrics=self.metrics, tracing=self.telemetry, jetstream=self.jetstream
         )
+        self.audit = AuditTrail(cfg.audit, self.metrics.registry) if cfg.audit.path else None
         self.processor = Processor(
-            cfg, batcher=self.batcher, executor=self._executor, metrics=self.metrics, tracer=self.tracer
+            cfg,
+            batcher=self.batcher,
+            executor=self._executor,
+            metrics=self.metrics,
+            tracer=self.tracer,
+            audit=self.audit,
         )
         self.built: reload.Built | None = None
         self.executor: Executor | None = None
@@ -121,6 +128,8 @@ class Engine:
         for w in built.warnings:
             log.warning("rules warning", extra={"where": str(w)})
         try:
+            if self.audit is not None:
+                await self.audit.start()
             if self.supervisor.external:
                 self.bundle_archive = (built.revision, await asyncio.to_thread(reload.pack, built.path))
             await self.supervisor.start(built.path, built.revision)
@@ -157,6 +166,8 @@ class Engine:
         except BaseException:
             if self.jetstream is not None:
                 await self.jetstream.stop()
+            if self.audit is not None:
+                await self.audit.stop()
             await self.supervisor.stop()
             raise
         self.built = built
@@ -196,6 +207,8 @@ class Engine:
                 )
             else:
                 log.info("drained, every accepted alert finished")
+            if self.audit is not None:
+                await self.audit.stop(timeout)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -277,11 +290,16 @@ class Engine:
             attributes={telemetry.ALERT_ID: item.alert_id, telemetry.ALERT_RULE: item.alert.rule},
         )
         await self.processor.handle(Job(item, span, time.monotonic()))
+        if self.audit is not None:  # its line is written before JetStream is told the alert is done
+            await self.audit.caught_up(self.cfg.step_timeout_seconds)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when not draining and OPA has activated the bundle revision we built."""
         if self.queue.closed or not self._started:
             return False, {"status": "not ready", "reason": "starting" if not self._started else "draining"}
+        audit_problem = self.audit.problem if self.audit is not None else ""
+        if audit_problem and self.cfg.audit.required:
+            return False, {"status": "not ready", "reason": "audit trail not writable", "error": audit_problem}
         if self.jetstream is not None and not self.jetstream.connected:
             return False, {"status": "not ready", "reason": "nats unreachable", "url": "queue.nats_url"}
         want = self.supervisor.revision
@@ -296,6 +314,7 @@ class Engine:
             "revision": want,
             "queue_depth": self.queue.depth,
             "dry_run_only": self.dry_run_only,
+            **({"audit": f"not writable: {audit_problem}"} if audit_problem else {}),
         }
 
     async def drained(self) -> None:

@@ -9,8 +9,9 @@ from opentelemetry import trace
 from talon_opa.core import config, logs
 from talon_opa.core.errors import OpaError
 from talon_opa.engine import telemetry
+from talon_opa.engine.audit import AuditTrail
 from talon_opa.engine.batcher import Batcher
-from talon_opa.engine.execute import Executor
+from talon_opa.engine.execute import Executor, StepResult
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.work import Job
 from talon_opa.opa.plan import Plan
@@ -29,17 +30,21 @@ class Processor:
         executor: Callable[[], Executor],
         metrics: Metrics,
         tracer: trace.Tracer,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._print_all_events = cfg.print_all_events
         self._batcher = batcher
         self._executor = executor  # the current one (the engine builds it at start)
         self._metrics = metrics
         self._tracer = tracer
+        self._audit = audit  # records each alert once its plan has run (or could not be decided)
 
     async def handle(self, job: Job) -> None:
         """Decide and execute one alert, in its trace. Never raises (failures are reported)."""
         metrics = self._metrics
         metrics.in_flight.inc()
+        plan: Plan | None = None
+        results: list[StepResult] | None = None  # set once the plan has run (and its line is recorded)
         try:
             with trace.use_span(job.span, end_on_exit=False):
                 try:
@@ -48,10 +53,12 @@ class Processor:
                     metrics.alerts_failed.labels(stage="decide").inc()
                     telemetry.fail(job.span, e, "opa_error")
                     log.error("decision failed", extra={"id": job.alert_id, "error": str(e)})
+                    self._record(job, None, [], str(e))
                     return
                 alert = job.alert
                 if not plan.matched_rules:
                     telemetry.ok(job.span)
+                    self._record(job, plan, [])
                     return
                 if not self._print_all_events:
                     log.info(
@@ -68,6 +75,7 @@ class Processor:
                     metrics.matches.labels(rule, alert.rule, alert.priority, alert.source).inc()
                     log.info("match", extra={"id": job.alert_id, "rule": rule, "event": alert.rule})
                 results = await self._executor().execute(alert, plan)
+                self._record(job, plan, results)
                 failed = [r for r in results if r.status == "failure"]
                 if failed:
                     telemetry.fail(job.span, f"{len(failed)} step(s) failed: {failed[0].error}", failed[0].error_type)
@@ -77,9 +85,15 @@ class Processor:
             metrics.alerts_failed.labels(stage="execute").inc()
             telemetry.fail(job.span, e)
             log.exception("alert processing failed", extra={"id": job.alert_id})
+            if results is None:
+                self._record(job, plan, [], f"{type(e).__name__}: {e}")
         finally:
             job.span.end()
             metrics.in_flight.dec()
+
+    def _record(self, job: Job, plan: Plan | None, results: list[StepResult], error: str = "") -> None:
+        if self._audit is not None:
+            self._audit.record(job, plan, results, error)
 
     async def decide(self, job: Job) -> Plan:
         span = self._tracer.start_span(telemetry.DECIDE_PLAN)  # a child of the alert's span, current here

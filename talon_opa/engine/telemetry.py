@@ -106,6 +106,10 @@ def trace_id_of(span: Span) -> str:
     return format(span.get_span_context().trace_id, "032x")
 
 
+def span_id_of(span: Span) -> str:
+    return format(span.get_span_context().span_id, "016x")
+
+
 def fail(span: Span, error: BaseException | str, error_type: str | None = None) -> None:
     """Mark a span failed with the reason and `error.type` (known secrets scrubbed)."""
     message = secrets.KNOWN.scrub(str(error))

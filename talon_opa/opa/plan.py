@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,27 @@ class Plan:
             (i for i, r in enumerate(self.matched_rules) if r in with_steps), default=len(self.matched_rules) - 1
         )
         return self.matched_rules[: last + 1]
+
+
+def step_doc(step: Step) -> dict[str, Any]:
+    """A step in the plan's JSON shape (DESIGN §3.2): what `parse_plan` reads back into the same step."""
+    output = None if step.output is None else {"target": step.output.target, "parameters": dict(step.output.parameters)}
+    return {
+        "rule": step.rule,
+        "action": step.action,
+        "actionner": step.actionner,
+        "parameters": dict(step.parameters),
+        "continue": step.continue_,
+        "ignore_errors": step.ignore_errors,
+        "dry_run": step.dry_run,
+        "output": output,
+        "notifiers": list(step.notifiers),
+    }
+
+
+def plan_doc(matched_rules: Sequence[str], steps: Sequence[Step]) -> dict[str, Any]:
+    """A plan in `data.talon.plan`'s JSON shape, every default explicit (the same plan, the same document)."""
+    return {"matched_rules": list(matched_rules), "steps": [step_doc(s) for s in steps]}
 
 
 def parse_plan(result: Any) -> tuple[tuple[str, ...], tuple[Step, ...]]:
