@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -41,6 +41,17 @@ def shown(url: str, *, path: bool = True) -> str:
     return origin + parts.path if path else origin
 
 
+def under(url: str, path: str) -> str:
+    """`path` appended to the URL's own path (its query and fragment kept at the end)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path))
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """The Authorization header of HTTP basic auth."""
+    return {"Authorization": aiohttp.encode_basic_auth(user, password)}
+
+
 def _retried(status: int) -> bool:
     return status >= 500 or status in RETRIED
 
@@ -53,7 +64,6 @@ async def send(
     notifier: str,
     data: bytes | None = None,
     headers: Mapping[str, str] | None = None,
-    auth: aiohttp.BasicAuth | None = None,
     ok: Collection[int] | None = None,
     hint: str,
     shown_as: str | None = None,
@@ -71,9 +81,7 @@ async def send(
     while True:
         cause: BaseException | None = None
         try:
-            async with http.request(
-                method, url, data=data, headers=dict(headers or {}), auth=auth, timeout=timeout
-            ) as r:
+            async with http.request(method, url, data=data, headers=dict(headers or {}), timeout=timeout) as r:
                 text = await r.text(errors="replace")
                 if (200 <= r.status < 300) if ok is None else (r.status in ok):
                     return Reply(r.status, text)

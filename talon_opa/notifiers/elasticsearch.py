@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-import aiohttp
-
 from talon_opa.notifiers import _http, webhook
 from talon_opa.plugins.params import Decoding, ParamProblem, between, http_url, one_of, param
 from talon_opa.plugins.runtime import Notifier
@@ -138,28 +136,29 @@ notifiers:
         self._template_ready = not settings.create_index_template
         self._template_lock = asyncio.Lock()
 
-    def _request(self) -> tuple[dict[str, str], aiohttp.BasicAuth | None]:
+    def _headers(self) -> dict[str, str]:
+        """Every request's headers: Talon sends credentials and custom headers only when checking the template."""
         s = self.settings
         headers = {"Content-Type": "application/json", "User-Agent": "falco-talon", **s.custom_headers}
         if s.api_key:
             headers["Authorization"] = f"ApiKey {s.api_key}"
-        auth = aiohttp.BasicAuth(s.user, s.password) if s.user and s.password else None
-        return headers, auth
+        elif s.user and s.password:
+            headers.update(_http.basic_auth(s.user, s.password))
+        return headers
 
     async def _ensure_template(self) -> None:
         async with self._template_lock:
             if self._template_ready:
                 return
             s = self.settings
-            headers, auth = self._request()
-            url = f"{s.url.rstrip('/')}/_index_template/{quote(s.index, safe='')}"
+            headers = self._headers()
+            url = _http.under(s.url, f"/_index_template/{quote(s.index, safe='')}")
             found = await _http.send(
                 self.clients.http,
                 "GET",
                 url,
                 notifier="elasticsearch",
                 headers=headers,
-                auth=auth,
                 ok={200, 404},
                 hint="check notifiers.elasticsearch.url and its credentials (user/password or api_key)",
             )
@@ -171,7 +170,6 @@ notifiers:
                     notifier="elasticsearch",
                     data=json.dumps(template(s)).encode(),
                     headers=headers,
-                    auth=auth,
                     hint="the index template was refused: check number_of_shards/number_of_replicas, or set "
                     "create_index_template: false and manage it yourself",
                 )
@@ -182,15 +180,14 @@ notifiers:
             await self._ensure_template()
         s = self.settings
         now = dt.datetime.now(dt.UTC)
-        headers, auth = self._request()
+        headers = self._headers()
         await _http.send(
             self.clients.http,
             "POST",
-            f"{s.url.rstrip('/')}/{quote(index_name(s, now), safe='')}/_doc",
+            _http.under(s.url, f"/{quote(index_name(s, now), safe='')}/_doc"),
             notifier="elasticsearch",
             data=json.dumps(document(note, now)).encode(),
             headers=headers,
-            auth=auth,
             ok=WRITTEN,
             hint="the document was refused: check notifiers.elasticsearch.url, index and credentials",
         )

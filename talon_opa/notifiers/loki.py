@@ -9,8 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import aiohttp
-
 from talon_opa.notifiers import _http
 from talon_opa.plugins.params import Decoding, http_url, param
 from talon_opa.plugins.runtime import Notifier
@@ -86,14 +84,14 @@ notifiers:
         headers = {"Content-Type": "application/json", "User-Agent": "falco-talon", **s.custom_headers}
         if s.tenant:
             headers["X-Scope-OrgID"] = s.tenant
-        auth = aiohttp.BasicAuth(s.user, s.api_key) if s.user and s.api_key else None
+        if s.user and s.api_key:
+            headers.update(_http.basic_auth(s.user, s.api_key))
         await _http.send(
             self.clients.http,
             "POST",
-            s.url.rstrip("/") + PUSH_PATH,
+            _http.under(s.url, PUSH_PATH),
             notifier="loki",
             data=json.dumps(push_body(note, time.time_ns())).encode(),
             headers=headers,
-            auth=auth,
             hint="Loki refused the push: check notifiers.loki.url, user/api_key, tenant and custom_headers",
         )

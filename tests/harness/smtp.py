@@ -116,7 +116,8 @@ class SmtpServer:
         if not self.answer.startswith("250"):
             return self.answer
         content = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
-        message = BytesParser(policy=policy.default).parsebytes(content)
+        # as a mail client reads it: line ends as the platform's, folded headers unfolded
+        message = BytesParser(policy=policy.default).parsebytes(content.replace(b"\r\n", b"\n"))
         assert isinstance(message, EmailMessage)
         auth = session.auth_data
         login = auth.login if session.authenticated and isinstance(auth, LoginPassword) else b""
