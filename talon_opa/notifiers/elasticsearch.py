@@ -119,7 +119,10 @@ class Elasticsearch(Notifier[ElasticsearchSettings]):
         name="elasticsearch",
         kind="notifier",
         clients=("http",),
-        description="Index each action and output result as a document into Elasticsearch",
+        description=(
+            "Index each action and output result as a document (Talon's JSON with time and trace_id) into a"
+            " dated Elasticsearch index, creating its index template when missing"
+        ),
         params=ElasticsearchSettings,
         example="""\
 notifiers:

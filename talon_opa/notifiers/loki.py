@@ -69,7 +69,10 @@ class Loki(Notifier[LokiSettings]):
         name="loki",
         kind="notifier",
         clients=("http",),
-        description="Push each action and output result as a log line to Grafana Loki",
+        description=(
+            "Push each action and output result as a log line to Grafana Loki: labels status, rule, action,"
+            " actionner, outputtarget, message, traceid and the objects; the line is the result or the error"
+        ),
         params=LokiSettings,
         example="""\
 notifiers:

@@ -95,7 +95,10 @@ class Slack(Notifier[SlackSettings]):
         name="slack",
         kind="notifier",
         clients=("http",),
-        description="Post each action and output result to a Slack channel (incoming webhook)",
+        description=(
+            "Post each action and output result to a Slack incoming webhook: Talon's attachment, green, red or"
+            " grey, with every field (long) or one line (short), and the trace id"
+        ),
         params=SlackSettings,
         example="""\
 notifiers:

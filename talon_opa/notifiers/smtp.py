@@ -141,7 +141,7 @@ class Smtp(Notifier[SmtpSettings]):
     spec: ClassVar[Spec[SmtpSettings]] = Spec(
         name="smtp",
         kind="notifier",
-        description="E-mail each action and output result",
+        description="E-mail each action and output result: a plain-text and an HTML part, both with the trace id",
         params=SmtpSettings,
         example="""\
 notifiers:

@@ -11,6 +11,8 @@ port so the engine is not in dry-run (the scripted actionner never calls it).
 from __future__ import annotations
 
 import base64
+import io
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from talon_opa.core import logs
 from talon_opa.core.errors import TalonError
 from talon_opa.core.kube import KubeConfig
 from talon_opa.engine import telemetry
@@ -97,6 +100,18 @@ class Receivers:
             server.fail_next = [503] * 20
         self.es.password = "changed"  # the engine's credentials are refused (401)
         self.smtp.answer = "554 5.7.1 relaying denied"
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    logger = logs.get()
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    logs.setup("json", "info", stream=out)
+    yield out
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture
@@ -189,7 +204,7 @@ async def test_default_and_rule_notifiers_each_receive_every_step_with_the_trace
 
 
 async def test_failing_receivers_are_counted_and_traced_and_the_steps_still_run(
-    tmp_path: Path, receivers: Receivers
+    tmp_path: Path, receivers: Receivers, captured_logs: io.StringIO
 ) -> None:
     receivers.fail_all()
     spans = InMemorySpanExporter()
@@ -209,6 +224,13 @@ async def test_failing_receivers_are_counted_and_traced_and_the_steps_still_run(
     assert all(ES_PASSWORD not in e and LOKI_KEY not in e for e in errors.values())
     assert receivers.slack.path not in errors["slack"]  # the webhook's secret path
     assert receivers.es.documents == []
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    failed = sorted(line["notifier"] for line in lines if line.get("message") == "notification")
+    assert failed == sorted(NOTIFIERS * 2)
+    assert {line["status"] for line in lines if line.get("message") == "notification"} == {"failure"}
+    text = captured_logs.getvalue()
+    for secret in (ES_PASSWORD, LOKI_KEY, receivers.slack.path, receivers.smtp.password):
+        assert secret not in text
     steps = [s for s in spans.get_finished_spans() if s.name == telemetry.RUN_ACTION]
     assert len(steps) == 2
     assert all(s.status.status_code == StatusCode.OK for s in steps)  # a notifier never fails the step
