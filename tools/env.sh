@@ -12,4 +12,4 @@ export GOTOOLCHAIN=local
 export GOFLAGS=-modcacherw
 export CGO_ENABLED=0
 
-ALL_COMPONENTS="opa etcd k8s kwok jaeger nats victorialogs"
+ALL_COMPONENTS="opa etcd k8s kwok jaeger nats victorialogs opensearch"
