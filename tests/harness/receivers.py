@@ -1,5 +1,6 @@
-"""Test servers for the notifiers whose real receiver cannot run here, each speaking its documented wire
-format on loopback and keeping what arrived for the test to assert on.
+"""Test servers speaking the notifiers' documented wire formats on loopback, keeping what arrived for the
+test to assert on: for Slack (no real server can run here), and beside the real servers for what those
+cannot show (Loki's tenant header, Elasticsearch's authentication).
 
 * `SlackWebhook`: a Slack incoming webhook (`POST <webhook path>`, JSON; `200 ok`, `400 invalid_payload`
   for a body that is not a JSON object, `404 no_service` for another path). Slack is a hosted service.
