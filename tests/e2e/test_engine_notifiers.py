@@ -256,3 +256,30 @@ async def test_a_default_notifier_without_its_settings_stops_the_start_naming_th
         "notifier 'smtp' is named by default_notifiers but `notifiers.smtp.host_port`, `notifiers.smtp.from`, "
         "`notifiers.smtp.to` are not set" in str(caught.value)
     )
+
+
+async def test_a_reload_naming_an_unconfigured_notifier_is_refused_naming_the_key(
+    tmp_path: Path, captured_logs: io.StringIO, receivers: Receivers
+) -> None:
+    plain = RULES.replace("  notifiers: [slack, smtp, elasticsearch]\n", "")
+    SCRIPT.reset()
+    async with running_engine(
+        tmp_path,
+        plain,
+        registry=REGISTRY,
+        kube_config=UNUSED_KUBE,
+        notifiers={"webhook": receivers.settings()["webhook"]},
+    ) as engine:
+        engine.rules.write_text(RULES.replace("[slack, smtp, elasticsearch]", "[webhook, loki]"))
+        assert await engine.engine.reload() is False
+        assert await engine.metric("talon_opa_rules_reloads_total", status="failure") == 1
+        reply = await engine.post("/", json_body=shell_alert(pod="api-2"))
+        await engine.drained()
+        assert reply.status == 200
+    rejected = [json.loads(line) for line in captured_logs.getvalue().splitlines() if "rules rejected" in line]
+    assert len(rejected) == 1
+    assert (
+        "notifier 'loki' is named by rule 'Label and tell' but `notifiers.loki.url` is not set" in rejected[0]["error"]
+    )
+    assert receivers.webhook.seen == []  # the old rules (no notifiers) stayed active
+    assert len(SCRIPT.calls) == 2
