@@ -21,6 +21,7 @@ TIMEOUT = aiohttp.ClientTimeout(total=10)  # one attempt (aiohttp's default woul
 ATTEMPTS = 3
 BACKOFF = Policy(initial=0.2, maximum=1.0)
 BODY_EXCERPT = 300  # characters of a refusal's body kept in the error
+REPLY_LIMIT = 64 * 1024  # bytes of a reply read at most (a notifier never needs a large one)
 RETRIED = frozenset({429})  # besides every 5xx
 
 
@@ -82,7 +83,7 @@ async def send(
         cause: BaseException | None = None
         try:
             async with http.request(method, url, data=data, headers=dict(headers or {}), timeout=timeout) as r:
-                text = await r.text(errors="replace")
+                text = _text(await r.content.read(REPLY_LIMIT), r.charset)
                 if (200 <= r.status < 300) if ok is None else (r.status in ok):
                     return Reply(r.status, text)
                 message, why, retry = f"HTTP {r.status}: {text[:BODY_EXCERPT]}", hint, _retried(r.status)
@@ -93,6 +94,13 @@ async def send(
             tries = f" (attempt {backoff.attempt} of {attempts})" if retry else ""
             raise SendFailed(f"{where}: {message}{tries}", hint=why) from cause
         await backoff.sleep()
+
+
+def _text(raw: bytes, charset: str | None) -> str:
+    try:
+        return raw.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", errors="replace")
 
 
 def _unreachable(notifier: str) -> str:
