@@ -22,6 +22,7 @@ from talon_opa.notifiers.slack import Slack
 from talon_opa.notifiers.smtp import Smtp
 from talon_opa.plugins.clients import Clients
 from talon_opa.plugins.notes import Note
+from talon_opa.plugins.params import ParamsInvalid
 from tests.harness.receivers import ElasticsearchApi, LokiPush, SlackWebhook
 from tests.harness.smtp import SmtpServer
 
@@ -450,3 +451,25 @@ async def test_smtp_retries_only_transient_refusals(smtp_server: SmtpServer, ans
         await notifier.notify(note())
     assert answer.split()[0] in str(caught.value)
     assert ("attempt 3 of 3" in str(caught.value)) == (attempts == 3)
+
+
+# ---- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "raw", "problem"),
+    [
+        (Elasticsearch.spec, {"url": "http://es:9200", "index": "Falco"}, "index: 'Falco' is not a valid index name"),
+        (Elasticsearch.spec, {"url": "http://es:9200", "user": "u", "api_key": "k-123456"}, "api_key: is set with"),
+        (Elasticsearch.spec, {"url": "http://es:9200", "suffix": "weekly"}, "suffix: 'weekly' is not one of"),
+        (Smtp.spec, {"host_port": "smtp.example.com", "from": "a@b", "to": "c@d"}, "host_port: 'smtp.example.com' is"),
+        (Smtp.spec, {"host_port": "h:25", "from": "a@b", "to": "c@d", "format": "rtf"}, "format: 'rtf' is not one of"),
+        (Slack.spec, {"webhook_url": "hooks.slack.com/services/T0/B0/secret-path"}, "webhook_url: '<redacted>' is"),
+        (Loki.spec, {}, "url: is required"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_setting(spec: Any, raw: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ParamsInvalid) as caught:
+        spec.decode(raw)
+    assert problem in str(caught.value)
+    assert "secret-path" not in str(caught.value)
