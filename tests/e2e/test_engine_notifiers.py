@@ -10,6 +10,7 @@ port so the engine is not in dry-run (the scripted actionner never calls it).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -283,3 +284,43 @@ async def test_a_reload_naming_an_unconfigured_notifier_is_refused_naming_the_ke
     )
     assert receivers.webhook.seen == []  # the old rules (no notifiers) stayed active
     assert len(SCRIPT.calls) == 2
+
+
+async def test_a_receiver_that_does_not_answer_does_not_hold_back_the_next_step(tmp_path: Path) -> None:
+    gate, both_held = asyncio.Event(), asyncio.Event()
+    held: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        held.append(await request.read())
+        if len(held) == 2:
+            both_held.set()
+        await gate.wait()  # answers only when the test says so
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    SCRIPT.reset()
+    try:
+        async with running_engine(
+            tmp_path,
+            RULES.replace("[slack, smtp, elasticsearch]", "[webhook]"),
+            registry=REGISTRY,
+            kube_config=UNUSED_KUBE,
+            notifiers={"webhook": {"url": url}},
+            step_timeout_seconds=120,
+        ) as engine:
+            reply = await engine.post("/", json_body=shell_alert(pod="api-3"))
+            assert reply.status == 200
+            async with asyncio.timeout(30):  # far below the 120 s the first notification may take
+                await both_held.wait()  # step 2's notification came while step 1's is still held
+            assert [c[0] for c in SCRIPT.calls] == ["kubernetes:label", "kubernetes:label"]
+            gate.set()
+            await engine.drained()
+            assert await engine.metric("falcosecurity_falco_talon_notifications_total", status="success") == 2
+    finally:
+        gate.set()
+        await runner.cleanup()
