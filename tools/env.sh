@@ -12,6 +12,6 @@ export GOTOOLCHAIN=local
 export GOFLAGS=-modcacherw
 export CGO_ENABLED=0
 
-ALL_COMPONENTS="opa etcd k8s kwok jaeger nats calico-crds cilium-crds helm promcrds fakegcs"
+ALL_COMPONENTS="opa etcd k8s kwok jaeger nats calico-crds cilium-crds helm promcrds fakegcs victorialogs opensearch"
 # built only when asked (`tools/build minio`): the minio:s3 test runs against moto without it
 OPTIONAL_COMPONENTS="minio"

@@ -1,7 +1,10 @@
 """`talon-opa rules check` and `talon-opa rules print`.
 
 check: every problem, one per line, `file:line:col: rule 'R', action 'A', field 'F': message (hint)`,
-then exit 1; or the warnings and a one-line `N rules valid`, exit 0.
+then exit 1; or the warnings and a one-line `N rules valid`, exit 0. With `-c FILE`, a notifier a rule
+names whose settings the config lacks (`notifiers.slack.webhook_url`...) is warned about, as the server
+would refuse to start; without `-c` the config is not read and notifier settings are not checked (as
+Talon's `rules check`, which needs no config).
 print: the merged rules as YAML in Talon's shape (only Talon's syntactic checks, as its `rules print`).
 """
 
@@ -15,7 +18,7 @@ from typing import Any, TextIO
 import yaml
 
 from talon_opa.catalog import default_registry
-from talon_opa.core import secrets
+from talon_opa.core import config, secrets
 from talon_opa.core.errors import RuleProblem
 from talon_opa.plugins import params
 from talon_opa.plugins.registry import Registry
@@ -35,7 +38,7 @@ def main(args: argparse.Namespace, registry: Registry | None = None, out: TextIO
         registry = default_registry()
     if args.rules_command == "print":
         return _print(paths, out, registry)
-    report = rules_mod.check_rules(paths, registry)
+    report = rules_mod.check_rules(paths, registry, _notifier_settings(args))
     for w in report.warnings:
         print(format_problem(w, warning=True), file=out)
     if report.ruleset is None:
@@ -47,6 +50,14 @@ def main(args: argparse.Namespace, registry: Registry | None = None, out: TextIO
     n = len(report.ruleset.rules)
     print(f"{n} rule{'s' if n != 1 else ''} valid", file=out)
     return 0
+
+
+def _notifier_settings(args: argparse.Namespace) -> Mapping[str, Mapping[str, Any]] | None:
+    """The config's notifier settings when `-c` was given (cli.main validated the file already)."""
+    path = getattr(args, "config", None)
+    if path is None:
+        return None
+    return config.load(path, rules=list(args.rules or [])).notifiers
 
 
 def _print(paths: list[str], out: TextIO, registry: Registry) -> int:

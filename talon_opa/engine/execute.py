@@ -11,9 +11,10 @@ For each step of the plan (already cut after the first matched rule with `contin
   later rules.
 
 Every failure is reported: a log line, the span's status and `error.type`, the actions counter with
-status `failure`, and a notification to `default_notifiers + step.notifiers` (sent concurrently with a
-TaskGroup, each carrying the trace id). Unlike Talon, failures of the checks (unknown actionner, missing
-field, bad parameters) are notified too, and a failing notifier is counted as a notification failure.
+status `failure`, and a notification to `default_notifiers + step.notifiers` (sent concurrently, beside
+the next steps, each carrying the trace id; the plan is done when they are). Unlike Talon, failures of
+the checks (unknown actionner, missing field, bad parameters) are notified too, and a failing notifier is
+counted as a notification failure.
 """
 
 from __future__ import annotations
@@ -139,16 +140,17 @@ class Executor:
         """Run the plan's steps with Talon's control flow; every result, in plan order."""
         ended: set[str] = set()
         results: list[StepResult] = []
-        for index, step in enumerate(plan.steps):
-            if step.rule in ended:
-                results.append(StepResult(step, "skipped", "an earlier step ended this rule"))
-                continue
-            result = await self.run_step(alert, step, index)
-            results.append(result)
-            if result.status == "failure" and not step.ignore_errors:
-                ended.add(step.rule)
-            if not step.continue_:
-                ended.add(step.rule)
+        async with self.notifications.alongside():  # a slow receiver never delays the next step
+            for index, step in enumerate(plan.steps):
+                if step.rule in ended:
+                    results.append(StepResult(step, "skipped", "an earlier step ended this rule"))
+                    continue
+                result = await self.run_step(alert, step, index)
+                results.append(result)
+                if result.status == "failure" and not step.ignore_errors:
+                    ended.add(step.rule)
+                if not step.continue_:
+                    ended.add(step.rule)
         return results
 
     async def run_step(self, alert: Alert, step: Step, index: int = 0) -> StepResult:

@@ -53,13 +53,20 @@ class Instances:
         return built
 
     def add_notifiers(
-        self, names: Sequence[str], settings: Mapping[str, Mapping[str, Any]], *, strict: bool = True
+        self,
+        names: Sequence[str],
+        settings: Mapping[str, Mapping[str, Any]],
+        *,
+        strict: bool = True,
+        named_by: Mapping[str, str] | None = None,
     ) -> dict[str, runtime.Notifier[Any]]:
         """Build the named notifiers not built yet, with their decoded settings; TalonError naming the bad one.
 
         `strict=False` skips names the registry does not know (rules' notifiers: the loader warned, as Talon
-        ignores them); bad settings and notifiers that cannot run are errors either way. Returns the new ones,
-        which `adopt` makes current (so a refused reload changes nothing).
+        ignores them); bad settings and notifiers that cannot run are errors either way. `named_by` gives, per
+        notifier, the rule that names it (for the error; default_notifiers otherwise). A missing required
+        setting is named by its config key (`notifiers.slack.webhook_url`). Returns the new ones, which
+        `adopt` makes current (so a refused reload changes nothing).
         """
         out: dict[str, runtime.Notifier[Any]] = {}
         for name in dict.fromkeys(names):
@@ -80,9 +87,8 @@ class Instances:
                 decoded = spec.decode(raw)
                 secrets.KNOWN.add(params.secret_values(decoded))
             except ParamsInvalid as e:
-                raise TalonError(
-                    f"settings of notifier {name!r} are invalid: {e}", hint=f"fix notifiers.{name} in the config file"
-                ) from e
+                where = f"rule {named_by[name]!r}" if named_by and name in named_by else "default_notifiers"
+                raise _settings_error(name, where, e) from e
             if not runtime.runs(cls):
                 raise TalonError(
                     f"notifier {name!r} cannot send notifications in this version", hint="remove it from the config"
@@ -95,3 +101,20 @@ class Instances:
 
     def adopt(self, notifiers: Mapping[str, runtime.Notifier[Any]]) -> None:
         self.notifiers.update(notifiers)
+
+
+def _settings_error(name: str, where: str, e: ParamsInvalid) -> TalonError:
+    """The error about a notifier's settings; missing required ones are named by their config key."""
+    missing = [p.field for p in e.problems if p.message == "is required"]
+    if missing and len(missing) == len(e.problems):
+        keys = [f"notifiers.{name}.{key}" for key in missing]
+        shown = ", ".join(f"`{k}`" for k in keys)
+        verb = "is" if len(keys) == 1 else "are"
+        env = ", ".join(k.upper().replace(".", "_") for k in keys)
+        return TalonError(
+            f"notifier {name!r} is named by {where} but {shown} {verb} not set",
+            hint=f"set {' and '.join(keys)} in the config file (an env var such as {env} then overrides it)",
+        )
+    return TalonError(
+        f"settings of notifier {name!r} are invalid: {e}", hint=f"fix notifiers.{name} in the config file"
+    )

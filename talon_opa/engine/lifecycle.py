@@ -144,7 +144,9 @@ class Engine:
                 self.kube = KubeClient(kube_config, session=http)
             instances = Instances(self.registry, ClientProvider(cfg, http=http, kube=self.kube))
             instances.adopt(instances.add_notifiers(cfg.default_notifiers, cfg.notifiers))
-            instances.adopt(instances.add_notifiers(built.notifiers, cfg.notifiers, strict=False))
+            instances.adopt(
+                instances.add_notifiers(built.notifiers, cfg.notifiers, strict=False, named_by=built.notifier_rules)
+            )
             instances.check_clients(built.plugins)
             notifications = Notifications(
                 instances,
@@ -251,7 +253,9 @@ class Engine:
             assert self.executor is not None
             instances = self.executor.instances
             try:
-                new_notifiers = instances.add_notifiers(built.notifiers, self.cfg.notifiers, strict=False)
+                new_notifiers = instances.add_notifiers(
+                    built.notifiers, self.cfg.notifiers, strict=False, named_by=built.notifier_rules
+                )
                 instances.check_clients(built.plugins)
                 if self.supervisor.external:
                     self.bundle_archive = (built.revision, await asyncio.to_thread(reload.pack, built.path))

@@ -2,13 +2,17 @@
 
 Each send is a `send notification` span under the step, has the step deadline, and is counted; a failing
 notifier is logged, traced and counted as a notification failure, and never fails the step or blocks the
-other notifiers.
+other notifiers. Inside `alongside()` (the executor runs an alert's plan in it), the sends run beside the
+alert's next steps instead of before them, as Talon's notification goroutines do: a slow or hanging
+receiver no longer delays the next action; the alert is finished only when its notifications are.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator, Sequence
 
 from opentelemetry import trace
 
@@ -20,6 +24,12 @@ from talon_opa.opa.plan import Step
 from talon_opa.plugins.notes import Note
 
 log = logs.get("execute")
+
+
+# the current alert's group of notification tasks (set by `alongside`; each worker task has its own)
+_ALONGSIDE: contextvars.ContextVar[asyncio.TaskGroup | None] = contextvars.ContextVar(
+    "talon_opa_notifications", default=None
+)
 
 
 class NotConfigured(Exception):
@@ -44,6 +54,16 @@ class Notifications:
         self.default_notifiers = tuple(default_notifiers)
         self._timeout = timeout
 
+    @contextlib.asynccontextmanager
+    async def alongside(self) -> AsyncIterator[None]:
+        """Within it, `notify` returns at once and its sends run in the background; at exit, all have ended."""
+        async with asyncio.TaskGroup() as group:
+            token = _ALONGSIDE.set(group)
+            try:
+                yield
+            finally:
+                _ALONGSIDE.reset(token)
+
     async def notify(self, step: Step, note: Note) -> None:
         """Send the note to default_notifiers and the step's notifiers, concurrently; failures are reported."""
         built = self._instances.notifiers
@@ -52,6 +72,13 @@ class Notifications:
         names = [n for n in dict.fromkeys([*self.default_notifiers, *step.notifiers]) if n in built or n in known]
         if not names:
             return
+        group = _ALONGSIDE.get()
+        if group is not None:
+            group.create_task(self._send(names, step, note), name=f"notify-{step.action}")
+            return
+        await self._send(names, step, note)
+
+    async def _send(self, names: Sequence[str], step: Step, note: Note) -> None:
         async with asyncio.TaskGroup() as tg:
             for name in names:
                 tg.create_task(self._notify_one(name, step, note), name=f"notify-{name}")

@@ -60,6 +60,15 @@ class Built:
         return tuple(dict.fromkeys(n for r in self.ruleset.rules for n in r.notifiers))
 
     @property
+    def notifier_rules(self) -> dict[str, str]:
+        """For each notifier a rule names, the first rule naming it."""
+        out: dict[str, str] = {}
+        for rule in self.ruleset.rules:
+            for n in rule.notifiers:
+                out.setdefault(n, rule.name)
+        return out
+
+    @property
     def plugins(self) -> tuple[str, ...]:
         """Every actionner, output target and notifier the rules use, in order of first use."""
         names: list[str] = []

@@ -6,20 +6,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit
 
-import aiohttp
-
-from talon_opa.core.errors import TalonError
+from talon_opa.notifiers import _http
 from talon_opa.plugins.params import Decoding, http_url, param
 from talon_opa.plugins.runtime import Notifier
 from talon_opa.plugins.spec import Spec
 
 if TYPE_CHECKING:
     from talon_opa.plugins.notes import Note
-
-TIMEOUT = aiohttp.ClientTimeout(total=10)
-BODY_EXCERPT = 300  # characters of a refusal's body kept in the error
 
 
 def body(note: Note) -> dict[str, Any]:
@@ -39,12 +33,6 @@ def body(note: Note) -> dict[str, Any]:
         "status": note.status,
     }
     return {k: v for k, v in doc.items() if v}
-
-
-def _shown(url: str) -> str:
-    """The URL without credentials, query or fragment (they may carry secrets)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,20 +64,12 @@ notifiers:
 
     async def notify(self, note: Note) -> None:
         s = self.settings
-        headers = {"Content-Type": s.content_type, "User-Agent": s.user_agent, **s.custom_headers}
-        data = json.dumps(body(note)).encode()
-        method = s.http_method.upper()
-        try:
-            async with self.clients.http.request(method, s.url, data=data, headers=headers, timeout=TIMEOUT) as r:
-                if 200 <= r.status < 300:
-                    return
-                text = (await r.text(errors="replace"))[:BODY_EXCERPT]
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise TalonError(
-                f"webhook {method} {_shown(s.url)}: {type(e).__name__}: {e}",
-                hint="check that the webhook url is reachable from talon-opa",
-            ) from e
-        raise TalonError(
-            f"webhook {method} {_shown(s.url)}: HTTP {r.status}: {text}",
+        await _http.send(
+            self.clients.http,
+            s.http_method.upper(),
+            s.url,
+            notifier="webhook",
+            data=json.dumps(body(note)).encode(),
+            headers={"Content-Type": s.content_type, "User-Agent": s.user_agent, **s.custom_headers},
             hint="the receiver refused the notification: check its url, method and custom_headers",
         )

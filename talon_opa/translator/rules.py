@@ -2,6 +2,8 @@
 
     load_ruleset(paths, registry) -> RuleSet            raises RulesError(problems)
     check_rules(paths, registry) -> Report              problems, warnings and (if valid) the RuleSet
+    check_rules(paths, registry, notifier_settings=cfg.notifiers)   also warns about notifiers a rule
+                                                        names that the configuration leaves unset
 
 Warnings (unknown keys or parameters, `contexts:`, unknown notifiers, unused action blocks, type
 mismatches Talon only logs) never make rules invalid; read them from `Report.warnings` (or
@@ -19,6 +21,7 @@ from typing import Any
 
 from talon_opa.core.errors import RuleProblem, RulesError
 from talon_opa.plugins import runtime
+from talon_opa.plugins.params import ParamsInvalid
 from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.spec import Spec
 from talon_opa.translator import load, merge, validate, yaml_positions
@@ -80,17 +83,29 @@ def _merge_files(
     return rules, problems, warnings
 
 
-def check_rules(paths: Sequence[str | Path], registry: Registry) -> Report:
-    """Load, merge, resolve and validate (§2.4 and §2.5); build the model when there is no problem."""
+def check_rules(
+    paths: Sequence[str | Path],
+    registry: Registry,
+    notifier_settings: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Report:
+    """Load, merge, resolve and validate (§2.4 and §2.5); build the model when there is no problem.
+
+    With `notifier_settings` (the config's `notifiers`), also warn about each notifier a rule names whose
+    settings are missing or invalid there (the server would refuse to start); without, that is not checked.
+    """
     with collector_paused():
-        return _check_rules(paths, registry)
+        return _check_rules(paths, registry, notifier_settings)
 
 
-def _check_rules(paths: Sequence[str | Path], registry: Registry) -> Report:
+def _check_rules(
+    paths: Sequence[str | Path], registry: Registry, notifier_settings: Mapping[str, Mapping[str, Any]] | None
+) -> Report:
     rules, problems, warnings = merge_files(paths, syntax=False)
     cache: validate.DecodeCache = {}
     for mr in rules:  # rule by rule (Talon: §2.4 for all, then §2.5), so a rule's problems stay together
         problems += validate.check_rule(mr.rule, mr.actions, registry, warnings, cache)
+    if notifier_settings is not None:
+        warnings += _unconfigured_notifiers(rules, registry, notifier_settings)
     warnings = _once(warnings)
     if problems:
         return Report(None, tuple(problems), tuple(warnings), tuple(rules))
@@ -136,6 +151,36 @@ def _not_runnable(model: RuleSet, registry: Registry) -> list[RuleProblem]:
                         )
                     )
     return _once(out)
+
+
+def _unconfigured_notifiers(
+    rules: Sequence[MergedRule], registry: Registry, settings: Mapping[str, Mapping[str, Any]]
+) -> list[RuleProblem]:
+    """Notifiers the rules name whose settings the configuration lacks (or has wrong): the server refuses
+    to start with them. One warning per notifier, at the first rule naming it."""
+    out: list[RuleProblem] = []
+    seen: set[str] = set()
+    for mr in rules:
+        for n in mr.rule.notifiers:
+            name = n.value
+            spec = registry.notifier(name)
+            if spec is None or name in seen:
+                continue  # unknown names were warned about already
+            seen.add(name)
+            raw = settings.get(name) or settings.get(name.lower())
+            try:
+                spec.decode(raw or {})
+            except ParamsInvalid as e:
+                missing = [p.field for p in e.problems if p.message == "is required"]
+                if raw is None or (missing and len(missing) == len(e.problems)):
+                    keys = ", ".join(f"notifiers.{name}.{k}" for k in missing)
+                    message = f"notifier {name!r} is not configured ({keys} not set): the server will refuse to start"
+                    hint = f"set {keys} in the config file"
+                else:
+                    message = f"settings of notifier {name!r} are invalid: {e}: the server will refuse to start"
+                    hint = f"fix notifiers.{name} in the config file"
+                out.append(RuleProblem(n.where, message, hint=hint, rule=mr.rule.name.value, field="notifiers"))
+    return out
 
 
 def _once(warnings: list[RuleProblem]) -> list[RuleProblem]:
