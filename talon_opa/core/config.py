@@ -125,6 +125,8 @@ class Queue:
 
     capacity: int = 10000
     """alerts accepted but not yet started; beyond it intake answers 503 with Retry-After"""
+    max_bytes: int = 64 * MIB
+    """bodies of the alerts accepted but not yet started, in bytes at most; beyond it 503 with Retry-After"""
     workers: int = 16
     """alerts processed concurrently (alerts about the same pod never run at the same time)"""
     drain_timeout_seconds: float = 30.0
@@ -158,7 +160,11 @@ class Intake:
     """Limits of the HTTP intake."""
 
     max_body_bytes: int = MIB
-    """largest accepted alert body; larger gets 413"""
+    """largest accepted alert body, as sent and once decompressed (gzip, deflate); larger gets 413"""
+    read_timeout_seconds: float = 10.0
+    """a request's headers, then its body, must arrive within this long (else the connection closes, or 408)"""
+    max_connections: int = 1000
+    """open intake connections at most; beyond it a new connection gets 503 and is closed"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +454,8 @@ def _validate(cfg: Config) -> None:
         ("opa.batch_size", cfg.opa.batch_size, 1),
         ("opa.gc_percent", cfg.opa.gc_percent, 0),
         ("intake.max_body_bytes", cfg.intake.max_body_bytes, 1),
+        ("intake.max_connections", cfg.intake.max_connections, 1),
+        ("queue.max_bytes", cfg.queue.max_bytes, cfg.intake.max_body_bytes),
     ):
         if value < low:
             raise bad(name, f"is {value}", f"use a whole number of at least {low}")
@@ -460,6 +468,7 @@ def _validate(cfg: Config) -> None:
         ("queue.drain_timeout_seconds", cfg.queue.drain_timeout_seconds),
         ("watch_interval_seconds", cfg.watch_interval_seconds),
         ("otel.timeout", cfg.otel.timeout),
+        ("intake.read_timeout_seconds", cfg.intake.read_timeout_seconds),
     ):
         if seconds <= 0:
             raise bad(name, f"is {seconds}", "use a positive number of seconds")

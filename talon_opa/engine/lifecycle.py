@@ -69,6 +69,7 @@ class Engine:
         self.queue: AlertQueue[Job] = AlertQueue(
             self._handle,
             capacity=cfg.queue.capacity,
+            max_bytes=cfg.queue.max_bytes,
             workers=cfg.queue.workers,
             on_depth=self.metrics.queue_depth.set,
         )

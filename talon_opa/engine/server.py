@@ -22,6 +22,7 @@ from talon_opa.core import config, logs
 from talon_opa.core.errors import RulesError, TalonError
 from talon_opa.engine.app import create_app
 from talon_opa.engine.lifecycle import Engine
+from talon_opa.engine.listener import Runner
 from talon_opa.engine.reload import log_problems
 
 log = logs.get("server")
@@ -49,7 +50,7 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     engine = Engine(cfg)
     app = create_app(engine)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = Runner(app, cfg.intake)
     try:
         await runner.setup()  # starts the engine: rules → bundle → OPA
     except RulesError as e:
