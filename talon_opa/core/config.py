@@ -7,10 +7,12 @@ Notifier settings (`notifiers.<name>.<setting>`) come from the file; an env var 
 when the file names it (as with viper). Our own keys (`opa`, `queue`, `auth`, `tls`, `intake`,
 `step_timeout_seconds`...) follow the same rules.
 
-One deliberate difference from Talon: `listen_address` defaults to loopback (`127.0.0.1`) unless a
-bearer token (`auth.token`) or TLS (`tls.cert_file`) is configured, in which case it defaults to Talon's
-`0.0.0.0`. An unauthenticated intake that can delete pods must not be reachable from the network by
-accident; set `listen_address: 0.0.0.0` explicitly to opt in.
+One deliberate difference from Talon: `listen_address` defaults to loopback (`127.0.0.1`) unless the
+intake authenticates its clients, with a bearer token (`auth.token`) or client certificates
+(`tls.client_ca_file`), in which case it defaults to Talon's `0.0.0.0`. Server TLS alone (`tls.cert_file`
+without a client CA) encrypts but lets anyone send alerts: it is not authentication. An unauthenticated
+intake that can delete pods must not be reachable from the network by accident; set
+`listen_address: 0.0.0.0` explicitly to opt in.
 """
 
 from __future__ import annotations
@@ -212,7 +214,7 @@ class Config:
     """Everything the engine server reads, validated once."""
 
     listen_address: str = ""
-    """interface to listen on; empty: 127.0.0.1, or 0.0.0.0 when a token or TLS is set (see module doc)"""
+    """interface to listen on; empty: 127.0.0.1, or 0.0.0.0 when auth.token or tls.client_ca_file is set"""
     listen_port: int = 2803
     """port of the intake, /healthz, /readyz and /metrics"""
     rules_files: tuple[str, ...] = ("/etc/falco-talon/rules.yaml",)
@@ -264,11 +266,17 @@ class Config:
         return [v for v in values if v]
 
     @property
+    def authentication(self) -> str:
+        """How intake clients are authenticated: "token", "mtls", "token+mtls" or "none" (server TLS is not)."""
+        kinds = [k for k, on in (("token", self.auth.token), ("mtls", self.tls.client_ca_file)) if on]
+        return "+".join(kinds) or "none"
+
+    @property
     def address(self) -> str:
         """The address actually listened on (see `listen_address`)."""
         if self.listen_address:
             return self.listen_address
-        return ANY_ADDRESS if (self.auth.token or self.tls.cert_file) else LOOPBACK
+        return LOOPBACK if self.authentication == "none" else ANY_ADDRESS
 
 
 # keys whose values never appear in an error message or a log line

@@ -68,11 +68,18 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None) -> int:
                 "address": cfg.address,
                 "port": cfg.listen_port,
                 "tls": bool(cfg.tls.cert_file),
-                "auth": bool(cfg.auth.token),
+                "auth": cfg.authentication,
             },
         )
-        if not cfg.auth.token and cfg.address not in (config.LOOPBACK, "localhost", "::1"):
-            log.warning("intake has no authentication and listens beyond loopback", extra={"hint": "set auth.token"})
+        if cfg.authentication == "none":
+            hint = "set auth.token, or tls.client_ca_file for client certificates"
+            if cfg.address not in (config.LOOPBACK, "localhost", "::1"):
+                log.warning("intake has no authentication and listens beyond loopback", extra={"hint": hint})
+            elif cfg.tls.cert_file:
+                log.warning(
+                    "intake TLS without client certificates is not authentication: listening on loopback only",
+                    extra={"hint": hint},
+                )
         engine_reload = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, engine_reload.set)
         reloader = loop.create_task(_reload_on(engine_reload, engine), name="talon-opa-sighup")

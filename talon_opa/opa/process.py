@@ -1,14 +1,21 @@
-"""A child OPA server: started on loopback (TCP or a unix socket), ready once its bundle is active."""
+"""A child OPA server: started on loopback (TCP or a unix socket), ready once its bundle is active.
+
+The child dies with its parent: on Linux it asks the kernel (prctl PR_SET_PDEATHSIG) for a SIGTERM when
+the process that started it ends, even by SIGKILL, so no OPA is left running as an orphan.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import secrets
+import signal
 import socket
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +25,27 @@ from talon_opa.core import binaries
 from talon_opa.core.errors import OpaError
 
 _HANDED_OUT: set[int] = set()
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None  # loaded before any fork
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` making the child get SIGTERM when this process ends (Linux; elsewhere None).
+
+    The kernel sends it when the thread that forked the child ends: the event loop's thread, which
+    lives as long as the engine.
+    """
+    if _LIBC is None:
+        return None
+    libc, parent = _LIBC, os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would ever stop us
+            os._exit(1)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -106,6 +134,7 @@ class OpaProcess:
             stdin=asyncio.subprocess.DEVNULL,
             cwd=work,
             env={**os.environ, **self.env} if self.env else None,
+            preexec_fn=die_with_parent(),  # prctl only, before exec
         )
         log.close()
         await self._wait_ready(ready_within)
