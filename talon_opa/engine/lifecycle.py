@@ -29,6 +29,7 @@ from talon_opa.engine.notify import Notifications
 from talon_opa.engine.opa_supervisor import OpaSupervisor
 from talon_opa.engine.process import Processor
 from talon_opa.engine.queue import AlertQueue
+from talon_opa.engine.reload import Built
 from talon_opa.engine.work import Job
 from talon_opa.opa.client import OpaClient
 from talon_opa.plugins.clients import ClientProvider
@@ -150,7 +151,7 @@ class Engine:
             await self.supervisor.stop()
             raise
         self.built = built
-        self.metrics.set_revision(built.revision)
+        self._set_revision(built)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.batcher.run(), name="talon-opa-batcher"))
         self.queue.start()
@@ -235,7 +236,7 @@ class Engine:
                 return False
             instances.adopt(new_notifiers)
             self.built = built
-            self.metrics.set_revision(built.revision)
+            self._set_revision(built)
             if old is not None and old.path != built.path:
                 reload.remove(old.path)
             for w in built.warnings:
@@ -243,6 +244,11 @@ class Engine:
             self.metrics.reloads.labels(status="success").inc()
             log.info("rules reloaded", extra={"rules": len(built.ruleset.rules), "revision": built.revision})
             return True
+
+    def _set_revision(self, built: Built) -> None:
+        self.metrics.set_revision(built.revision)
+        matches = [r.match for r in built.ruleset.rules]
+        self.metrics.set_known((name for m in matches for name in m.rules), (m.source for m in matches if m.source))
 
     # --- processing -----------------------------------------------------------------------------------
 

@@ -65,7 +65,7 @@ class Processor:
                         },
                     )
                 for rule in plan.acted_rules():
-                    metrics.matches.labels(rule, alert.rule, alert.priority, alert.source).inc()
+                    metrics.count_match(rule, alert.rule, alert.priority, alert.source)
                     log.info("match", extra={"id": job.alert_id, "rule": rule, "event": alert.rule})
                 results = await self._executor().execute(alert, plan)
                 failed = [r for r in results if r.status == "failure"]
