@@ -231,6 +231,8 @@ class Config:
     """reload the rules when a rules file changes (edits, replacements and ConfigMap symlink swaps)"""
     watch_interval_seconds: float = 1.0
     """how often the rules files are checked for changes"""
+    allow_empty_rules: bool = False
+    """a reload that leaves no rule (an empty or comment-only file) after some rules goes live; false: refused"""
     print_all_events: bool = False
     """log every received alert, matched or not"""
     step_timeout_seconds: float = 30.0

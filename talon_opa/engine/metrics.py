@@ -84,7 +84,13 @@ class Metrics:
         self.rejected = Counter(
             f"{OURS}_intake_rejected", "Alerts refused at intake, by HTTP status", ["status"], registry=r
         )
-        self.reloads = Counter(f"{OURS}_rules_reloads", "Rules reloads, by result", ["status"], registry=r)
+        self.reloads = Counter(
+            f"{OURS}_rules_reloads",
+            "Rules reloads, by result (success, unchanged, failure, refused_empty)",
+            ["status"],
+            registry=r,
+        )
+        self.rules_active = Gauge(f"{OURS}_rules_active", "Talon rules in the active rule set", registry=r)
         self.alerts_failed = Counter(
             f"{OURS}_alerts_failed", "Alerts whose processing failed before or outside a step", ["stage"], registry=r
         )
