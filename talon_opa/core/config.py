@@ -21,6 +21,7 @@ import dataclasses
 import os
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,9 +264,17 @@ class Config:
     """keys of the file that mean nothing to us (ignored like Talon does; logged at start)"""
 
     def secret_values(self) -> list[str]:
-        """The values of the secret keys (SECRET_KEYS), to scrub them from every log line and span."""
+        """The values of the secret keys (SECRET_KEYS) and the passwords of URLs in notifier settings
+        (`https://user:password@host`), to scrub them from every log line and span."""
         values = [self.auth.token, self.opa.token, self.aws.secret_key, self.minio.secret_key]
-        return [v for v in values if v]
+        values += [self.otel.collector_endpoint, self.opa.url]
+        values += [v for settings in self.notifiers.values() for v in _strings(settings)]
+        out = [v for v in values[:4] if v]
+        for v in values[4:]:
+            password = _url_password(v)
+            if password:
+                out += [password, urllib.parse.unquote(password)]
+        return out
 
     @property
     def authentication(self) -> str:
@@ -279,6 +288,29 @@ class Config:
         if self.listen_address:
             return self.listen_address
         return LOOPBACK if self.authentication == "none" else ANY_ADDRESS
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a settings value (nested mappings and lists included)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _url_password(text: str) -> str:
+    """The password of a URL's user info (`scheme://user:password@host`), else ""."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or not scheme.isidentifier():
+        return ""
+    userinfo, at, _ = rest.partition("/")[0].rpartition("@")
+    if not at:
+        return ""
+    _, colon, password = userinfo.partition(":")
+    return password if colon else ""
 
 
 # keys whose values never appear in an error message or a log line
@@ -504,6 +536,8 @@ def _validate(cfg: Config) -> None:
             raise bad(key, f"names {f}, which is not a readable file", "give the path of a PEM file")
     if cfg.tls.client_ca_file and not Path(cfg.tls.client_ca_file).is_file():
         raise bad("tls.client_ca_file", f"names {cfg.tls.client_ca_file}, which is not a file", "give a PEM CA bundle")
+    if cfg.opa.token and not all("!" <= c <= "~" for c in cfg.opa.token):
+        raise bad("opa.token", "holds a space, a control or a non-ASCII character", "use printable ASCII only")
     if not cfg.auth.header.strip():
         raise bad("auth.header", "is empty", 'use "Authorization" or a custom header name')
     if not cfg.rules_files:

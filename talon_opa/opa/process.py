@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import secrets
 import signal
@@ -123,7 +124,9 @@ class OpaProcess:
             authz.mkdir()
             (authz / ".manifest").write_text('{"roots": ["system/authz"]}')
             (authz / "authz.rego").write_text(
-                f'package system.authz\n\ndefault allow := false\n\nallow if input.identity == "{self.token}"\n'
+                # a JSON string is a Rego string literal: quotes and backslashes in the token stay inside it
+                "package system.authz\n\ndefault allow := false\n\n"
+                f"allow if input.identity == {json.dumps(self.token)}\n"
             )
             args += ["--authentication=token", "--authorization=basic", str(authz)]
         log = open(self.log_path or work / "opa.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child

@@ -8,8 +8,10 @@ notifier's error text carries the secret and the engine must scrub it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +54,13 @@ RULES = """\
 @pytest.fixture
 def captured_logs() -> Iterator[io.StringIO]:
     out = io.StringIO()
-    logger = logs.get()
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in (logs.get(), logging.getLogger("aiohttp"))]
     logs.setup("json", "info", stream=out)
     yield out
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
+    for logger, handlers, level, propagate in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -151,3 +153,41 @@ def test_rules_print_masks_parameters_declared_secret(tmp_path: Path) -> None:
     printed = yaml.safe_load(out.getvalue())
     assert printed[0]["actions"][0]["parameters"] == {"path": "/kv/falco", "Password": "<redacted>"}
     assert "hunter2" not in out.getvalue()
+
+
+async def test_an_opa_token_with_quotes_and_backslashes_starts_and_decides(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    token = 'op"a-tok\\en"}-x'
+    opa = dataclasses.replace(config.Opa(), token=token, retry_initial_seconds=0.02, retry_max_seconds=0.3)
+    async with running_engine(tmp_path, RULES.replace("  notifiers: [webhook]\n", ""), opa=opa) as e:
+        assert (await e.post(json_body=shell_alert("tok-1"))).status == 200
+        await e.drained()
+        assert await e.metric("falcosecurity_falco_talon_actions_total", status="dry_run") == 1
+        # the child OPA really requires it: a request with another token is refused
+        endpoint = e.engine.supervisor.endpoint()
+        async with endpoint.session.get(f"{endpoint.base_url}/health", headers={"Authorization": "Bearer x"}) as r:
+            assert r.status == 401
+    assert token not in captured_logs.getvalue()
+
+
+def test_an_opa_token_that_cannot_be_a_header_is_refused_without_printing_it() -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.load(None, {"OPA_TOKEN": "bad token-123\n"})
+    assert "opa.token" in str(e.value)
+    assert "token-123" not in str(e.value)
+
+
+async def test_a_password_in_a_notifier_url_is_scrubbed_from_logs(tmp_path: Path, captured_logs: io.StringIO) -> None:
+    password = "hook-pass%2Fword-9d2e"
+    notifiers = {"webhook": {"url": f"http://falco:{password}@127.0.0.1:9/hook?pw={password}"}}
+    async with running_engine(
+        tmp_path, RULES, registry=Registry.of(ScriptedLabel, Webhook), kube_config=UNUSED_KUBE, notifiers=notifiers
+    ) as e:
+        assert (await e.post(json_body=shell_alert("pw-1", output=f"an alert quoting {password}"))).status == 200
+        await e.drained()
+        assert await e.metric("falcosecurity_falco_talon_notifications_total", status="failure") == 1
+    text = captured_logs.getvalue()
+    assert "an alert quoting" in text or '"notification"' in text
+    assert password not in text
+    assert "hook-pass/word" not in text
