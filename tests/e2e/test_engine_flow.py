@@ -141,6 +141,8 @@ async def test_steps_follow_talons_control_flow(engine: RunningEngine) -> None:
     assert "KeyError" in SCRIPT.notes[2].error
     assert {n.trace_id for n in SCRIPT.notes} == {reply.body["trace_id"]}
     assert SCRIPT.notes[0].objects == {"pod": "flow", "namespace": "payments"}
+    # a failed step's notification names its objects too, as Talon's does (Namespace:/Pod: lines)
+    assert [n.objects for n in SCRIPT.notes[1:]] == [{"pod": "flow", "namespace": "payments"}] * 3
     assert SCRIPT.notes[0].event.startswith("A shell was spawned")
     assert await m("falcosecurity_falco_talon_notifications_total", notifier="recorder", status="success") == 4
 
