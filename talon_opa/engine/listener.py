@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import http_exceptions, web
 from aiohttp.web_request import BaseRequest
@@ -22,6 +22,8 @@ from aiohttp.web_request import BaseRequest
 from talon_opa.core import config, logs
 
 log = logs.get("http")
+
+LINGER_SECONDS = 2.0  # how long the rest of an unparsable request is read (and dropped) after the answer
 
 
 class _ThrottledLog(logging.Filter):
@@ -68,6 +70,25 @@ def _busy_answer() -> bytes:
     return head.encode() + body
 
 
+class _LingeringClose:
+    """A transport whose close sends the answer, half-closes, reads and drops what the client still sends,
+    and closes a little later. Closing at once with the client's unread body in the socket resets the
+    connection, and the client may lose the answer (an unparsable request line followed by a body)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        t = self._transport
+        if t.is_closing():
+            return
+        t.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, t.close)
+
+
 class _Handler(web.RequestHandler):
     """aiohttp's protocol handler, with JSON errors and the connection limit."""
 
@@ -98,14 +119,16 @@ class _Handler(web.RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs (throttled); raises if the answer began
+        transport = self.transport
+        parse_error = isinstance(exc, http_exceptions.HttpProcessingError)
+        if parse_error and isinstance(transport, asyncio.Transport) and transport.can_write_eof():
+            self.transport = cast(asyncio.Transport, _LingeringClose(transport))  # closes it, later
         if status >= 500:
             doc = {"error": "internal error while handling the request", "field": "", "hint": "see the engine's log"}
         else:
-            text = exc.message if isinstance(exc, http_exceptions.HttpProcessingError) else message
-            doc = {
-                "error": f"bad HTTP request: {str(text or 'unreadable').splitlines()[0][:200]}",
-                "field": _field(exc),
-            }
+            text = message or (exc.message if isinstance(exc, http_exceptions.HttpProcessingError) else "")
+            reason = " ".join(part.strip() for part in str(text or "unreadable").splitlines() if part.strip())
+            doc = {"error": f"bad HTTP request: {reason[:200]}", "field": _field(exc)}
         resp = web.json_response(doc, status=status)
         resp.force_close()
         return resp
