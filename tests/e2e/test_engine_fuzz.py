@@ -1,4 +1,5 @@
-"""A bounded property-based fuzz of the intake (issue 14), against the real engine and a real child OPA.
+"""A bounded property-based fuzz of the intake (issue 14), against the real `talon-opa server` process
+and its real child OPA.
 
 Hypothesis generates alerts (every field of any JSON type, keys in any case, control characters, deep
 nesting, big numbers, valid and invalid times) and raw bodies (random bytes, cut and corrupted alerts,
@@ -11,31 +12,34 @@ valid or not). Derandomized (a fixed seed: the same inputs on every run, in CI t
 - every 200 is decided or reported: once drained, decisions + alerts counted as failed == alerts queued;
 - the engine stays ready, and no task or handler fails behind the answers.
 
-The figures (requests, statuses, lost, RSS before/after) are printed (`pytest -s`).
+The figures (requests, statuses, lost, the engine's RSS before/after) are printed (`pytest -s`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import gzip
+import http.client
 import json
-import logging
 import os
-import threading
+import re
+import signal
+import subprocess
+import sys
+import time
 import zlib
+from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from talon_opa.core import config, logs
-from tests.e2e.engine_harness import DRY_RUN_RULES, RunningEngine, running_engine
+from talon_opa.opa.process import free_port
+from tests.e2e.engine_harness import DRY_RUN_RULES
+from tests.e2e.test_engine_server import REPO
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1500"))
 FUZZ_SETTINGS = settings(
@@ -48,57 +52,80 @@ FUZZ_SETTINGS = settings(
 MAX_BODY = 64 * 1024
 
 
-def rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
 
 
-class Background:
-    """The real engine, running on its own event loop in a thread, so Hypothesis can drive it synchronously."""
+class Server:
+    """`talon-opa server` on loopback, driven synchronously (Hypothesis runs each example as a plain call)."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="fuzz-engine", daemon=True)
-        self.thread.start()
-        self.stack = contextlib.AsyncExitStack()
-        self.statuses: collections.Counter[int] = collections.Counter()
+        self.port = free_port()
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(DRY_RUN_RULES)
+        cfg = {
+            "listen_port": self.port,
+            "intake": {"max_body_bytes": MAX_BODY},
+            "queue": {"capacity": 100_000, "workers": 8},
+            "deduplication": {"time_window_seconds": 0},  # every 200 is queued
+        }
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+        self.log = tmp_path / "server.log"
+        env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+        args = [sys.executable, "-m", "talon_opa.cli.main", "server", "-c", str(tmp_path / "config.yaml")]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*args, "-r", str(rules)],
+                stdout=out,
+                stderr=out,
+                env=env,
+                cwd=REPO,
+            )
+        self.conn: http.client.HTTPConnection | None = None
+        self.statuses: Counter[int] = Counter()
         self.queued = 0
         self.problems: list[str] = []
-        self.rss = (0, 0)  # KiB: before the engine started, once it had
-        self.errors: list[str] = []
-        self.engine: RunningEngine = self.run(self._start(tmp_path))
+        for _ in range(600):  # bounded: 60 s to start
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if self.request("GET", "/readyz", b"", {})[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the server did not get ready")
+        self.rss_started = rss_kib(self.proc.pid)
 
-    async def _start(self, tmp_path: Path) -> RunningEngine:
-        return await self.stack.enter_async_context(
-            running_engine(
-                tmp_path,
-                DRY_RUN_RULES,
-                intake=config.Intake(max_body_bytes=MAX_BODY),
-                queue=config.Queue(capacity=100_000, workers=8, drain_timeout_seconds=60),
-                deduplication=config.Deduplication(time_window_seconds=0),  # every 200 is queued
-            )
-        )
+    def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
+        for attempt in range(2):  # the server closes a connection after some refusals: reconnect once
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                self.conn.request(method, path, body=body, headers=headers)
+                resp = self.conn.getresponse()
+                data = resp.read()
+            except (ConnectionError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+                continue
+            if resp.will_close:
+                self.conn.close()
+                self.conn = None
+            return resp.status, resp.getheader("Content-Type") or "", data
+        raise AssertionError("unreachable")
 
-    def run(self, coro: Any) -> Any:
-        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return fut.result(timeout=120)
-
-    def close(self) -> None:
-        self.run(self.stack.aclose())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
+    def metric(self, name: str) -> float:
+        text = self.request("GET", "/metrics", b"", {})[2].decode()
+        return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
     def send(self, body: bytes, headers: dict[str, str], method: str = "POST") -> None:
-        self.run(self._send(body, headers, method))
-
-    async def _send(self, body: bytes, headers: dict[str, str], method: str) -> None:
-        e = self.engine
-        async with e.http.request(method, e.url + "/", data=body, headers=headers) as r:
-            raw = await r.read()
-            status = r.status
-            content_type = r.headers.get("Content-Type", "")
+        status, content_type, raw = self.request(method, "/", body, headers)
         self.statuses[status] += 1
         where = f"{method} {headers} {body[:120]!r} → {status} {raw[:200]!r}"
         if status >= 500:
@@ -121,34 +148,25 @@ class Background:
         else:
             self.problems.append(f"unexpected status: {where}")
 
-
-class _Errors(logging.Handler):
-    """Records every error line (a handler failing behind an answer, an aiohttp traceback)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+    def stop(self) -> int:
+        if self.conn is not None:
+            self.conn.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
 
 
 @pytest.fixture(scope="module")
-def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background]:
-    errors = _Errors()
-    watched = (logs.get(), logging.getLogger("aiohttp"))
-    for logger in watched:
-        logger.addHandler(errors)
-    before = rss_kib()
-    bg = Background(tmp_path_factory.mktemp("fuzz"))
-    bg.rss = (before, rss_kib())
-    bg.errors = errors.lines
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = Server(tmp_path_factory.mktemp("fuzz"))
     try:
-        yield bg
+        yield s
     finally:
-        bg.close()
-        for logger in watched:
-            logger.removeHandler(errors)
+        s.stop()
 
 
 # --- what is generated ----------------------------------------------------------------------------------
@@ -242,35 +260,41 @@ def headers_and_body(draw: st.DrawFn, body: bytes) -> tuple[dict[str, str], byte
 
 @FUZZ_SETTINGS
 @given(data=st.data())
-def test_generated_alerts(fuzzed: Background, data: st.DataObject) -> None:
+def test_generated_alerts(server: Server, data: st.DataObject) -> None:
     body = json.dumps(data.draw(alerts()), ensure_ascii=data.draw(st.booleans())).encode()
     headers, body = data.draw(headers_and_body(body))
-    fuzzed.send(body, headers)
+    server.send(body, headers)
 
 
 @FUZZ_SETTINGS
 @given(data=st.data())
-def test_raw_bodies(fuzzed: Background, data: st.DataObject) -> None:
+def test_raw_bodies(server: Server, data: st.DataObject) -> None:
     headers, body = data.draw(headers_and_body(data.draw(raw_bodies())))
     method = data.draw(st.sampled_from(["POST"] * 8 + ["PUT", "PATCH"]))
-    fuzzed.send(body, headers, method)
+    server.send(body, headers, method)
 
 
-def test_every_accepted_alert_was_decided_and_the_engine_is_still_ready(fuzzed: Background) -> None:
-    bg = fuzzed
-    bg.run(bg.engine.drained())
-    decided = int(bg.run(bg.engine.metric("talon_opa_decision_duration_seconds_count")))
-    failed = int(bg.run(bg.engine.metric("talon_opa_alerts_failed_total")))
-    ready = bg.run(bg.engine.get("/readyz"))
-    lost = bg.queued - decided - failed
+def test_every_accepted_alert_was_decided_and_the_engine_is_still_ready(server: Server) -> None:
+    for _ in range(600):  # bounded: until every accepted alert is finished
+        if server.metric("talon_opa_queue_depth") == 0 and server.metric("talon_opa_alerts_in_flight") == 0:
+            break
+        time.sleep(0.1)
+    decided = int(server.metric("talon_opa_decision_duration_seconds_count"))
+    failed = int(server.metric("talon_opa_alerts_failed_total"))
+    ready, _, ready_body = server.request("GET", "/readyz", b"", {})
+    rss_after = rss_kib(server.proc.pid)
+    lost = server.queued - decided - failed
+    assert server.stop() == 0  # and drains cleanly
+    lines = [json.loads(line) for line in server.log.read_text().splitlines()]  # every line is JSON
+    errors = [line for line in lines if line["level"] in ("error", "critical")]
     print(
-        f"\nfuzz: {sum(bg.statuses.values())} requests, statuses {dict(sorted(bg.statuses.items()))}, "
-        f"queued {bg.queued}, decided {decided}, reported failed {failed}, lost {lost}, "
-        f"problems {len(bg.problems)}, error lines {len(bg.errors)}, "
-        f"RSS {bg.rss[0]} KiB before the engine, {bg.rss[1]} KiB started, {rss_kib()} KiB after"
+        f"\nfuzz: {sum(server.statuses.values())} requests, statuses {dict(sorted(server.statuses.items()))}, "
+        f"queued {server.queued}, decided {decided}, reported failed {failed}, lost {lost}, "
+        f"problems {len(server.problems)}, error lines {len(errors)}, log lines {len(lines)}, "
+        f"engine RSS {server.rss_started} KiB ready, {rss_after} KiB after"
     )
-    assert sum(bg.statuses.values()) >= 2 * EXAMPLES
-    assert bg.problems == []
+    assert sum(server.statuses.values()) >= 2 * EXAMPLES
+    assert server.problems == []
     assert lost == 0
-    assert ready.status == 200, ready.body
-    assert bg.errors == []
+    assert ready == 200, ready_body
+    assert errors == []
