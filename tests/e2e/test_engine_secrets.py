@@ -27,12 +27,14 @@ from talon_opa.cli import rules_check
 from talon_opa.core import config, logs
 from talon_opa.core.errors import TalonError
 from talon_opa.core.kube import KubeConfig
+from talon_opa.engine import server
 from talon_opa.notifiers.webhook import Webhook
 from talon_opa.plugins.params import param
 from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 from tests.e2e.engine_harness import running_engine, shell_alert
+from tests.e2e.engine_harness import test_config as engine_config
 from tests.e2e.engine_plugins import ScriptedLabel
 
 UNUSED_KUBE = KubeConfig(server="http://127.0.0.1:9")  # the scripted label never calls it; not dry-run
@@ -191,3 +193,16 @@ async def test_a_password_in_a_notifier_url_is_scrubbed_from_logs(tmp_path: Path
     assert "an alert quoting" in text or '"notification"' in text
     assert password not in text
     assert "hook-pass/word" not in text
+
+
+async def test_a_malformed_notifier_url_with_a_password_is_not_printed_by_the_startup_error(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    cfg = engine_config(rules, notifiers={"webhook": {"url": "htp:/falco:pw-malformed-77@hooks"}})
+    assert await server.serve(cfg) == 1  # `talon-opa server`'s own path: logged, exit code 1
+    text = captured_logs.getvalue()
+    assert "engine did not start" in text
+    assert "falco:<redacted>@hooks" in text
+    assert "pw-malformed-77" not in text
