@@ -89,7 +89,7 @@ class Processor:
                 span.add_event("opa unavailable, retrying", {"attempt": attempt, "error": str(error)[:500]})
 
             try:
-                plan = await self._batcher.decide(job.alert.opa_input(), on_retry=retrying)
+                plan = await self._batcher.decide(job.alert.opa_input(), on_retry=retrying, size=len(job.item.body))
             except OpaError as e:
                 telemetry.fail(span, e, "opa_error")
                 raise
