@@ -129,7 +129,7 @@ class Queue:
     capacity: int = 10000
     """alerts accepted but not yet started; beyond it intake answers 503 with Retry-After"""
     max_bytes: int = 32 * MIB
-    """bodies of the alerts accepted and not started, in bytes (held ~twice: body and alert); beyond it 503"""
+    """bodies of the alerts accepted and not finished, in bytes (held ~twice: body and alert); beyond it 503"""
     workers: int = 16
     """alerts processed concurrently (alerts about the same pod never run at the same time)"""
     drain_timeout_seconds: float = 30.0

@@ -1,11 +1,11 @@
 """The bounded in-process queue between intake and execution.
 
-At most `capacity` accepted alerts wait, holding at most `max_bytes` of alert bodies (one alert is always
-let into an empty queue); `put` refuses beyond either (intake answers 503), so nothing accepted is
-dropped and a burst of large alerts cannot exhaust memory. N workers take alerts in order; alerts with
-the same target key (the pod) never run at the same time: a worker that finds its alert's target busy
-hands it to the worker already on that target, which runs it next, in arrival order. `drain` stops intake
-and waits for every accepted alert to finish.
+At most `capacity` accepted alerts wait, and the alerts accepted and not finished hold at most
+`max_bytes` of bodies (one alert is always let into an idle queue); `put` refuses beyond either (intake
+answers 503), so nothing accepted is dropped and a burst of large alerts cannot exhaust memory. N workers
+take alerts in order; alerts with the same target key (the pod) never run at the same time: a worker that
+finds its alert's target busy hands it to the worker already on that target, which runs it next, in
+arrival order. `drain` stops intake and waits for every accepted alert to finish.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class AlertQueue(Generic[J]):
         self._handler = handler
         self.capacity = capacity
         self.max_bytes = max_bytes
-        self.bytes = 0  # sizes of the waiting alerts
+        self.bytes = 0  # sizes of the alerts accepted and not finished (they hold memory until then)
         self._n_workers = workers
         self._on_depth = on_depth or (lambda depth: None)
         self._queue: asyncio.Queue[_Entry[J]] = asyncio.Queue()
@@ -80,7 +80,7 @@ class AlertQueue(Generic[J]):
             raise QueueClosed()
         if self._waiting >= self.capacity:
             return False
-        if self.max_bytes is not None and self._waiting and self.bytes + size > self.max_bytes:
+        if self.max_bytes is not None and self._unfinished and self.bytes + size > self.max_bytes:
             return False
         self._waiting += 1
         self.bytes += size
@@ -114,7 +114,6 @@ class AlertQueue(Generic[J]):
 
     async def _run(self, entry: _Entry[J]) -> None:
         self._waiting -= 1
-        self.bytes -= entry.size
         self._on_depth(self._waiting)
         try:
             await self._handler(entry.job)
@@ -124,6 +123,7 @@ class AlertQueue(Generic[J]):
             log.exception("alert handler failed")
         finally:
             self._unfinished -= 1
+            self.bytes -= entry.size
             if self._unfinished == 0:
                 self._idle.set()
 
