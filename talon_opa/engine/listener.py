@@ -50,6 +50,8 @@ def _field(exc: BaseException | None) -> str:
         return "method"
     if isinstance(exc, http_exceptions.LineTooLong):
         return "headers"
+    if isinstance(exc, http_exceptions.HttpProcessingError) and "header" in str(exc.message).lower():
+        return "headers"  # an invalid header name or value, too many headers
     if isinstance(exc, http_exceptions.HttpProcessingError):
         return "request"
     return ""

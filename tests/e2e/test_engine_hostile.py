@@ -170,8 +170,10 @@ async def test_an_invalid_method_gets_a_json_400_naming_the_method(engine: Runni
     assert "method" in str(doc["error"]).lower()
 
 
-async def test_a_header_line_too_long_gets_a_json_400(engine: RunningEngine) -> None:
-    answer = await raw(engine, b"POST / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+@pytest.mark.parametrize("header", [b"X-Big: " + b"a" * 20000, b"X-Nul: \x00", b"Bad Name: x"])
+async def test_a_bad_header_gets_a_json_400_naming_the_headers(engine: RunningEngine, header: bytes) -> None:
+    answer = await raw(engine, b"POST / HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nContent-Length: 2\r\n\r\n{}")
+    assert b" 400 " in answer.split(b"\r\n", 1)[0], answer
     assert json_body(answer)["field"] == "headers"
 
 
