@@ -12,6 +12,7 @@ import ctypes
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -141,6 +142,9 @@ class OpaProcess:
         )
         log.close()
         await self._wait_ready(ready_within)
+        if self.token:
+            # OPA has loaded its token policy: the token need not stay on disk (it would outlive a SIGKILL)
+            shutil.rmtree(work / "authz", ignore_errors=True)
 
     async def _wait_ready(self, ready_within: float) -> None:
         deadline = asyncio.get_running_loop().time() + ready_within

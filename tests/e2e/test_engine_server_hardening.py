@@ -146,6 +146,7 @@ async def test_a_sigkilled_server_leaves_no_opa_running_and_no_client_key_on_dis
         opa = [pid for pid in _children(proc.pid) if _is_opa(pid)]
         assert len(opa) == 1, opa
         assert _files_containing(tmp, key_pem.splitlines()[1]) == []  # not even while running
+        assert list(tmp.rglob("authz.rego")) == []  # nor the child OPA's token, once OPA has loaded it
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         for _ in range(200):  # bounded: the kernel signals the child as the parent dies
