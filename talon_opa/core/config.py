@@ -165,7 +165,7 @@ class Intake:
     max_body_bytes: int = MIB
     """largest accepted alert body, as sent and once decompressed (gzip, deflate); larger gets 413"""
     read_timeout_seconds: float = 10.0
-    """a request's headers, then its body, must arrive within this long (else the connection closes, or 408)"""
+    """headers must come within this long of connecting or of the last answer (idle ones close), a body too (408)"""
     max_connections: int = 1000
     """open intake connections at most; beyond it a new connection gets 503 and is closed"""
 
