@@ -7,10 +7,12 @@ Notifier settings (`notifiers.<name>.<setting>`) come from the file; an env var 
 when the file names it (as with viper). Our own keys (`opa`, `queue`, `auth`, `tls`, `intake`,
 `step_timeout_seconds`...) follow the same rules.
 
-One deliberate difference from Talon: `listen_address` defaults to loopback (`127.0.0.1`) unless a
-bearer token (`auth.token`) or TLS (`tls.cert_file`) is configured, in which case it defaults to Talon's
-`0.0.0.0`. An unauthenticated intake that can delete pods must not be reachable from the network by
-accident; set `listen_address: 0.0.0.0` explicitly to opt in.
+One deliberate difference from Talon: `listen_address` defaults to loopback (`127.0.0.1`) unless the
+intake authenticates its clients, with a bearer token (`auth.token`) or client certificates
+(`tls.client_ca_file`), in which case it defaults to Talon's `0.0.0.0`. Server TLS alone (`tls.cert_file`
+without a client CA) encrypts but lets anyone send alerts: it is not authentication. An unauthenticated
+intake that can delete pods must not be reachable from the network by accident; set
+`listen_address: 0.0.0.0` explicitly to opt in.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dataclasses
 import os
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +128,8 @@ class Queue:
 
     capacity: int = 10000
     """alerts accepted but not yet started; beyond it intake answers 503 with Retry-After"""
+    max_bytes: int = 32 * MIB
+    """bodies of the alerts accepted and not finished, in bytes (held ~twice: body and alert); beyond it 503"""
     workers: int = 16
     """alerts processed concurrently (alerts about the same pod never run at the same time)"""
     drain_timeout_seconds: float = 30.0
@@ -168,7 +173,11 @@ class Intake:
     """Limits of the HTTP intake."""
 
     max_body_bytes: int = MIB
-    """largest accepted alert body; larger gets 413"""
+    """largest accepted alert body, as sent and once decompressed (gzip, deflate); larger gets 413"""
+    read_timeout_seconds: float = 10.0
+    """headers must come within this long of connecting or of the last answer (idle ones close), a body too (408)"""
+    max_connections: int = 1000
+    """open intake connections at most; beyond it a new connection gets 503 and is closed"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +241,7 @@ class Config:
     """Everything the engine server reads, validated once."""
 
     listen_address: str = ""
-    """interface to listen on; empty: 127.0.0.1, or 0.0.0.0 when a token or TLS is set (see module doc)"""
+    """interface to listen on; empty: 127.0.0.1, or 0.0.0.0 when auth.token or tls.client_ca_file is set"""
     listen_port: int = 2803
     """port of the intake, /healthz, /readyz and /metrics"""
     rules_files: tuple[str, ...] = ("/etc/falco-talon/rules.yaml",)
@@ -249,6 +258,8 @@ class Config:
     """reload the rules when a rules file changes (edits, replacements and ConfigMap symlink swaps)"""
     watch_interval_seconds: float = 1.0
     """how often the rules files are checked for changes"""
+    allow_empty_rules: bool = False
+    """a reload that leaves no rule (an empty or comment-only file) after some rules goes live; false: refused"""
     print_all_events: bool = False
     """log every received alert, matched or not"""
     step_timeout_seconds: float = 30.0
@@ -281,16 +292,53 @@ class Config:
     """keys of the file that mean nothing to us (ignored like Talon does; logged at start)"""
 
     def secret_values(self) -> list[str]:
-        """The values of the secret keys (SECRET_KEYS), to scrub them from every log line and span."""
+        """The values of the secret keys (SECRET_KEYS) and the passwords of URLs in notifier settings
+        (`https://user:password@host`), to scrub them from every log line and span."""
         values = [self.auth.token, self.opa.token, self.aws.secret_key, self.minio.secret_key]
-        return [v for v in values if v]
+        values += [self.otel.collector_endpoint, self.opa.url]
+        values += [v for settings in self.notifiers.values() for v in _strings(settings)]
+        out = [v for v in values[:4] if v]
+        for v in values[4:]:
+            password = _url_password(v)
+            if password:
+                out += [password, urllib.parse.unquote(password)]
+        return out
+
+    @property
+    def authentication(self) -> str:
+        """How intake clients are authenticated: "token", "mtls", "token+mtls" or "none" (server TLS is not)."""
+        kinds = [k for k, on in (("token", self.auth.token), ("mtls", self.tls.client_ca_file)) if on]
+        return "+".join(kinds) or "none"
 
     @property
     def address(self) -> str:
         """The address actually listened on (see `listen_address`)."""
         if self.listen_address:
             return self.listen_address
-        return ANY_ADDRESS if (self.auth.token or self.tls.cert_file) else LOOPBACK
+        return LOOPBACK if self.authentication == "none" else ANY_ADDRESS
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a settings value (nested mappings and lists included)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _url_password(text: str) -> str:
+    """The password of a URL's user info (`scheme://user:password@host`), else ""."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or not scheme.isidentifier():
+        return ""
+    userinfo, at, _ = rest.partition("/")[0].rpartition("@")
+    if not at:
+        return ""
+    _, colon, password = userinfo.partition(":")
+    return password if colon else ""
 
 
 # keys whose values never appear in an error message or a log line
@@ -477,6 +525,8 @@ def _validate(cfg: Config) -> None:
         ("opa.gc_percent", cfg.opa.gc_percent, 0),
         ("intake.max_body_bytes", cfg.intake.max_body_bytes, 1),
         ("audit.buffer", cfg.audit.buffer, 1),
+        ("intake.max_connections", cfg.intake.max_connections, 1),
+        ("queue.max_bytes", cfg.queue.max_bytes, cfg.intake.max_body_bytes),
     ):
         if value < low:
             raise bad(name, f"is {value}", f"use a whole number of at least {low}")
@@ -489,6 +539,7 @@ def _validate(cfg: Config) -> None:
         ("queue.drain_timeout_seconds", cfg.queue.drain_timeout_seconds),
         ("watch_interval_seconds", cfg.watch_interval_seconds),
         ("otel.timeout", cfg.otel.timeout),
+        ("intake.read_timeout_seconds", cfg.intake.read_timeout_seconds),
     ):
         if seconds <= 0:
             raise bad(name, f"is {seconds}", "use a positive number of seconds")
@@ -522,6 +573,8 @@ def _validate(cfg: Config) -> None:
         raise bad("queue.partitions", f"is {cfg.queue.partitions}", "use a whole number of at least 1")
     if cfg.queue.ack_wait_seconds <= 0:
         raise bad("queue.ack_wait_seconds", f"is {cfg.queue.ack_wait_seconds}", "use a positive number of seconds")
+    if cfg.opa.token and not all("!" <= c <= "~" for c in cfg.opa.token):
+        raise bad("opa.token", "holds a space, a control or a non-ASCII character", "use printable ASCII only")
     if not cfg.auth.header.strip():
         raise bad("auth.header", "is empty", 'use "Authorization" or a custom header name')
     if not cfg.rules_files:

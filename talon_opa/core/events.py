@@ -30,13 +30,15 @@ _PREFIX = re.compile(
     re.IGNORECASE,
 )
 
+# \Z, not `$`: `$` accepts a final newline, which Go's RFC 3339 parser refuses
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?(?:Z|([+-])(\d{2}):(\d{2}))$",
+    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?(?:Z|([+-])(\d{2}):(\d{2}))\Z",
     re.ASCII,
 )
 
 _MAX_INT_DIGITS = 4000  # below Python's int/str conversion limit; Falco never sends longer
 _MAX_EXPONENT = 400  # a float written with a larger exponent keeps its text as its string form
+MAX_DEPTH = 32  # deepest nesting of arrays/objects inside output_fields, tags or context (Falco's are flat)
 
 
 class JsonFloat(float):
@@ -239,6 +241,40 @@ _STRING_FIELDS = ("output", "priority", "rule", "hostname", "source", "trace_id"
 _FIELDS = frozenset((*_STRING_FIELDS, "time", "output_fields", "context", "tags"))
 
 
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in `value` (a scalar: 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children: Any = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        d += 1
+        if d > deepest:
+            deepest = d
+            if d > MAX_DEPTH:
+                return d
+        stack.extend((c, d) for c in children)
+    return deepest
+
+
+def _check_depth(name: str, value: Any) -> None:
+    """Refuse values nested beyond MAX_DEPTH: every later step (Rego input, string forms) walks them."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, v in items:
+        if _depth(v) > MAX_DEPTH:
+            where = f"{name}[{key!r}]" if isinstance(value, dict) else f"{name}[{key}]"
+            raise AlertError(
+                f"{where} nests arrays or objects more than {MAX_DEPTH} levels deep",
+                field=name,
+                hint="Falco's output fields and tags are flat: send flat values",
+            )
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -308,10 +344,13 @@ def decode_alert(body: bytes, content_type: str | None = None) -> Alert:
             elif not isinstance(value, list):
                 raise _wrong_type(name, value, "an array")
             else:
+                _check_depth(name, value)
                 tags = value
         else:  # output_fields, context: Go reuses the map, so a repeated key adds to it
             if value is not None and not isinstance(value, dict):
                 raise _wrong_type(name, value, "an object")
+            if value is not None:
+                _check_depth(name, value)
             current = output_fields if name == "output_fields" else context
             merged = None if value is None else {**(current or {}), **value}
             if name == "output_fields":

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
 import ssl
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -52,6 +53,8 @@ class KubeConfig:
     cert_file: str | None = None
     key_file: str | None = None
     namespace: str = "default"
+    cert_data: bytes | None = field(default=None, repr=False)  # client-certificate-data, decoded
+    key_data: bytes | None = field(default=None, repr=False)  # client-key-data: kept in memory, never in a file
 
     @classmethod
     def from_file(cls, path: str | Path, context: str | None = None) -> KubeConfig:
@@ -70,10 +73,11 @@ class KubeConfig:
             return str((p.parent / v).resolve()) if v else None
 
         cert_file, key_file = rel(user.get("client-certificate")), rel(user.get("client-key"))
+        cert_data = key_data = None
         if user.get("client-certificate-data"):
-            cert_file = _tempfile(base64.b64decode(user["client-certificate-data"]))
+            cert_data, cert_file = base64.b64decode(user["client-certificate-data"]), None
         if user.get("client-key-data"):
-            key_file = _tempfile(base64.b64decode(user["client-key-data"]))
+            key_data, key_file = base64.b64decode(user["client-key-data"]), None
         token = user.get("token")
         if not token and user.get("tokenFile"):
             token = Path(user["tokenFile"]).read_text().strip()
@@ -88,6 +92,8 @@ class KubeConfig:
             cert_file=cert_file,
             key_file=key_file,
             namespace=ctx.get("namespace") or "default",
+            cert_data=cert_data,
+            key_data=key_data,
         )
 
     @classmethod
@@ -114,7 +120,9 @@ class KubeConfig:
             ctx.load_verify_locations(cafile=self.ca_file)
         elif self.ca_data:
             ctx.load_verify_locations(cadata=self.ca_data.decode())
-        if self.cert_file and self.key_file:
+        if self.cert_data is not None or self.key_data is not None:
+            _load_cert_chain_from_memory(ctx, self.cert_data, self.cert_file, self.key_data, self.key_file)
+        elif self.cert_file and self.key_file:
             ctx.load_cert_chain(self.cert_file, self.key_file)
         return ctx
 
@@ -126,11 +134,37 @@ def _named(items: Any, name: Any, what: str, path: Path) -> dict[str, Any]:
     raise TalonError(f"kubeconfig {path} has no {what} named {name!r}", hint="check its current-context")
 
 
-def _tempfile(data: bytes) -> str:
-    fd, name = tempfile.mkstemp(prefix="talon-opa-kube-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return name
+def _load_cert_chain_from_memory(
+    ctx: ssl.SSLContext, cert: bytes | None, cert_file: str | None, key: bytes | None, key_file: str | None
+) -> None:
+    """`load_cert_chain` from bytes: OpenSSL reads them from an anonymous memory file (memfd, Linux), else
+    from a private temporary file deleted as soon as they are loaded: key material never outlives the load."""
+    with contextlib.ExitStack() as stack:
+
+        def path_of(data: bytes | None, fallback: str | None) -> str | None:
+            return fallback if data is None else stack.enter_context(_memory_file(data))
+
+        certfile, keyfile = path_of(cert, cert_file), path_of(key, key_file)
+        if certfile is None:
+            raise TalonError("the kubeconfig has a client key but no client certificate", hint="add both")
+        ctx.load_cert_chain(certfile, keyfile)
+
+
+@contextlib.contextmanager
+def _memory_file(data: bytes) -> Iterator[str]:
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("talon-opa-kube", 0)  # close-on-exec: no child inherits it
+        try:
+            os.write(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="talon-opa-kube-") as d:  # 0700
+        path = Path(d) / "data"
+        path.write_bytes(data)
+        path.chmod(0o600)
+        yield str(path)
 
 
 @dataclass(frozen=True, slots=True)

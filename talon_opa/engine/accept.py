@@ -36,6 +36,7 @@ class Admission:
     duplicate_of: str = ""  # the first alert's id, for a duplicate
     capacity: int = 0  # the queue's capacity, when full
     reason: str = ""  # why the queue could not take it, when unavailable
+    full_by_bytes: bool = False  # full because of the bytes waiting, not the count
 
     @property
     def accepted(self) -> bool:
@@ -112,21 +113,28 @@ class Acceptor:
             if self._jetstream is not None:
                 return await self._publish(item, span, trace_id, target, key)
             try:
-                queued = self._queue.put(Job(item, span, time.monotonic()), target)
+                queued = self._queue.put(Job(item, span, time.monotonic()), target, len(item.body))
             except QueueClosed:
                 telemetry.fail(span, "the engine is shutting down", "draining")
                 span.end()
                 return Admission("closing", item.alert_id, trace_id)
             if not queued:
+                by_bytes = self._queue.depth < self._queue.capacity
                 telemetry.fail(span, "queue full", "queue_full")
                 span.end()
                 held = self._full_log.allow()
                 if held is not None:
                     log.warning(
                         "queue full, alert refused",
-                        extra={"capacity": self._queue.capacity, "also_refused_since_last_line": held},
+                        extra={
+                            "capacity": self._queue.capacity,
+                            "waiting": self._queue.depth,
+                            "waiting_bytes": self._queue.bytes,
+                            "max_bytes": self._queue.max_bytes,
+                            "also_refused_since_last_line": held,
+                        },
                     )
-                return Admission("full", item.alert_id, trace_id, capacity=self._queue.capacity)
+                return Admission("full", item.alert_id, trace_id, capacity=self._queue.capacity, full_by_bytes=by_bytes)
             self.dedup.record(key, item.alert_id, trace_id)
             log.debug("alert queued", extra={"id": item.alert_id})
         return Admission("queued", item.alert_id, trace_id)

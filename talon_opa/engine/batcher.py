@@ -27,6 +27,7 @@ class _Waiting:
     future: asyncio.Future[Plan]
     on_retry: Callable[[int, OpaError], Awaitable[None] | None] | None
     since: float
+    size: int
 
 
 class Batcher:
@@ -36,14 +37,17 @@ class Batcher:
     alone; connection errors retried for as long as it takes, with each alert's `on_retry` called).
     `run()` is the task sending the batches: once an alert waits, it lets the alerts handed out in the same
     loop turn join, then sends every waiting alert (up to `max_size`) as one `data.talon.batch.plans`
-    request; alerts arriving meanwhile form the next batch. No timer: a lone alert goes at once. A batch
-    OPA will not decide as a whole (an evaluation error, a bundle without talon.batch) is decided alert by
-    alert. Without `run()` (or with `max_size` 1) each alert is its own request.
+    request, and no more than `max_bytes` of alerts (by their body size; one alert always goes), so large
+    alerts do not add up to one huge request; alerts arriving meanwhile form the next batch. No timer: a
+    lone alert goes at once. A batch OPA will not decide as a whole (an evaluation error, a bundle without
+    talon.batch) is decided alert by alert. Without `run()` (or with `max_size` 1) each alert is its own
+    request.
     """
 
-    def __init__(self, client: OpaClient, *, max_size: int = 64) -> None:
+    def __init__(self, client: OpaClient, *, max_size: int = 64, max_bytes: int = 4 * 1024 * 1024) -> None:
         self._client = client
         self.max_size = max_size
+        self.max_bytes = max_bytes
         self._waiting: deque[_Waiting] = deque()
         self._wake = asyncio.Event()
         self._running = False
@@ -54,11 +58,13 @@ class Batcher:
         opa_input: Mapping[str, Any],
         *,
         on_retry: Callable[[int, OpaError], Awaitable[None] | None] | None = None,
+        size: int = 0,
     ) -> Plan:
+        """The alert's plan; `size` (its body's length) bounds how many large alerts share a request."""
         if not self._running or self.max_size <= 1:
             return await self._client.decide(opa_input, on_retry=on_retry)
         future: asyncio.Future[Plan] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(opa_input, future, on_retry, time.perf_counter()))
+        self._waiting.append(_Waiting(opa_input, future, on_retry, time.perf_counter(), size))
         self._wake.set()
         return await future
 
@@ -71,10 +77,14 @@ class Batcher:
                 await self._wake.wait()
                 await asyncio.sleep(0)  # the workers woken in this loop turn add their alerts first
                 batch = []
+                size = 0
                 while self._waiting and len(batch) < self.max_size:
+                    if batch and size + self._waiting[0].size > self.max_bytes:
+                        break
                     w = self._waiting.popleft()
                     if not w.future.done():  # its worker was cancelled meanwhile
                         batch.append(w)
+                        size += w.size
                 if not self._waiting:
                     self._wake.clear()
                 if batch:

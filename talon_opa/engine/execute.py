@@ -105,6 +105,12 @@ def missing_fields(alert: Alert, needs: Sequence[str]) -> list[str]:
     return missing
 
 
+def alert_objects(alert: Alert) -> dict[str, str]:
+    """The alert's pod and namespace as a step's objects (what a failed step reports), when present."""
+    ns, pod = alert_target(alert)
+    return {k: v for k, v in (("pod", pod), ("namespace", ns)) if v}
+
+
 def alert_target(alert: Alert) -> tuple[str, str]:
     """(namespace, pod) of the alert, Talon's accessor order; "" when absent."""
     return alert.namespace() or "", alert.pod_name() or ""
@@ -196,6 +202,9 @@ class Executor:
             else:
                 status: Status = "ignored" if outcome.status == "ignored" else "success"
                 result = StepResult(step, status, outcome.message, objects=dict(outcome.objects))
+            if result.status == "failure" and not result.objects:
+                # like Talon, a failure names the objects the step was about (the alert's pod), when known
+                result = dataclasses.replace(result, objects=alert_objects(alert))
             seconds = time.perf_counter() - started
             self.metrics.actions.labels(step.rule, step.action, step.actionner, result.status).inc()
             self.metrics.action_seconds.labels(step.actionner, result.status).observe(seconds)

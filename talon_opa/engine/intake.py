@@ -1,16 +1,21 @@
 """The HTTP intake (DESIGN §3.1): `POST /` and every path that is not reserved. It owns HTTP.
 
-Order of checks: token (401) → method (405) → size (413, before reading more than the limit) → decoding
-(400 malformed or wrong type, 415 `text/plain`) → acceptance, whose `Admission` becomes the answer:
-200 once queued (or a duplicate, not queued), 503 + Retry-After when the queue is full or draining.
+Order of checks: token (401) → method (405) → Content-Encoding (415 unless identity, gzip or deflate) →
+size (413, before reading more than the limit; a compressed body is limited both as sent and once
+decompressed, so a zip bomb stops at the limit) → a body sent slower than `intake.read_timeout_seconds`
+(408) → decompressing (400 naming the header) → decoding (400 malformed, wrong type or nested too deep,
+415 `text/plain`) → acceptance, whose `Admission` becomes the answer: 200 once queued (or a duplicate,
+not queued), 503 + Retry-After when the queue is full (by count or by bytes) or draining.
 Every refusal is JSON `{"error", "field"}` (plus `hint`), and nothing refused is queued. The answer
 never waits on OPA or Kubernetes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +28,10 @@ from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.work import WorkItem
 
 log = logs.get("intake")
+
+ENCODING = "Content-Encoding"
+_GZIP = 16 + zlib.MAX_WBITS  # zlib's wbits for a gzip header and trailer
+_CODINGS = {"identity": 0, "gzip": _GZIP, "x-gzip": _GZIP, "deflate": zlib.MAX_WBITS}
 
 
 def refuse(
@@ -43,6 +52,7 @@ class Intake:
         self._accept = accept
         self._metrics = metrics
         self.max_body = cfg.intake.max_body_bytes
+        self.read_timeout = cfg.intake.read_timeout_seconds
         self.token = cfg.auth.token
         self.header = cfg.auth.header
         self._refused_log = logs.Throttle(1.0)
@@ -57,25 +67,79 @@ class Intake:
             value = rest.strip()
         elif self.header.lower() == "authorization":
             return False
-        return hmac.compare_digest(value.encode(), self.token.encode())
+        # header values hold undecodable bytes as surrogates: compare the bytes as sent
+        return hmac.compare_digest(value.encode("utf-8", "surrogateescape"), self.token.encode())
+
+    def _too_large(self, what: str) -> AlertError:
+        return AlertError(
+            f"{what} over the limit of {self.max_body} bytes",
+            status=413,
+            hint="send one alert per request, or raise intake.max_body_bytes",
+        )
+
+    def _coding(self, request: web.Request) -> int:
+        """zlib's wbits for the body's Content-Encoding (0: identity); AlertError 415 for any other."""
+        value = request.headers.get(ENCODING, "").strip().lower()
+        if value in ("", "identity"):
+            return 0
+        wbits = _CODINGS.get(value)
+        if wbits is None:
+            raise AlertError(
+                f"{ENCODING} {value.encode('utf-8', 'surrogateescape')[:40].decode('ascii', 'replace')!r}"
+                " is not supported",
+                field=ENCODING,
+                status=415,
+                hint="send the alert uncompressed, or with Content-Encoding gzip or deflate",
+            )
+        return wbits
+
+    def _decompress(self, body: bytes, wbits: int) -> bytes:
+        """The decompressed body, never more than the limit (a zip bomb stops there)."""
+        coding = "gzip" if wbits == _GZIP else "deflate"
+        attempts = [wbits] if wbits == _GZIP else [wbits, -zlib.MAX_WBITS]  # deflate: zlib-wrapped, or raw
+        for i, bits in enumerate(attempts):
+            d = zlib.decompressobj(bits)
+            try:
+                out = d.decompress(body, self.max_body + 1)
+                break
+            except zlib.error as e:
+                if i == len(attempts) - 1:
+                    raise AlertError(
+                        f"the body cannot be decompressed as {ENCODING} {coding}: {e}",
+                        field=ENCODING,
+                        hint=f"send a {coding}-compressed body with this header, or drop the header",
+                    ) from e
+        if len(out) > self.max_body or d.unconsumed_tail:
+            raise self._too_large("the decompressed body is")
+        if not d.eof:
+            raise AlertError(
+                f"the body cannot be decompressed as {ENCODING} {coding}: it is truncated",
+                field=ENCODING,
+                hint=f"send a {coding}-compressed body with this header, or drop the header",
+            )
+        return out
 
     async def _body(self, request: web.Request) -> bytes:
+        wbits = self._coding(request)
         if request.content_length is not None and request.content_length > self.max_body:
-            raise AlertError(
-                f"the body is {request.content_length} bytes, over the limit of {self.max_body}",
-                status=413,
-                hint="send one alert per request, or raise intake.max_body_bytes",
-            )
+            raise self._too_large(f"the body is {request.content_length} bytes,")
         buf = bytearray()
-        async for chunk in request.content.iter_any():
-            buf += chunk
-            if len(buf) > self.max_body:
-                raise AlertError(
-                    f"the body is over the limit of {self.max_body} bytes",
-                    status=413,
-                    hint="send one alert per request, or raise intake.max_body_bytes",
-                )
-        return bytes(buf)
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                async for chunk in request.content.iter_any():
+                    buf += chunk
+                    if len(buf) > self.max_body:
+                        raise self._too_large("the body is")
+        except TimeoutError:
+            raise AlertError(
+                f"the body was not received within {self.read_timeout:g} s",
+                field="body",
+                status=408,
+                hint="send the whole body at once, or raise intake.read_timeout_seconds",
+            ) from None
+        if not wbits:
+            return bytes(buf)
+        return self._decompress(bytes(buf), wbits)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         metrics = self._metrics
@@ -134,6 +198,9 @@ class Intake:
             error, hint, retry_after = "the engine is shutting down", "send it again (another replica)", 5
         elif admission.verdict == "unavailable":
             error, hint, retry_after = f"the queue is unavailable: {admission.reason}", "send it again later", 2
+        elif admission.full_by_bytes:
+            error = "queue full: the alerts waiting hold queue.max_bytes of bodies"
+            hint, retry_after = "send it again later; raise queue.max_bytes or queue.workers", 1
         else:
             error = f"queue full: {admission.capacity} alerts are waiting"
             hint, retry_after = "send it again later; raise queue.capacity or queue.workers", 1

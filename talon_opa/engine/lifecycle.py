@@ -34,6 +34,7 @@ from talon_opa.engine.notify import Notifications
 from talon_opa.engine.opa_supervisor import OpaSupervisor
 from talon_opa.engine.process import Processor
 from talon_opa.engine.queue import AlertQueue
+from talon_opa.engine.reload import Built
 from talon_opa.engine.work import Job, WorkItem
 from talon_opa.opa.client import OpaClient
 from talon_opa.plugins.clients import ClientProvider
@@ -42,6 +43,9 @@ from talon_opa.plugins.registry import Registry
 log = logs.get("engine")
 
 _AUTO: Any = object()
+# OPA answers its bundle status in about a millisecond on loopback: a probe that waits longer says so
+# at once (a frozen OPA must not make /readyz hang)
+READY_PROBE_SECONDS = 0.5
 
 
 def kube_config_of(cfg: config.Config) -> KubeConfig | None:
@@ -74,6 +78,7 @@ class Engine:
         self.queue: AlertQueue[Job] = AlertQueue(
             self._handle,
             capacity=cfg.queue.capacity,
+            max_bytes=cfg.queue.max_bytes,
             workers=cfg.queue.workers,
             on_depth=self.metrics.queue_depth.set,
         )
@@ -115,6 +120,7 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._started = False
+        self._empty_refused = False  # the last reload found no rule and was refused
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -127,6 +133,10 @@ class Engine:
         built = await self._build()
         for w in built.warnings:
             log.warning("rules warning", extra={"where": str(w)})
+        if not built.ruleset.rules:
+            log.warning(
+                "NO RULES: the rules files hold no rule, every response is off", extra={"files": list(cfg.rules_files)}
+            )
         try:
             if self.audit is not None:
                 await self.audit.start()
@@ -173,7 +183,7 @@ class Engine:
             await self.supervisor.stop()
             raise
         self.built = built
-        self.metrics.set_revision(built.revision)
+        self._set_revision(built)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.batcher.run(), name="talon-opa-batcher"))
         self.queue.start()
@@ -244,6 +254,20 @@ class Engine:
                 log.error("rules rejected", extra={"error": str(e), "kept": "the previous rules stay active"})
                 return False
             old = self.built
+            if not built.ruleset.rules and old is not None and old.ruleset.rules and not self.cfg.allow_empty_rules:
+                reload.remove(built.path)
+                self.metrics.reloads.labels(status="refused_empty").inc()
+                self._empty_refused = True
+                log.warning(
+                    "rules reload refused: the rules files hold no rule",
+                    extra={
+                        "files": list(self.cfg.rules_files),
+                        "kept": f"the previous {len(old.ruleset.rules)} rules stay active",
+                        "hint": "write the rules again; set allow_empty_rules: true to switch every response off",
+                    },
+                )
+                return False
+            self._empty_refused = False
             if old is not None and built.revision == old.revision:
                 if built.path != old.path:
                     reload.remove(built.path)
@@ -267,14 +291,25 @@ class Engine:
                 return False
             instances.adopt(new_notifiers)
             self.built = built
-            self.metrics.set_revision(built.revision)
+            self._set_revision(built)
             if old is not None and old.path != built.path:
                 reload.remove(old.path)
             for w in built.warnings:
                 log.warning("rules warning", extra={"where": str(w)})
+            if not built.ruleset.rules:
+                log.warning(
+                    "NO RULES: the rules files hold no rule, every response is off",
+                    extra={"files": list(self.cfg.rules_files), "before": len(old.ruleset.rules) if old else 0},
+                )
             self.metrics.reloads.labels(status="success").inc()
             log.info("rules reloaded", extra={"rules": len(built.ruleset.rules), "revision": built.revision})
             return True
+
+    def _set_revision(self, built: Built) -> None:
+        self.metrics.set_revision(built.revision)
+        self.metrics.rules_active.set(len(built.ruleset.rules))
+        matches = [r.match for r in built.ruleset.rules]
+        self.metrics.set_known((name for m in matches for name in m.rules), (m.source for m in matches if m.source))
 
     # --- processing -----------------------------------------------------------------------------------
 
@@ -308,18 +343,24 @@ class Engine:
             return False, {"status": "not ready", "reason": "nats unreachable", "url": "queue.nats_url"}
         want = self.supervisor.revision
         try:
-            have = await self.opa.revisions(timeout=min(2.0, self.cfg.opa.timeout_seconds))
+            have = await self.opa.revisions(timeout=min(READY_PROBE_SECONDS, self.cfg.opa.timeout_seconds))
         except OpaError as e:
             return False, {"status": "not ready", "reason": "opa unreachable", "error": str(e)}
         if want not in have:
             return False, {"status": "not ready", "reason": "bundle not active", "want": want, "opa": sorted(have)}
-        return True, {
+        doc: dict[str, Any] = {
             "status": "ready",
             "revision": want,
+            "rules": len(self.built.ruleset.rules) if self.built else 0,
             "queue_depth": self.queue.depth,
             "dry_run_only": self.dry_run_only,
             **({"audit": f"not writable: {audit_problem}"} if audit_problem else {}),
         }
+        if self.built is not None and not self.built.ruleset.rules:
+            doc["warning"] = "no rules: every response is off"
+        elif self._empty_refused:
+            doc["warning"] = "the rules files hold no rule: reload refused, the previous rules stay active"
+        return True, doc
 
     async def drained(self) -> None:
         """Wait until every accepted alert is finished (tests and benchmarks)."""

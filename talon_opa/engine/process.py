@@ -72,7 +72,7 @@ class Processor:
                         },
                     )
                 for rule in plan.acted_rules():
-                    metrics.matches.labels(rule, alert.rule, alert.priority, alert.source).inc()
+                    metrics.count_match(rule, alert.rule, alert.priority, alert.source)
                     log.info("match", extra={"id": job.alert_id, "rule": rule, "event": alert.rule})
                 results = await self._executor().execute(alert, plan)
                 self._record(job, plan, results)
@@ -103,7 +103,7 @@ class Processor:
                 span.add_event("opa unavailable, retrying", {"attempt": attempt, "error": str(error)[:500]})
 
             try:
-                plan = await self._batcher.decide(job.alert.opa_input(), on_retry=retrying)
+                plan = await self._batcher.decide(job.alert.opa_input(), on_retry=retrying, size=len(job.item.body))
             except OpaError as e:
                 telemetry.fail(span, e, "opa_error")
                 raise

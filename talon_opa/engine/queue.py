@@ -1,10 +1,11 @@
 """The bounded in-process queue between intake and execution.
 
-At most `capacity` accepted alerts wait; `put` refuses beyond that (intake answers 503), so
-nothing accepted is dropped. N workers take alerts in order; alerts with the same target key (the pod)
-never run at the same time: a worker that finds its alert's target busy hands it to the worker already
-on that target, which runs it next, in arrival order. `drain` stops intake and waits for every accepted
-alert to finish.
+At most `capacity` accepted alerts wait, and the alerts accepted and not finished hold at most
+`max_bytes` of bodies (one alert is always let into an idle queue); `put` refuses beyond either (intake
+answers 503), so nothing accepted is dropped and a burst of large alerts cannot exhaust memory. N workers
+take alerts in order; alerts with the same target key (the pod) never run at the same time: a worker that
+finds its alert's target busy hands it to the worker already on that target, which runs it next, in
+arrival order. `drain` stops intake and waits for every accepted alert to finish.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ J = TypeVar("J")
 class _Entry(Generic[J]):
     job: J
     target: Hashable | None
+    size: int
 
 
 class QueueClosed(Exception):
@@ -42,10 +44,13 @@ class AlertQueue(Generic[J]):
         *,
         capacity: int,
         workers: int,
+        max_bytes: int | None = None,
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
         self._handler = handler
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0  # sizes of the alerts accepted and not finished (they hold memory until then)
         self._n_workers = workers
         self._on_depth = on_depth or (lambda depth: None)
         self._queue: asyncio.Queue[_Entry[J]] = asyncio.Queue()
@@ -69,16 +74,19 @@ class AlertQueue(Generic[J]):
         loop = asyncio.get_running_loop()
         self._workers = [loop.create_task(self._work(), name=f"talon-opa-worker-{i}") for i in range(self._n_workers)]
 
-    def put(self, job: J, target: Hashable | None = None) -> bool:
-        """Accept the job unless the queue is full (False) or draining (QueueClosed)."""
+    def put(self, job: J, target: Hashable | None = None, size: int = 0) -> bool:
+        """Accept the job unless the queue is full by count or bytes (False) or draining (QueueClosed)."""
         if self.closed:
             raise QueueClosed()
         if self._waiting >= self.capacity:
             return False
+        if self.max_bytes is not None and self._unfinished and self.bytes + size > self.max_bytes:
+            return False
         self._waiting += 1
+        self.bytes += size
         self._unfinished += 1
         self._idle.clear()
-        self._queue.put_nowait(_Entry(job, target))
+        self._queue.put_nowait(_Entry(job, target, size))
         self._on_depth(self._waiting)
         return True
 
@@ -115,6 +123,7 @@ class AlertQueue(Generic[J]):
             log.exception("alert handler failed")
         finally:
             self._unfinished -= 1
+            self.bytes -= entry.size
             if self._unfinished == 0:
                 self._idle.set()
 

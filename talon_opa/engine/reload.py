@@ -157,26 +157,56 @@ def signature(paths: Sequence[str]) -> Signature:
     return tuple(out)
 
 
-class RulesWatcher:
-    """Polls the rules files and calls `on_change` once a change has settled."""
+SETTLE_SECONDS = 0.5  # a change goes to reload once the files have not changed for this long
+EMPTY_SETTLE_SECONDS = 2.5  # ... or this long while a file is empty (a truncate-then-write in progress)
 
-    def __init__(self, paths: Sequence[str], interval: float, on_change: Callable[[], Awaitable[object]]) -> None:
+
+def _any_empty(sig: Signature) -> bool:
+    return any(len(entry) == 6 and entry[5] == 0 for entry in sig)
+
+
+class RulesWatcher:
+    """Polls the rules files and calls `on_change` once a change has settled.
+
+    Settled: the files' signatures stayed the same for SETTLE_SECONDS (EMPTY_SETTLE_SECONDS while a
+    file is empty, since an editor or `>` truncates before writing). A file still changing is not read.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        interval: float,
+        on_change: Callable[[], Awaitable[object]],
+        *,
+        settle: float = SETTLE_SECONDS,
+        empty_settle: float = EMPTY_SETTLE_SECONDS,
+    ) -> None:
         self.paths = list(paths)
         self.interval = interval
         self.on_change = on_change
+        self.settle = settle
+        self.empty_settle = empty_settle
         self._last = signature(self.paths)
 
     async def run(self) -> None:
-        settle = min(0.25, self.interval / 2)
+        loop = asyncio.get_running_loop()
+        step = min(self.interval, 0.1)
         while True:
             await asyncio.sleep(self.interval)
             sig = signature(self.paths)
             if sig == self._last:
                 continue
-            await asyncio.sleep(settle)
-            again = signature(self.paths)
-            if again != sig:
-                continue  # still being written: look again next round
-            self._last = again
+            since = loop.time()
+            while True:  # wait until the files stop changing
+                await asyncio.sleep(step)
+                again = signature(self.paths)
+                if again != sig:
+                    sig, since = again, loop.time()
+                    continue
+                if loop.time() - since >= (self.empty_settle if _any_empty(sig) else self.settle):
+                    break
+            if sig == self._last:
+                continue  # changed and changed back
+            self._last = sig
             log.info("rules files changed", extra={"files": self.paths})
             await self.on_change()

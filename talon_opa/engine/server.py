@@ -22,6 +22,7 @@ from talon_opa.core import config, logs
 from talon_opa.core.errors import RulesError, TalonError
 from talon_opa.engine.app import create_app
 from talon_opa.engine.lifecycle import Engine
+from talon_opa.engine.listener import Runner
 from talon_opa.engine.reload import log_problems
 
 log = logs.get("server")
@@ -49,7 +50,7 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     engine = Engine(cfg)
     app = create_app(engine)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = Runner(app, cfg.intake)
     try:
         await runner.setup()  # starts the engine: rules → bundle → OPA
     except RulesError as e:
@@ -67,11 +68,18 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None) -> int:
                 "address": cfg.address,
                 "port": cfg.listen_port,
                 "tls": bool(cfg.tls.cert_file),
-                "auth": bool(cfg.auth.token),
+                "auth": cfg.authentication,
             },
         )
-        if not cfg.auth.token and cfg.address not in (config.LOOPBACK, "localhost", "::1"):
-            log.warning("intake has no authentication and listens beyond loopback", extra={"hint": "set auth.token"})
+        if cfg.authentication == "none":
+            hint = "set auth.token, or tls.client_ca_file for client certificates"
+            if cfg.address not in (config.LOOPBACK, "localhost", "::1"):
+                log.warning("intake has no authentication and listens beyond loopback", extra={"hint": hint})
+            elif cfg.tls.cert_file:
+                log.warning(
+                    "intake TLS without client certificates is not authentication: listening on loopback only",
+                    extra={"hint": hint},
+                )
         engine_reload = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, engine_reload.set)
         reloader = loop.create_task(_reload_on(engine_reload, engine), name="talon-opa-sighup")

@@ -250,8 +250,12 @@ class OpaClient:
                 if r.status != 200:
                     raise OpaUnavailable(f"OPA answered HTTP {r.status} for its bundles", hint="see OPA's log")
                 body = await r.json()
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
-            raise OpaUnavailable(f"OPA is unreachable: {e}", hint="see OPA's log") from e
+        except TimeoutError as e:
+            raise OpaUnavailable(
+                f"OPA did not answer within {timeout:g} s", hint="is OPA overloaded or stopped?"
+            ) from e
+        except (aiohttp.ClientError, OSError, ValueError) as e:
+            raise OpaUnavailable(f"OPA is unreachable: {e or type(e).__name__}", hint="see OPA's log") from e
         result = body.get("result") or {}
         return {str((b.get("manifest") or {}).get("revision", "")) for b in result.values() if isinstance(b, dict)}
 

@@ -1,14 +1,23 @@
-"""A child OPA server: started on loopback (TCP or a unix socket), ready once its bundle is active."""
+"""A child OPA server: started on loopback (TCP or a unix socket), ready once its bundle is active.
+
+The child dies with its parent: on Linux it asks the kernel (prctl PR_SET_PDEATHSIG) for a SIGTERM when
+the process that started it ends, even by SIGKILL, so no OPA is left running as an orphan.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import json
 import os
 import secrets
+import shutil
+import signal
 import socket
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +27,27 @@ from talon_opa.core import binaries
 from talon_opa.core.errors import OpaError
 
 _HANDED_OUT: set[int] = set()
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None  # loaded before any fork
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` making the child get SIGTERM when this process ends (Linux; elsewhere None).
+
+    The kernel sends it when the thread that forked the child ends: the event loop's thread, which
+    lives as long as the engine.
+    """
+    if _LIBC is None:
+        return None
+    libc, parent = _LIBC, os.getpid()
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would ever stop us
+            os._exit(1)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -95,7 +125,9 @@ class OpaProcess:
             authz.mkdir()
             (authz / ".manifest").write_text('{"roots": ["system/authz"]}')
             (authz / "authz.rego").write_text(
-                f'package system.authz\n\ndefault allow := false\n\nallow if input.identity == "{self.token}"\n'
+                # a JSON string is a Rego string literal: quotes and backslashes in the token stay inside it
+                "package system.authz\n\ndefault allow := false\n\n"
+                f"allow if input.identity == {json.dumps(self.token)}\n"
             )
             args += ["--authentication=token", "--authorization=basic", str(authz)]
         log = open(self.log_path or work / "opa.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
@@ -106,9 +138,13 @@ class OpaProcess:
             stdin=asyncio.subprocess.DEVNULL,
             cwd=work,
             env={**os.environ, **self.env} if self.env else None,
+            preexec_fn=die_with_parent(),  # prctl only, before exec
         )
         log.close()
         await self._wait_ready(ready_within)
+        if self.token:
+            # OPA has loaded its token policy: the token need not stay on disk (it would outlive a SIGKILL)
+            shutil.rmtree(work / "authz", ignore_errors=True)
 
     async def _wait_ready(self, ready_within: float) -> None:
         deadline = asyncio.get_running_loop().time() + ready_within

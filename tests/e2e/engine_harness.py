@@ -21,6 +21,7 @@ from talon_opa.core.kube import KubeConfig
 from talon_opa.engine import server
 from talon_opa.engine.app import create_app
 from talon_opa.engine.lifecycle import Engine
+from talon_opa.engine.listener import Runner
 from talon_opa.opa.process import free_port
 from talon_opa.plugins.registry import Registry
 from tests.harness.paths import ALERTS
@@ -141,7 +142,7 @@ async def running_engine(
     before = set(asyncio.all_tasks())  # other engines of the test may run beside this one
     engine = Engine(cfg, kube_config=kube_config, registry=registry, span_exporter=span_exporter)
     app = create_app(engine)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = Runner(app, cfg.intake)
     await runner.setup()
     try:
         tls = server.ssl_context(cfg.tls)

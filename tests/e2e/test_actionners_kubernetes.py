@@ -151,8 +151,9 @@ async def test_annotation_adds_and_removes_pod_annotations(kube: KubeCluster, na
 
 
 async def test_label_of_a_missing_pod_fails_naming_it(namespace: str, run: Run) -> None:
-    with pytest.raises(StepFailed, match=f"the pod 'nope' in the namespace '{namespace}' doesn't exist"):
+    with pytest.raises(StepFailed, match=f"the pod 'nope' in the namespace '{namespace}' doesn't exist") as e:
         await run(Label, namespace, "nope", labels={"a": "b"})
+    assert "or never existed" in e.value.hint  # never "was deleted": nothing says it ever existed
 
 
 # ---- terminate ---------------------------------------------------------------------------------

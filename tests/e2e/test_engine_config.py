@@ -26,6 +26,18 @@ def test_defaults_are_talons_except_a_loopback_listener() -> None:
     assert config.load(None, {"LISTEN_ADDRESS": "0.0.0.0"}).address == "0.0.0.0"
 
 
+def test_only_a_token_or_client_certificates_count_as_authentication(tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem", "ca.pem"):
+        (tmp_path / name).write_text("-")
+    tls = {"TLS_CERT_FILE": str(tmp_path / "c.pem"), "TLS_KEY_FILE": str(tmp_path / "k.pem")}
+    server_tls = config.load(None, tls)
+    assert (server_tls.authentication, server_tls.address) == ("none", "127.0.0.1")
+    mtls = config.load(None, {**tls, "TLS_CLIENT_CA_FILE": str(tmp_path / "ca.pem")})
+    assert (mtls.authentication, mtls.address) == ("mtls", "0.0.0.0")
+    both = config.load(None, {**tls, "TLS_CLIENT_CA_FILE": str(tmp_path / "ca.pem"), "AUTH_TOKEN": "t0ken"})
+    assert (both.authentication, both.address) == ("token+mtls", "0.0.0.0")
+
+
 def test_env_wins_over_the_file_and_lists_split_on_commas(tmp_path: Path) -> None:
     path = write(
         tmp_path,

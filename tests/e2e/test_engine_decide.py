@@ -124,8 +124,10 @@ async def test_an_unreachable_opa_is_retried_until_it_answers(opa: OpaFactory, t
         await live.close()
 
 
-async def _batcher(client: OpaClient, max_size: int = 64) -> tuple[Batcher, asyncio.Task[None]]:
-    batcher = Batcher(client, max_size=max_size)
+async def _batcher(
+    client: OpaClient, max_size: int = 64, max_bytes: int = 4 * 1024 * 1024
+) -> tuple[Batcher, asyncio.Task[None]]:
+    batcher = Batcher(client, max_size=max_size, max_bytes=max_bytes)
     task = asyncio.get_running_loop().create_task(batcher.run(), name="test-batcher")
     await asyncio.sleep(0)  # running: later alerts are batched
     return batcher, task
@@ -170,6 +172,24 @@ async def test_a_burst_decided_in_batches_gets_exactly_the_plans_decided_one_by_
         ids = [p.decision_id for p in batched]
         assert all(ids)
         assert len(set(ids)) == -(-len(alerts) // 16)  # ...one decision each
+    finally:
+        await ep.close()
+
+
+async def test_large_alerts_are_batched_up_to_max_bytes(opa: OpaFactory, tmp_path: Path) -> None:
+    built = reload.build([str(SEED_RULES)], default_registry(), tmp_path)
+    server = await opa(built.path, unix_socket=True, token="tok")
+    ep = Endpoint.open(server.base_url, server.connector(), server.headers())
+    alerts = _burst()[:12]
+    try:
+        batcher, task = await _batcher(OpaClient(lambda: ep), max_size=16, max_bytes=3000)
+        try:
+            sizes = [1000] * 11 + [5000]  # 3 of 1000 bytes fit in 3000; one of 5000 goes alone
+            plans = await asyncio.gather(*(batcher.decide(a, size=n) for a, n in zip(alerts, sizes, strict=True)))
+        finally:
+            await _stop(task)
+        assert max(p.batch_size for p in plans) == 3
+        assert plans[-1].batch_size == 1
     finally:
         await ep.close()
 

@@ -141,6 +141,8 @@ async def test_steps_follow_talons_control_flow(engine: RunningEngine) -> None:
     assert "KeyError" in SCRIPT.notes[2].error
     assert {n.trace_id for n in SCRIPT.notes} == {reply.body["trace_id"]}
     assert SCRIPT.notes[0].objects == {"pod": "flow", "namespace": "payments"}
+    # a failed step's notification names its objects too, as Talon's does (Namespace:/Pod: lines)
+    assert [n.objects for n in SCRIPT.notes[1:]] == [{"pod": "flow", "namespace": "payments"}] * 3
     assert SCRIPT.notes[0].event.startswith("A shell was spawned")
     assert await m("falcosecurity_falco_talon_notifications_total", notifier="recorder", status="success") == 4
 
@@ -267,6 +269,37 @@ async def test_a_full_queue_answers_503_and_loses_nothing(tmp_path: Path) -> Non
         await e.drained()
         assert sorted(c[1] for c in SCRIPT.calls) == ["q-0", "q-1", "q-2", "q-3"]
         assert await e.metric("talon_opa_intake_rejected_total", status="503") == 1
+
+
+async def test_a_queue_full_by_bytes_answers_503_and_loses_nothing(tmp_path: Path) -> None:
+    SCRIPT.reset()  # gate closed: the first alert holds the only worker
+    queue = config.Queue(capacity=100, workers=1, drain_timeout_seconds=10, max_bytes=12_000)
+    intake = config.Intake(max_body_bytes=12_000)
+
+    def big(pod: str) -> dict[str, object]:
+        alert = shell_alert(pod)
+        alert["output_fields"]["padding"] = "x" * 5000  # ~5.5 KB each: two fit in 12,000 bytes, not three
+        return alert
+
+    async with running_engine(
+        tmp_path, FLOW_RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, queue=queue, intake=intake
+    ) as e:
+        assert (await e.post(json_body=big("b-0"))).status == 200
+        for _ in range(100):
+            if SCRIPT.calls:
+                break
+            await asyncio.sleep(0.02)
+        assert (await e.post(json_body=big("b-1"))).status == 200  # b-0 runs (held), b-1 waits
+        full = await e.post(json_body=big("b-2"))  # the running alert's body counts too: it is still in memory
+        assert full.status == 503
+        assert full.headers["Retry-After"] == "1"
+        assert "queue.max_bytes" in full.body["error"]
+        assert await e.metric("talon_opa_queue_depth") == 1  # by bytes, far below the count capacity
+        SCRIPT.gate.set()
+        await e.drained()
+        assert (await e.post(json_body=big("b-2"))).status == 200
+        await e.drained()
+        assert sorted(c[1] for c in SCRIPT.calls) == ["b-0", "b-1", "b-2"]
 
 
 @pytest.mark.parametrize("n", [20])

@@ -99,3 +99,21 @@ async def test_the_child_gets_the_configured_gogc(tmp_path: Path, gc_percent: in
         assert (await e.post(json_body=shell_alert())).status == 200
         await asyncio.wait_for(e.drained(), 30)
         assert await e.metric("falcosecurity_falco_talon_actions_total", status="dry_run") == 1
+
+
+async def test_readyz_says_why_at_once_while_opa_is_frozen_and_nothing_is_lost(tmp_path: Path) -> None:
+    async with running_engine(tmp_path, DRY_RUN_RULES) as e:
+        pid = e.engine.supervisor.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            reply = await e.get("/readyz")
+            assert reply.status == 503
+            assert reply.body["reason"] == "opa unreachable"
+            assert "did not answer within" in reply.body["error"]
+            assert (await e.post(json_body=shell_alert("frozen"))).status == 200  # accepted, waits for OPA
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await asyncio.wait_for(e.drained(), 30)
+        assert await e.metric("falcosecurity_falco_talon_actions_total", status="dry_run") == 1
+        assert (await e.get("/readyz")).status == 200

@@ -97,3 +97,69 @@ async def test_a_configmap_style_symlink_swap_is_seen(tmp_path: Path) -> None:
         os.replace(mount / "..data_tmp", mount / "..data")  # atomic, as kubelet does
         await wait_metric(e, "talon_opa_rules_reloads_total", 1, status="success")
         assert await acted(e, "New", "s-2") == 1
+
+
+async def test_truncate_then_write_never_puts_an_empty_rule_set_live(tmp_path: Path) -> None:
+    # allow_empty_rules: only the watcher's settling protects here (the default would refuse an empty set too)
+    async with running_engine(
+        tmp_path, RULES.format(name="R0"), watch_rules=True, watch_interval_seconds=0.1, allow_empty_rules=True
+    ) as e:
+        seen: list[int] = []
+
+        async def watch_active() -> None:
+            while True:
+                assert e.engine.built is not None
+                seen.append(len(e.engine.built.ruleset.rules))
+                await asyncio.sleep(0.01)
+
+        monitor = asyncio.create_task(watch_active())
+        try:
+            for i in range(1, 6):
+                with e.rules.open("w") as f:  # truncated: an empty file for 0.6 s, then the rules
+                    f.flush()
+                    await asyncio.sleep(0.6)
+                    f.write(RULES.format(name=f"R{i}"))
+                for _ in range(400):  # bounded: until the new rules are live
+                    assert e.engine.built is not None
+                    if e.engine.built.ruleset.rules[0].name == f"R{i}":
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError(f"R{i} never went live")
+        finally:
+            monitor.cancel()
+        assert seen
+        assert 0 not in seen, "an empty rule set went live"
+        assert await e.metric("talon_opa_rules_reloads_total", status="success") == 5
+        assert await acted(e, "R5", "t-1") == 1
+
+
+async def test_an_empty_rule_set_after_rules_is_refused_loudly_by_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="talon_opa")
+    async with running_engine(tmp_path, RULES.format(name="Kept"), watch_rules=True, watch_interval_seconds=0.1) as e:
+        e.rules.write_text("# every rule commented out\n# - rule: Kept\n")
+        await wait_metric(e, "talon_opa_rules_reloads_total", 1, status="refused_empty")
+        assert [r for r in caplog.records if r.levelname == "WARNING" and "reload refused" in r.getMessage()]
+        ready = await e.get("/readyz")
+        assert ready.status == 200
+        assert "reload refused" in ready.body["warning"]
+        assert ready.body["rules"] == 1
+        assert await e.metric("talon_opa_rules_active") == 1
+        assert await acted(e, "Kept", "e-1") == 1  # the old rules still act
+
+
+async def test_an_allowed_empty_rule_set_goes_live_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="talon_opa")
+    async with running_engine(
+        tmp_path, RULES.format(name="Gone"), watch_rules=True, watch_interval_seconds=0.1, allow_empty_rules=True
+    ) as e:
+        e.rules.write_text("# nothing here\n")
+        await wait_metric(e, "talon_opa_rules_reloads_total", 1, status="success")
+        assert await e.metric("talon_opa_rules_active") == 0
+        assert [r for r in caplog.records if r.levelname == "WARNING" and r.getMessage().startswith("NO RULES")]
+        ready = await e.get("/readyz")
+        assert (ready.status, ready.body["rules"]) == (200, 0)
+        assert "every response is off" in ready.body["warning"]
+        assert await acted(e, "Gone", "e-2") == 0

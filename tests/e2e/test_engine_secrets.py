@@ -8,8 +8,10 @@ notifier's error text carries the secret and the engine must scrub it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,14 @@ from talon_opa.cli import rules_check
 from talon_opa.core import config, logs
 from talon_opa.core.errors import TalonError
 from talon_opa.core.kube import KubeConfig
+from talon_opa.engine import server
 from talon_opa.notifiers.webhook import Webhook
 from talon_opa.plugins.params import param
 from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.runtime import Planned
 from talon_opa.plugins.spec import Spec
 from tests.e2e.engine_harness import running_engine, shell_alert
+from tests.e2e.engine_harness import test_config as engine_config
 from tests.e2e.engine_plugins import ScriptedLabel
 
 UNUSED_KUBE = KubeConfig(server="http://127.0.0.1:9")  # the scripted label never calls it; not dry-run
@@ -52,13 +56,13 @@ RULES = """\
 @pytest.fixture
 def captured_logs() -> Iterator[io.StringIO]:
     out = io.StringIO()
-    logger = logs.get()
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in (logs.get(), logging.getLogger("aiohttp"))]
     logs.setup("json", "info", stream=out)
     yield out
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-    logger.propagate = propagate
+    for logger, handlers, level, propagate in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -151,3 +155,54 @@ def test_rules_print_masks_parameters_declared_secret(tmp_path: Path) -> None:
     printed = yaml.safe_load(out.getvalue())
     assert printed[0]["actions"][0]["parameters"] == {"path": "/kv/falco", "Password": "<redacted>"}
     assert "hunter2" not in out.getvalue()
+
+
+async def test_an_opa_token_with_quotes_and_backslashes_starts_and_decides(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    token = 'op"a-tok\\en"}-x'
+    opa = dataclasses.replace(config.Opa(), token=token, retry_initial_seconds=0.02, retry_max_seconds=0.3)
+    async with running_engine(tmp_path, RULES.replace("  notifiers: [webhook]\n", ""), opa=opa) as e:
+        assert (await e.post(json_body=shell_alert("tok-1"))).status == 200
+        await e.drained()
+        assert await e.metric("falcosecurity_falco_talon_actions_total", status="dry_run") == 1
+        # the child OPA really requires it: a request with another token is refused
+        endpoint = e.engine.supervisor.endpoint()
+        async with endpoint.session.get(f"{endpoint.base_url}/health", headers={"Authorization": "Bearer x"}) as r:
+            assert r.status == 401
+    assert token not in captured_logs.getvalue()
+
+
+def test_an_opa_token_that_cannot_be_a_header_is_refused_without_printing_it() -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.load(None, {"OPA_TOKEN": "bad token-123\n"})
+    assert "opa.token" in str(e.value)
+    assert "token-123" not in str(e.value)
+
+
+async def test_a_password_in_a_notifier_url_is_scrubbed_from_logs(tmp_path: Path, captured_logs: io.StringIO) -> None:
+    password = "hook-pass%2Fword-9d2e"
+    notifiers = {"webhook": {"url": f"http://falco:{password}@127.0.0.1:9/hook?pw={password}"}}
+    async with running_engine(
+        tmp_path, RULES, registry=Registry.of(ScriptedLabel, Webhook), kube_config=UNUSED_KUBE, notifiers=notifiers
+    ) as e:
+        assert (await e.post(json_body=shell_alert("pw-1", output=f"an alert quoting {password}"))).status == 200
+        await e.drained()
+        assert await e.metric("falcosecurity_falco_talon_notifications_total", status="failure") == 1
+    text = captured_logs.getvalue()
+    assert "an alert quoting" in text or '"notification"' in text
+    assert password not in text
+    assert "hook-pass/word" not in text
+
+
+async def test_a_malformed_notifier_url_with_a_password_is_not_printed_by_the_startup_error(
+    tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    cfg = engine_config(rules, notifiers={"webhook": {"url": "htp:/falco:pw-malformed-77@hooks"}})
+    assert await server.serve(cfg) == 1  # `talon-opa server`'s own path: logged, exit code 1
+    text = captured_logs.getvalue()
+    assert "engine did not start" in text
+    assert "falco:<redacted>@hooks" in text
+    assert "pw-malformed-77" not in text

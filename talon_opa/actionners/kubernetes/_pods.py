@@ -71,7 +71,10 @@ async def get_pod(kube: KubeClient, ref: PodRef) -> dict[str, Any]:
         pod: dict[str, Any] = await kube.get(ref.path)
     except KubeApiError as e:
         if e.status == 404:
-            raise StepFailed(f"{ref} doesn't exist", hint="the pod was deleted before the action ran") from e
+            raise StepFailed(
+                f"{ref} doesn't exist",
+                hint="it was deleted before the action ran, or never existed: check the alert's pod and namespace",
+            ) from e
         raise
     return pod
 
@@ -102,7 +105,7 @@ async def get_owner_object(kube: KubeClient, namespace: str, kind: str, name: st
         if e.status == 404:
             raise StepFailed(
                 f"the {kind} '{name}' owning a pod in the namespace '{namespace}' doesn't exist",
-                hint="the workload was deleted before the action ran",
+                hint="it was deleted before the action ran, or never existed",
             ) from e
         raise
     return obj
