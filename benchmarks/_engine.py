@@ -60,6 +60,8 @@ async def engine_process(rules: str, **config: object) -> AsyncIterator[str]:
                     raise RuntimeError("engine not ready after 60 s")
             yield url
         finally:
+            # CPU of the engine and of its OPA child over its whole run (start-up included), to stderr
+            print(f"engine_cpu_s={_cpu(proc.pid):.2f} python_cpu_s={_cpu(proc.pid, children=False):.2f}", file=sys.stderr)
             proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), 30)
@@ -94,4 +96,19 @@ async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
         m = re.match(rf"^{re.escape(name)}(?:\{{.*\}})? (\S+)$", line)
         if m:
             total += float(m.group(1))
+    return total
+
+
+def _cpu(pid: int, children: bool = True) -> float:
+    """CPU seconds used so far by a process and its children (the OPA child), from /proc (Linux)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        if children:
+            pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
     return total

@@ -123,6 +123,12 @@ class Intake:
         wbits = self._coding(request)
         if request.content_length is not None and request.content_length > self.max_body:
             raise self._too_large(f"the body is {request.content_length} bytes,")
+        content = request.content
+        if content.is_eof():  # the whole body came with the headers (a usual alert): no timer needed
+            data = content.read_nowait(-1)
+            if len(data) > self.max_body:
+                raise self._too_large("the body is")
+            return self._decompress(data, wbits) if wbits else data
         buf = bytearray()
         try:
             async with asyncio.timeout(self.read_timeout):
