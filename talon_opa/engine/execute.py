@@ -142,6 +142,16 @@ class Executor:
         self.step_timeout = step_timeout
         self.force_dry_run = force_dry_run
 
+    def _needs_kube(self, step: Step) -> bool:
+        """Whether the step's actionner or output uses the Kubernetes client (unknown ones count as using it).
+
+        Without Kubernetes credentials only those steps run in dry-run: `aws:lambda` still runs.
+        """
+        plugins = [self.registry.actionners.get(step.actionner)]
+        if step.output is not None:
+            plugins.append(self.registry.outputs.get(step.output.target))
+        return any(p is None or "kube" in p.spec.clients for p in plugins)
+
     async def execute(self, alert: Alert, plan: Plan) -> list[StepResult]:
         """Run the plan's steps with Talon's control flow; every result, in plan order."""
         ended: set[str] = set()
@@ -161,7 +171,7 @@ class Executor:
 
     async def run_step(self, alert: Alert, step: Step, index: int = 0) -> StepResult:
         ns, pod = alert_target(alert)
-        dry_run = step.dry_run or self.force_dry_run
+        dry_run = step.dry_run or (self.force_dry_run and self._needs_kube(step))
         attrs: dict[str, Any] = {
             telemetry.RULE: step.rule,
             telemetry.ACTION: step.action,

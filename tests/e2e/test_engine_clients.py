@@ -114,3 +114,43 @@ def test_talons_aws_minio_and_gcp_keys_configure_the_clients(tmp_path: Path) -> 
     assert "s3cr3t-key" in cfg.secret_values()
     with pytest.raises(TalonError):
         config.load(tmp_path / "missing.yaml", {})
+
+
+class Cloud(Actionner[NoParams]):
+    """Needs no Kubernetes client (like aws:lambda)."""
+
+    spec: ClassVar[Spec[Any]] = Spec(name="test:cloud", kind="actionner", description="no kube", params=NoParams)
+
+    async def run(self, alert: Alert, params: NoParams) -> Outcome:
+        SEEN.append("cloud ran")
+        return Outcome.done("called the cloud")
+
+
+class Kube(Actionner[NoParams]):
+    spec: ClassVar[Spec[Any]] = Spec(
+        name="test:kube", kind="actionner", description="kube", params=NoParams, clients=("kube",)
+    )
+
+    async def run(self, alert: Alert, params: NoParams) -> Outcome:
+        SEEN.append("kube ran")
+        return Outcome.done("patched")
+
+
+async def test_without_kubernetes_only_the_kubernetes_steps_run_in_dry_run(tmp_path: Path) -> None:
+    SEEN.clear()
+    two = """\
+- rule: Both
+  match: {rules: [Terminal shell in container]}
+  actions:
+    - action: Kube step
+      actionner: test:kube
+    - action: Cloud step
+      actionner: test:cloud
+"""
+    async with running_engine(tmp_path, two, registry=Registry.of(Cloud, Kube), kube_config=None) as engine:
+        assert (await engine.post("/", json_body=shell_alert())).status == 200
+        await engine.drained()
+        actions = "falcosecurity_falco_talon_actions_total"
+        assert await engine.metric(actions, actionner="test:kube", status="dry_run") == 1
+        assert await engine.metric(actions, actionner="test:cloud", status="success") == 1
+    assert SEEN == ["cloud ran"]
