@@ -25,9 +25,6 @@ COPY pyproject.toml constraints.txt ./
 COPY talon_opa ./talon_opa
 RUN python -m venv /opt/talon-opa \
     && /opt/talon-opa/bin/pip install -c constraints.txt .
-# The Rego library (policies/) is found beside the package's parent folder (translator/bundle.py:
-# POLICIES = binaries.REPO / "policies"); installed, that parent is site-packages.
-COPY policies /opt/talon-opa/lib/python3.11/site-packages/policies
 COPY --from=opa /out/opa /usr/local/bin/opa
 COPY examples/rules.yaml /tmp/check/rules.yaml
 # the installed engine translates rules with the Rego library and checks the bundle with the real OPA

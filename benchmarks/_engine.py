@@ -61,7 +61,9 @@ async def engine_process(rules: str, **config: object) -> AsyncIterator[str]:
             yield url
         finally:
             # CPU of the engine and of its OPA child over its whole run (start-up included), to stderr
-            print(f"engine_cpu_s={_cpu(proc.pid):.2f} python_cpu_s={_cpu(proc.pid, children=False):.2f}", file=sys.stderr)
+            print(
+                f"engine_cpu_s={_cpu(proc.pid):.2f} python_cpu_s={_cpu(proc.pid, children=False):.2f}", file=sys.stderr
+            )
             proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), 30)

@@ -19,7 +19,7 @@ from talon_opa.translator.model import Action, FieldCondition, Match, OutputRef,
 from talon_opa.translator.rego import generate
 from tests.harness.paths import REPO
 
-POLICIES = REPO / "policies"
+POLICIES = REPO / "talon_opa" / "policies"
 WHERE = Where("rules.yaml", 1, 3)
 
 

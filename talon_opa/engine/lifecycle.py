@@ -147,7 +147,7 @@ class Engine:
             if kube_config is None:
                 self.dry_run_only = True
                 log.warning(
-                    "NO KUBERNETES CREDENTIALS: every Kubernetes step runs in DRY-RUN, nothing in a cluster will change",
+                    "NO KUBERNETES CREDENTIALS: every Kubernetes step runs in DRY-RUN, no cluster will change",
                     extra={"hint": "set kubeconfig (or KUBECONFIG), or run in a cluster with a service account"},
                 )
             else:

@@ -25,7 +25,7 @@ from talon_opa.core import binaries
 from talon_opa.core.errors import TalonError
 from talon_opa.translator import rego
 
-POLICIES = binaries.REPO / "policies"
+POLICIES = Path(__file__).resolve().parents[1] / "policies"  # shipped in the package (package data)
 ROOTS = ("talon",)
 NATIVE_DIR = "native"  # where the user's own Rego goes inside the bundle
 OPA_TIMEOUT_S = 300.0
