@@ -56,7 +56,7 @@ def message_id(dedup_key: str) -> str:
 class JetStreamQueue:
     """Publishes accepted work items and consumes them, one in flight per partition across replicas."""
 
-    def __init__(self, cfg: config.Config, handler: Handler) -> None:
+    def __init__(self, cfg: config.Config, handler: Handler, on_depth: Callable[[int], None] | None = None) -> None:
         q = cfg.queue
         self._url = q.nats_url
         self._stream = q.nats_stream
@@ -65,6 +65,7 @@ class JetStreamQueue:
         self._ack_wait = q.ack_wait_seconds
         self._window = cfg.deduplication.time_window_seconds
         self._handler = handler
+        self._on_depth = on_depth or (lambda depth: None)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -164,6 +165,28 @@ class JetStreamQueue:
         self._tasks = [
             loop.create_task(self._consume(n), name=f"talon-opa-jetstream-p{n}") for n in range(self._partitions)
         ]
+        self._tasks.append(loop.create_task(self._watch_depth(), name="talon-opa-jetstream-depth"))
+
+    async def depth(self) -> int:
+        """Alerts in the stream not yet finished by any replica (waiting, or in flight somewhere)."""
+        assert self._js is not None
+        total = 0
+        for n in range(self._partitions):
+            info = await self._js.consumer_info(self._stream, f"p{n}", timeout=PUBLISH_TIMEOUT)
+            total += (info.num_pending or 0) + (info.num_ack_pending or 0)
+        return total
+
+    async def _watch_depth(self, every: float = 2.0) -> None:
+        """The queue depth gauge, for the whole stream (every replica reports the same figure)."""
+        while True:
+            try:
+                self._on_depth(await self.depth())
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # disconnected: the next turn tries again
+                if self._errors.allow() is not None:
+                    log.warning("jetstream depth unknown", extra={"error": str(e)})
+            await asyncio.sleep(every)
 
     async def _consume(self, n: int) -> None:
         assert self._js is not None

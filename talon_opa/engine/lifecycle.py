@@ -100,7 +100,9 @@ class Engine:
         )
         self.batcher = Batcher(self.opa, max_size=cfg.opa.batch_size)
         self.bundle_archive: tuple[str, bytes] | None = None  # (revision, .tar.gz) served to a sidecar
-        self.jetstream = JetStreamQueue(cfg, self._handle_item) if cfg.queue.kind == "nats" else None
+        self.jetstream = (
+            JetStreamQueue(cfg, self._handle_item, self.metrics.queue_depth.set) if cfg.queue.kind == "nats" else None
+        )
         self.acceptor = Acceptor(
             cfg, queue=self.queue, metrics=self.metrics, tracing=self.telemetry, jetstream=self.jetstream
         )

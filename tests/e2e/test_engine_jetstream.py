@@ -102,7 +102,11 @@ async def test_two_alerts_for_one_pod_never_run_at_once_across_replicas(tmp_path
             return SCRIPT.running.get("busy", 0) == 1
 
         await _until(one_waits)
-        await asyncio.sleep(1.0)  # the replicas had time to start another one for the same pod
+
+        async def depth_reported() -> bool:  # the whole stream's depth, on every replica's gauge
+            return all([await e.metric("talon_opa_queue_depth") == 6 for e in (a, b)])
+
+        await _until(depth_reported)
         assert SCRIPT.max_running["busy"] == 1
         SCRIPT.gate.set()
 
