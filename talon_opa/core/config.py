@@ -248,6 +248,12 @@ class Config:
     """rules files, merged in order (`-r` replaces this list)"""
     kubeconfig: str = ""
     """kubeconfig file; empty: in-cluster credentials, else every step runs in dry-run"""
+    clusters: Mapping[str, str] = field(default_factory=dict)
+    """kubeconfig file of each named cluster (clusters.<name>: path); an alert whose `cluster_field` output field
+    names one acts on that cluster, an alert without it on the `kubeconfig` one (docs/clusters.md)"""
+    cluster_field: str = "cluster"
+    """the output field naming an alert's cluster (Falcosidekick's `customfields: cluster:<name>`); read only
+    when `clusters` is set"""
     log_format: str = "json"
     """"json" (one object per line), "text" or "color" (Talon's default) for humans"""
     log_level: str = "info"
@@ -406,6 +412,9 @@ def _build(
         if f.name == "notifiers" and prefix == "":
             values[f.name] = _notifiers(value, env)
             continue
+        if f.name == "clusters" and prefix == "":
+            values[f.name] = _clusters(value)
+            continue
         env_value = _env_lookup(env, key)
         if env_value is not None:
             values[f.name] = _convert(env_value, tp, key, source=f"env {_env_name(key)}")
@@ -443,6 +452,25 @@ def _notifiers(value: Any, env: Mapping[str, str]) -> Mapping[str, Mapping[str, 
             ev = env.get(_env_name(f"notifiers.{name}.{k}"))
             merged[str(k)] = ev if ev is not None else v
         out[str(name)] = types.MappingProxyType(merged)
+    return types.MappingProxyType(out)
+
+
+def _clusters(value: Any) -> Mapping[str, str]:
+    """`clusters`: cluster name -> kubeconfig path (from the file only)."""
+    if value is None:
+        return types.MappingProxyType({})
+    if not isinstance(value, dict):
+        raise ConfigError(
+            "config key 'clusters' must be a mapping", hint="write `clusters:` then `<name>: /path/to/kubeconfig` lines"
+        )
+    out: dict[str, str] = {}
+    for name, path in value.items():
+        if not isinstance(path, str) or not path.strip():
+            raise ConfigError(
+                f"config key 'clusters.{name}' has an invalid value {path!r}: not a path",
+                hint="give the path of the cluster's kubeconfig file",
+            )
+        out[str(name)] = path.strip()
     return types.MappingProxyType(out)
 
 
@@ -579,3 +607,10 @@ def _validate(cfg: Config) -> None:
         raise bad("auth.header", "is empty", 'use "Authorization" or a custom header name')
     if not cfg.rules_files:
         raise bad("rules_files", "is empty", "give at least one rules file (-r rules.yaml)")
+    for name, path in cfg.clusters.items():
+        if not name.strip():
+            raise bad("clusters", "has an empty cluster name", "name each cluster as its alerts do (cluster:<name>)")
+        if not Path(path).is_file():
+            raise bad(f"clusters.{name}", f"names {path}, which is not a readable file", "give a kubeconfig file")
+    if cfg.clusters and not cfg.cluster_field.strip():
+        raise bad("cluster_field", "is empty while clusters is set", 'name the output field, e.g. "cluster"')

@@ -15,6 +15,11 @@ status `failure`, and a notification to `default_notifiers + step.notifiers` (se
 the next steps, each carrying the trace id; the plan is done when they are). Unlike Talon, failures of
 the checks (unknown actionner, missing field, bad parameters) are notified too, and a failing notifier is
 counted as a notification failure.
+
+With `clusters` configured, a step whose actionner or output uses Kubernetes acts on the cluster the
+alert's `cluster_field` output field names (docs/clusters.md); an alert naming a cluster that is not
+configured, or naming none when there is no default cluster, fails those steps (`unknown_cluster`,
+`no_cluster`). Steps that need no Kubernetes run as usual.
 """
 
 from __future__ import annotations
@@ -133,6 +138,7 @@ class Executor:
         tracer: trace.Tracer,
         step_timeout: float = 30.0,
         force_dry_run: bool = False,
+        cluster_field: str = "cluster",
     ) -> None:
         self.instances = instances
         self.registry = instances.registry
@@ -141,6 +147,7 @@ class Executor:
         self.tracer = tracer
         self.step_timeout = step_timeout
         self.force_dry_run = force_dry_run
+        self.cluster_field = cluster_field
 
     def _needs_kube(self, step: Step) -> bool:
         """Whether the step's actionner or output uses the Kubernetes client (unknown ones count as using it).
@@ -151,6 +158,31 @@ class Executor:
         if step.output is not None:
             plugins.append(self.registry.outputs.get(step.output.target))
         return any(p is None or "kube" in p.spec.clients for p in plugins)
+
+    def _cluster(self, alert: Alert, needs_kube: bool) -> str | None:
+        """The configured cluster the alert names (None: the default one); `_Failure` when a step that needs
+        Kubernetes cannot have it."""
+        provider = self.instances.provider
+        if not provider.clusters or not needs_kube:
+            return None
+        name = field_text(alert, self.cluster_field)
+        if not name:
+            if provider.default_kube is None:
+                raise _Failure(
+                    "no_cluster",
+                    f"the alert names no cluster (output field {self.cluster_field!r}) and no default cluster is "
+                    "configured",
+                    "have Falcosidekick add the field (customfields: cluster:<name>), or set `kubeconfig`",
+                )
+            return None
+        if name not in provider.clusters:
+            known = ", ".join(sorted(provider.clusters))
+            raise _Failure(
+                "unknown_cluster",
+                f"the alert names cluster {name!r}, which is not in `clusters`: {known}",
+                "add it to `clusters` in the configuration, or fix Falcosidekick's customfields",
+            )
+        return name
 
     async def execute(self, alert: Alert, plan: Plan) -> list[StepResult]:
         """Run the plan's steps with Talon's control flow; every result, in plan order."""
@@ -282,7 +314,7 @@ class Executor:
                 f"{step.actionner} cannot run in this version",
                 "use dry_run: true for this action, or another actionner",
             )
-        plugin = self.instances.actionner(cls)
+        plugin = self.instances.actionner(cls, self._cluster(alert, self._needs_kube(step)))
         try:
             async with asyncio.timeout(self.step_timeout):
                 outcome = await plugin.run(with_talon_context(alert, step), params)
@@ -318,7 +350,7 @@ class Executor:
                 params = cls.spec.decode(step.output.parameters)
                 if not runtime.runs(cls):
                     raise _Failure("not_implemented", f"output {target} cannot run in this version")
-                plugin = self.instances.output(cls)
+                plugin = self.instances.output(cls, self._cluster(alert, "kube" in cls.spec.clients))
                 async with asyncio.timeout(self.step_timeout):
                     outcome = await plugin.store(artifact, params)
                 message = outcome.message

@@ -24,7 +24,7 @@ class Instances:
     def __init__(self, registry: Registry, provider: ClientProvider) -> None:
         self.registry = registry
         self.provider = provider
-        self._built: dict[type[Any], runtime.PluginBase[Any]] = {}
+        self._built: dict[tuple[type[Any], str | None], runtime.PluginBase[Any]] = {}
         self.notifiers: dict[str, runtime.Notifier[Any]] = {}
 
     def check_clients(self, names: Iterable[str]) -> None:
@@ -36,20 +36,23 @@ class Instances:
                 specs.append(plugin.spec)
         self.provider.check(specs)
 
-    def actionner(self, cls: type[Any]) -> runtime.Actionner[Any]:
-        built = self._build(cls)
+    def actionner(self, cls: type[Any], cluster: str | None = None) -> runtime.Actionner[Any]:
+        built = self._build(cls, cluster)
         assert isinstance(built, runtime.Actionner)
         return built
 
-    def output(self, cls: type[Any]) -> runtime.Output[Any]:
-        built = self._build(cls)
+    def output(self, cls: type[Any], cluster: str | None = None) -> runtime.Output[Any]:
+        built = self._build(cls, cluster)
         assert isinstance(built, runtime.Output)
         return built
 
-    def _build(self, cls: type[Any]) -> runtime.PluginBase[Any]:
-        built = self._built.get(cls)
+    def _build(self, cls: type[Any], cluster: str | None) -> runtime.PluginBase[Any]:
+        """The plugin built once per cluster (one of the provider's `clusters`, None: the default) if it uses
+        Kubernetes, else once."""
+        key = (cls, cluster if "kube" in cls.spec.clients else None)
+        built = self._built.get(key)
         if built is None:
-            built = self._built[cls] = cls(self.provider.clients_for(cls.spec), NoParams())
+            built = self._built[key] = cls(self.provider.clients_for(cls.spec, key[1]), NoParams())
         return built
 
     def add_notifiers(

@@ -58,6 +58,20 @@ def kube_config_of(cfg: config.Config) -> KubeConfig | None:
         return None
 
 
+def cluster_clients(cfg: config.Config, http: aiohttp.ClientSession) -> dict[str, KubeClient]:
+    """One KubeClient per entry of `clusters`; ConfigError naming `clusters.<name>` when one cannot be read."""
+    out: dict[str, KubeClient] = {}
+    for name, path in cfg.clusters.items():
+        try:
+            out[name] = KubeClient(KubeConfig.from_file(path), session=http)
+        except (TalonError, OSError, AttributeError, TypeError) as e:
+            raise config.ConfigError(
+                f"config key 'clusters.{name}' names {path}, which is not a usable kubeconfig: {e}",
+                hint="give the cluster's kubeconfig file (with a current-context)",
+            ) from e
+    return out
+
+
 class Engine:
     """One response engine. Build it, then `create_app(engine)` (or `await start(session)` / `stop()`)."""
 
@@ -146,15 +160,21 @@ class Engine:
                 self.bundle_archive = (built.revision, await asyncio.to_thread(reload.pack, built.path))
             await self.supervisor.start(built.path, built.revision)
             kube_config = kube_config_of(cfg) if self._kube_config is _AUTO else self._kube_config
-            if kube_config is None:
+            clusters = cluster_clients(cfg, http)
+            if kube_config is None and clusters:
+                log.info(
+                    "no default cluster: alerts act on the cluster they name",
+                    extra={"clusters": sorted(clusters), "cluster_field": cfg.cluster_field},
+                )
+            elif kube_config is None:
                 self.dry_run_only = True
                 log.warning(
                     "NO KUBERNETES CREDENTIALS: every Kubernetes step runs in DRY-RUN, no cluster will change",
                     extra={"hint": "set kubeconfig (or KUBECONFIG), or run in a cluster with a service account"},
                 )
-            else:
+            if kube_config is not None:
                 self.kube = KubeClient(kube_config, session=http)
-            instances = Instances(self.registry, ClientProvider(cfg, http=http, kube=self.kube))
+            instances = Instances(self.registry, ClientProvider(cfg, http=http, kube=self.kube, clusters=clusters))
             instances.adopt(instances.add_notifiers(cfg.default_notifiers, cfg.notifiers))
             instances.adopt(
                 instances.add_notifiers(built.notifiers, cfg.notifiers, strict=False, named_by=built.notifier_rules)
@@ -174,6 +194,7 @@ class Engine:
                 tracer=self.tracer,
                 step_timeout=cfg.step_timeout_seconds,
                 force_dry_run=self.dry_run_only,
+                cluster_field=cfg.cluster_field,
             )
             if self.jetstream is not None:
                 await self.jetstream.connect()

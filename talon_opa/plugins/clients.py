@@ -8,7 +8,7 @@ client it did not declare is a bug, reported as such.
 | client | configured by | what the plugin gets |
 | --- | --- | --- |
 | `http` | nothing (one pooled session per engine) | `aiohttp.ClientSession` |
-| `kube` | `kubeconfig` (or in-cluster credentials) | `KubeClient` (without one, every step runs in dry-run) |
+| `kube` | `kubeconfig` (or in-cluster), `clusters.<name>` | `KubeClient` (the alert's cluster's, see below) |
 | `aws` | `aws.*` (Talon's keys), else the AWS SDK's default chain | `core.aws.Aws` (boto3, off the loop) |
 | `minio` | `minio.*` (Talon's keys) | `core.aws.Minio` (the same S3 client, path-style) |
 | `gcp` | `gcp.*` (Talon's keys), else Application Default Credentials | `core.gcp.Gcp` (google-auth + aiohttp) |
@@ -18,6 +18,11 @@ them (at start or reload, so their SDKs are never imported in the middle of a st
 network only when a step runs (a bad key fails that step with the provider's reason). Their SDKs
 (boto3, google-auth) are imported only then: they cost up to a second of start-up that an engine whose
 rules use no cloud plugin should not pay.
+
+With `clusters` set, the engine holds one `KubeClient` per named cluster beside the default one, and a
+plugin that declares `kube` is built once per cluster (`clients_for(spec, cluster)`): the alert's cluster
+field picks which (`talon_opa.engine.execute`). Without a default and without `clusters`, every
+Kubernetes step runs in dry-run.
 """
 
 from __future__ import annotations
@@ -151,9 +156,18 @@ class Clients:
 class ClientProvider:
     """Builds each plugin's `Clients` from the configuration and the engine's shared clients."""
 
-    def __init__(self, cfg: config.Config, *, http: aiohttp.ClientSession, kube: KubeClient | None) -> None:
+    def __init__(
+        self,
+        cfg: config.Config,
+        *,
+        http: aiohttp.ClientSession,
+        kube: KubeClient | None,
+        clusters: Mapping[str, KubeClient] | None = None,
+    ) -> None:
         self._cfg = cfg
         self._http = http
+        self.default_kube = kube
+        self.clusters: Mapping[str, KubeClient] = dict(clusters or {})
         self._lazy: dict[str, Any] = {}
         self._shared: dict[str, Any] = {
             "http": http,
@@ -187,5 +201,9 @@ class ClientProvider:
                 if name in CLOUD:
                     self._built(name)  # its SDK is imported now, at start, not in the middle of a step
 
-    def clients_for(self, spec: Spec[Any]) -> Clients:
-        return Clients(spec.name, {name: self._shared[name] for name in spec.clients})
+    def clients_for(self, spec: Spec[Any], cluster: str | None = None) -> Clients:
+        """The clients of `spec`; its `kube` is the named cluster's (one of `clusters`), else the default."""
+        available = {name: self._shared[name] for name in spec.clients}
+        if cluster is not None and "kube" in available:
+            available["kube"] = self.clusters[cluster]
+        return Clients(spec.name, available)
