@@ -90,3 +90,10 @@ def test_counters_slide_over_their_windows() -> None:
     }
     now[0] += 100
     assert counters.snapshot() == {}
+
+
+def test_the_example_config_loads() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "caps" / "config.yaml"
+    caps = config.caps_data(config.load(example, env={}).caps)
+    assert caps["limits"]["kubernetes:terminate"] == {"per_namespace": 3, "window_seconds": 600}
+    assert caps["protected_namespaces"] == ["kube-system", "falco"]
