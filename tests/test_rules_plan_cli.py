@@ -301,3 +301,24 @@ def test_plan_adds_native_rego_rules_after_the_translated_ones(tmp_path: Path) -
     isolate = step("Block C2 by CIDR", native_action)
     expected = plan(["Data exfiltration", "Block C2 by CIDR"], [*EXFILTRATION["steps"], isolate])
     assert done.stdout == line(expected) + "\n"
+
+
+def test_plan_prints_held_with_caps(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "- rule: Terminate\n"
+        "  match: {rules: [Terminal shell in container]}\n"
+        "  actions:\n"
+        "    - action: Terminate\n"
+        "      actionner: kubernetes:terminate\n"
+    )
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("caps:\n  protected_namespaces: [payments]\n")
+    event = str(ALERTS / "falco-terminal-shell-in-container.json")
+    done = talon_opa("rules", "plan", "-r", str(rules), "--event", event, "--caps", str(cfg))
+    assert done.returncode == 0, done.stderr
+    [step] = json.loads(done.stdout)["steps"]
+    assert step["held"] == 'namespace "payments" is protected'
+    done = talon_opa("rules", "plan", "-r", str(rules), "--event", event)
+    assert done.returncode == 0, done.stderr
+    assert "held" not in json.loads(done.stdout)["steps"][0]

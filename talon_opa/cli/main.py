@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--rego", action="append", default=[], metavar="FILE|DIR", type=completion.path, help="native Rego rules to add"
     )
+    plan.add_argument(
+        "--caps",
+        metavar="CONFIG",
+        type=completion.path,
+        help="an engine config file whose caps: section the plan applies (docs/caps.md; no counters: none ran)",
+    )
     test = rsub.add_parser("test", help="run opa test over the library, the translated rules and yours")
     _rules_command_args(test, 2)
     test.add_argument(

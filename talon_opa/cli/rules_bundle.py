@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from talon_opa import catalog
-from talon_opa.core import binaries, events
+from talon_opa.core import binaries, config, events
 from talon_opa.core.errors import AlertError, OpaError, RulesError, TalonError
 from talon_opa.opa import client as opa_client
 from talon_opa.opa.process import OpaProcess
@@ -79,7 +79,8 @@ def translate(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     ruleset = load(args.rules)
     inputs = [alert.opa_input() for alert in decode_alerts(read_event_file(args.event))]
-    asyncio.run(_print_plans(ruleset, [Path(p) for p in args.rego], inputs))
+    caps = config.load(args.caps, env={}).caps if getattr(args, "caps", None) else None
+    asyncio.run(_print_plans(ruleset, [Path(p) for p in args.rego], inputs, caps))
     return EXIT_OK
 
 
@@ -129,8 +130,10 @@ def decode_alerts(data: bytes) -> list[events.Alert]:
     return alerts
 
 
-async def _print_plans(ruleset: RuleSet, native: Sequence[Path], inputs: Sequence[dict[str, Any]]) -> None:
-    async with deciding(ruleset, native) as decider:
+async def _print_plans(
+    ruleset: RuleSet, native: Sequence[Path], inputs: Sequence[dict[str, Any]], caps: Mapping[str, Any] | None = None
+) -> None:
+    async with deciding(ruleset, native, caps) as decider:
         for opa_input in inputs:
             result = await decider.decide(opa_input)
             print(json.dumps(result, separators=(",", ":"), ensure_ascii=False), flush=True)
@@ -149,11 +152,16 @@ class Decider:
 
 
 @contextlib.asynccontextmanager
-async def deciding(ruleset: RuleSet, native: Sequence[Path]) -> AsyncIterator[Decider]:
-    """The rules set (plus native Rego) translated into a bundle, served by a real OPA for the block."""
+async def deciding(
+    ruleset: RuleSet, native: Sequence[Path], caps: Mapping[str, Any] | None = None
+) -> AsyncIterator[Decider]:
+    """The rules set (plus native Rego, and caps as data.talon.caps) in a bundle, served by a real OPA."""
     with tempfile.TemporaryDirectory(prefix="talon-opa-plan-") as tmp:
         out = Path(tmp) / "bundle"
-        revision = bundle.build_bundle(rego.generate(ruleset), out, native=list(native), check=False)
+        files = rego.generate(ruleset)
+        if caps is not None:
+            files = {**files, bundle.CAPS_DATA_FILE: json.dumps(config.caps_data(caps), sort_keys=True)}
+        revision = bundle.build_bundle(files, out, native=list(native), check=False)
         opa = OpaProcess(bundle=out)
         await opa.start(ready_within=OPA_READY_S)
         try:

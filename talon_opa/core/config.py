@@ -294,6 +294,9 @@ class Config:
     """the audit trail"""
     notifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """settings of each notifier, by name (notifiers.<name>.<setting>)"""
+    caps: Mapping[str, Any] = field(default_factory=dict)
+    """blast-radius caps, written into the bundle as data.talon.caps (docs/caps.md): `limits.<actionner>`
+    {per_namespace, window_seconds: 60, 600 or 3600} and `protected_namespaces`"""
     unknown_keys: tuple[str, ...] = ()
     """keys of the file that mean nothing to us (ignored like Talon does; logged at start)"""
 
@@ -415,6 +418,9 @@ def _build(
         if f.name == "clusters" and prefix == "":
             values[f.name] = _clusters(value)
             continue
+        if f.name == "caps" and prefix == "":
+            values[f.name] = parse_caps(value)
+            continue
         env_value = _env_lookup(env, key)
         if env_value is not None:
             values[f.name] = _convert(env_value, tp, key, source=f"env {_env_name(key)}")
@@ -472,6 +478,53 @@ def _clusters(value: Any) -> Mapping[str, str]:
             )
         out[str(name)] = path.strip()
     return types.MappingProxyType(out)
+
+
+CAP_WINDOWS = (60, 600, 3600)  # the sliding windows the engine counts actions in (input.counters)
+
+
+def parse_caps(value: Any) -> Mapping[str, Any]:
+    """The `caps:` section, checked (docs/caps.md): `limits` by actionner, `protected_namespaces`."""
+    if value is None:
+        return {}
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"config key {what}", hint="see docs/caps.md for the `caps:` section")
+
+    if not isinstance(value, dict):
+        raise bad("'caps' must be a mapping")
+    for k in value:
+        if k not in ("limits", "protected_namespaces"):
+            raise bad(f"'caps.{k}' is unknown (limits, protected_namespaces)")
+    limits = value.get("limits") or {}
+    if not isinstance(limits, dict):
+        raise bad("'caps.limits' must be a mapping of actionner to {per_namespace, window_seconds}")
+    out_limits: dict[str, Any] = {}
+    for actionner, limit in limits.items():
+        where = f"'caps.limits.{actionner}'"
+        if not isinstance(limit, dict) or set(limit) - {"per_namespace", "window_seconds"}:
+            raise bad(f"{where} must be a mapping with per_namespace and window_seconds")
+        per_ns, window = limit.get("per_namespace"), limit.get("window_seconds", 600)
+        if type(per_ns) is not int or per_ns < 0:
+            raise bad(f"{where}.per_namespace must be an integer >= 0")
+        if window not in CAP_WINDOWS or type(window) is not int:
+            raise bad(f"{where}.window_seconds must be one of {', '.join(map(str, CAP_WINDOWS))}")
+        out_limits[str(actionner)] = types.MappingProxyType({"per_namespace": per_ns, "window_seconds": window})
+    protected = value.get("protected_namespaces") or []
+    if not isinstance(protected, list) or not all(isinstance(n, str) for n in protected):
+        raise bad("'caps.protected_namespaces' must be a list of namespaces")
+    return types.MappingProxyType(
+        {"limits": types.MappingProxyType(out_limits), "protected_namespaces": tuple(protected)}
+    )
+
+
+def caps_data(caps: Mapping[str, Any]) -> dict[str, Any]:
+    """The `caps:` section as the JSON of data.talon.caps."""
+    limits = caps.get("limits") or {}
+    return {
+        "limits": {a: dict(v) for a, v in limits.items()},
+        "protected_namespaces": list(caps.get("protected_namespaces") or ()),
+    }
 
 
 _TRUE = {"true", "1", "t", "yes", "y", "on"}

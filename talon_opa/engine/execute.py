@@ -6,6 +6,10 @@ For each step of the plan (already cut after the first matched rule with `contin
 * otherwise: the actionner is looked up, its parameters decoded, the alert's required fields checked
   (missing → the step fails naming the field), then `await plugin.run(alert, params)` under the step
   timeout; an artifact goes to the step's output (`write output`);
+* a step the caps policy `held` (docs/caps.md) is not run: reported like a failure (log line, span with
+  `talon.status=held` and the reason, actions counter with status `held`, a notification) and it ends its
+  rule unless `ignore_errors`;
+* every step that ran with success is counted in `counters` (the next decisions' `input.counters`);
 * a failed step ends its rule's remaining steps unless `ignore_errors`; `continue: false` ends them
   whatever the result (a failing terminate with ignore_errors still ends the rule); errors never stop
   later rules.
@@ -38,6 +42,7 @@ from talon_opa.core import logs
 from talon_opa.core.errors import TalonError
 from talon_opa.core.events import Alert
 from talon_opa.engine import telemetry
+from talon_opa.engine.caps import ActionCounters
 from talon_opa.engine.instances import Instances
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.notify import Notifications
@@ -50,7 +55,7 @@ from talon_opa.plugins.spec import Spec
 
 log = logs.get("execute")
 
-Status = Literal["success", "failure", "ignored", "dry_run", "skipped"]
+Status = Literal["success", "failure", "ignored", "dry_run", "skipped", "held"]
 DRY_RUN_MESSAGE = "no action, dry-run is enabled"
 
 
@@ -139,6 +144,7 @@ class Executor:
         step_timeout: float = 30.0,
         force_dry_run: bool = False,
         cluster_field: str = "cluster",
+        counters: ActionCounters | None = None,
     ) -> None:
         self.instances = instances
         self.registry = instances.registry
@@ -148,6 +154,7 @@ class Executor:
         self.step_timeout = step_timeout
         self.force_dry_run = force_dry_run
         self.cluster_field = cluster_field
+        self.counters = counters if counters is not None else ActionCounters()
 
     def _needs_kube(self, step: Step) -> bool:
         """Whether the step's actionner or output uses the Kubernetes client (unknown ones count as using it).
@@ -193,17 +200,16 @@ class Executor:
                 if step.rule in ended:
                     results.append(StepResult(step, "skipped", "an earlier step ended this rule"))
                     continue
-                result = await self.run_step(alert, step, index)
+                result = await (self.hold_step(alert, step, index) if step.held else self.run_step(alert, step, index))
                 results.append(result)
-                if result.status == "failure" and not step.ignore_errors:
+                if result.status in ("failure", "held") and not step.ignore_errors:
                     ended.add(step.rule)
                 if not step.continue_:
                     ended.add(step.rule)
         return results
 
-    async def run_step(self, alert: Alert, step: Step, index: int = 0) -> StepResult:
+    def _step_attrs(self, alert: Alert, step: Step, index: int, dry_run: bool) -> dict[str, Any]:
         ns, pod = alert_target(alert)
-        dry_run = step.dry_run or (self.force_dry_run and self._needs_kube(step))
         attrs: dict[str, Any] = {
             telemetry.RULE: step.rule,
             telemetry.ACTION: step.action,
@@ -217,6 +223,35 @@ class Executor:
             attrs[telemetry.K8S_POD_NAME] = pod
         if ns:
             attrs[telemetry.K8S_NAMESPACE_NAME] = ns
+        return attrs
+
+    async def hold_step(self, alert: Alert, step: Step, index: int = 0) -> StepResult:
+        """A step the caps policy held: not run; logged, traced, counted and notified with the reason."""
+        attrs = self._step_attrs(alert, step, index, step.dry_run)
+        with self.tracer.start_as_current_span(telemetry.RUN_ACTION, attributes=attrs) as span:
+            error = f"held: {step.held}"
+            result = StepResult(step, "held", error=error, error_type="held", objects=alert_objects(alert))
+            span.set_attribute(telemetry.STATUS, "held")
+            span.set_attribute(telemetry.HELD, step.held)
+            telemetry.result(span, error)
+            telemetry.fail(span, error, "held")
+            self.metrics.actions.labels(step.rule, step.action, step.actionner, "held").inc()
+            log.warning(
+                "action",
+                extra={
+                    "rule": step.rule,
+                    "action": step.action,
+                    "actionner": step.actionner,
+                    "status": "held",
+                    "error": error,
+                },
+            )
+            await self.notifications.notify(step, self._note(alert, step, "action", result))
+            return _spanned(result, span)
+
+    async def run_step(self, alert: Alert, step: Step, index: int = 0) -> StepResult:
+        dry_run = step.dry_run or (self.force_dry_run and self._needs_kube(step))
+        attrs = self._step_attrs(alert, step, index, dry_run)
         extra = {"rule": step.rule, "action": step.action, "actionner": step.actionner}
         with self.tracer.start_as_current_span(telemetry.RUN_ACTION, attributes=attrs) as span:
             if dry_run:
@@ -282,6 +317,8 @@ class Executor:
             if result.status == "failure" or spec is None:
                 return _spanned(result, span)
             final = await self._output_stage(alert, step, spec, result, artifact)
+            if final.status == "success":
+                self.counters.record(step.actionner, alert_target(alert)[0])
             if final.status != "failure":
                 telemetry.ok(span)  # only now: OTel keeps an OK status final, and the output may still fail
             return _spanned(final, span)
@@ -403,7 +440,7 @@ class Executor:
             status, output, error = out_status, out_message, out_error
         return Note(
             stage=stage,
-            status="failure" if status == "failure" else ("ignored" if status == "ignored" else "success"),
+            status="failure" if status in ("failure", "held") else ("ignored" if status == "ignored" else "success"),
             rule=step.rule,
             action=step.action,
             actionner=step.actionner,

@@ -260,7 +260,7 @@ class Engine:
         native = [Path(p) for p in self.cfg.opa.rego]
         key = Path(self.cfg.opa.signing_key) if self.cfg.opa.signing_key else None
         return await asyncio.to_thread(
-            reload.build, list(self.cfg.rules_files), self.registry, self.workdir, native, key
+            reload.build, list(self.cfg.rules_files), self.registry, self.workdir, native, key, self.cfg.caps
         )
 
     async def reload(self) -> bool:

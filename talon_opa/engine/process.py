@@ -103,7 +103,9 @@ class Processor:
                 span.add_event("opa unavailable, retrying", {"attempt": attempt, "error": str(error)[:500]})
 
             try:
-                plan = await self._batcher.decide(job.alert.opa_input(), on_retry=retrying, size=len(job.item.body))
+                opa_input = job.alert.opa_input()
+                opa_input["counters"] = self._executor().counters.snapshot()  # what the caps policy reads
+                plan = await self._batcher.decide(opa_input, on_retry=retrying, size=len(job.item.body))
             except OpaError as e:
                 telemetry.fail(span, e, "opa_error")
                 raise

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from talon_opa.core import logs
+from talon_opa.core import config, logs
 from talon_opa.core.errors import RuleProblem, RulesError
 from talon_opa.plugins.registry import Registry
 from talon_opa.translator import bundle, rego
@@ -87,6 +89,7 @@ def build(
     workdir: Path,
     native: Sequence[Path] = (),
     signing_key: Path | None = None,
+    caps: Mapping[str, Any] | None = None,
 ) -> Built:
     """Load and validate the rules, write and check their bundle under `workdir` (blocking: run in a thread).
 
@@ -95,6 +98,8 @@ def build(
     """
     ruleset, warnings = rules_loader.load_ruleset_with_warnings(paths, registry)
     files = {**rego.generate(ruleset), DROP_DECISION_FILE: DROP_DECISION_REGO}
+    # the caps policy's config (docs/caps.md): data.talon.caps
+    files[bundle.CAPS_DATA_FILE] = json.dumps(config.caps_data(caps or {}), sort_keys=True)
     suffix = ".tar.gz" if signing_key is not None else ""
     out = workdir / f"bundle-{os.getpid()}-{next(_SEQ)}{suffix}"
     try:

@@ -56,6 +56,7 @@ CONTINUE = "talon.action.continue"
 IGNORE_ERRORS = "talon.action.ignore_errors"
 DRY_RUN = "talon.action.dry_run"
 STATUS = "talon.status"
+HELD = "talon.held"  # why the caps policy held the step (docs/caps.md)
 RESULT = "talon.result"
 OUTPUT_TARGET = "talon.output.target"
 NOTIFIER = "talon.notifier"

@@ -33,6 +33,7 @@ class Step:
     dry_run: bool = False
     output: OutputStep | None = None
     notifiers: tuple[str, ...] = ()
+    held: str = ""  # why the caps policy stops this step ("" = it may run): not run, reported (docs/caps.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ class Plan:
 def step_doc(step: Step) -> dict[str, Any]:
     """A step in the plan's JSON shape (DESIGN §3.2): what `parse_plan` reads back into the same step."""
     output = None if step.output is None else {"target": step.output.target, "parameters": dict(step.output.parameters)}
-    return {
+    doc: dict[str, Any] = {
         "rule": step.rule,
         "action": step.action,
         "actionner": step.actionner,
@@ -68,6 +69,9 @@ def step_doc(step: Step) -> dict[str, Any]:
         "output": output,
         "notifiers": list(step.notifiers),
     }
+    if step.held:
+        doc["held"] = step.held  # optional: absent when the step may run
+    return doc
 
 
 def plan_doc(matched_rules: Sequence[str], steps: Sequence[Step]) -> dict[str, Any]:
@@ -121,6 +125,9 @@ def parse_plan(result: Any) -> tuple[tuple[str, ...], tuple[Step, ...]]:
             if not isinstance(v, bool):
                 raise bad(f"steps[{i}].{key} is not a boolean")
             flags[key] = v
+        held = s.get("held")
+        if held is not None and not isinstance(held, str):
+            raise bad(f"steps[{i}].held is not a string or null")
         out.append(
             Step(
                 rule=s["rule"],
@@ -132,6 +139,7 @@ def parse_plan(result: Any) -> tuple[tuple[str, ...], tuple[Step, ...]]:
                 dry_run=flags["dry_run"],
                 output=out_step,
                 notifiers=tuple(notifiers),
+                held=held or "",
             )
         )
     return tuple(matched), tuple(out)
