@@ -292,6 +292,9 @@ class Config:
     """Google Cloud credentials (the `gcp` client of the gcp:* plugins)"""
     audit: Audit = field(default_factory=Audit)
     """the audit trail"""
+    state_dir: str = ""
+    """folder keeping what must outlive a restart: pending undos with their TTL and pending approvals (one
+    file each, written atomically); empty: kept in memory only, and lost when the engine stops"""
     notifiers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """settings of each notifier, by name (notifiers.<name>.<setting>)"""
     caps: Mapping[str, Any] = field(default_factory=dict)
