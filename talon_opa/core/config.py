@@ -154,6 +154,9 @@ class Auth:
     """the token alerts must carry; empty: no authentication (then listen on loopback only)"""
     header: str = "Authorization"
     """header carrying the token ("Authorization: Bearer <token>", or the bare token in a custom header)"""
+    operator_token: str = ""
+    """bearer token of the operator API (undo and approvals: `talon-opa undo|approve` and their /v1/ endpoints),
+    always sent as "Authorization: Bearer <token>"; empty: the operator API is off (404)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,11 +309,11 @@ class Config:
     def secret_values(self) -> list[str]:
         """The values of the secret keys (SECRET_KEYS) and the passwords of URLs in notifier settings
         (`https://user:password@host`), to scrub them from every log line and span."""
-        values = [self.auth.token, self.opa.token, self.aws.secret_key, self.minio.secret_key]
+        values = [self.auth.token, self.auth.operator_token, self.opa.token, self.aws.secret_key, self.minio.secret_key]
         values += [self.otel.collector_endpoint, self.opa.url]
         values += [v for settings in self.notifiers.values() for v in _strings(settings)]
-        out = [v for v in values[:4] if v]
-        for v in values[4:]:
+        out = [v for v in values[:5] if v]
+        for v in values[5:]:
             password = _url_password(v)
             if password:
                 out += [password, urllib.parse.unquote(password)]
@@ -354,7 +357,7 @@ def _url_password(text: str) -> str:
 
 
 # keys whose values never appear in an error message or a log line
-SECRET_KEYS = frozenset({"auth.token", "opa.token", "aws.secret_key", "minio.secret_key"})
+SECRET_KEYS = frozenset({"auth.token", "auth.operator_token", "opa.token", "aws.secret_key", "minio.secret_key"})
 
 
 def load(
