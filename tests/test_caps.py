@@ -46,13 +46,26 @@ def test_caps_config_is_checked_and_becomes_bundle_data(tmp_path: Path) -> None:
         "  limits:\n"
         "    kubernetes:terminate: {per_namespace: 3, window_seconds: 600}\n"
         "  protected_namespaces: [kube-system]\n"
+        "  protected_labels: {tier: '*'}\n"
+        "  keep_last_replica: [kubernetes:terminate]\n"
     )
     caps = config.load(path, env={}).caps
     assert config.caps_data(caps) == {
         "limits": {"kubernetes:terminate": {"per_namespace": 3, "window_seconds": 600}},
         "protected_namespaces": ["kube-system"],
+        "protected_labels": {"tier": "*"},
+        "keep_last_replica": ["kubernetes:terminate"],
     }
-    assert config.caps_data(config.parse_caps(None)) == {"limits": {}, "protected_namespaces": []}
+    assert config.caps_need_pod(caps)
+    empty = config.parse_caps(None)
+    assert config.caps_data(empty) == {
+        "limits": {},
+        "protected_namespaces": [],
+        "protected_labels": {},
+        "keep_last_replica": [],
+    }
+    assert not config.caps_need_pod(empty)
+    assert not config.caps_need_pod(config.parse_caps({"protected_namespaces": ["falco"]}))
 
 
 @pytest.mark.parametrize(
@@ -64,6 +77,9 @@ def test_caps_config_is_checked_and_becomes_bundle_data(tmp_path: Path) -> None:
         ({"limits": {"kubernetes:terminate": {"per_namespace": -1}}}, "per_namespace"),
         ({"limits": {"kubernetes:terminate": {"per_ns": 1}}}, "per_namespace and window_seconds"),
         ({"protected_namespaces": "kube-system"}, "protected_namespaces"),
+        ({"protected_labels": ["tier"]}, "protected_labels"),
+        ({"protected_labels": {"tier": True}}, "protected_labels"),
+        ({"keep_last_replica": "kubernetes:terminate"}, "keep_last_replica"),
     ],
 )
 def test_bad_caps_config_is_refused(caps: Any, what: str) -> None:

@@ -302,7 +302,8 @@ class Config:
     """settings of each notifier, by name (notifiers.<name>.<setting>)"""
     caps: Mapping[str, Any] = field(default_factory=dict)
     """blast-radius caps, written into the bundle as data.talon.caps (docs/caps.md): `limits.<actionner>`
-    {per_namespace, window_seconds: 60, 600 or 3600} and `protected_namespaces`"""
+    {per_namespace, window_seconds: 60, 600 or 3600}, `protected_namespaces`, `protected_labels` (label key: value,
+    or "*" for any value) and `keep_last_replica` (actionners never run on the last ready replica of a workload)"""
     unknown_keys: tuple[str, ...] = ()
     """keys of the file that mean nothing to us (ignored like Talon does; logged at start)"""
 
@@ -486,11 +487,13 @@ def _clusters(value: Any) -> Mapping[str, str]:
     return types.MappingProxyType(out)
 
 
+CAPS_KEYS = ("limits", "protected_namespaces", "protected_labels", "keep_last_replica")
 CAP_WINDOWS = (60, 600, 3600)  # the sliding windows the engine counts actions in (input.counters)
 
 
 def parse_caps(value: Any) -> Mapping[str, Any]:
-    """The `caps:` section, checked (docs/caps.md): `limits` by actionner, `protected_namespaces`."""
+    """The `caps:` section, checked (docs/caps.md): `limits` by actionner, `protected_namespaces`,
+    `protected_labels`, `keep_last_replica`."""
     if value is None:
         return {}
 
@@ -500,8 +503,8 @@ def parse_caps(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise bad("'caps' must be a mapping")
     for k in value:
-        if k not in ("limits", "protected_namespaces"):
-            raise bad(f"'caps.{k}' is unknown (limits, protected_namespaces)")
+        if k not in CAPS_KEYS:
+            raise bad(f"'caps.{k}' is unknown ({', '.join(CAPS_KEYS)})")
     limits = value.get("limits") or {}
     if not isinstance(limits, dict):
         raise bad("'caps.limits' must be a mapping of actionner to {per_namespace, window_seconds}")
@@ -519,9 +522,25 @@ def parse_caps(value: Any) -> Mapping[str, Any]:
     protected = value.get("protected_namespaces") or []
     if not isinstance(protected, list) or not all(isinstance(n, str) for n in protected):
         raise bad("'caps.protected_namespaces' must be a list of namespaces")
+    labels = value.get("protected_labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise bad("'caps.protected_labels' must be a mapping of label key to a value, or to \"*\" for any value")
+    keep = value.get("keep_last_replica") or []
+    if not isinstance(keep, list) or not all(isinstance(a, str) for a in keep):
+        raise bad("'caps.keep_last_replica' must be a list of actionners (e.g. [kubernetes:terminate])")
     return types.MappingProxyType(
-        {"limits": types.MappingProxyType(out_limits), "protected_namespaces": tuple(protected)}
+        {
+            "limits": types.MappingProxyType(out_limits),
+            "protected_namespaces": tuple(protected),
+            "protected_labels": types.MappingProxyType(dict(labels)),
+            "keep_last_replica": tuple(keep),
+        }
     )
+
+
+def caps_need_pod(caps: Mapping[str, Any]) -> bool:
+    """Whether the caps policy decides from the alert's pod (input.pod: the engine looks it up first)."""
+    return bool(caps.get("protected_labels") or caps.get("keep_last_replica"))
 
 
 def caps_data(caps: Mapping[str, Any]) -> dict[str, Any]:
@@ -530,6 +549,8 @@ def caps_data(caps: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "limits": {a: dict(v) for a, v in limits.items()},
         "protected_namespaces": list(caps.get("protected_namespaces") or ()),
+        "protected_labels": dict(caps.get("protected_labels") or {}),
+        "keep_last_replica": list(caps.get("keep_last_replica") or ()),
     }
 
 

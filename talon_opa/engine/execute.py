@@ -41,6 +41,7 @@ from opentelemetry import trace
 from talon_opa.core import logs
 from talon_opa.core.errors import TalonError
 from talon_opa.core.events import Alert
+from talon_opa.core.kube import KubeClient
 from talon_opa.engine import telemetry
 from talon_opa.engine.caps import ActionCounters
 from talon_opa.engine.instances import Instances
@@ -190,6 +191,15 @@ class Executor:
                 "add it to `clusters` in the configuration, or fix Falcosidekick's customfields",
             )
         return name
+
+    def kube_for(self, alert: Alert) -> KubeClient | None:
+        """The API server of the alert's cluster; None without one (no credentials, unknown or no cluster)."""
+        try:
+            cluster = self._cluster(alert, True)
+        except _Failure:
+            return None
+        provider = self.instances.provider
+        return provider.clusters[cluster] if cluster is not None else provider.default_kube
 
     async def execute(self, alert: Alert, plan: Plan) -> list[StepResult]:
         """Run the plan's steps with Talon's control flow; every result, in plan order."""

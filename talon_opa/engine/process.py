@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from opentelemetry import trace
 
 from talon_opa.core import config, logs
 from talon_opa.core.errors import OpaError
-from talon_opa.engine import telemetry
+from talon_opa.engine import pod_facts, telemetry
 from talon_opa.engine.audit import AuditTrail
 from talon_opa.engine.batcher import Batcher
 from talon_opa.engine.execute import Executor, StepResult
@@ -38,6 +39,7 @@ class Processor:
         self._metrics = metrics
         self._tracer = tracer
         self._audit = audit  # records each alert once its plan has run (or could not be decided)
+        self._needs_pod = config.caps_need_pod(cfg.caps)  # input.pod for protected labels, the last replica
 
     async def handle(self, job: Job) -> None:
         """Decide and execute one alert, in its trace. Never raises (failures are reported)."""
@@ -95,6 +97,15 @@ class Processor:
         if self._audit is not None:
             self._audit.record(job, plan, results, error)
 
+    async def _add_pod(self, job: Job, opa_input: dict[str, Any]) -> None:
+        """input.pod, from the alert's cluster; absent when the alert names no pod or there is no API server."""
+        name, namespace = job.alert.pod_name(), job.alert.namespace()
+        kube = self._executor().kube_for(job.alert)
+        if name and namespace and kube is not None:
+            opa_input["pod"] = facts = await pod_facts.lookup(kube, namespace, name)
+            if "error" in facts:
+                log.warning("pod lookup failed", extra={"id": job.alert_id, "error": facts["error"]})
+
     async def decide(self, job: Job) -> Plan:
         span = self._tracer.start_span(telemetry.DECIDE_PLAN)  # a child of the alert's span, current here
         with trace.use_span(span, end_on_exit=True):
@@ -105,6 +116,8 @@ class Processor:
             try:
                 opa_input = job.alert.opa_input()
                 opa_input["counters"] = self._executor().counters.snapshot()  # what the caps policy reads
+                if self._needs_pod:
+                    await self._add_pod(job, opa_input)
                 plan = await self._batcher.decide(opa_input, on_retry=retrying, size=len(job.item.body))
             except OpaError as e:
                 telemetry.fail(span, e, "opa_error")
