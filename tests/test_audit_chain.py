@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from talon_opa.cli import audit as audit_cli
 from talon_opa.cli.replay import compare
-from talon_opa.engine import audit_chain
+from talon_opa.engine import audit_chain, audit_segments
 from talon_opa.engine.audit_chain import GENESIS, seal, verify
 
 
@@ -217,3 +218,45 @@ def test_a_different_plan_is_described_field_by_field(
     before: dict[str, Any] | None, after: dict[str, Any], expected: dict[str, Any]
 ) -> None:
     assert compare(before, after) == expected
+
+
+def _segments(folder: Path, lines: list[bytes], ranges: list[tuple[int, int]], trail: str = "ab" * 8) -> None:
+    folder.mkdir(exist_ok=True)
+    for n, (first, last) in enumerate(ranges):
+        name = f"2026-12-03T10-0{n}-00Z_{audit_segments.name(trail, first, last)}"
+        (folder / name).write_bytes(b"".join(lines[first - 1 : last]))
+
+
+def test_segments_shipped_again_after_a_crash_are_left_out_once_identical(tmp_path: Path) -> None:
+    lines = chain(12)
+    # 1-2 and 3 shipped, a crash before 3's progress was saved: 3-6 shipped again with the lines after it
+    _segments(tmp_path / "s", lines, [(1, 2), (3, 3), (3, 6), (7, 12)])
+    merged = audit_segments.Merged()
+    trails = audit_segments.in_folder(tmp_path / "s")
+    assert list(trails) == ["ab" * 8]
+    assert b"".join(audit_segments.lines(trails["ab" * 8], merged)) == b"".join(lines)
+    assert (merged.duplicates, merged.problems) == (1, [])
+    assert audit_cli.verify(tmp_path / "s", "") == 0
+
+
+def test_a_segment_shipped_again_with_other_content_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = chain(6)
+    folder = tmp_path / "s"
+    _segments(folder, lines, [(1, 3), (4, 6)])
+    forged = chain(6)
+    forged[3] = edited(forged[3], alert_id="forged")
+    _segments(folder, forged, [(4, 4)])  # its name sorts after the good 4-6: a duplicate that differs
+    assert audit_cli.verify(folder, "") == 1
+    out = capsys.readouterr().out
+    assert "line seq 4 differs from the one shipped before" in out
+
+
+def test_two_trails_in_a_folder_are_verified_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _segments(tmp_path / "s", chain(3), [(1, 3)], trail="a" * 16)
+    _segments(tmp_path / "s", chain(2), [(1, 2)], trail="b" * 16)
+    assert audit_cli.verify(tmp_path / "s", "") == 0
+    out = capsys.readouterr().out
+    assert out.count("intact") == 2
+    assert audit_cli.verify(tmp_path / "s", "0" * 64) == 2  # --head needs one trail

@@ -163,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="verify an audit trail")
     asub = audit.add_subparsers(dest="audit_command", required=True)
     verify = asub.add_parser("verify", help="check the hash chain: print where it breaks (exit 1), or the head")
-    verify.add_argument("file", metavar="FILE", type=completion.path, help="the audit trail (audit.path)")
+    verify.add_argument(
+        "file",
+        metavar="FILE",
+        type=completion.path,
+        help="the audit trail (audit.path), or a folder of its shipped segments (audit.output): each trail there",
+    )
     verify.add_argument("--head", metavar="HASH", help="a head printed earlier: the trail must still contain it")
 
     rbac = sub.add_parser("rbac", help="print the least-privilege ClusterRole for the rules in use")

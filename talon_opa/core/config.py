@@ -237,6 +237,15 @@ class Audit:
     """also record alerts that matched no rule (a replay against new rules needs them)"""
     required: bool = True
     """while the trail cannot be written /readyz answers 503; false: still ready, the problem in /readyz's body"""
+    output: str = ""
+    """output the trail is also shipped to, in hash-chained segments: local:file, aws:s3, minio:s3 or gcp:gcs
+    (docs/audit.md); empty: not shipped"""
+    output_parameters: Mapping[str, Any] = field(default_factory=dict)
+    """the output's parameters, as in a rules file's `output.parameters` (destination; bucket, prefix...)"""
+    segment_lines: int = 1000
+    """a segment is shipped once this many lines are written (a longer backlog goes as several segments)"""
+    segment_seconds: float = 60.0
+    """or once its first line is this many seconds old; what is left is shipped at shutdown"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +436,14 @@ def _build(
             continue
         if f.name == "caps" and prefix == "":
             values[f.name] = parse_caps(value)
+            continue
+        if f.name == "output_parameters" and prefix == "audit.":
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(
+                    "config key 'audit.output_parameters' must be a mapping",
+                    hint="write the output's parameters under it, as in a rules file (e.g. bucket: audit)",
+                )
+            values[f.name] = types.MappingProxyType(dict(value or {}))
             continue
         env_value = _env_lookup(env, key)
         if env_value is not None:
@@ -633,6 +650,7 @@ def _validate(cfg: Config) -> None:
         ("opa.gc_percent", cfg.opa.gc_percent, 0),
         ("intake.max_body_bytes", cfg.intake.max_body_bytes, 1),
         ("audit.buffer", cfg.audit.buffer, 1),
+        ("audit.segment_lines", cfg.audit.segment_lines, 1),
         ("intake.max_connections", cfg.intake.max_connections, 1),
         ("queue.max_bytes", cfg.queue.max_bytes, cfg.intake.max_body_bytes),
     ):
@@ -648,9 +666,12 @@ def _validate(cfg: Config) -> None:
         ("watch_interval_seconds", cfg.watch_interval_seconds),
         ("otel.timeout", cfg.otel.timeout),
         ("intake.read_timeout_seconds", cfg.intake.read_timeout_seconds),
+        ("audit.segment_seconds", cfg.audit.segment_seconds),
     ):
         if seconds <= 0:
             raise bad(name, f"is {seconds}", "use a positive number of seconds")
+    if cfg.audit.output and not cfg.audit.path:
+        raise bad("audit.output", "is set without audit.path", "set audit.path: the segments are cut from that file")
     if cfg.opa.url and not cfg.opa.url.startswith(("http://", "https://", "unix://")):
         raise bad("opa.url", f"is {cfg.opa.url!r}", "use http://host:port or unix:///path/to/opa.sock")
     for key, f in (("opa.signing_key", cfg.opa.signing_key), ("opa.verification_key", cfg.opa.verification_key)):

@@ -20,7 +20,7 @@ import fcntl
 import os
 import stat
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,7 @@ class AuditTrail:
         self._prev = audit_chain.GENESIS
         self.problem = ""  # the last write error, while writes fail
         self.head = audit_chain.GENESIS
+        self.on_written: Callable[[int, int], None] | None = None  # (bytes of whole lines, last seq), per batch
         self.written = Counter(
             f"{OURS}_audit_records", "Lines appended to the audit trail", ["kind"], registry=registry
         )
@@ -204,6 +205,8 @@ class AuditTrail:
                 for doc in batch:
                     self.written.labels(kind=doc["kind"]).inc()
                 self._written += len(batch) - (1 if dropped else 0)
+                if self.on_written is not None:
+                    self.on_written(self._size, self._seq)
                 async with self._progress:
                     self._progress.notify_all()
                 if dropped:
@@ -231,7 +234,11 @@ class AuditTrail:
         self._size += sum(len(line) for line in lines)
         self._seq, self._prev = seq, prev
         self.head = prev
-        # shipping the trail to an output (docs/audit.md, "not yet built in") would take `lines` here
+
+    @property
+    def end(self) -> tuple[int, int]:
+        """(bytes of whole lines, last seq) of the trail."""
+        return self._size, self._seq
 
     async def caught_up(self, timeout: float) -> bool:
         """Wait until every alert line recorded so far is written (up to `timeout`: False when not)."""

@@ -23,7 +23,7 @@ from talon_opa.catalog import default_registry
 from talon_opa.core import config, logs, secrets
 from talon_opa.core.errors import OpaError, RulesError, TalonError
 from talon_opa.core.kube import KubeClient, KubeConfig
-from talon_opa.engine import metrics, reload, telemetry
+from talon_opa.engine import audit_ship, metrics, reload, telemetry
 from talon_opa.engine.accept import Acceptor
 from talon_opa.engine.audit import AuditTrail
 from talon_opa.engine.batcher import Batcher
@@ -121,6 +121,7 @@ class Engine:
             cfg, queue=self.queue, metrics=self.metrics, tracing=self.telemetry, jetstream=self.jetstream
         )
         self.audit = AuditTrail(cfg.audit, self.metrics.registry) if cfg.audit.path else None
+        self.shipper: audit_ship.AuditShipper | None = None  # with audit.output, built at start (its output)
         self.processor = Processor(
             cfg,
             batcher=self.batcher,
@@ -196,6 +197,9 @@ class Engine:
                 force_dry_run=self.dry_run_only,
                 cluster_field=cfg.cluster_field,
             )
+            if self.audit is not None and cfg.audit.output:
+                self.shipper = audit_ship.shipper(cfg.audit, self.audit, instances, self.metrics.registry)
+                await self.shipper.start(*self.audit.end)
             if self.jetstream is not None:
                 await self.jetstream.connect()
         except BaseException:
@@ -203,6 +207,8 @@ class Engine:
                 await self.jetstream.stop()
             if self.audit is not None:
                 await self.audit.stop()
+            if self.shipper is not None:
+                await self.shipper.stop(0)
             await self.supervisor.stop()
             raise
         self.built = built
@@ -244,6 +250,8 @@ class Engine:
                 log.info("drained, every accepted alert finished")
             if self.audit is not None:
                 await self.audit.stop(timeout)
+            if self.shipper is not None:  # after the trail: its last lines go too
+                await self.shipper.stop(timeout)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -378,6 +386,7 @@ class Engine:
             "queue_depth": self.queue.depth,
             "dry_run_only": self.dry_run_only,
             **({"audit": f"not writable: {audit_problem}"} if audit_problem else {}),
+            **({"audit_shipping": f"failing: {self.shipper.problem}"} if self.shipper and self.shipper.problem else {}),
         }
         if self.built is not None and not self.built.ruleset.rules:
             doc["warning"] = "no rules: every response is off"
