@@ -465,4 +465,5 @@ class Executor:
             hostname=alert.hostname,
             pod=pod,
             namespace=ns,
+            cluster=(field_text(alert, self.cluster_field) or "") if self.instances.provider.clusters else "",
         )

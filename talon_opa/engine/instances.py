@@ -18,6 +18,10 @@ from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.spec import Spec
 
 
+class UnknownCluster(TalonError):
+    """A notification about an alert whose cluster is not configured."""
+
+
 class Instances:
     """Actionner and output instances (built on first use) and the configured notifiers."""
 
@@ -26,6 +30,8 @@ class Instances:
         self.provider = provider
         self._built: dict[tuple[type[Any], str | None], runtime.PluginBase[Any]] = {}
         self.notifiers: dict[str, runtime.Notifier[Any]] = {}
+        # per (name, cluster): (the notifier it was copied from, the copy with that cluster's clients)
+        self._per_cluster: dict[tuple[str, str], tuple[runtime.Notifier[Any], runtime.Notifier[Any]]] = {}
 
     def check_clients(self, names: Iterable[str]) -> None:
         """Every client that the runnable plugins of these names declare is configured (ConfigError if not)."""
@@ -54,6 +60,24 @@ class Instances:
         if built is None:
             built = self._built[key] = cls(self.provider.clients_for(cls.spec, key[1]), NoParams())
         return built
+
+    def notifier(self, name: str, cluster: str = "") -> runtime.Notifier[Any] | None:
+        """The notifier `name` (None when not built); one that uses Kubernetes, with the clients of the alert's
+        cluster (`cluster`: one of the provider's `clusters`; "": the default); UnknownCluster otherwise."""
+        base = self.notifiers.get(name)
+        if base is None or not cluster or "kube" not in base.spec.clients:
+            return base
+        if cluster not in self.provider.clusters:
+            known = ", ".join(sorted(self.provider.clusters))
+            raise UnknownCluster(
+                f"the alert names cluster {cluster!r}, which is not in `clusters`: {known}",
+                hint="add it to `clusters` in the configuration, or fix Falcosidekick's customfields",
+            )
+        built = self._per_cluster.get((name, cluster))
+        if built is None or built[0] is not base:  # settings reloaded: copy the new one
+            copy = type(base)(self.provider.clients_for(base.spec, cluster), base.settings)
+            built = self._per_cluster[(name, cluster)] = (base, copy)
+        return built[1]
 
     def add_notifiers(
         self,

@@ -18,7 +18,7 @@ from opentelemetry import trace
 
 from talon_opa.core import logs
 from talon_opa.engine import telemetry
-from talon_opa.engine.instances import Instances
+from talon_opa.engine.instances import Instances, UnknownCluster
 from talon_opa.engine.metrics import Metrics
 from talon_opa.opa.plan import Step
 from talon_opa.plugins.notes import Note
@@ -90,7 +90,7 @@ class Notifications:
         ) as span:
             status = "success"
             try:
-                notifier = self._instances.notifiers.get(name)
+                notifier = self._instances.notifier(name, note.cluster)
                 if notifier is None:
                     raise NotConfigured(f"notifier {name!r} is not configured (add it to the config)")
                 async with asyncio.timeout(self._timeout):
@@ -99,7 +99,8 @@ class Notifications:
                 raise
             except Exception as e:
                 status = "failure"
-                kind = "unknown_notifier" if isinstance(e, NotConfigured) else type(e).__name__
+                kinds = {NotConfigured: "unknown_notifier", UnknownCluster: "unknown_cluster"}
+                kind = kinds.get(type(e), type(e).__name__)
                 telemetry.fail(span, e if not isinstance(e, TimeoutError) else "timed out", kind)
                 log.error("notification", extra={**extra, "status": "failure", "error": str(e) or kind})
             else:

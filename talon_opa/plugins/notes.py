@@ -33,6 +33,7 @@ class Note:
     hostname: str = ""
     pod: str = ""  # the alert's pod and namespace (from its fields), "" when absent
     namespace: str = ""
+    cluster: str = ""  # with `clusters` configured, the cluster the alert names ("" = the default cluster)
 
     @property
     def message(self) -> str:

@@ -12,6 +12,8 @@ import pytest
 from talon_opa.actionners.kubernetes import label
 from talon_opa.core import config
 from talon_opa.core.events import Alert
+from talon_opa.core.kube import KubeConfig
+from talon_opa.notifiers.k8sevents import K8sEvents
 from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Spec
@@ -135,3 +137,54 @@ def test_an_empty_cluster_field_is_refused_when_clusters_are_set(tmp_path: Path)
     path.write_text(f"clusters:\n  prod: {prod}\ncluster_field: ''\n")
     with pytest.raises(config.ConfigError, match="'cluster_field'"):
         config.load(path, {})
+
+
+async def events_about(cluster: KubeCluster, ns: str, pod: str) -> list[dict[str, Any]]:
+    items = (await cluster.api.get(f"/api/v1/namespaces/{ns}/events"))["items"]
+    return [ev for ev in items if ev["involvedObject"].get("name") == pod]
+
+
+async def test_k8sevents_records_the_event_in_the_cluster_the_alert_names(kube: KubeCluster, tmp_path: Path) -> None:
+    SCRIPT.reset()
+    other = KubeCluster(tmp_path / "cluster-b")
+    try:
+        await other.start()
+        ns = await kube.new_namespace("events")
+        await other.create_namespace(ns)
+        for cluster in (kube, other):
+            await cluster.create_pod(ns, "api-1")
+        async with running_engine(
+            tmp_path,
+            LABEL_RULES,
+            registry=Registry.of(label.Label, Recorder, K8sEvents),
+            kube_config=KubeConfig.from_file(kube.kubeconfig),  # the default cluster is `a`'s API server
+            clusters={"a": str(kube.kubeconfig), "b": str(other.kubeconfig)},
+            default_notifiers=("k8sevents",),
+        ) as e:
+            assert (await e.post(json_body=alert("api-1", ns, "b"))).status == 200
+            await e.drained()
+            ok = await e.metric("falcosecurity_falco_talon_notifications_total", notifier="k8sevents", status="success")
+            assert ok == 1
+            [event] = await events_about(other, ns, "api-1")
+            assert "kubernetes:label" in event["reason"]
+            assert (
+                event["involvedObject"]["uid"]
+                == (await other.api.get(f"/api/v1/namespaces/{ns}/pods/api-1"))["metadata"]["uid"]
+            )
+            assert await events_about(kube, ns, "api-1") == []  # not in the default cluster
+
+            assert (await e.post(json_body=alert("api-1", ns, "a"))).status == 200
+            await e.drained()
+            assert len(await events_about(kube, ns, "api-1")) == 1
+            assert len(await events_about(other, ns, "api-1")) == 1
+
+            await e.post(json_body=alert("api-1", ns, "x"))  # not configured: the step and the Event fail
+            await e.drained()
+            failed = await e.metric(
+                "falcosecurity_falco_talon_notifications_total", notifier="k8sevents", status="failure"
+            )
+            assert failed == 1
+        for cluster in (kube, other):
+            assert len(await events_about(cluster, ns, "api-1")) == 1
+    finally:
+        await other.stop()
