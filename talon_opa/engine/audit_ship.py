@@ -137,11 +137,11 @@ class AuditShipper:
 
     async def _ship_one(self) -> bool:
         """Upload the next segment; False when it failed (logged and counted)."""
-        cut = await asyncio.to_thread(self._cut)
-        if cut is None:
-            return True
-        artifact = Artifact(audit_segments.name(cut.trail, cut.first, cut.last), cut.data)
         try:
+            cut = await asyncio.to_thread(self._cut)
+            if cut is None:
+                return True
+            artifact = Artifact(audit_segments.name(cut.trail, cut.first, cut.last), cut.data)
             async with asyncio.timeout(UPLOAD_TIMEOUT):
                 outcome = await self._store(artifact)
         except asyncio.CancelledError:
@@ -188,9 +188,12 @@ class AuditShipper:
                 pos += len(raw)
         if not lines:
             return None
-        first, last = json.loads(lines[0]), json.loads(lines[-1])
-        trail = self._progress.trail or audit_segments.trail_id(str(first["hash"]))
-        return Cut(b"".join(lines), int(first["seq"]), int(last["seq"]), str(last["hash"]), len(lines[-1]), trail)
+        # a line that is not a record (the file was edited) is shipped as it is: `audit verify` reports it
+        first_seq = self._progress.seq + 1
+        first, last = _seq_hash(lines[0]), _seq_hash(lines[-1])
+        last_seq, last_hash = last or (first_seq + len(lines) - 1, "")
+        trail = self._progress.trail or audit_segments.trail_id(first[1] if first else audit_chain.GENESIS)
+        return Cut(b"".join(lines), first[0] if first else first_seq, last_seq, last_hash, len(lines[-1]), trail)
 
     def _load(self) -> Progress:
         """The saved progress if it still describes this trail; else the trail's start."""
@@ -243,6 +246,15 @@ class AuditShipper:
         left = self._seq - self._progress.seq
         if left > 0:
             log.error("audit lines not shipped at shutdown", extra={"output": self.target, "count": left})
+
+
+def _seq_hash(raw: bytes) -> tuple[int, str] | None:
+    """The line's seq and hash; None when it is not a record."""
+    try:
+        doc = json.loads(raw)
+        return int(doc["seq"]), str(doc["hash"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def shipper(cfg: config.Audit, trail: AuditTrail, instances: Instances, registry: CollectorRegistry) -> AuditShipper:

@@ -105,6 +105,7 @@ class Processor:
             opa_input["pod"] = facts = await pod_facts.lookup(kube, namespace, name)
             if "error" in facts:
                 log.warning("pod lookup failed", extra={"id": job.alert_id, "error": facts["error"]})
+                trace.get_current_span().add_event("pod lookup failed", {"error": str(facts["error"])})
 
     async def decide(self, job: Job) -> Plan:
         span = self._tracer.start_span(telemetry.DECIDE_PLAN)  # a child of the alert's span, current here

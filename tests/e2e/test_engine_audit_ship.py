@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -180,3 +181,19 @@ def test_the_shipping_example_loads() -> None:
     audit = config.load(example, env={}).audit
     assert (audit.output, audit.segment_lines, audit.segment_seconds) == ("aws:s3", 1000, 60)
     assert dict(audit.output_parameters) == {"bucket": "talon-opa-audit", "prefix": "trails/prod-eu-1"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "what"),
+    [
+        ({"output": "nope:x"}, "'audit.output' names 'nope:x', which is not an output that runs"),
+        ({"output_parameters": {}}, "'audit.output_parameters' is invalid for minio:s3"),
+    ],
+)
+async def test_a_bad_audit_output_stops_the_engine_naming_the_key(
+    tmp_path: Path, s3: tuple[config.Minio, Any], changes: dict[str, Any], what: str
+) -> None:
+    audit = shipping(tmp_path / "audit.jsonl", "b", **changes)
+    with pytest.raises(config.ConfigError, match=re.escape(what)):
+        async with running_engine(tmp_path, RULES, **engine_args(s3, audit)):
+            pass
