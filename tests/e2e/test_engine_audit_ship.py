@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from talon_opa.core import config
+from talon_opa.core import config, logs
 from talon_opa.core.kube import KubeConfig
 from talon_opa.outputs.minio import Minio
 from talon_opa.plugins.registry import Registry
@@ -123,7 +123,7 @@ async def test_the_trail_is_shipped_in_segments_that_verify_as_one_chain(
 
 
 async def test_a_failed_upload_is_counted_and_retried_while_alerts_go_on(
-    tmp_path: Path, s3: tuple[config.Minio, Any]
+    tmp_path: Path, s3: tuple[config.Minio, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     SCRIPT.reset()
     SCRIPT.gate.set()
@@ -141,6 +141,9 @@ async def test_a_failed_upload_is_counted_and_retried_while_alerts_go_on(
         await asyncio.to_thread(client.create_bucket, Bucket="late-bucket")
         await wait_metric(e, SHIPPED, 2, within=30)  # retried with backoff, then the backlog, in order
         assert "audit_shipping" not in (await e.get("/readyz")).body
+    failed = [r for r in caplog.records if r.getMessage() == "audit segment upload failed"]
+    assert len(failed) == 1  # once per failure streak, with the output's reason
+    assert "late-bucket" in logs.fields(failed[0])["error"]
     keys = await download(client, "late-bucket", tmp_path / "shipped")
     assert len(keys) == 2
     assert talon_opa("audit", "verify", str(tmp_path / "shipped")).returncode == 0
