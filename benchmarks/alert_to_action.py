@@ -4,7 +4,9 @@ Starts a real control plane (etcd, kube-apiserver, kwok... from tools/) and the 
 creates pods, then for each pod posts a "Terminal shell in container" alert and waits for the pod's
 labelled version on a watch. Prints `p50_ms=X p99_ms=Y n=N`. Loopback only, bounded.
 With `--queue nats --replicas N`, N engine processes share one JetStream stream and the alerts go round-robin.
-Usage: benchmarks/alert_to_action.py [--alerts 100] [--queue memory|nats] [--replicas 1]
+With `--caps-pod`, the config sets caps.protected_labels and caps.keep_last_replica, so the engine reads each
+alert's pod (and its owner) from the API server before deciding (docs/caps.md): the cost of that lookup.
+Usage: benchmarks/alert_to_action.py [--alerts 100] [--queue memory|nats] [--replicas 1] [--caps-pod]
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ async def main() -> None:
     p.add_argument("--alerts", type=int, default=100)
     p.add_argument("--queue", choices=("memory", "nats"), default="memory")
     p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--caps-pod", action="store_true", help="caps that read the pod before deciding")
     a = p.parse_args()
+    caps = {"protected_labels": {"talon-opa.io/protected": "true"}, "keep_last_replica": ["kubernetes:terminate"]}
+    extra: dict[str, object] = {"caps": caps} if a.caps_pod else {}
     with tempfile.TemporaryDirectory(prefix="talon-opa-bench-kube-") as tmp:
         kube = KubeCluster(Path(tmp))
         try:
@@ -62,7 +67,7 @@ async def main() -> None:
                 f"p{i}": asyncio.get_running_loop().create_future() for i in range(a.alerts)
             }
             watch = asyncio.create_task(watch_labels(kube, ns, seen))
-            async with engines(RULES, a.replicas, a.queue, {}, kubeconfig=str(kube.kubeconfig)) as urls:
+            async with engines(RULES, a.replicas, a.queue, {}, kubeconfig=str(kube.kubeconfig), **extra) as urls:
                 latencies = []
                 async with aiohttp.ClientSession() as http:
                     for i in range(a.alerts):
@@ -82,7 +87,10 @@ async def main() -> None:
         finally:
             await kube.stop()
     p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
-    print(f"p50_ms={p50:.1f} p99_ms={p99:.1f} n={len(latencies)} queue={a.queue} replicas={a.replicas}")
+    print(
+        f"p50_ms={p50:.1f} p99_ms={p99:.1f} n={len(latencies)} queue={a.queue} replicas={a.replicas} "
+        f"caps_pod={a.caps_pod}"
+    )
 
 
 async def watch_labels(kube: KubeCluster, ns: str, seen: dict[str, asyncio.Future[float]]) -> None:
