@@ -84,7 +84,13 @@ async def test_the_trail_is_shipped_in_segments_that_verify_as_one_chain(
     SCRIPT.reset()
     SCRIPT.gate.set()
     client = s3[1]
-    await asyncio.to_thread(client.create_bucket, Bucket="audit-trails")
+    await asyncio.to_thread(client.create_bucket, Bucket="audit-trails", ObjectLockEnabledForBucket=True)
+    retention = {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}
+    await asyncio.to_thread(
+        client.put_object_lock_configuration,
+        Bucket="audit-trails",
+        ObjectLockConfiguration={"ObjectLockEnabled": "Enabled", "Rule": retention},
+    )
     trail = tmp_path / "audit.jsonl"
     async with running_engine(tmp_path, RULES, **engine_args(s3, shipping(trail, "audit-trails"))) as e:
         await post(e, ["api-1", "api-2", "api-3", "api-4", "api-5"])
@@ -93,6 +99,8 @@ async def test_the_trail_is_shipped_in_segments_that_verify_as_one_chain(
     keys = await download(client, "audit-trails", tmp_path / "shipped")
     assert len(keys) == 3  # the last one at shutdown
     assert all(k.startswith("trails/") and k.endswith(".jsonl") for k in keys)
+    locked = await asyncio.to_thread(client.head_object, Bucket="audit-trails", Key=keys[0])
+    assert locked["ObjectLockMode"] == "COMPLIANCE"  # the bucket's default retention applies to each segment
     names = sorted(p.name for p in (tmp_path / "shipped").iterdir())
     assert [n[-32:] for n in names] == [
         "-000000000001-000000000002.jsonl",
