@@ -25,6 +25,7 @@ from talon_opa.core.errors import OpaError, RulesError, TalonError
 from talon_opa.core.kube import KubeClient, KubeConfig
 from talon_opa.engine import metrics, reload, telemetry
 from talon_opa.engine.accept import Acceptor
+from talon_opa.engine.approvals import Approvals
 from talon_opa.engine.audit import AuditTrail
 from talon_opa.engine.batcher import Batcher
 from talon_opa.engine.execute import Executor
@@ -129,6 +130,7 @@ class Engine:
             tracer=self.tracer,
             audit=self.audit,
         )
+        self.approvals = Approvals(cfg, executor=self._executor, tracer=self.tracer, registry=self.metrics.registry)
         self.built: reload.Built | None = None
         self.executor: Executor | None = None
         self.kube: KubeClient | None = None
@@ -195,6 +197,7 @@ class Engine:
                 step_timeout=cfg.step_timeout_seconds,
                 force_dry_run=self.dry_run_only,
                 cluster_field=cfg.cluster_field,
+                park=self.approvals.park,
             )
             if self.jetstream is not None:
                 await self.jetstream.connect()
@@ -213,6 +216,7 @@ class Engine:
         if self.jetstream is not None:
             self.jetstream.start()
         self._tasks.append(loop.create_task(self.supervisor.watch(), name="talon-opa-opa-watch"))
+        await self.approvals.start()  # re-arms the approvals kept in state_dir
         if cfg.watch_rules:
             watcher = reload.RulesWatcher(list(cfg.rules_files), cfg.watch_interval_seconds, self.reload)
             self._tasks.append(loop.create_task(watcher.run(), name="talon-opa-rules-watch"))
@@ -242,6 +246,7 @@ class Engine:
                 )
             else:
                 log.info("drained, every accepted alert finished")
+            await self.approvals.stop(timeout)
             if self.audit is not None:
                 await self.audit.stop(timeout)
         for t in self._tasks:
@@ -260,7 +265,14 @@ class Engine:
         native = [Path(p) for p in self.cfg.opa.rego]
         key = Path(self.cfg.opa.signing_key) if self.cfg.opa.signing_key else None
         return await asyncio.to_thread(
-            reload.build, list(self.cfg.rules_files), self.registry, self.workdir, native, key, self.cfg.caps
+            reload.build,
+            list(self.cfg.rules_files),
+            self.registry,
+            self.workdir,
+            native,
+            key,
+            self.cfg.caps,
+            self.cfg.approvals,
         )
 
     async def reload(self) -> bool:
