@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from talon_opa.cli import completion
+from talon_opa.cli import approve, completion
 
 PROG = "talon-opa"
 DEFAULT_CONFIG = "/etc/falco-talon/config.yaml"  # Talon's default for `server`
@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     _rules_option(rbac, 1, required=True)
     rbac.add_argument("--name", default="talon-opa", help="name of the ClusterRole")
 
+    approve.add_commands(sub)
+
     sub.add_parser("version", help="print the version")
     comp = sub.add_parser(
         "completion",
@@ -234,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from talon_opa.cli import audit as cli_audit
 
         return cli_audit.main(args)
+    if args.command in ("approvals", "approve", "deny"):
+        return approve.main(args)
     if args.command in ("actionners", "outputs", "notifiers", "rbac"):
         from talon_opa.cli import lists as cli_list
 

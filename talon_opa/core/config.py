@@ -304,8 +304,8 @@ class Config:
     """blast-radius caps, written into the bundle as data.talon.caps (docs/caps.md): `limits.<actionner>`
     {per_namespace, window_seconds: 60, 600 or 3600} and `protected_namespaces`"""
     approvals: Mapping[str, Any] = field(default_factory=dict)
-    """steps that wait for an operator's approval (docs/approvals.md): `require` (a list of {actionners, rules,
-    namespaces, window_seconds}, written into the bundle as data.talon.approvals), `window_seconds` (default
+    """steps that wait for an operator's approval (docs/approvals.md): `require` (a list of {actionners, actions,
+    rules, namespaces, window_seconds}, written into the bundle as data.talon.approvals), `window_seconds` (default
     900) and `max_pending` (default 100)"""
     unknown_keys: tuple[str, ...] = ()
     """keys of the file that mean nothing to us (ignored like Talon does; logged at start)"""
@@ -542,7 +542,7 @@ def caps_data(caps: Mapping[str, Any]) -> dict[str, Any]:
 
 APPROVAL_WINDOW = 900  # seconds an approval waits when the config names no window
 APPROVAL_MAX_PENDING = 100
-_APPROVAL_LISTS = ("actionners", "rules", "namespaces")
+_APPROVAL_LISTS = ("actionners", "actions", "rules", "namespaces")
 
 
 def parse_approvals(value: Any) -> Mapping[str, Any]:
@@ -569,12 +569,12 @@ def parse_approvals(value: Any) -> Mapping[str, Any]:
         raise bad("'approvals.max_pending' must be an integer >= 1")
     require = value.get("require") or []
     if not isinstance(require, list):
-        raise bad("'approvals.require' must be a list of {actionners, rules, namespaces, window_seconds}")
+        raise bad("'approvals.require' must be a list of {actionners, actions, rules, namespaces, window_seconds}")
     out: list[Mapping[str, Any]] = []
     for i, entry in enumerate(require):
         where = f"'approvals.require[{i}]'"
         if not isinstance(entry, dict) or set(entry) - {*_APPROVAL_LISTS, "window_seconds"}:
-            raise bad(f"{where} must be a mapping of actionners, rules, namespaces (lists) and window_seconds")
+            raise bad(f"{where} must be a mapping of actionners, actions, rules, namespaces (lists) and window_seconds")
         req: dict[str, Any] = {}
         for key in _APPROVAL_LISTS:
             names = entry.get(key) or []
@@ -582,7 +582,7 @@ def parse_approvals(value: Any) -> Mapping[str, Any]:
                 raise bad(f"{where}.{key} must be a list of names")
             req[key] = tuple(names)
         if not any(req.values()):
-            raise bad(f"{where} names no actionner, rule or namespace (it would hold every step)")
+            raise bad(f"{where} names no actionner, action, rule or namespace (it would hold every step)")
         req["window_seconds"] = seconds(entry.get("window_seconds", window), f"{where}.window_seconds")
         out.append(types.MappingProxyType(req))
     return types.MappingProxyType({"require": tuple(out), "window_seconds": window, "max_pending": max_pending})

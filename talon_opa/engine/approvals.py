@@ -149,6 +149,9 @@ class Approvals:
                 self._resume(parked, parked.decision)
                 continue
             self._pending[parked.id] = parked
+            if parked.expires <= self._clock():  # its window ended while the engine was down
+                await self._finish(parked, Decision("expired", at=self._clock()))
+                continue
             log.info("pending approval re-armed", extra={"approval_id": parked.id, "expires": parked.expires})
             self._arm(parked)
         self.waiting.set(len(self._pending))

@@ -3,9 +3,9 @@
 # description: |
 #   Marks the plan's steps that must wait for an approval: `"approval": {"window_seconds": N}`
 #   (docs/approvals.md). Config: data.talon.approvals (the engine's `approvals:` section):
-#   {"require": [{"actionners": [...], "rules": [...], "namespaces": [...], "window_seconds": N}]}.
-#   A requirement applies when each of its non-empty lists names the step's actionner, its Talon rule and
-#   the alert's namespace; the first one that applies gives the window. A held step is not marked: it never runs.
+#   {"require": [{"actionners": [...], "actions": [...], "rules": [...], "namespaces": [...], "window_seconds": N}]}.
+#   A requirement applies when each of its non-empty lists names the step's actionner, its action, its Talon
+#   rule and the alert's namespace; the first one that applies gives the window. A held step is not marked: it never runs.
 package talon.lib.approvals
 
 import data.talon.lib.caps
@@ -17,6 +17,7 @@ _names(req, key, value) if value in req[key]
 
 applies(req, step) if {
 	_names(req, "actionners", step.actionner)
+	_names(req, "actions", step.action)
 	_names(req, "rules", step.rule)
 	_names(req, "namespaces", caps.namespace)
 }

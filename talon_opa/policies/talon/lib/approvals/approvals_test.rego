@@ -37,6 +37,14 @@ test_a_held_step_is_not_marked if {
 	approvals.mark(step) == step with input as _input("payments") with data.talon.approvals as _config
 }
 
+test_an_action_requirement_names_one_step if {
+	config := {"require": [{"actions": ["t"], "window_seconds": 5}]}
+	m := approvals.mark(_terminate) with input as _input("shop") with data.talon.approvals as config
+	m.approval.window_seconds == 5
+	other := {"rule": "r", "action": "l", "actionner": "kubernetes:terminate"}
+	approvals.mark(other) == other with input as _input("shop") with data.talon.approvals as config
+}
+
 test_no_config_no_approval if {
 	approvals.mark(_terminate) == _terminate with input as _input("payments")
 }
