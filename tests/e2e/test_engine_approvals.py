@@ -240,7 +240,8 @@ async def test_the_cli_lists_approves_and_denies(
         flags = ["--url", e.url, "--token", TOKEN]
         assert await asyncio.to_thread(run_cli, "approvals", *flags) == 0
         listed = capsys.readouterr().out
-        assert by_pod["cli-1"] in listed and by_pod["cli-2"] in listed
+        assert by_pod["cli-1"] in listed
+        assert by_pod["cli-2"] in listed
         assert await asyncio.to_thread(run_cli, "approve", by_pod["cli-1"], "--by", "bob", *flags) == 0
         assert f"{by_pod['cli-1']} approved by bob" in capsys.readouterr().out
         assert await asyncio.to_thread(run_cli, "deny", by_pod["cli-2"], "--reason", "known admin", *flags) == 0
@@ -282,11 +283,9 @@ async def test_a_pending_approval_survives_a_restart(
     # a second pending approval whose window ends while the engine is down: written as the engine writes it
     doc = json.loads((state / "approvals" / files[0]).read_text())
     late_id = "late0000000000000001"
-    doc.update(id=late_id, expires=time.time() + 0.2)
+    doc.update(id=late_id, expires=time.time() - 1)
     doc["item"]["body"] = json.dumps(shell_alert("late-1", namespace))
     (state / "approvals" / f"{late_id}.json").write_text(json.dumps(doc))
-    while time.time() < doc["expires"]:
-        await asyncio.sleep(0.05)
 
     async with running_engine(tmp_path, rules, **options) as e:
         await e.engine.approvals.settled()  # the late one expired at once, and its flow went on
