@@ -572,18 +572,20 @@ def parse_approvals(value: Any) -> Mapping[str, Any]:
         raise bad("'approvals.require' must be a list of {actionners, actions, rules, namespaces, window_seconds}")
     out: list[Mapping[str, Any]] = []
     for i, entry in enumerate(require):
-        where = f"'approvals.require[{i}]'"
+        where = f"approvals.require[{i}]"
         if not isinstance(entry, dict) or set(entry) - {*_APPROVAL_LISTS, "window_seconds"}:
-            raise bad(f"{where} must be a mapping of actionners, actions, rules, namespaces (lists) and window_seconds")
+            raise bad(
+                f"'{where}' must be a mapping of actionners, actions, rules, namespaces (lists) and window_seconds"
+            )
         req: dict[str, Any] = {}
         for key in _APPROVAL_LISTS:
             names = entry.get(key) or []
             if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-                raise bad(f"{where}.{key} must be a list of names")
+                raise bad(f"'{where}.{key}' must be a list of names")
             req[key] = tuple(names)
         if not any(req.values()):
-            raise bad(f"{where} names no actionner, action, rule or namespace (it would hold every step)")
-        req["window_seconds"] = seconds(entry.get("window_seconds", window), f"{where}.window_seconds")
+            raise bad(f"'{where}' names no actionner, action, rule or namespace (it would hold every step)")
+        req["window_seconds"] = seconds(entry.get("window_seconds", window), f"'{where}.window_seconds'")
         out.append(types.MappingProxyType(req))
     return types.MappingProxyType({"require": tuple(out), "window_seconds": window, "max_pending": max_pending})
 

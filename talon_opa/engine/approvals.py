@@ -84,7 +84,7 @@ class Approvals:
 
     async def park(self, parked: Parked) -> None:
         """Keep the plan until its step is decided; ApprovalRefused when max_pending are already waiting."""
-        if self._stopping:
+        if self._stopping and self.folder is None:
             raise ApprovalRefused("the engine is stopping: no new approval can wait", hint="send the alert again")
         if len(self._pending) >= self.max_pending:
             raise ApprovalRefused(
@@ -92,8 +92,11 @@ class Approvals:
                 hint="approve or deny pending ones (talon-opa approvals), or raise approvals.max_pending",
             )
         await self._save(parked)
-        self._pending[parked.id] = parked
         self.requests.labels(result="requested").inc()
+        if self._stopping:  # kept in state_dir: the next start re-arms it
+            log.info("approval kept for the next start", extra={"approval_id": parked.id})
+            return
+        self._pending[parked.id] = parked
         self._arm(parked)
 
     # --- the operators' side ------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from tests.harness.receivers import Receiver
 
 TOKEN = "op-token-approvals-4f1e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "approvals"
 
 RULES = """\
 - rule: Quarantine
@@ -334,10 +333,3 @@ async def test_beyond_max_pending_the_step_fails_and_the_api_is_off_without_a_to
     assert (full_note.pod, full_note.status) == ("full-2", "failure")
     assert "1 approvals are already pending (approvals.max_pending is 1)" in full_note.error
     assert SCRIPT.calls == []
-
-
-def test_the_example_config_and_rules_load() -> None:
-    cfg = config.load(EXAMPLE / "config.yaml", env={})
-    data = config.approvals_data(cfg.approvals)
-    assert data["require"][0]["actionners"] == ["kubernetes:terminate", "kubernetes:networkpolicy"]
-    assert cfg.approvals["max_pending"] == 50

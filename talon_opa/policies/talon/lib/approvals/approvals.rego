@@ -5,7 +5,8 @@
 #   (docs/approvals.md). Config: data.talon.approvals (the engine's `approvals:` section):
 #   {"require": [{"actionners": [...], "actions": [...], "rules": [...], "namespaces": [...], "window_seconds": N}]}.
 #   A requirement applies when each of its non-empty lists names the step's actionner, its action, its Talon
-#   rule and the alert's namespace; the first one that applies gives the window. A held step is not marked: it never runs.
+#   rule and the alert's namespace; the first one that applies gives the window. A held step is not marked
+#   (it never runs), nor a dry-run one (it would change nothing).
 package talon.lib.approvals
 
 import data.talon.lib.caps
@@ -31,6 +32,7 @@ window(step) := ws[0] if {
 # the step, with `approval` when it must wait for one
 mark(step) := object.union(step, {"approval": {"window_seconds": w}}) if {
 	not step.held
+	not step.dry_run
 	w := window(step)
 } else := step
 

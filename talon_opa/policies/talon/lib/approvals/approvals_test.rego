@@ -45,6 +45,11 @@ test_an_action_requirement_names_one_step if {
 	approvals.mark(other) == other with input as _input("shop") with data.talon.approvals as config
 }
 
+test_a_dry_run_step_is_not_marked if {
+	step := object.union(_terminate, {"dry_run": true})
+	approvals.mark(step) == step with input as _input("payments") with data.talon.approvals as _config
+}
+
 test_no_config_no_approval if {
 	approvals.mark(_terminate) == _terminate with input as _input("payments")
 }
