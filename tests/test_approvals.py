@@ -104,7 +104,13 @@ def _parked() -> Parked:
 def test_a_parked_plan_reads_back_from_its_file_form() -> None:
     parked = _parked()
     again = Parked.decode(parked.encode())
-    assert (again.id, again.index, again.ended, again.expires, again.decision) == ("p1", 0, frozenset({"x"}), 130.0, None)
+    assert (again.id, again.index, again.ended, again.expires, again.decision) == (
+        "p1",
+        0,
+        frozenset({"x"}),
+        130.0,
+        None,
+    )
     assert (again.plan, again.item.body, again.item.alert_id) == (parked.plan, parked.item.body, "a-1")
     decided = Parked.decode(Parked(**{**_fields(parked), "decision": Decision("denied", "bob", 120.0)}).encode())
     assert decided.decision == Decision("denied", "bob", 120.0)
