@@ -30,7 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from talon_opa.core import config, logs
 from talon_opa.core.errors import TalonError
 from talon_opa.engine import telemetry
-from talon_opa.engine.execute import Executor
+from talon_opa.engine.audit import AuditTrail, approval_record
+from talon_opa.engine.execute import Executor, StepResult
 from talon_opa.engine.metrics import OURS
 from talon_opa.engine.parked import ApprovalRefused, Decision, Parked, Result
 
@@ -57,12 +58,14 @@ class Approvals:
         executor: Callable[[], Executor],
         tracer: trace.Tracer,
         registry: CollectorRegistry,
+        audit: AuditTrail | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_pending = int(cfg.approvals.get("max_pending", config.APPROVAL_MAX_PENDING))
         self.folder = Path(cfg.state_dir) / "approvals" if cfg.state_dir else None
         self._configured = bool(cfg.approvals.get("require"))
         self._executor = executor
+        self._audit = audit  # an `approval` line per decided approval, with the results of the resumed steps
         self._tracer = tracer
         self._clock = clock
         self._pending: dict[str, Parked] = {}
@@ -248,6 +251,7 @@ class Approvals:
                 **({telemetry.APPROVAL_BY: decision.by} if decision.by else {}),
             },
         ) as span:
+            results: list[StepResult] = []
             try:
                 results = await self._executor().resume(parked, decision)
             except asyncio.CancelledError:
@@ -261,6 +265,12 @@ class Approvals:
                     telemetry.fail(span, f"{len(failed)} step(s) failed: {failed[0].error}", failed[0].error_type)
                 else:
                     telemetry.ok(span)
+        if self._audit is not None:
+            self._audit.record_line(
+                approval_record(
+                    parked.item.alert_id, parked.trace_id, parked.id, _decision(decision), parked.index, results
+                )
+            )
         await self._forget(parked)
 
     async def _save(self, parked: Parked) -> None:

@@ -130,7 +130,9 @@ class Engine:
             tracer=self.tracer,
             audit=self.audit,
         )
-        self.approvals = Approvals(cfg, executor=self._executor, tracer=self.tracer, registry=self.metrics.registry)
+        self.approvals = Approvals(
+            cfg, executor=self._executor, tracer=self.tracer, registry=self.metrics.registry, audit=self.audit
+        )
         self.built: reload.Built | None = None
         self.executor: Executor | None = None
         self.kube: KubeClient | None = None

@@ -182,7 +182,10 @@ async def test_an_expired_approval_skips_the_step_and_the_flow_goes_on(
 ) -> None:
     await kube.create_pod(namespace, "api-2")
     spans = InMemorySpanExporter()
-    options = engine_options(kube, hook, **approvals({"rules": ["Quarantine"], "window_seconds": 1}))
+    audit = tmp_path / "audit.jsonl"
+    options = engine_options(
+        kube, hook, audit=config.Audit(path=str(audit)), **approvals({"rules": ["Quarantine"], "window_seconds": 1})
+    )
     async with running_engine(tmp_path, RULES, span_exporter=spans, **options) as e:
         reply = await e.post(json_body=shell_alert("api-2", namespace))
         await e.drained()
@@ -203,6 +206,17 @@ async def test_an_expired_approval_skips_the_step_and_the_flow_goes_on(
         assert gone.status == 410
         assert "expired" in gone.body["error"]
     trace_id = reply.body["trace_id"]
+    alert_line, approval_line = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [r["status"] for r in alert_line["results"]] == ["pending"]
+    assert approval_line["kind"] == "approval"
+    assert (approval_line["approval_id"], approval_line["trace_id"]) == (waiting["id"], trace_id)
+    assert approval_line["decision"]["result"] == "expired"
+    assert [(r["step"], r["status"]) for r in approval_line["results"]] == [
+        (0, "expired"),
+        (1, "skipped"),
+        (2, "success"),
+    ]
+    assert cli.main(["audit", "verify", str(audit)]) == 0
     notes = [(n["action"], n["status"], n.get("error", "")) for n in hook.notes()]
     assert notes[0][:2] == ("Quarantine label", "pending")
     assert notes[1] == (
