@@ -279,7 +279,7 @@ def denied_by() -> str:
 async def test_a_pending_approval_survives_a_restart(
     kube: KubeCluster, namespace: str, hook: Hook, tmp_path: Path
 ) -> None:
-    for pod in ("keep-1", "late-1"):
+    for pod in ("keep-1", "late-1", "done-1"):
         await kube.create_pod(namespace, pod)
     rules = RULES
     state = tmp_path / "state"
@@ -299,11 +299,17 @@ async def test_a_pending_approval_survives_a_restart(
     doc.update(id=late_id, expires=time.time() - 1)
     doc["item"]["body"] = json.dumps(shell_alert("late-1", namespace))
     (state / "approvals" / f"{late_id}.json").write_text(json.dumps(doc))
+    # and one approved just before the stop, whose plan had not run yet: it resumes with its decision
+    done_id = "done0000000000000001"
+    doc.update(id=done_id, expires=time.time() + 600, decision={"result": "approved", "by": "dave", "at": time.time()})
+    doc["item"]["body"] = json.dumps(shell_alert("done-1", namespace))
+    (state / "approvals" / f"{done_id}.json").write_text(json.dumps(doc))
 
     async with running_engine(tmp_path, rules, **options) as e:
         await e.engine.approvals.settled()  # the late one expired at once, and its flow went on
         assert [a["id"] for a in await pending(e)] == [kept["id"]]
         assert await pod_labels(kube, namespace, "late-1") == {"marked": "true"}
+        assert await pod_labels(kube, namespace, "done-1") == {"quarantine": "true", "after": "yes", "marked": "true"}
         assert await e.metric("talon_opa_approvals_total", result="expired") == 1
         ok = await e.post(f"/v1/approvals/{kept['id']}/approve", json_body={"by": "carol"}, headers=AUTH)
         assert ok.status == 200
