@@ -354,9 +354,8 @@ class Executor:
                     )
                 )
             except ApprovalRefused as e:
-                result = StepResult(
-                    step, "failure", error=str(e), error_type="approvals_full", objects=alert_objects(alert)
-                )
+                kind = "approvals_full" if self.park is not None and item is not None else "approvals_unavailable"
+                result = StepResult(step, "failure", error=str(e), error_type=kind, objects=alert_objects(alert))
                 span.set_attribute(telemetry.STATUS, "failure")
                 telemetry.result(span, result.error)
                 telemetry.fail(span, result.error, result.error_type)
