@@ -94,7 +94,12 @@ class Approvals:
                 f"{len(self._pending)} approvals are already pending (approvals.max_pending is {self.max_pending})",
                 hint="approve or deny pending ones (talon-opa approvals), or raise approvals.max_pending",
             )
-        await self._save(parked)
+        try:
+            await self._save(parked)
+        except OSError as e:
+            raise ApprovalRefused(
+                f"the pending approval cannot be saved in state_dir: {e}", hint="check state_dir's disk and rights"
+            ) from e
         self.requests.labels(result="requested").inc()
         if self._stopping:  # kept in state_dir: the next start re-arms it
             log.info("approval kept for the next start", extra={"approval_id": parked.id})
@@ -140,7 +145,13 @@ class Approvals:
                     extra={"hint": "set state_dir to keep them across a restart"},
                 )
             return
-        await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
+        except OSError as e:
+            raise config.ConfigError(
+                f"config key 'state_dir': cannot create {self.folder}: {e.strerror}",
+                hint="give a folder the engine can write (a volume, not the read-only root filesystem)",
+            ) from e
         for path in sorted(self.folder.glob("*.json")):
             try:
                 parked = Parked.decode(await asyncio.to_thread(path.read_bytes))

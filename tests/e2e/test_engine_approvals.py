@@ -353,3 +353,18 @@ async def test_beyond_max_pending_the_step_fails_and_the_api_is_off_without_a_to
     assert (full_note.pod, full_note.status) == ("full-2", "failure")
     assert "1 approvals are already pending (approvals.max_pending is 1)" in full_note.error
     assert SCRIPT.calls == []
+
+
+async def test_an_unusable_state_dir_stops_the_start_naming_the_key(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(config.ConfigError) as caught:
+        async with running_engine(
+            tmp_path,
+            SCRIPTED_RULES,
+            registry=scripted_registry(),
+            kube_config=KubeConfig(server="http://127.0.0.1:9"),
+            state_dir=str(blocker / "state"),
+        ):
+            pass
+    assert f"config key 'state_dir': cannot create {blocker / 'state' / 'approvals'}" in str(caught.value)
