@@ -98,7 +98,9 @@ class Approvals:
             await self._save(parked)
         except OSError as e:
             raise ApprovalRefused(
-                f"the pending approval cannot be saved in state_dir: {e}", hint="check state_dir's disk and rights"
+                f"the pending approval cannot be saved in state_dir: {e}",
+                hint="check state_dir's disk and rights",
+                kind="approvals_unsaved",
             ) from e
         self.requests.labels(result="requested").inc()
         if self._stopping:  # kept in state_dir: the next start re-arms it

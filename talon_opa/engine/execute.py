@@ -338,7 +338,9 @@ class Executor:
             extra = {"rule": step.rule, "action": step.action, "actionner": step.actionner, "approval_id": approval_id}
             try:
                 if self.park is None or item is None:
-                    raise ApprovalRefused("this engine cannot keep a step waiting for approval")
+                    raise ApprovalRefused(
+                        "this engine cannot keep a step waiting for approval", kind="approvals_unavailable"
+                    )
                 now = time.time()
                 await self.park(
                     Parked(
@@ -354,8 +356,7 @@ class Executor:
                     )
                 )
             except ApprovalRefused as e:
-                kind = "approvals_full" if self.park is not None and item is not None else "approvals_unavailable"
-                result = StepResult(step, "failure", error=str(e), error_type=kind, objects=alert_objects(alert))
+                result = StepResult(step, "failure", error=str(e), error_type=e.kind, objects=alert_objects(alert))
                 span.set_attribute(telemetry.STATUS, "failure")
                 telemetry.result(span, result.error)
                 telemetry.fail(span, result.error, result.error_type)

@@ -22,7 +22,11 @@ Result = Literal["approved", "denied", "expired"]
 
 
 class ApprovalRefused(TalonError):
-    """A step cannot wait for approval (too many pending): it fails, reported like any failure."""
+    """A step cannot wait for approval: it fails, reported like any failure, with `kind` as its error type."""
+
+    def __init__(self, message: str, *, hint: str = "", kind: str = "approvals_full") -> None:
+        super().__init__(message, hint=hint)
+        self.kind = kind  # approvals_full, approvals_unsaved, approvals_unavailable
 
 
 @dataclass(frozen=True, slots=True)
