@@ -133,3 +133,11 @@ def test_a_damaged_parked_file_is_refused(change: dict[str, Any], what: str) -> 
     doc = {**json.loads(_parked().encode()), **change}
     with pytest.raises(TalonError, match=what):
         Parked.decode(json.dumps(doc).encode())
+
+
+def test_the_operator_token_cannot_be_the_intake_token(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("auth:\n  token: same-secret-1\n  operator_token: same-secret-1\n")
+    with pytest.raises(config.ConfigError, match=r"'auth\.operator_token' is the intake's auth\.token") as caught:
+        config.load(path, env={})
+    assert "same-secret-1" not in str(caught.value)

@@ -667,6 +667,9 @@ def _validate(cfg: Config) -> None:
         raise bad("log_format", f"is {cfg.log_format!r}", 'use "json", "text" or "color"')
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise bad("log_level", f"is {cfg.log_level!r}", 'use "debug", "info", "warning" or "error"')
+    if cfg.auth.operator_token and cfg.auth.operator_token == cfg.auth.token:
+        # whoever sends alerts (Falco, Falcosidekick) must not be able to approve or undo responses
+        raise bad("auth.operator_token", "is the intake's auth.token", "give the operator API a token of its own")
     if cfg.deduplication.time_window_seconds < 0:
         raise bad("deduplication.time_window_seconds", "is negative", "use 0 (off) or a number of seconds")
     if not cfg.deduplication.key:
