@@ -203,6 +203,7 @@ class Engine:
             )
             if self.jetstream is not None:
                 await self.jetstream.connect()
+            await self.approvals.start()  # re-arms the approvals kept in state_dir (ConfigError: unusable)
         except BaseException:
             if self.jetstream is not None:
                 await self.jetstream.stop()
@@ -218,7 +219,6 @@ class Engine:
         if self.jetstream is not None:
             self.jetstream.start()
         self._tasks.append(loop.create_task(self.supervisor.watch(), name="talon-opa-opa-watch"))
-        await self.approvals.start()  # re-arms the approvals kept in state_dir
         if cfg.watch_rules:
             watcher = reload.RulesWatcher(list(cfg.rules_files), cfg.watch_interval_seconds, self.reload)
             self._tasks.append(loop.create_task(watcher.run(), name="talon-opa-rules-watch"))
