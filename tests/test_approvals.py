@@ -4,6 +4,7 @@ parked plan's one-file form."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ from talon_opa.core import config, events
 from talon_opa.core.errors import OpaError, TalonError
 from talon_opa.engine.parked import Decision, Parked
 from talon_opa.engine.work import WorkItem
+from talon_opa.notifiers import elasticsearch, k8sevents, loki, slack, smtp, webhook
 from talon_opa.opa.plan import Plan, parse_plan, step_doc
+from talon_opa.plugins.notes import Note
 from tests.harness.paths import ALERTS
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "approvals"
@@ -141,3 +144,25 @@ def test_the_operator_token_cannot_be_the_intake_token(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match=r"'auth\.operator_token' is the intake's auth\.token") as caught:
         config.load(path, env={})
     assert "same-secret-1" not in str(caught.value)
+
+
+def test_every_notifier_formats_a_pending_announcement() -> None:
+    note = Note(
+        stage="action",
+        status="pending",
+        rule="Quarantine",
+        action="Terminate",
+        actionner="kubernetes:terminate",
+        output="waiting for approval abc for up to 300s: approve with `talon-opa approve abc`",
+        trace_id="ab" * 16,
+        pod="api-1",
+        namespace="payments",
+    )
+    settings = slack.SlackSettings(webhook_url="https://hooks.slack.example/x")
+    assert slack.payload(note, settings)["attachments"][0]["color"] == slack.COLORS["pending"]
+    assert "talon-opa approve abc" in smtp.text_body(note)
+    assert "[pending]" in smtp.subject(note)
+    assert loki.labels(note)["status"] == "pending"
+    assert elasticsearch.document(note, datetime.now(UTC))["status"] == "pending"
+    assert k8sevents.event(note, "payments", None, datetime.now(UTC))["reason"].endswith(":pending")
+    assert webhook.body(note)["status"] == "pending"
