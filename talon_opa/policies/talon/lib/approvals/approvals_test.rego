@@ -59,3 +59,8 @@ test_marked_keeps_order if {
 	out := approvals.marked(steps) with input as _input("payments") with data.talon.approvals as _config
 	[s.action | some s in out; s.approval] == ["t"]
 }
+
+test_a_native_rules_own_approval_is_kept if {
+	step := object.union(_terminate, {"approval": {"window_seconds": 42}})
+	approvals.mark(step) == step with input as _input("shop") with data.talon.approvals as _config
+}
