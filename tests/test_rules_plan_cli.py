@@ -322,3 +322,19 @@ def test_plan_prints_held_with_caps(tmp_path: Path) -> None:
     done = talon_opa("rules", "plan", "-r", str(rules), "--event", event)
     assert done.returncode == 0, done.stderr
     assert "held" not in json.loads(done.stdout)["steps"][0]
+
+
+def test_plan_marks_the_steps_that_wait_for_approval_with_the_example_config(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "approvals"
+    event = tmp_path / "alert.json"
+    alert = json.loads((ALERTS / "falco-terminal-shell-in-container.json").read_text())
+    alert["output_fields"]["k8s.ns.name"] = "payments"
+    event.write_text(json.dumps(alert))
+    rules = str(example / "rules.yaml")
+    done = talon_opa("rules", "plan", "-r", rules, "--event", str(event), "--caps", str(example / "config.yaml"))
+    assert done.returncode == 0, done.stderr
+    steps = json.loads(done.stdout)["steps"]
+    assert [(s["action"], s.get("approval")) for s in steps] == [
+        ("Mark the pod", None),
+        ("Terminate Pod", {"window_seconds": 300}),
+    ]

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from talon_opa.cli import completion
+from talon_opa.cli import approve, completion
 
 PROG = "talon-opa"
 DEFAULT_CONFIG = "/etc/falco-talon/config.yaml"  # Talon's default for `server`
@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--caps",
         metavar="CONFIG",
         type=completion.path,
-        help="an engine config file whose caps: section the plan applies (docs/caps.md; no counters: none ran)",
+        help="an engine config file whose caps: and approvals: sections the plan applies (docs/caps.md, "
+        "docs/approvals.md; no counters: none ran)",
     )
     test = rsub.add_parser("test", help="run opa test over the library, the translated rules and yours")
     _rules_command_args(test, 2)
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     rbac = sub.add_parser("rbac", help="print the least-privilege ClusterRole for the rules in use")
     _rules_option(rbac, 1, required=True)
     rbac.add_argument("--name", default="talon-opa", help="name of the ClusterRole")
+
+    approve.add_commands(sub)
 
     sub.add_parser("version", help="print the version")
     comp = sub.add_parser(
@@ -239,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from talon_opa.cli import audit as cli_audit
 
         return cli_audit.main(args)
+    if args.command in ("approvals", "approve", "deny"):
+        return approve.main(args)
     if args.command in ("actionners", "outputs", "notifiers", "rbac"):
         from talon_opa.cli import lists as cli_list
 

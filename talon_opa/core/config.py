@@ -313,6 +313,10 @@ class Config:
     """blast-radius caps, written into the bundle as data.talon.caps (docs/caps.md): `limits.<actionner>`
     {per_namespace, window_seconds: 60, 600 or 3600}, `protected_namespaces`, `protected_labels` (label key: value,
     or "*" for any value) and `keep_last_replica` (actionners never run on the last ready replica of a workload)"""
+    approvals: Mapping[str, Any] = field(default_factory=dict)
+    """steps that wait for an operator's approval (docs/approvals.md): `require` (a list of {actionners, actions,
+    rules, namespaces, window_seconds}, written into the bundle as data.talon.approvals), `window_seconds` (default
+    900) and `max_pending` (default 100)"""
     unknown_keys: tuple[str, ...] = ()
     """keys of the file that mean nothing to us (ignored like Talon does; logged at start)"""
 
@@ -445,6 +449,9 @@ def _build(
                 )
             values[f.name] = types.MappingProxyType(dict(value or {}))
             continue
+        if f.name == "approvals" and prefix == "":
+            values[f.name] = parse_approvals(value)
+            continue
         env_value = _env_lookup(env, key)
         if env_value is not None:
             values[f.name] = _convert(env_value, tp, key, source=f"env {_env_name(key)}")
@@ -571,6 +578,65 @@ def caps_data(caps: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+APPROVAL_WINDOW = 900  # seconds an approval waits when the config names no window
+APPROVAL_MAX_PENDING = 100
+_APPROVAL_LISTS = ("actionners", "actions", "rules", "namespaces")
+
+
+def parse_approvals(value: Any) -> Mapping[str, Any]:
+    """The `approvals:` section, checked (docs/approvals.md): `require`, `window_seconds`, `max_pending`."""
+    if value is None:
+        return {}
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"config key {what}", hint="see docs/approvals.md for the `approvals:` section")
+
+    def seconds(v: Any, where: str) -> int:
+        if type(v) is not int or not 1 <= v <= 7 * 86400:
+            raise bad(f"{where} must be a whole number of seconds from 1 to 604800 (a week)")
+        return int(v)
+
+    if not isinstance(value, dict):
+        raise bad("'approvals' must be a mapping")
+    for k in value:
+        if k not in ("require", "window_seconds", "max_pending"):
+            raise bad(f"'approvals.{k}' is unknown (require, window_seconds, max_pending)")
+    window = seconds(value.get("window_seconds", APPROVAL_WINDOW), "'approvals.window_seconds'")
+    max_pending = value.get("max_pending", APPROVAL_MAX_PENDING)
+    if type(max_pending) is not int or max_pending < 1:
+        raise bad("'approvals.max_pending' must be an integer >= 1")
+    require = value.get("require") or []
+    if not isinstance(require, list):
+        raise bad("'approvals.require' must be a list of {actionners, actions, rules, namespaces, window_seconds}")
+    out: list[Mapping[str, Any]] = []
+    for i, entry in enumerate(require):
+        where = f"approvals.require[{i}]"
+        if not isinstance(entry, dict) or set(entry) - {*_APPROVAL_LISTS, "window_seconds"}:
+            raise bad(
+                f"'{where}' must be a mapping of actionners, actions, rules, namespaces (lists) and window_seconds"
+            )
+        req: dict[str, Any] = {}
+        for key in _APPROVAL_LISTS:
+            names = entry.get(key) or []
+            if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+                raise bad(f"'{where}.{key}' must be a list of names")
+            req[key] = tuple(names)
+        if not any(req.values()):
+            raise bad(f"'{where}' names no actionner, action, rule or namespace (it would hold every step)")
+        req["window_seconds"] = seconds(entry.get("window_seconds", window), f"'{where}.window_seconds'")
+        out.append(types.MappingProxyType(req))
+    return types.MappingProxyType({"require": tuple(out), "window_seconds": window, "max_pending": max_pending})
+
+
+def approvals_data(approvals: Mapping[str, Any]) -> dict[str, Any]:
+    """The `approvals:` section as the JSON of data.talon.approvals (what the policy reads)."""
+    return {
+        "require": [
+            {k: list(v) if k != "window_seconds" else v for k, v in r.items()} for r in approvals.get("require") or ()
+        ]
+    }
+
+
 _TRUE = {"true", "1", "t", "yes", "y", "on"}
 _FALSE = {"false", "0", "f", "no", "n", "off", ""}
 
@@ -639,6 +705,9 @@ def _validate(cfg: Config) -> None:
         raise bad("log_format", f"is {cfg.log_format!r}", 'use "json", "text" or "color"')
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise bad("log_level", f"is {cfg.log_level!r}", 'use "debug", "info", "warning" or "error"')
+    if cfg.auth.operator_token and cfg.auth.operator_token == cfg.auth.token:
+        # whoever sends alerts (Falco, Falcosidekick) must not be able to approve or undo responses
+        raise bad("auth.operator_token", "is the intake's auth.token", "give the operator API a token of its own")
     if cfg.deduplication.time_window_seconds < 0:
         raise bad("deduplication.time_window_seconds", "is negative", "use 0 (off) or a number of seconds")
     if not cfg.deduplication.key:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from talon_opa.engine import metrics
+from talon_opa.engine import approvals_api, metrics
 from talon_opa.engine.intake import Intake, refuse
 from talon_opa.engine.lifecycle import Engine
 
@@ -63,6 +63,7 @@ def create_app(engine: Engine) -> web.Application:
     app.router.add_route("GET", "/readyz", readyz)
     app.router.add_route("GET", "/metrics", metrics_)
     app.router.add_route("GET", BUNDLE_PATH, bundle)
+    approvals_api.add_routes(app, engine.approvals, engine.cfg.auth.operator_token)
     app.router.add_route("*", "/v1/{tail:.*}", api)
     app.router.add_route("*", "/{tail:.*}", intake.handle)
     return app

@@ -64,6 +64,22 @@ def alert_record(job: Job, plan: Plan | None, results: Sequence[StepResult], err
     }
 
 
+def approval_record(
+    alert_id: str, trace_id: str, approval_id: str, decision: dict[str, str], start: int, results: Sequence[StepResult]
+) -> dict[str, Any]:
+    """The content of an approval's line: its decision and the results of the steps run after it (docs/approvals.md)."""
+    return {
+        "v": audit_chain.FORMAT,
+        "kind": "approval",
+        "time": now(),
+        "alert_id": alert_id,
+        "trace_id": trace_id,
+        "approval_id": approval_id,
+        "decision": {k: secrets.KNOWN.scrub(v) for k, v in decision.items()},
+        "results": [_result_doc(start + i, r) for i, r in enumerate(results)],
+    }
+
+
 def _result_doc(index: int, r: StepResult) -> dict[str, Any]:
     scrub = secrets.KNOWN.scrub
     return {
@@ -160,6 +176,10 @@ class AuditTrail:
         """Queue the alert's line; never waits (a full buffer drops it, counted, and a gap line follows)."""
         if plan is not None and not plan.matched_rules and not error and not self.unmatched:
             return
+        self.record_line(alert_record(job, plan, results, error))
+
+    def record_line(self, doc: dict[str, Any]) -> None:
+        """Queue a line's content (the writer adds seq, prev and hash); never waits."""
         if len(self._pending) >= self._capacity:
             self._idle.clear()
             if self._dropped == 0:
@@ -171,7 +191,7 @@ class AuditTrail:
             self.dropped.inc()
             self._wake.set()
             return
-        self._pending.append(alert_record(job, plan, results, error))
+        self._pending.append(doc)
         self._queued += 1
         self._idle.clear()
         self._wake.set()

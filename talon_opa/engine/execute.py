@@ -9,6 +9,10 @@ For each step of the plan (already cut after the first matched rule with `contin
 * a step the caps policy `held` (docs/caps.md) is not run: reported like a failure (log line, span with
   `talon.status=held` and the reason, actions counter with status `held`, a notification) and it ends its
   rule unless `ignore_errors`;
+* a step marked `approval` (docs/approvals.md) parks the rest of the plan (`park`, the approvals manager)
+  and the worker moves on: the step is announced (`pending`) and `resume` runs it once approved, then the
+  steps after it; denied or expired, it is reported like a held step and the flow goes on as after a
+  failure. Without room for one more pending approval the step fails (`approvals_full`);
 * every step that ran with success is counted in `counters` (the next decisions' `input.counters`);
 * a failed step ends its rule's remaining steps unless `ignore_errors`; `continue: false` ends them
   whatever the result (a failing terminate with ignore_errors still ends the rule); errors never stop
@@ -32,7 +36,8 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,16 +52,20 @@ from talon_opa.engine.caps import ActionCounters
 from talon_opa.engine.instances import Instances
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.notify import Notifications
+from talon_opa.engine.parked import ApprovalRefused, Decision, Parked
+from talon_opa.engine.work import WorkItem
 from talon_opa.opa.plan import Plan, Step
 from talon_opa.plugins import runtime
 from talon_opa.plugins.notes import Note
+from talon_opa.plugins.notes import Status as NoteStatus
 from talon_opa.plugins.params import ParamsInvalid
 from talon_opa.plugins.runtime import Artifact, Outcome
 from talon_opa.plugins.spec import Spec
 
 log = logs.get("execute")
 
-Status = Literal["success", "failure", "ignored", "dry_run", "skipped", "held"]
+Status = Literal["success", "failure", "ignored", "dry_run", "skipped", "held", "pending", "denied", "expired"]
+NOT_RUN = ("failure", "held", "denied", "expired")  # results that end a rule unless ignore_errors
 DRY_RUN_MESSAGE = "no action, dry-run is enabled"
 
 
@@ -132,6 +141,29 @@ def _spanned(result: StepResult, span: trace.Span) -> StepResult:
     return dataclasses.replace(result, span_id=telemetry.span_id_of(span))
 
 
+def _flow(ended: set[str], step: Step, result: StepResult) -> None:
+    """Talon's flow after a step: a failure ends its rule unless ignore_errors; `continue: false` ends it."""
+    if result.status in NOT_RUN and not step.ignore_errors:
+        ended.add(step.rule)
+    if not step.continue_:
+        ended.add(step.rule)
+
+
+def _approval_attrs(approval_id: str, decision: Decision) -> dict[str, Any]:
+    attrs: dict[str, Any] = {telemetry.APPROVAL_ID: approval_id, telemetry.APPROVAL_RESULT: decision.result}
+    if decision.by:
+        attrs[telemetry.APPROVAL_BY] = decision.by
+    return attrs
+
+
+def _note_status(status: Status) -> NoteStatus:
+    if status in NOT_RUN:
+        return "failure"
+    if status in ("ignored", "pending"):
+        return status
+    return "success"
+
+
 class Executor:
     """Runs plans with the engine's plugin instances; tells the notifiers about every result."""
 
@@ -146,6 +178,7 @@ class Executor:
         force_dry_run: bool = False,
         cluster_field: str = "cluster",
         counters: ActionCounters | None = None,
+        park: Callable[[Parked], Awaitable[None]] | None = None,
     ) -> None:
         self.instances = instances
         self.registry = instances.registry
@@ -156,6 +189,7 @@ class Executor:
         self.force_dry_run = force_dry_run
         self.cluster_field = cluster_field
         self.counters = counters if counters is not None else ActionCounters()
+        self.park = park  # keeps a plan waiting for approval (the approvals manager); None: no approvals
 
     def _needs_kube(self, step: Step) -> bool:
         """Whether the step's actionner or output uses the Kubernetes client (unknown ones count as using it).
@@ -201,21 +235,45 @@ class Executor:
         provider = self.instances.provider
         return provider.clusters[cluster] if cluster is not None else provider.default_kube
 
-    async def execute(self, alert: Alert, plan: Plan) -> list[StepResult]:
-        """Run the plan's steps with Talon's control flow; every result, in plan order."""
-        ended: set[str] = set()
-        results: list[StepResult] = []
+    async def execute(self, alert: Alert, plan: Plan, *, item: WorkItem | None = None) -> list[StepResult]:
+        """Run the plan's steps with Talon's control flow; every result, in plan order (up to a `pending`
+        one: the steps after a step that waits for approval run when it is decided, see `resume`)."""
         async with self.notifications.alongside():  # a slow receiver never delays the next step
-            for index, step in enumerate(plan.steps):
-                if step.rule in ended:
-                    results.append(StepResult(step, "skipped", "an earlier step ended this rule"))
-                    continue
-                result = await (self.hold_step(alert, step, index) if step.held else self.run_step(alert, step, index))
-                results.append(result)
-                if result.status in ("failure", "held") and not step.ignore_errors:
-                    ended.add(step.rule)
-                if not step.continue_:
-                    ended.add(step.rule)
+            return await self._run_from(alert, plan, 0, set(), item)
+
+    async def resume(self, parked: Parked, decision: Decision) -> list[StepResult]:
+        """The parked step, approved (run) or not (reported), then the rest of its plan; their results."""
+        alert, plan, index = parked.item.alert, parked.plan, parked.index
+        step = plan.steps[index]
+        ended = set(parked.ended)
+        async with self.notifications.alongside():
+            if decision.result == "approved":
+                result = await self.run_step(alert, step, index, approval=(parked.id, decision))
+            else:
+                result = await self.refuse_step(alert, step, index, parked.id, decision)
+            _flow(ended, step, result)
+            return [result, *await self._run_from(alert, plan, index + 1, ended, parked.item)]
+
+    async def _run_from(
+        self, alert: Alert, plan: Plan, start: int, ended: set[str], item: WorkItem | None
+    ) -> list[StepResult]:
+        results: list[StepResult] = []
+        for index in range(start, len(plan.steps)):
+            step = plan.steps[index]
+            if step.rule in ended:
+                results.append(StepResult(step, "skipped", "an earlier step ended this rule"))
+                continue
+            if step.held:
+                result = await self.hold_step(alert, step, index)
+            elif step.approval_seconds:
+                result = await self.wait_for_approval(alert, plan, index, ended, item)
+                if result.status == "pending":
+                    results.append(result)
+                    return results  # the rest waits for the decision (resume)
+            else:
+                result = await self.run_step(alert, step, index)
+            results.append(result)
+            _flow(ended, step, result)
         return results
 
     def _step_attrs(self, alert: Alert, step: Step, index: int, dry_run: bool) -> dict[str, Any]:
@@ -237,31 +295,105 @@ class Executor:
 
     async def hold_step(self, alert: Alert, step: Step, index: int = 0) -> StepResult:
         """A step the caps policy held: not run; logged, traced, counted and notified with the reason."""
-        attrs = self._step_attrs(alert, step, index, step.dry_run)
-        with self.tracer.start_as_current_span(telemetry.RUN_ACTION, attributes=attrs) as span:
-            error = f"held: {step.held}"
-            result = StepResult(step, "held", error=error, error_type="held", objects=alert_objects(alert))
-            span.set_attribute(telemetry.STATUS, "held")
-            span.set_attribute(telemetry.HELD, step.held)
+        return await self._not_run(alert, step, index, "held", f"held: {step.held}", {telemetry.HELD: step.held})
+
+    async def refuse_step(
+        self, alert: Alert, step: Step, index: int, approval_id: str, decision: Decision
+    ) -> StepResult:
+        """A step whose approval was denied or expired: not run; reported like a held step."""
+        if decision.result == "denied":
+            error = f"approval {approval_id} denied by {decision.by or 'an operator'}"
+            error += f": {decision.reason}" if decision.reason else ""
+        else:
+            error = f"approval {approval_id} expired: nobody approved within {step.approval_seconds}s"
+        status: Status = "denied" if decision.result == "denied" else "expired"
+        return await self._not_run(alert, step, index, status, error, _approval_attrs(approval_id, decision))
+
+    async def _not_run(
+        self, alert: Alert, step: Step, index: int, status: Status, error: str, attrs: Mapping[str, Any]
+    ) -> StepResult:
+        with self.tracer.start_as_current_span(
+            telemetry.RUN_ACTION, attributes={**self._step_attrs(alert, step, index, step.dry_run), **attrs}
+        ) as span:
+            result = StepResult(step, status, error=error, error_type=status, objects=alert_objects(alert))
+            span.set_attribute(telemetry.STATUS, status)
             telemetry.result(span, error)
-            telemetry.fail(span, error, "held")
-            self.metrics.actions.labels(step.rule, step.action, step.actionner, "held").inc()
+            telemetry.fail(span, error, status)
+            self.metrics.actions.labels(step.rule, step.action, step.actionner, status).inc()
             log.warning(
                 "action",
                 extra={
                     "rule": step.rule,
                     "action": step.action,
                     "actionner": step.actionner,
-                    "status": "held",
+                    "status": status,
                     "error": error,
                 },
             )
             await self.notifications.notify(step, self._note(alert, step, "action", result))
             return _spanned(result, span)
 
-    async def run_step(self, alert: Alert, step: Step, index: int = 0) -> StepResult:
+    async def wait_for_approval(
+        self, alert: Alert, plan: Plan, index: int, ended: set[str], item: WorkItem | None
+    ) -> StepResult:
+        """Park the plan at this step (`pending`, announced with how to approve); a failure when it cannot wait."""
+        step = plan.steps[index]
+        window = step.approval_seconds
+        approval_id = uuid.uuid4().hex[:20]
+        attrs: dict[str, Any] = {telemetry.APPROVAL_ID: approval_id, telemetry.APPROVAL_WINDOW: window}
+        parent = trace.get_current_span()  # the alert's span: the resumed steps become its children too
+        with self.tracer.start_as_current_span(
+            telemetry.RUN_ACTION, attributes={**self._step_attrs(alert, step, index, step.dry_run), **attrs}
+        ) as span:
+            extra = {"rule": step.rule, "action": step.action, "actionner": step.actionner, "approval_id": approval_id}
+            try:
+                if self.park is None or item is None:
+                    raise ApprovalRefused(
+                        "this engine cannot keep a step waiting for approval", kind="approvals_unavailable"
+                    )
+                now = time.time()
+                await self.park(
+                    Parked(
+                        id=approval_id,
+                        item=item,
+                        plan=plan,
+                        index=index,
+                        ended=frozenset(ended),
+                        trace_id=telemetry.trace_id_of(span),
+                        span_id=telemetry.span_id_of(parent),
+                        created=now,
+                        expires=now + window,
+                    )
+                )
+            except ApprovalRefused as e:
+                result = StepResult(step, "failure", error=str(e), error_type=e.kind, objects=alert_objects(alert))
+                span.set_attribute(telemetry.STATUS, "failure")
+                telemetry.result(span, result.error)
+                telemetry.fail(span, result.error, result.error_type)
+                self.metrics.actions.labels(step.rule, step.action, step.actionner, "failure").inc()
+                log.error("action", extra={**extra, "status": "failure", "error": result.error})
+                await self.notifications.notify(step, self._note(alert, step, "action", result))
+                return _spanned(result, span)
+            message = (
+                f"waiting for approval {approval_id} for up to {window}s: "
+                f"approve with `talon-opa approve {approval_id}` "
+                f"(or POST /v1/approvals/{approval_id}/approve), deny with `talon-opa deny {approval_id}`; "
+                "without approval the step is skipped"
+            )
+            result = StepResult(step, "pending", message, objects=alert_objects(alert))
+            span.set_attribute(telemetry.STATUS, "pending")
+            telemetry.ok(span, message)
+            log.warning("action", extra={**extra, "status": "pending", "window_seconds": window, "output": message})
+            await self.notifications.notify(step, self._note(alert, step, "action", result))
+            return _spanned(result, span)
+
+    async def run_step(
+        self, alert: Alert, step: Step, index: int = 0, *, approval: tuple[str, Decision] | None = None
+    ) -> StepResult:
         dry_run = step.dry_run or (self.force_dry_run and self._needs_kube(step))
         attrs = self._step_attrs(alert, step, index, dry_run)
+        if approval is not None:
+            attrs.update(_approval_attrs(*approval))
         extra = {"rule": step.rule, "action": step.action, "actionner": step.actionner}
         with self.tracer.start_as_current_span(telemetry.RUN_ACTION, attributes=attrs) as span:
             if dry_run:
@@ -450,7 +582,7 @@ class Executor:
             status, output, error = out_status, out_message, out_error
         return Note(
             stage=stage,
-            status="failure" if status in ("failure", "held") else ("ignored" if status == "ignored" else "success"),
+            status=_note_status(status),
             rule=step.rule,
             action=step.action,
             actionner=step.actionner,

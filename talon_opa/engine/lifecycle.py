@@ -25,6 +25,7 @@ from talon_opa.core.errors import OpaError, RulesError, TalonError
 from talon_opa.core.kube import KubeClient, KubeConfig
 from talon_opa.engine import audit_ship, metrics, reload, telemetry
 from talon_opa.engine.accept import Acceptor
+from talon_opa.engine.approvals import Approvals
 from talon_opa.engine.audit import AuditTrail
 from talon_opa.engine.batcher import Batcher
 from talon_opa.engine.execute import Executor
@@ -130,6 +131,9 @@ class Engine:
             tracer=self.tracer,
             audit=self.audit,
         )
+        self.approvals = Approvals(
+            cfg, executor=self._executor, tracer=self.tracer, registry=self.metrics.registry, audit=self.audit
+        )
         self.built: reload.Built | None = None
         self.executor: Executor | None = None
         self.kube: KubeClient | None = None
@@ -196,12 +200,14 @@ class Engine:
                 step_timeout=cfg.step_timeout_seconds,
                 force_dry_run=self.dry_run_only,
                 cluster_field=cfg.cluster_field,
+                park=self.approvals.park,
             )
             if self.audit is not None and cfg.audit.output:
                 self.shipper = audit_ship.shipper(cfg.audit, self.audit, instances, self.metrics.registry)
                 await self.shipper.start(*self.audit.end)
             if self.jetstream is not None:
                 await self.jetstream.connect()
+            await self.approvals.start()  # re-arms the approvals kept in state_dir (ConfigError: unusable)
         except BaseException:
             if self.jetstream is not None:
                 await self.jetstream.stop()
@@ -248,6 +254,7 @@ class Engine:
                 )
             else:
                 log.info("drained, every accepted alert finished")
+            await self.approvals.stop(timeout)
             if self.audit is not None:
                 await self.audit.stop(timeout)
             if self.shipper is not None:  # after the trail: its last lines go too
@@ -268,7 +275,14 @@ class Engine:
         native = [Path(p) for p in self.cfg.opa.rego]
         key = Path(self.cfg.opa.signing_key) if self.cfg.opa.signing_key else None
         return await asyncio.to_thread(
-            reload.build, list(self.cfg.rules_files), self.registry, self.workdir, native, key, self.cfg.caps
+            reload.build,
+            list(self.cfg.rules_files),
+            self.registry,
+            self.workdir,
+            native,
+            key,
+            self.cfg.caps,
+            self.cfg.approvals,
         )
 
     async def reload(self) -> bool:

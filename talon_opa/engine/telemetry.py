@@ -29,6 +29,7 @@ DECIDE_PLAN = "decide plan"
 RUN_ACTION = "run action"
 WRITE_OUTPUT = "write output"
 SEND_NOTIFICATION = "send notification"
+RESUME_PLAN = "resume plan"  # the rest of a plan, once its waiting step is decided (docs/approvals.md)
 
 # standard attribute keys
 K8S_POD_NAME = "k8s.pod.name"
@@ -57,6 +58,10 @@ IGNORE_ERRORS = "talon.action.ignore_errors"
 DRY_RUN = "talon.action.dry_run"
 STATUS = "talon.status"
 HELD = "talon.held"  # why the caps policy held the step (docs/caps.md)
+APPROVAL_ID = "talon.approval.id"  # a step that waited for approval (docs/approvals.md)
+APPROVAL_WINDOW = "talon.approval.window_seconds"
+APPROVAL_RESULT = "talon.approval.result"  # approved, denied or expired
+APPROVAL_BY = "talon.approval.by"  # who approved or denied it
 RESULT = "talon.result"
 OUTPUT_TARGET = "talon.output.target"
 NOTIFIER = "talon.notifier"

@@ -14,7 +14,7 @@ from talon_opa.plugins.spec import Spec
 if TYPE_CHECKING:
     from talon_opa.plugins.notes import Note
 
-COLORS = {"success": "#23ba47", "failure": "#e20b0b", "ignored": "#a4a8b1"}  # Talon's green, red, grey
+COLORS = {"success": "#23ba47", "failure": "#e20b0b", "ignored": "#a4a8b1", "pending": "#f2c744"}  # Talon's + amber
 FENCE = "```"
 
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 TIMEOUT = 10.0  # seconds, each network operation of one attempt
 TRACE_HEADER = "X-Falco-Talon-Trace-Id"
-COLORS = {"success": "#23ba47", "failure": "#e20b0b", "ignored": "#a4a8b1"}  # Talon's
+COLORS = {"success": "#23ba47", "failure": "#e20b0b", "ignored": "#a4a8b1", "pending": "#f2c744"}  # Talon's + amber
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -34,6 +34,7 @@ class Step:
     output: OutputStep | None = None
     notifiers: tuple[str, ...] = ()
     held: str = ""  # why the caps policy stops this step ("" = it may run): not run, reported (docs/caps.md)
+    approval_seconds: int = 0  # > 0: the step waits that long for an operator's approval (docs/approvals.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,8 @@ def step_doc(step: Step) -> dict[str, Any]:
     }
     if step.held:
         doc["held"] = step.held  # optional: absent when the step may run
+    if step.approval_seconds:
+        doc["approval"] = {"window_seconds": step.approval_seconds}  # optional: absent when none is needed
     return doc
 
 
@@ -128,6 +131,10 @@ def parse_plan(result: Any) -> tuple[tuple[str, ...], tuple[Step, ...]]:
         held = s.get("held")
         if held is not None and not isinstance(held, str):
             raise bad(f"steps[{i}].held is not a string or null")
+        approval = s.get("approval")
+        window = approval.get("window_seconds") if isinstance(approval, dict) else None
+        if approval is not None and (type(window) is not int or window < 1):
+            raise bad(f"steps[{i}].approval is not {{window_seconds: <integer >= 1>}} or null")
         out.append(
             Step(
                 rule=s["rule"],
@@ -140,6 +147,7 @@ def parse_plan(result: Any) -> tuple[tuple[str, ...], tuple[Step, ...]]:
                 output=out_step,
                 notifiers=tuple(notifiers),
                 held=held or "",
+                approval_seconds=window or 0,
             )
         )
     return tuple(matched), tuple(out)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Stage = Literal["action", "output"]
-Status = Literal["success", "failure", "ignored"]
+Status = Literal["success", "failure", "ignored", "pending"]  # pending: a step waits for approval
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

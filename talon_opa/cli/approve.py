@@ -1,0 +1,145 @@
+"""`approvals`, `approve ID`, `deny ID`: the running engine's pending approvals (docs/approvals.md).
+
+They call the engine's operator API (`/v1/approvals`) at `--url` (default: the -c config's listen address
+and port, http or https as its `tls`) with `Authorization: Bearer <token>`, the token from `--token`,
+else $AUTH_OPERATOR_TOKEN, else the -c config's `auth.operator_token`. Exit 0 done; 1 the engine refused
+(unknown or expired id: the reason is printed); 2 no token, or the engine cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from talon_opa.core import config
+
+EXIT_OK, EXIT_REFUSED, EXIT_INVALID = 0, 1, 2
+TIMEOUT_SECONDS = 10.0
+PATH = "/v1/approvals"
+
+
+def add_commands(sub: Any) -> None:
+    """The three commands, on the root's subparsers."""
+    listing = sub.add_parser("approvals", help="list the running engine's pending approvals")
+    _connection(listing)
+    listing.add_argument("--json", action="store_true", help="print the API's JSON")
+    for verb, what in (("approve", "approve a pending step: it runs"), ("deny", "deny a pending step: it is skipped")):
+        p = sub.add_parser(verb, help=what)
+        p.add_argument("id", metavar="ID", help="the approval id (from the notification or `approvals`)")
+        p.add_argument("--by", default="", help="who decides, recorded (default: your login name)")
+        p.add_argument("--reason", default="", help="why, recorded")
+        _connection(p)
+
+
+def _connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c", "--config", dest="config_1", default=argparse.SUPPRESS, metavar="FILE", help="the engine's config file"
+    )
+    p.add_argument("--url", default="", help="the engine's URL (default: from the config, else http://127.0.0.1:2803)")
+    p.add_argument("--token", default="", help="operator token (prefer $AUTH_OPERATOR_TOKEN: argv is visible in ps)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from talon_opa.core import config
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    token = args.token or cfg.auth.operator_token
+    if not token:
+        print(
+            "error: no operator token: pass --token, set AUTH_OPERATOR_TOKEN, or -c the engine's config "
+            "(auth.operator_token)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    url = (args.url or _url_of(cfg)).rstrip("/")
+    if args.command == "approvals":
+        status, doc = _call("GET", url + PATH, token, None)
+        if status != 200:
+            return _refused(status, doc)
+        if args.json:
+            print(json.dumps(doc, indent=2, sort_keys=True))
+        else:
+            _print_pending(doc.get("approvals", []))
+        return EXIT_OK
+    result = "approve" if args.command == "approve" else "deny"
+    body = {"by": args.by or _login(), "reason": args.reason}
+    status, doc = _call("POST", f"{url}{PATH}/{urllib.parse.quote(args.id, safe='')}/{result}", token, body)
+    if status != 200:
+        return _refused(status, doc)
+    print(f"{doc.get('id')} {doc.get('result')} by {doc.get('by')} (trace {doc.get('trace_id')})")
+    return EXIT_OK
+
+
+def _url_of(cfg: config.Config) -> str:
+    host = cfg.address if cfg.address not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if cfg.tls.cert_file else 'http'}://{host}:{cfg.listen_port}"
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "talon-opa CLI"
+
+
+class _Unreachable(Exception):
+    pass
+
+
+def _call(method: str, url: str, token: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Bearer {token}"})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_SECONDS) as r:
+            return r.status, _json(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, _json(e.read())
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        print(f"error: cannot reach the engine at {url}: {reason} (is it running? pass --url)", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from e
+
+
+def _json(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data or b"{}")
+    except ValueError:
+        return {"error": data[:200].decode(errors="replace")}
+    return doc if isinstance(doc, dict) else {"error": str(doc)[:200]}
+
+
+def _refused(status: int, doc: dict[str, Any]) -> int:
+    why = {401: "the token is wrong", 404: "not found", 410: "no longer pending"}.get(status, f"HTTP {status}")
+    print(f"error: {doc.get('error') or why} (HTTP {status})", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def _print_pending(items: list[dict[str, Any]]) -> None:
+    if not items:
+        print("no pending approvals")
+        return
+    now = time.time()
+    for a in items:
+        expires = datetime.datetime.fromtimestamp(float(a["expires"]), datetime.UTC).strftime("%H:%M:%SZ")
+        left = max(0, int(float(a["expires"]) - now))
+        where = "/".join(x for x in (a.get("namespace"), a.get("pod")) if x) or "-"
+        print(
+            f"{a['id']}  {a['actionner']}  rule {a['rule']!r} action {a['action']!r}  {where}  "
+            f"expires {expires} ({left}s)  trace {a['trace_id']}"
+        )
