@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from talon_opa.plugins import clients, runtime
+from talon_opa.plugins import clients, reversal, runtime
 from talon_opa.plugins.spec import Plugin, Spec
 
 
@@ -32,6 +32,12 @@ def _check(plugin: type[Any]) -> Spec[Any]:
         )
     if issubclass(plugin, runtime.PluginBase) and not issubclass(plugin, base):
         raise PluginDeclarationError(f"{spec.name} is a {spec.kind}: {plugin.__name__} must subclass {base.__name__}")
+    if spec.reversible != issubclass(plugin, reversal.Reversible):
+        raise PluginDeclarationError(
+            f"{spec.name}: `reversible={spec.reversible}` in its spec, but {plugin.__name__} "
+            + ("does not subclass" if spec.reversible else "subclasses")
+            + " Reversible: declare both or neither"
+        )
     unknown = [c for c in spec.clients if c not in clients.KINDS]
     if unknown:
         raise PluginDeclarationError(f"{spec.name} declares unknown clients {unknown}: use {sorted(clients.KINDS)}")
