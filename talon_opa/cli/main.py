@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--caps",
         metavar="CONFIG",
         type=completion.path,
-        help="an engine config file whose caps: section the plan applies (docs/caps.md; no counters: none ran)",
+        help="an engine config file whose caps: and undo: sections the plan applies (docs/caps.md, docs/undo.md; "
+        "no counters: none ran)",
     )
     test = rsub.add_parser("test", help="run opa test over the library, the translated rules and yours")
     _rules_command_args(test, 2)

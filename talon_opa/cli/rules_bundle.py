@@ -79,8 +79,9 @@ def translate(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     ruleset = load(args.rules)
     inputs = [alert.opa_input() for alert in decode_alerts(read_event_file(args.event))]
-    caps = config.load(args.caps, env={}).caps if getattr(args, "caps", None) else None
-    asyncio.run(_print_plans(ruleset, [Path(p) for p in args.rego], inputs, caps))
+    cfg = config.load(args.caps, env={}) if getattr(args, "caps", None) else None
+    caps, undo = (cfg.caps, cfg.undo) if cfg is not None else (None, None)
+    asyncio.run(_print_plans(ruleset, [Path(p) for p in args.rego], inputs, caps, undo))
     return EXIT_OK
 
 
@@ -131,9 +132,13 @@ def decode_alerts(data: bytes) -> list[events.Alert]:
 
 
 async def _print_plans(
-    ruleset: RuleSet, native: Sequence[Path], inputs: Sequence[dict[str, Any]], caps: Mapping[str, Any] | None = None
+    ruleset: RuleSet,
+    native: Sequence[Path],
+    inputs: Sequence[dict[str, Any]],
+    caps: Mapping[str, Any] | None = None,
+    undo: Mapping[str, Any] | None = None,
 ) -> None:
-    async with deciding(ruleset, native, caps) as decider:
+    async with deciding(ruleset, native, caps, undo) as decider:
         for opa_input in inputs:
             result = await decider.decide(opa_input)
             print(json.dumps(result, separators=(",", ":"), ensure_ascii=False), flush=True)
@@ -153,14 +158,20 @@ class Decider:
 
 @contextlib.asynccontextmanager
 async def deciding(
-    ruleset: RuleSet, native: Sequence[Path], caps: Mapping[str, Any] | None = None
+    ruleset: RuleSet,
+    native: Sequence[Path],
+    caps: Mapping[str, Any] | None = None,
+    undo: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Decider]:
-    """The rules set (plus native Rego, and caps as data.talon.caps) in a bundle, served by a real OPA."""
+    """The rules set (plus native Rego, caps as data.talon.caps, undo TTLs as data.talon.undo) in a bundle,
+    served by a real OPA."""
     with tempfile.TemporaryDirectory(prefix="talon-opa-plan-") as tmp:
         out = Path(tmp) / "bundle"
         files = rego.generate(ruleset)
         if caps is not None:
             files = {**files, bundle.CAPS_DATA_FILE: json.dumps(config.caps_data(caps), sort_keys=True)}
+        if undo is not None:
+            files = {**files, bundle.UNDO_DATA_FILE: json.dumps(config.undo_data(undo), sort_keys=True)}
         revision = bundle.build_bundle(files, out, native=list(native), check=False)
         opa = OpaProcess(bundle=out)
         await opa.start(ready_within=OPA_READY_S)

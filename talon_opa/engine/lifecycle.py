@@ -260,7 +260,14 @@ class Engine:
         native = [Path(p) for p in self.cfg.opa.rego]
         key = Path(self.cfg.opa.signing_key) if self.cfg.opa.signing_key else None
         return await asyncio.to_thread(
-            reload.build, list(self.cfg.rules_files), self.registry, self.workdir, native, key, self.cfg.caps
+            reload.build,
+            list(self.cfg.rules_files),
+            self.registry,
+            self.workdir,
+            native,
+            key,
+            self.cfg.caps,
+            self.cfg.undo,
         )
 
     async def reload(self) -> bool:

@@ -90,6 +90,7 @@ def build(
     native: Sequence[Path] = (),
     signing_key: Path | None = None,
     caps: Mapping[str, Any] | None = None,
+    undo: Mapping[str, Any] | None = None,
 ) -> Built:
     """Load and validate the rules, write and check their bundle under `workdir` (blocking: run in a thread).
 
@@ -100,6 +101,7 @@ def build(
     files = {**rego.generate(ruleset), DROP_DECISION_FILE: DROP_DECISION_REGO}
     # the caps policy's config (docs/caps.md): data.talon.caps
     files[bundle.CAPS_DATA_FILE] = json.dumps(config.caps_data(caps or {}), sort_keys=True)
+    files[bundle.UNDO_DATA_FILE] = json.dumps(config.undo_data(undo or {}), sort_keys=True)  # data.talon.undo
     suffix = ".tar.gz" if signing_key is not None else ""
     out = workdir / f"bundle-{os.getpid()}-{next(_SEQ)}{suffix}"
     try:

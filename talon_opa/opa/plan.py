@@ -34,6 +34,7 @@ class Step:
     output: OutputStep | None = None
     notifiers: tuple[str, ...] = ()
     held: str = ""  # why the caps policy stops this step ("" = it may run): not run, reported (docs/caps.md)
+    undo_after: float | None = None  # seconds after which a reversible step's change is undone (docs/undo.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,8 @@ def step_doc(step: Step) -> dict[str, Any]:
     }
     if step.held:
         doc["held"] = step.held  # optional: absent when the step may run
+    if step.undo_after is not None:
+        doc["undo_after_seconds"] = step.undo_after  # optional: absent without a TTL
     return doc
 
 
@@ -128,6 +131,11 @@ def parse_plan(result: Any) -> tuple[tuple[str, ...], tuple[Step, ...]]:
         held = s.get("held")
         if held is not None and not isinstance(held, str):
             raise bad(f"steps[{i}].held is not a string or null")
+        undo_after = s.get("undo_after_seconds")
+        if undo_after is not None and (
+            isinstance(undo_after, bool) or not isinstance(undo_after, (int, float)) or undo_after <= 0
+        ):
+            raise bad(f"steps[{i}].undo_after_seconds is not a number of seconds > 0 or null")
         out.append(
             Step(
                 rule=s["rule"],
@@ -140,6 +148,7 @@ def parse_plan(result: Any) -> tuple[tuple[str, ...], tuple[Step, ...]]:
                 output=out_step,
                 notifiers=tuple(notifiers),
                 held=held or "",
+                undo_after=float(undo_after) if undo_after is not None else None,
             )
         )
     return tuple(matched), tuple(out)

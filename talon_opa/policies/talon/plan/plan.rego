@@ -4,14 +4,16 @@
 #   THE entrypoint (POST /v1/data/talon/plan). Its value is exactly
 #   {"matched_rules": [...], "steps": [...]} (DESIGN §3.2): every rule whose match accepts the
 #   alert, in rules-file order, and the steps of the matched rules up to and including the first
-#   one whose `continue` is false; a step the caps policy stops carries `held` (lib/caps). Only these two rules may live in this package.
+#   one whose `continue` is false; a step the caps policy stops carries `held` (lib/caps), a step with a TTL
+#   `undo_after_seconds` (lib/undo). Only these two rules may live in this package.
 # entrypoint: true
 package talon.plan
 
 import data.talon.lib.caps
 import data.talon.lib.matching
 import data.talon.lib.order
+import data.talon.lib.undo
 
 matched_rules := order.names(matching.ordered)
 
-steps := caps.marked(order.steps(matching.ordered))
+steps := undo.marked(caps.marked(order.steps(matching.ordered)))
