@@ -159,6 +159,10 @@ class AuditTrail:
         """Queue the alert's line; never waits (a full buffer drops it, counted, and a gap line follows)."""
         if plan is not None and not plan.matched_rules and not error and not self.unmatched:
             return
+        self.record_line(alert_record(job, plan, results, error))
+
+    def record_line(self, content: dict[str, Any]) -> None:
+        """Queue a line of any kind (an alert, an undo); never waits, like `record`."""
         if len(self._pending) >= self._capacity:
             self._idle.clear()
             if self._dropped == 0:
@@ -170,7 +174,7 @@ class AuditTrail:
             self.dropped.inc()
             self._wake.set()
             return
-        self._pending.append(alert_record(job, plan, results, error))
+        self._pending.append(content)
         self._queued += 1
         self._idle.clear()
         self._wake.set()

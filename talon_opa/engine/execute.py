@@ -46,10 +46,12 @@ from talon_opa.engine.caps import ActionCounters
 from talon_opa.engine.instances import Instances
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.notify import Notifications
+from talon_opa.engine.undo import Undoer
 from talon_opa.opa.plan import Plan, Step
 from talon_opa.plugins import runtime
 from talon_opa.plugins.notes import Note
 from talon_opa.plugins.params import ParamsInvalid
+from talon_opa.plugins.reversal import Reversal
 from talon_opa.plugins.runtime import Artifact, Outcome
 from talon_opa.plugins.spec import Spec
 
@@ -145,6 +147,7 @@ class Executor:
         force_dry_run: bool = False,
         cluster_field: str = "cluster",
         counters: ActionCounters | None = None,
+        undo: Undoer | None = None,
     ) -> None:
         self.instances = instances
         self.registry = instances.registry
@@ -155,6 +158,7 @@ class Executor:
         self.force_dry_run = force_dry_run
         self.cluster_field = cluster_field
         self.counters = counters if counters is not None else ActionCounters()
+        self.undo = undo  # keeps the reversals of the steps that ran (docs/undo.md)
 
     def _needs_kube(self, step: Step) -> bool:
         """Whether the step's actionner or output uses the Kubernetes client (unknown ones count as using it).
@@ -191,8 +195,10 @@ class Executor:
             )
         return name
 
-    async def execute(self, alert: Alert, plan: Plan) -> list[StepResult]:
-        """Run the plan's steps with Talon's control flow; every result, in plan order."""
+    async def execute(self, alert: Alert, plan: Plan, alert_id: str = "") -> list[StepResult]:
+        """Run the plan's steps with Talon's control flow; every result, in plan order.
+
+        `alert_id`: what the reversals of its steps are kept under (none kept without it)."""
         ended: set[str] = set()
         results: list[StepResult] = []
         async with self.notifications.alongside():  # a slow receiver never delays the next step
@@ -200,7 +206,9 @@ class Executor:
                 if step.rule in ended:
                     results.append(StepResult(step, "skipped", "an earlier step ended this rule"))
                     continue
-                result = await (self.hold_step(alert, step, index) if step.held else self.run_step(alert, step, index))
+                result = await (
+                    self.hold_step(alert, step, index) if step.held else self.run_step(alert, step, index, alert_id)
+                )
                 results.append(result)
                 if result.status in ("failure", "held") and not step.ignore_errors:
                     ended.add(step.rule)
@@ -249,7 +257,7 @@ class Executor:
             await self.notifications.notify(step, self._note(alert, step, "action", result))
             return _spanned(result, span)
 
-    async def run_step(self, alert: Alert, step: Step, index: int = 0) -> StepResult:
+    async def run_step(self, alert: Alert, step: Step, index: int = 0, alert_id: str = "") -> StepResult:
         dry_run = step.dry_run or (self.force_dry_run and self._needs_kube(step))
         attrs = self._step_attrs(alert, step, index, dry_run)
         extra = {"rule": step.rule, "action": step.action, "actionner": step.actionner}
@@ -265,9 +273,10 @@ class Executor:
             log.info("action", extra={**extra, "status": "in_progress"})
             artifact: Artifact | None = None
             spec: Spec[Any] | None = None
+            reversal: Reversal | None = None
             try:
                 spec, outcome = await self._act(alert, step)
-                artifact = outcome.artifact
+                artifact, reversal = outcome.artifact, outcome.reversal
             except asyncio.CancelledError:
                 raise
             except _Failure as e:
@@ -313,6 +322,8 @@ class Executor:
                         "duration_ms": round(seconds * 1000, 3),
                     },
                 )
+            if reversal is not None and result.status != "failure":
+                await self._keep(alert, step, index, alert_id, reversal, span)
             await self.notifications.notify(step, self._note(alert, step, "action", result))
             if result.status == "failure" or spec is None:
                 return _spanned(result, span)
@@ -322,6 +333,31 @@ class Executor:
             if final.status != "failure":
                 telemetry.ok(span)  # only now: OTel keeps an OK status final, and the output may still fail
             return _spanned(final, span)
+
+    async def _keep(
+        self, alert: Alert, step: Step, index: int, alert_id: str, reversal: Reversal, span: trace.Span
+    ) -> None:
+        """Hand the step's reversal to the undoer; a failure to keep it is logged on the step, never fatal."""
+        if self.undo is None or not alert_id:
+            return
+        try:
+            record = await self.undo.record(
+                alert_id=alert_id,
+                step_index=index,
+                step=step,
+                reversal=reversal,
+                cluster=self._cluster(alert, self._needs_kube(step)),
+                trace_id=telemetry.trace_id_of(span),
+                span_id=telemetry.span_id_of(span),
+            )
+        except (OSError, TalonError) as e:
+            span.add_event("reversal not kept", {"error": str(e)[:500]})
+            log.error(
+                "reversal not kept: this action cannot be undone by talon-opa",
+                extra={"rule": step.rule, "action": step.action, "actionner": step.actionner, "error": str(e)},
+            )
+            return
+        span.set_attribute(telemetry.UNDO_ACTION_ID, record.action_id)
 
     async def _act(self, alert: Alert, step: Step) -> tuple[Spec[Any], Outcome]:
         cls = self.registry.actionners.get(step.actionner)

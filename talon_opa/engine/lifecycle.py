@@ -35,6 +35,7 @@ from talon_opa.engine.opa_supervisor import OpaSupervisor
 from talon_opa.engine.process import Processor
 from talon_opa.engine.queue import AlertQueue
 from talon_opa.engine.reload import Built
+from talon_opa.engine.undo import Undoer
 from talon_opa.engine.work import Job, WorkItem
 from talon_opa.opa.client import OpaClient
 from talon_opa.plugins.clients import ClientProvider
@@ -129,6 +130,9 @@ class Engine:
             tracer=self.tracer,
             audit=self.audit,
         )
+        self.undo = Undoer(
+            cfg, registry=self.registry, tracer=self.tracer, metrics=self.metrics.registry, audit=self.audit
+        )
         self.built: reload.Built | None = None
         self.executor: Executor | None = None
         self.kube: KubeClient | None = None
@@ -195,10 +199,13 @@ class Engine:
                 step_timeout=cfg.step_timeout_seconds,
                 force_dry_run=self.dry_run_only,
                 cluster_field=cfg.cluster_field,
+                undo=self.undo,
             )
+            await self.undo.start(instances)
             if self.jetstream is not None:
                 await self.jetstream.connect()
         except BaseException:
+            await self.undo.stop()
             if self.jetstream is not None:
                 await self.jetstream.stop()
             if self.audit is not None:
@@ -242,6 +249,7 @@ class Engine:
                 )
             else:
                 log.info("drained, every accepted alert finished")
+            await self.undo.stop()
             if self.audit is not None:
                 await self.audit.stop(timeout)
         for t in self._tasks:
