@@ -171,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     _rules_option(rbac, 1, required=True)
     rbac.add_argument("--name", default="talon-opa", help="name of the ClusterRole")
 
+    undo = sub.add_parser(
+        "undo",
+        help="undo an alert's (or one action's) changes in the running engine, or list the pending undos",
+        description="Undo the reversible actions of an alert (alert id) or of one action (action id) through the "
+        "running engine's operator API, or list the pending undos and their TTLs (docs/undo.md).",
+        epilog="The token: --token, else auth.operator_token ($AUTH_OPERATOR_TOKEN, else the -c file's). Exit 0: every "
+        "action undone or already undone; 1: a conflict, a failure, an unknown id or a refusal; 2: bad arguments.",
+    )
+    _config_option(undo, 1, help="the engine's config file: its address, TLS and auth.operator_token")
+    undo.add_argument("id", nargs="?", metavar="ID", help="an alert id, or an action id (<alert id>-<step index>)")
+    undo.add_argument("--list", action="store_true", help="list the pending undos and their TTLs instead")
+    undo.add_argument("--url", help="the engine's URL (default: from -c, else http://127.0.0.1:2803)")
+    undo.add_argument("--token", help="the operator token (prefer $AUTH_OPERATOR_TOKEN: flags show in ps)")
+    undo.add_argument("--cacert", metavar="FILE", type=completion.path, help="CA bundle of an https engine")
+    undo.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
     sub.add_parser("version", help="print the version")
     comp = sub.add_parser(
         "completion",
@@ -235,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from talon_opa.cli import audit as cli_audit
 
         return cli_audit.main(args)
+    if args.command == "undo":
+        from talon_opa.cli import undo as cli_undo
+
+        return cli_undo.main(args)
     if args.command in ("actionners", "outputs", "notifiers", "rbac"):
         from talon_opa.cli import lists as cli_list
 
