@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from talon_opa.core import config
 from talon_opa.core.kube import KubeApiError, KubeConfig
-from tests.e2e.engine_harness import RunningEngine, running_engine, shell_alert
+from tests.e2e.engine_harness import RunningEngine, running_engine, sample, shell_alert
 from tests.e2e.kube_nodes import node as node  # the fixture
 from tests.harness.kube import KubeCluster
 
@@ -300,3 +300,42 @@ async def test_the_operator_api_is_off_without_a_token_and_refuses_a_wrong_one(t
         assert (await e.post("/v1/undo/a%2Fb", headers=BEARER)).status in (400, 404)
         assert (await e.post("/v1/undo", method="GET", headers=BEARER)).body == {"pending": []}
         assert await e.metric(UNDOS) == 0
+
+
+CNI_RULES = """\
+- rule: Block the miner pool
+  match:
+    rules: [Detect outbound connections to common miner pool ports]
+  actions:
+    - action: Block with Calico
+      actionner: calico:networkpolicy
+    - action: Block with Cilium
+      actionner: cilium:networkpolicy
+"""
+
+
+async def test_undo_deletes_the_calico_and_cilium_policies_we_created(
+    kube: KubeCluster, namespace: str, tmp_path: Path
+) -> None:
+    await kube.create_pod(namespace, "miner-1")
+    (tmp_path / "rules.yaml").write_text(CNI_RULES)
+    account = await engine_account(kube, namespace, tmp_path / "rules.yaml")
+    calico = f"/apis/projectcalico.org/v3/namespaces/{namespace}/networkpolicies/miner-1"
+    cilium = f"/apis/cilium.io/v2/namespaces/{namespace}/ciliumnetworkpolicies/miner-1"
+    miner = sample(
+        "falco-outbound-connection-to-miner-pool-ports",
+        output_fields={"k8s.pod.name": "miner-1", "k8s.ns.name": namespace},
+    )
+    async with running_engine(tmp_path, CNI_RULES, kube_config=account, auth=AUTH) as e:
+        alert, _ = await alert_id(e, miner)
+        await e.drained()
+        created = {p: (await kube.api.get(p))["metadata"]["uid"] for p in (calico, cilium)}
+        reply = await e.post(f"/v1/undo/{alert}", headers=BEARER)
+        assert [(r["actionner"], r["result"]) for r in reply.body["results"]] == [
+            ("cilium:networkpolicy", "undone"),
+            ("calico:networkpolicy", "undone"),
+        ], reply.body
+    for path in created:
+        with pytest.raises(KubeApiError) as gone:
+            await kube.api.get(path)
+        assert gone.value.status == 404
