@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from talon_opa.core import config
 from talon_opa.core.kube import KubeApiError, KubeConfig
+from talon_opa.engine import audit_chain
 from tests.e2e.engine_harness import RunningEngine, running_engine, sample, shell_alert
 from tests.e2e.kube_nodes import node as node  # the fixture
 from tests.harness.kube import KubeCluster
@@ -96,8 +97,12 @@ async def test_undo_by_alert_id_restores_the_labels_in_a_new_linked_trace(
     (tmp_path / "rules.yaml").write_text(LABEL_RULES)
     account = await engine_account(kube, namespace, tmp_path / "rules.yaml")
     spans = InMemorySpanExporter()
+    trail = tmp_path / "audit.jsonl"
+    audit = config.Audit(path=str(trail))
 
-    async with running_engine(tmp_path, LABEL_RULES, kube_config=account, auth=AUTH, span_exporter=spans) as e:
+    async with running_engine(
+        tmp_path, LABEL_RULES, kube_config=account, auth=AUTH, span_exporter=spans, audit=audit
+    ) as e:
         first, first_trace = await alert_id(e, shell_alert("api-1", namespace))
         second, _ = await alert_id(e, shell_alert("api-2", namespace))
         await e.drained()
@@ -144,6 +149,17 @@ async def test_undo_by_alert_id_restores_the_labels_in_a_new_linked_trace(
     assert (link.context.trace_id, link.context.span_id) == (step.context.trace_id, step.context.span_id)
     assert (undo.attributes or {})["talon.undo.trigger"] == "manual"
     assert (undo.attributes or {})["talon.action.id"] == f"{first}-0"
+
+    lines = list(audit_chain.read_lines(trail))
+    assert audit_chain.verify(lines).intact
+    undos = [d for d in map(json.loads, lines) if d["kind"] == "undo"]
+    assert [(d["action_id"], d["result"]) for d in undos] == [
+        (f"{first}-0", "undone"),
+        (f"{first}-0", "already_undone"),
+        (f"{second}-0", "conflict"),
+    ]
+    assert undos[0]["linked_trace_id"] == first_trace
+    assert undos[0]["trace_id"] == result["trace_id"]
 
 
 POLICY_RULES = """\
