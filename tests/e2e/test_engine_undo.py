@@ -7,8 +7,11 @@ linked to the alert's."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import yaml
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from talon_opa.core import config
+from talon_opa.core import config, logs
 from talon_opa.core.kube import KubeApiError, KubeConfig
 from talon_opa.engine import audit_chain
 from tests.e2e.engine_harness import RunningEngine, running_engine, sample, shell_alert
@@ -235,8 +238,21 @@ async def test_a_node_cordoned_before_is_left_cordoned(
     assert (await kube.api.get(f"/api/v1/nodes/{node}"))["spec"]["unschedulable"] is True
 
 
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """The engine's JSON log lines; the session's logging put back afterwards."""
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in (logs.get(), logging.getLogger("aiohttp"))]
+    out = io.StringIO()
+    logs.setup("json", "info", stream=out)
+    yield out
+    for lg, handlers, level, propagate in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
 async def test_a_ttl_from_the_example_config_releases_the_quarantine(
-    kube: KubeCluster, namespace: str, tmp_path: Path
+    kube: KubeCluster, namespace: str, tmp_path: Path, log_lines: io.StringIO
 ) -> None:
     """examples/undo: the network policy of the quarantine rule is lifted when its TTL expires."""
     cfg = config.load(EXAMPLE / "config.yaml", env={})
@@ -249,19 +265,32 @@ async def test_a_ttl_from_the_example_config_releases_the_quarantine(
     async with running_engine(
         tmp_path, rules, kube_config=KubeConfig.from_file(kube.kubeconfig), auth=AUTH, undo=ttl
     ) as e:
-        await alert_id(e, shell_alert("api-9", namespace))
+        alert, trace = await alert_id(e, shell_alert("api-9", namespace))
         await e.drained()
 
         async def released() -> bool:
+            if "security.falco.org/quarantined" in await labels(kube, namespace, "api-9"):
+                return False
             try:
                 await kube.api.get(policy)
             except KubeApiError as gone:
                 return gone.status == 404
             return False
 
-        await kube.wait_for(released, "the TTL to delete the network policy", within=30)
+        await kube.wait_for(released, "the TTL to delete the network policy and remove the label", within=30)
         assert await e.metric(UNDOS, trigger="ttl", result="undone", actionner="kubernetes:networkpolicy") == 1
+        assert await e.metric(UNDOS, trigger="ttl", result="undone", actionner="kubernetes:label") == 1
         assert (await e.post("/v1/undo", method="GET", headers=BEARER)).body["pending"] == []
+    lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    [warning] = [line for line in lines if line["message"].startswith("undo TTL kept in memory only")]
+    assert warning["level"] == "warning"
+    assert "state_dir" in warning["hint"]
+    undone = [line for line in lines if line["message"] == "undo"]
+    assert {(u["action_id"], u["trigger"], u["result"]) for u in undone} == {
+        (f"{alert}-0", "ttl", "undone"),
+        (f"{alert}-1", "ttl", "undone"),
+    }
+    assert {u["linked_trace_id"] for u in undone} == {trace}
 
 
 async def test_a_pending_ttl_survives_an_engine_restart(kube: KubeCluster, namespace: str, tmp_path: Path) -> None:
