@@ -189,8 +189,10 @@ class Undoer:
             trace_id=trace_id,
             span_id=span_id,
         )
+        earlier = self.store.get(record.action_id)  # the same alert run again (redelivered): replaced
         await asyncio.to_thread(self.store.put, record)
-        self.pending_count.inc()
+        if earlier is None or not earlier.pending:
+            self.pending_count.inc()
         extra = {
             "id": alert_id,
             "action_id": record.action_id,

@@ -125,6 +125,8 @@ async def test_undo_by_alert_id_restores_the_labels_in_a_new_linked_trace(
         assert (result["action_id"], result["result"]) == (f"{first}-0", "undone"), result
         assert await labels(kube, namespace, "api-1") == before_1
 
+        shown = await e.post(f"/v1/undo/{first}", method="GET", headers=BEARER)
+        assert [(a["action_id"], a["state"]) for a in shown.body["actions"]] == [(f"{first}-0", "undone")]
         again = await e.post(f"/v1/undo/{first}-0", headers=BEARER)  # by action id: idempotent
         assert [r["result"] for r in again.body["results"]] == ["already_undone"]
         assert await labels(kube, namespace, "api-1") == before_1
