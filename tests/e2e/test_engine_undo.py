@@ -384,3 +384,28 @@ async def test_undo_deletes_the_calico_and_cilium_policies_we_created(
         with pytest.raises(KubeApiError) as gone:
             await kube.api.get(path)
         assert gone.value.status == 404
+
+
+DRAIN_RULES = """\
+- rule: Drain the node
+  match:
+    rules: [Terminal shell in container]
+  actions:
+    - action: Drain it
+      actionner: kubernetes:drain
+"""
+
+
+async def test_undoing_a_drain_uncordons_the_node(kube: KubeCluster, namespace: str, node: str, tmp_path: Path) -> None:
+    await kube.create_pod(namespace, "batch-1", node=node)
+    (tmp_path / "rules.yaml").write_text(DRAIN_RULES)
+    account = await engine_account(kube, namespace, tmp_path / "rules.yaml")
+    async with running_engine(tmp_path, DRAIN_RULES, kube_config=account, auth=AUTH) as e:
+        alert, _ = await alert_id(e, shell_alert("batch-1", namespace))
+        await e.drained()
+        assert await e.metric("falcosecurity_falco_talon_actions_total", status="success") == 1
+        assert (await kube.api.get(f"/api/v1/nodes/{node}"))["spec"]["unschedulable"] is True
+        reply = await e.post(f"/v1/undo/{alert}", headers=BEARER)
+        [r] = reply.body["results"]
+        assert (r["actionner"], r["result"]) == ("kubernetes:drain", "undone"), r
+    assert not (await kube.api.get(f"/api/v1/nodes/{node}"))["spec"].get("unschedulable")
