@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +23,7 @@ from talon_opa.plugins.registry import PluginDeclarationError, Registry
 from talon_opa.plugins.reversal import Reversal, Reversible, Undone
 from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Spec
+from tests.harness.paths import ALERTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,3 +178,33 @@ def test_without_state_dir_records_stay_in_memory(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "ok"), [("0123abcdef-1", True), ("../etc", False), ("a/b", False), ("", False)])
 def test_ids_are_safe_file_names(text: str, ok: bool) -> None:
     assert valid_id(text) is ok
+
+
+def test_rules_plan_prints_the_example_configs_ttls() -> None:
+    """examples/undo through a real OPA: the rule's TTL wins over the actionner's, the cordon has none."""
+    event = ALERTS / "falco-terminal-shell-in-container.json"
+    example = REPO / "examples" / "undo"
+    argv = [
+        "rules",
+        "plan",
+        "-r",
+        str(example / "rules.yaml"),
+        "--event",
+        str(event),
+        "--caps",
+        str(example / "config.yaml"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "talon_opa.cli.main", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    steps = json.loads(done.stdout)["steps"]
+    assert [(s["actionner"], s.get("undo_after_seconds")) for s in steps] == [
+        ("kubernetes:networkpolicy", 1800),
+        ("kubernetes:label", 1800),
+    ]
