@@ -10,6 +10,8 @@ For each step of the plan (already cut after the first matched rule with `contin
   `talon.status=held` and the reason, actions counter with status `held`, a notification) and it ends its
   rule unless `ignore_errors`;
 * every step that ran with success is counted in `counters` (the next decisions' `input.counters`);
+* a step whose actionner returned a reversal (a `Reversible` one that changed something) has it kept by the
+  undoer under its action id, with the step's TTL (docs/undo.md), before its notification;
 * a failed step ends its rule's remaining steps unless `ignore_errors`; `continue: false` ends them
   whatever the result (a failing terminate with ignore_errors still ends the rule); errors never stop
   later rules.
@@ -350,7 +352,7 @@ class Executor:
                 trace_id=telemetry.trace_id_of(span),
                 span_id=telemetry.span_id_of(span),
             )
-        except (OSError, TalonError) as e:
+        except Exception as e:  # the action is done: a record that cannot be written must not fail it
             span.add_event("reversal not kept", {"error": str(e)[:500]})
             log.error(
                 "reversal not kept: this action cannot be undone by talon-opa",
