@@ -373,7 +373,18 @@ class Undoer:
                 key=lambda r: r.expires_at or 0.0,
             )
             for record in due:
-                await self._undo_one(record.action_id, "ttl")
+                try:
+                    await self._undo_one(record.action_id, "ttl")
+                except Exception as e:  # e.g. state_dir not writable: the TTL task must live on
+                    self._back_off(record.action_id)
+                    log.error(
+                        "undo not recorded",
+                        extra={
+                            "action_id": record.action_id,
+                            "error": f"{type(e).__name__}: {e}",
+                            "hint": "check state_dir",
+                        },
+                    )
             upcoming = [d for r in self.store.pending() if (d := self._due(r)) is not None]
             timeout = max(0.0, min(upcoming) - time.time()) if upcoming else None
             with contextlib.suppress(TimeoutError):

@@ -76,6 +76,8 @@ def add_routes(app: web.Application, cfg: config.Config, undoer: Undoer) -> None
             reports = await undoer.undo(id_)
         except UnknownUndo as e:
             return refuse(404, str(e), "id", hint=e.hint)
+        except OSError as e:  # the undo ran, but its record could not be written (state_dir)
+            return refuse(500, f"the undo's record could not be written: {e}", "state_dir", hint="check state_dir")
         return web.json_response({"id": id_, "results": [r.doc() for r in reports]})
 
     app.router.add_route("GET", PATH, pending)
