@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from talon_opa.core import config, logs
 from talon_opa.core.kube import KubeApiError, KubeConfig
 from talon_opa.engine import audit_chain
+from talon_opa.engine.undo_store import Record, UndoStore
+from talon_opa.plugins.reversal import Reversal
 from tests.e2e.engine_harness import RunningEngine, running_engine, sample, shell_alert
 from tests.e2e.kube_nodes import node as node  # the fixture
 from tests.harness.kube import KubeCluster
@@ -409,3 +412,35 @@ async def test_undoing_a_drain_uncordons_the_node(kube: KubeCluster, namespace: 
         [r] = reply.body["results"]
         assert (r["actionner"], r["result"]) == ("kubernetes:drain", "undone"), r
     assert not (await kube.api.get(f"/api/v1/nodes/{node}"))["spec"].get("unschedulable")
+
+
+async def test_a_ttl_that_expired_while_the_engine_was_down_runs_at_start(
+    kube: KubeCluster, namespace: str, tmp_path: Path
+) -> None:
+    pod = await kube.create_pod(namespace, "api-7", labels={"security.falco.org/suspicious": "true"})
+    state = tmp_path / "state"
+    path = f"/api/v1/namespaces/{namespace}/pods/api-7"
+    reversal = Reversal(
+        "kubernetes:label",
+        f"labels of the pod {namespace}/api-7: remove security.falco.org/suspicious",
+        {
+            "path": path,
+            "uid": pod["metadata"]["uid"],
+            "what": f"the pod {namespace}/api-7",
+            "field": "labels",
+            "changes": {"security.falco.org/suspicious": {"before": None, "after": "true"}},
+        },
+    )
+    ran = time.time() - 120  # a record as a stopped engine left it: its TTL (60 s) expired a minute ago
+    UndoStore(str(state)).put(
+        Record("0" * 32 + "-0", "0" * 32, 0, "r", "a", "kubernetes:label", "", reversal, ran, ran + 60, "", "")
+    )
+    async with running_engine(
+        tmp_path, LABEL_RULES, kube_config=KubeConfig.from_file(kube.kubeconfig), auth=AUTH, state_dir=str(state)
+    ) as e:
+
+        async def undone() -> bool:
+            return await e.metric(UNDOS, trigger="ttl", result="undone") == 1
+
+        await kube.wait_for(undone, "the expired TTL to run at start", within=30)
+    assert "security.falco.org/suspicious" not in await labels(kube, namespace, "api-7")
