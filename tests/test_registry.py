@@ -348,7 +348,11 @@ def test_cluster_role_merges_grants_and_is_least_privilege() -> None:
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete", "get", "patch"]},
         {"apiGroups": ["apps"], "resources": ["daemonsets", "replicasets", "statefulsets"], "verbs": ["get"]},
-        {"apiGroups": ["projectcalico.org"], "resources": ["networkpolicies"], "verbs": ["create", "get", "update"]},
+        {
+            "apiGroups": ["projectcalico.org"],
+            "resources": ["networkpolicies"],
+            "verbs": ["create", "delete", "get", "update"],
+        },
     ]
     # deterministic, whatever the order of the uses
     assert rbac.cluster_role(REGISTRY, reversed(uses), "talon") == role

@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--caps",
         metavar="CONFIG",
         type=completion.path,
-        help="an engine config file whose caps: and approvals: sections the plan applies (docs/caps.md, "
-        "docs/approvals.md; no counters: none ran)",
+        help="an engine config file whose caps:, approvals: and undo: sections the plan applies (docs/caps.md, "
+        "docs/approvals.md, docs/undo.md; no counters: none ran)",
     )
     test = rsub.add_parser("test", help="run opa test over the library, the translated rules and yours")
     _rules_command_args(test, 2)
@@ -177,6 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
     rbac.add_argument("--name", default="talon-opa", help="name of the ClusterRole")
 
     approve.add_commands(sub)
+    undo = sub.add_parser(
+        "undo",
+        help="undo an alert's (or one action's) changes in the running engine, or list the pending undos",
+        description="Undo the reversible actions of an alert (alert id) or of one action (action id) through the "
+        "running engine's operator API, or list the pending undos and their TTLs (docs/undo.md).",
+        epilog="The token: --token, else auth.operator_token ($AUTH_OPERATOR_TOKEN, else the -c file's). Exit 0: every "
+        "action undone or already undone; 1: a conflict, a failure, an unknown id or a refusal; 2: bad arguments.",
+    )
+    _config_option(undo, 1, help="the engine's config file: its address, TLS and auth.operator_token")
+    undo.add_argument("id", nargs="?", metavar="ID", help="an alert id, or an action id (<alert id>-<step index>)")
+    undo.add_argument("--list", action="store_true", help="list the pending undos and their TTLs instead")
+    undo.add_argument("--url", help="the engine's URL (default: from -c, else http://127.0.0.1:2803)")
+    undo.add_argument("--token", help="the operator token (prefer $AUTH_OPERATOR_TOKEN: flags show in ps)")
+    undo.add_argument("--cacert", metavar="FILE", type=completion.path, help="CA bundle of an https engine")
+    undo.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
     sub.add_parser("version", help="print the version")
     comp = sub.add_parser(
@@ -244,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_audit.main(args)
     if args.command in ("approvals", "approve", "deny"):
         return approve.main(args)
+    if args.command == "undo":
+        from talon_opa.cli import undo as cli_undo
+
+        return cli_undo.main(args)
     if args.command in ("actionners", "outputs", "notifiers", "rbac"):
         from talon_opa.cli import lists as cli_list
 

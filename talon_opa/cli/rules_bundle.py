@@ -80,8 +80,8 @@ def plan(args: argparse.Namespace) -> int:
     ruleset = load(args.rules)
     inputs = [alert.opa_input() for alert in decode_alerts(read_event_file(args.event))]
     cfg = config.load(args.caps, env={}) if getattr(args, "caps", None) else None
-    caps, approvals = (cfg.caps, cfg.approvals) if cfg is not None else (None, None)
-    asyncio.run(_print_plans(ruleset, [Path(p) for p in args.rego], inputs, caps, approvals))
+    caps, approvals, undo = (cfg.caps, cfg.approvals, cfg.undo) if cfg is not None else (None, None, None)
+    asyncio.run(_print_plans(ruleset, [Path(p) for p in args.rego], inputs, caps, approvals, undo))
     return EXIT_OK
 
 
@@ -137,8 +137,9 @@ async def _print_plans(
     inputs: Sequence[dict[str, Any]],
     caps: Mapping[str, Any] | None = None,
     approvals: Mapping[str, Any] | None = None,
+    undo: Mapping[str, Any] | None = None,
 ) -> None:
-    async with deciding(ruleset, native, caps, approvals) as decider:
+    async with deciding(ruleset, native, caps, approvals, undo) as decider:
         for opa_input in inputs:
             result = await decider.decide(opa_input)
             print(json.dumps(result, separators=(",", ":"), ensure_ascii=False), flush=True)
@@ -162,9 +163,10 @@ async def deciding(
     native: Sequence[Path],
     caps: Mapping[str, Any] | None = None,
     approvals: Mapping[str, Any] | None = None,
+    undo: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Decider]:
-    """The rules set (plus native Rego, caps as data.talon.caps, approvals as data.talon.approvals) in a
-    bundle, served by a real OPA."""
+    """The rules set (plus native Rego, caps as data.talon.caps, approvals as data.talon.approvals, undo TTLs
+    as data.talon.undo) in a bundle, served by a real OPA."""
     with tempfile.TemporaryDirectory(prefix="talon-opa-plan-") as tmp:
         out = Path(tmp) / "bundle"
         files = rego.generate(ruleset)
@@ -172,6 +174,8 @@ async def deciding(
             files = {**files, bundle.CAPS_DATA_FILE: json.dumps(config.caps_data(caps), sort_keys=True)}
         if approvals is not None:
             files = {**files, bundle.APPROVALS_DATA_FILE: json.dumps(config.approvals_data(approvals), sort_keys=True)}
+        if undo is not None:
+            files = {**files, bundle.UNDO_DATA_FILE: json.dumps(config.undo_data(undo), sort_keys=True)}
         revision = bundle.build_bundle(files, out, native=list(native), check=False)
         opa = OpaProcess(bundle=out)
         await opa.start(ready_within=OPA_READY_S)

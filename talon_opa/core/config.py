@@ -317,6 +317,9 @@ class Config:
     """steps that wait for an operator's approval (docs/approvals.md): `require` (a list of {actionners, actions,
     rules, namespaces, window_seconds}, written into the bundle as data.talon.approvals), `window_seconds` (default
     900) and `max_pending` (default 100)"""
+    undo: Mapping[str, Any] = field(default_factory=dict)
+    """automatic undo (docs/undo.md), written into the bundle as data.talon.undo: `ttl_seconds.actionners.<actionner>`
+    and `ttl_seconds.rules.<rule>` (the rule's wins), seconds after which a reversible step's change is undone"""
     unknown_keys: tuple[str, ...] = ()
     """keys of the file that mean nothing to us (ignored like Talon does; logged at start)"""
 
@@ -451,6 +454,9 @@ def _build(
             continue
         if f.name == "approvals" and prefix == "":
             values[f.name] = parse_approvals(value)
+            continue
+        if f.name == "undo" and prefix == "":
+            values[f.name] = parse_undo(value)
             continue
         env_value = _env_lookup(env, key)
         if env_value is not None:
@@ -635,6 +641,43 @@ def approvals_data(approvals: Mapping[str, Any]) -> dict[str, Any]:
             {k: list(v) if k != "window_seconds" else v for k, v in r.items()} for r in approvals.get("require") or ()
         ]
     }
+
+
+def parse_undo(value: Any) -> Mapping[str, Any]:
+    """The `undo:` section, checked (docs/undo.md): `ttl_seconds` by actionner and by rule, in seconds > 0."""
+    if value is None:
+        return {}
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"config key {what}", hint="see docs/undo.md for the `undo:` section")
+
+    if not isinstance(value, dict):
+        raise bad("'undo' must be a mapping")
+    for k in value:
+        if k != "ttl_seconds":
+            raise bad(f"'undo.{k}' is unknown (ttl_seconds)")
+    ttl = value.get("ttl_seconds") or {}
+    if not isinstance(ttl, dict):
+        raise bad("'undo.ttl_seconds' must be a mapping with actionners and rules")
+    out: dict[str, Any] = {}
+    for by in ttl:
+        if by not in ("actionners", "rules"):
+            raise bad(f"'undo.ttl_seconds.{by}' is unknown (actionners, rules)")
+    for by in ("actionners", "rules"):
+        table = ttl.get(by) or {}
+        if not isinstance(table, dict):
+            raise bad(f"'undo.ttl_seconds.{by}' must be a mapping of name to seconds")
+        for name, seconds in table.items():
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < 10**9:
+                raise bad(f"'undo.ttl_seconds.{by}.{name}' must be a number of seconds > 0, not {seconds!r}")
+        out[by] = types.MappingProxyType({str(k): v for k, v in table.items()})
+    return types.MappingProxyType({"ttl_seconds": types.MappingProxyType(out)})
+
+
+def undo_data(undo: Mapping[str, Any]) -> dict[str, Any]:
+    """The `undo:` section as the JSON of data.talon.undo."""
+    ttl = undo.get("ttl_seconds") or {}
+    return {"ttl_seconds": {by: dict(ttl.get(by) or {}) for by in ("actionners", "rules")}}
 
 
 _TRUE = {"true", "1", "t", "yes", "y", "on"}

@@ -1,9 +1,9 @@
 """The aiohttp application of an engine: its routes, and the engine started and drained with the app.
 
 Routes: `/healthz`, `/readyz`, `/metrics`, `/v1/bundles/talon.tar.gz` (the bundle a sidecar OPA polls),
-`/v1/...` (reserved, the engine's API); every other path is the intake (as in Talon, where `/` is a
-catch-all). One ClientSession per app (created in the cleanup context, explicit timeouts, typed
-`web.AppKey`s).
+`/v1/undo` (the operator API of `talon-opa undo`), `/v1/...` (reserved, the engine's API); every other
+path is the intake (as in Talon, where `/` is a catch-all). One ClientSession per app (created in the
+cleanup context, explicit timeouts, typed `web.AppKey`s).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from talon_opa.engine import approvals_api, metrics
+from talon_opa.engine import approvals_api, metrics, undo_api
 from talon_opa.engine.intake import Intake, refuse
 from talon_opa.engine.lifecycle import Engine
 
@@ -64,6 +64,7 @@ def create_app(engine: Engine) -> web.Application:
     app.router.add_route("GET", "/metrics", metrics_)
     app.router.add_route("GET", BUNDLE_PATH, bundle)
     approvals_api.add_routes(app, engine.approvals, engine.cfg.auth.operator_token)
+    undo_api.add_routes(app, engine.cfg, engine.undo)  # /v1/undo (docs/undo.md)
     app.router.add_route("*", "/v1/{tail:.*}", api)
     app.router.add_route("*", "/{tail:.*}", intake.handle)
     return app

@@ -14,6 +14,8 @@ For each step of the plan (already cut after the first matched rule with `contin
   steps after it; denied or expired, it is reported like a held step and the flow goes on as after a
   failure. Without room for one more pending approval the step fails (`approvals_full`);
 * every step that ran with success is counted in `counters` (the next decisions' `input.counters`);
+* a step whose actionner returned a reversal (a `Reversible` one that changed something) has it kept by the
+  undoer under its action id, with the step's TTL (docs/undo.md), before its notification;
 * a failed step ends its rule's remaining steps unless `ignore_errors`; `continue: false` ends them
   whatever the result (a failing terminate with ignore_errors still ends the rule); errors never stop
   later rules.
@@ -53,12 +55,14 @@ from talon_opa.engine.instances import Instances
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.notify import Notifications
 from talon_opa.engine.parked import ApprovalRefused, Decision, Parked
+from talon_opa.engine.undo import Undoer
 from talon_opa.engine.work import WorkItem
 from talon_opa.opa.plan import Plan, Step
 from talon_opa.plugins import runtime
 from talon_opa.plugins.notes import Note
 from talon_opa.plugins.notes import Status as NoteStatus
 from talon_opa.plugins.params import ParamsInvalid
+from talon_opa.plugins.reversal import Reversal
 from talon_opa.plugins.runtime import Artifact, Outcome
 from talon_opa.plugins.spec import Spec
 
@@ -179,6 +183,7 @@ class Executor:
         cluster_field: str = "cluster",
         counters: ActionCounters | None = None,
         park: Callable[[Parked], Awaitable[None]] | None = None,
+        undo: Undoer | None = None,
     ) -> None:
         self.instances = instances
         self.registry = instances.registry
@@ -190,6 +195,7 @@ class Executor:
         self.cluster_field = cluster_field
         self.counters = counters if counters is not None else ActionCounters()
         self.park = park  # keeps a plan waiting for approval (the approvals manager); None: no approvals
+        self.undo = undo  # keeps the reversals of the steps that ran (docs/undo.md)
 
     def _needs_kube(self, step: Step) -> bool:
         """Whether the step's actionner or output uses the Kubernetes client (unknown ones count as using it).
@@ -235,11 +241,15 @@ class Executor:
         provider = self.instances.provider
         return provider.clusters[cluster] if cluster is not None else provider.default_kube
 
-    async def execute(self, alert: Alert, plan: Plan, *, item: WorkItem | None = None) -> list[StepResult]:
+    async def execute(
+        self, alert: Alert, plan: Plan, alert_id: str = "", *, item: WorkItem | None = None
+    ) -> list[StepResult]:
         """Run the plan's steps with Talon's control flow; every result, in plan order (up to a `pending`
-        one: the steps after a step that waits for approval run when it is decided, see `resume`)."""
+        one: the steps after a step that waits for approval run when it is decided, see `resume`).
+
+        `alert_id`: what the reversals of its steps are kept under (none kept without it)."""
         async with self.notifications.alongside():  # a slow receiver never delays the next step
-            return await self._run_from(alert, plan, 0, set(), item)
+            return await self._run_from(alert, plan, 0, set(), item, alert_id)
 
     async def resume(self, parked: Parked, decision: Decision) -> list[StepResult]:
         """The parked step, approved (run) or not (reported), then the rest of its plan; their results."""
@@ -248,14 +258,17 @@ class Executor:
         ended = set(parked.ended)
         async with self.notifications.alongside():
             if decision.result == "approved":
-                result = await self.run_step(alert, step, index, approval=(parked.id, decision))
+                result = await self.run_step(alert, step, index, parked.item.alert_id, approval=(parked.id, decision))
             else:
                 result = await self.refuse_step(alert, step, index, parked.id, decision)
             _flow(ended, step, result)
-            return [result, *await self._run_from(alert, plan, index + 1, ended, parked.item)]
+            return [
+                result,
+                *await self._run_from(alert, plan, index + 1, ended, parked.item, parked.item.alert_id),
+            ]
 
     async def _run_from(
-        self, alert: Alert, plan: Plan, start: int, ended: set[str], item: WorkItem | None
+        self, alert: Alert, plan: Plan, start: int, ended: set[str], item: WorkItem | None, alert_id: str
     ) -> list[StepResult]:
         results: list[StepResult] = []
         for index in range(start, len(plan.steps)):
@@ -271,7 +284,7 @@ class Executor:
                     results.append(result)
                     return results  # the rest waits for the decision (resume)
             else:
-                result = await self.run_step(alert, step, index)
+                result = await self.run_step(alert, step, index, alert_id)
             results.append(result)
             _flow(ended, step, result)
         return results
@@ -388,7 +401,13 @@ class Executor:
             return _spanned(result, span)
 
     async def run_step(
-        self, alert: Alert, step: Step, index: int = 0, *, approval: tuple[str, Decision] | None = None
+        self,
+        alert: Alert,
+        step: Step,
+        index: int = 0,
+        alert_id: str = "",
+        *,
+        approval: tuple[str, Decision] | None = None,
     ) -> StepResult:
         dry_run = step.dry_run or (self.force_dry_run and self._needs_kube(step))
         attrs = self._step_attrs(alert, step, index, dry_run)
@@ -407,9 +426,10 @@ class Executor:
             log.info("action", extra={**extra, "status": "in_progress"})
             artifact: Artifact | None = None
             spec: Spec[Any] | None = None
+            reversal: Reversal | None = None
             try:
                 spec, outcome = await self._act(alert, step)
-                artifact = outcome.artifact
+                artifact, reversal = outcome.artifact, outcome.reversal
             except asyncio.CancelledError:
                 raise
             except _Failure as e:
@@ -455,6 +475,8 @@ class Executor:
                         "duration_ms": round(seconds * 1000, 3),
                     },
                 )
+            if reversal is not None and result.status != "failure":
+                await self._keep(alert, step, index, alert_id, reversal, span)
             await self.notifications.notify(step, self._note(alert, step, "action", result))
             if result.status == "failure" or spec is None:
                 return _spanned(result, span)
@@ -464,6 +486,31 @@ class Executor:
             if final.status != "failure":
                 telemetry.ok(span)  # only now: OTel keeps an OK status final, and the output may still fail
             return _spanned(final, span)
+
+    async def _keep(
+        self, alert: Alert, step: Step, index: int, alert_id: str, reversal: Reversal, span: trace.Span
+    ) -> None:
+        """Hand the step's reversal to the undoer; a failure to keep it is logged on the step, never fatal."""
+        if self.undo is None or not alert_id:
+            return
+        try:
+            record = await self.undo.record(
+                alert_id=alert_id,
+                step_index=index,
+                step=step,
+                reversal=reversal,
+                cluster=self._cluster(alert, self._needs_kube(step)),
+                trace_id=telemetry.trace_id_of(span),
+                span_id=telemetry.span_id_of(span),
+            )
+        except Exception as e:  # the action is done: a record that cannot be written must not fail it
+            span.add_event("reversal not kept", {"error": str(e)[:500]})
+            log.error(
+                "reversal not kept: this action cannot be undone by talon-opa",
+                extra={"rule": step.rule, "action": step.action, "actionner": step.actionner, "error": str(e)},
+            )
+            return
+        span.set_attribute(telemetry.UNDO_ACTION_ID, record.action_id)
 
     async def _act(self, alert: Alert, step: Step) -> tuple[Spec[Any], Outcome]:
         cls = self.registry.actionners.get(step.actionner)

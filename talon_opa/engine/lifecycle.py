@@ -36,6 +36,7 @@ from talon_opa.engine.opa_supervisor import OpaSupervisor
 from talon_opa.engine.process import Processor
 from talon_opa.engine.queue import AlertQueue
 from talon_opa.engine.reload import Built
+from talon_opa.engine.undo import Undoer
 from talon_opa.engine.work import Job, WorkItem
 from talon_opa.opa.client import OpaClient
 from talon_opa.plugins.clients import ClientProvider
@@ -134,6 +135,9 @@ class Engine:
         self.approvals = Approvals(
             cfg, executor=self._executor, tracer=self.tracer, registry=self.metrics.registry, audit=self.audit
         )
+        self.undo = Undoer(
+            cfg, registry=self.registry, tracer=self.tracer, metrics=self.metrics.registry, audit=self.audit
+        )
         self.built: reload.Built | None = None
         self.executor: Executor | None = None
         self.kube: KubeClient | None = None
@@ -201,7 +205,9 @@ class Engine:
                 force_dry_run=self.dry_run_only,
                 cluster_field=cfg.cluster_field,
                 park=self.approvals.park,
+                undo=self.undo,
             )
+            await self.undo.start(instances)
             if self.audit is not None and cfg.audit.output:
                 self.shipper = audit_ship.shipper(cfg.audit, self.audit, instances, self.metrics.registry)
                 await self.shipper.start(*self.audit.end)
@@ -209,6 +215,7 @@ class Engine:
                 await self.jetstream.connect()
             await self.approvals.start()  # re-arms the approvals kept in state_dir (ConfigError: unusable)
         except BaseException:
+            await self.undo.stop()
             if self.jetstream is not None:
                 await self.jetstream.stop()
             if self.audit is not None:
@@ -255,6 +262,7 @@ class Engine:
             else:
                 log.info("drained, every accepted alert finished")
             await self.approvals.stop(timeout)
+            await self.undo.stop()
             if self.audit is not None:
                 await self.audit.stop(timeout)
             if self.shipper is not None:  # after the trail: its last lines go too
@@ -283,6 +291,7 @@ class Engine:
             key,
             self.cfg.caps,
             self.cfg.approvals,
+            self.cfg.undo,
         )
 
     async def reload(self) -> bool:

@@ -76,7 +76,7 @@ class Processor:
                 for rule in plan.acted_rules():
                     metrics.count_match(rule, alert.rule, alert.priority, alert.source)
                     log.info("match", extra={"id": job.alert_id, "rule": rule, "event": alert.rule})
-                results = await self._executor().execute(alert, plan, item=job.item)
+                results = await self._executor().execute(alert, plan, job.alert_id, item=job.item)
                 self._record(job, plan, results)
                 failed = [r for r in results if r.status == "failure"]
                 if failed:

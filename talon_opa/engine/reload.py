@@ -91,6 +91,7 @@ def build(
     signing_key: Path | None = None,
     caps: Mapping[str, Any] | None = None,
     approvals: Mapping[str, Any] | None = None,
+    undo: Mapping[str, Any] | None = None,
 ) -> Built:
     """Load and validate the rules, write and check their bundle under `workdir` (blocking: run in a thread).
 
@@ -103,6 +104,7 @@ def build(
     files[bundle.CAPS_DATA_FILE] = json.dumps(config.caps_data(caps or {}), sort_keys=True)
     # the approvals policy's config (docs/approvals.md): data.talon.approvals
     files[bundle.APPROVALS_DATA_FILE] = json.dumps(config.approvals_data(approvals or {}), sort_keys=True)
+    files[bundle.UNDO_DATA_FILE] = json.dumps(config.undo_data(undo or {}), sort_keys=True)  # data.talon.undo
     suffix = ".tar.gz" if signing_key is not None else ""
     out = workdir / f"bundle-{os.getpid()}-{next(_SEQ)}{suffix}"
     try:

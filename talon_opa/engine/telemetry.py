@@ -30,6 +30,7 @@ RUN_ACTION = "run action"
 WRITE_OUTPUT = "write output"
 SEND_NOTIFICATION = "send notification"
 RESUME_PLAN = "resume plan"  # the rest of a plan, once its waiting step is decided (docs/approvals.md)
+UNDO = "undo action"  # the root of its own trace, linked to the action's span (docs/undo.md)
 
 # standard attribute keys
 K8S_POD_NAME = "k8s.pod.name"
@@ -68,6 +69,9 @@ NOTIFIER = "talon.notifier"
 STAGE = "talon.stage"
 OPA_ATTEMPTS = "talon.opa.attempts"
 SKIPPED_REASON = "talon.skipped"
+UNDO_ACTION_ID = "talon.action.id"  # alert id and step index: what `talon-opa undo` takes
+UNDO_TRIGGER = "talon.undo.trigger"  # manual or ttl
+UNDO_RESULT = "talon.undo.result"  # undone, already_undone, conflict or failure
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 

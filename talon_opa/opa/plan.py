@@ -35,6 +35,7 @@ class Step:
     notifiers: tuple[str, ...] = ()
     held: str = ""  # why the caps policy stops this step ("" = it may run): not run, reported (docs/caps.md)
     approval_seconds: int = 0  # > 0: the step waits that long for an operator's approval (docs/approvals.md)
+    undo_after: float | None = None  # seconds after which a reversible step's change is undone (docs/undo.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,8 @@ def step_doc(step: Step) -> dict[str, Any]:
         doc["held"] = step.held  # optional: absent when the step may run
     if step.approval_seconds:
         doc["approval"] = {"window_seconds": step.approval_seconds}  # optional: absent when none is needed
+    if step.undo_after is not None:
+        doc["undo_after_seconds"] = step.undo_after  # optional: absent without a TTL
     return doc
 
 
@@ -135,6 +138,11 @@ def parse_plan(result: Any) -> tuple[tuple[str, ...], tuple[Step, ...]]:
         window = approval.get("window_seconds") if isinstance(approval, dict) else None
         if approval is not None and (type(window) is not int or window < 1):
             raise bad(f"steps[{i}].approval is not {{window_seconds: <integer >= 1>}} or null")
+        undo_after = s.get("undo_after_seconds")
+        if undo_after is not None and (
+            isinstance(undo_after, bool) or not isinstance(undo_after, (int, float)) or undo_after <= 0
+        ):
+            raise bad(f"steps[{i}].undo_after_seconds is not a number of seconds > 0 or null")
         out.append(
             Step(
                 rule=s["rule"],
@@ -148,6 +156,7 @@ def parse_plan(result: Any) -> tuple[tuple[str, ...], tuple[Step, ...]]:
                 notifiers=tuple(notifiers),
                 held=held or "",
                 approval_seconds=window or 0,
+                undo_after=float(undo_after) if undo_after is not None else None,
             )
         )
     return tuple(matched), tuple(out)

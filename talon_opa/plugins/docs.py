@@ -61,6 +61,7 @@ def describe(spec: Spec[Any], runs: bool | None = None) -> dict[str, Any]:
             "continue": spec.continues,
             "allow_output": spec.output != "none",
             "require_output": spec.output == "required",
+            "reversible": spec.reversible,
         }
     return out
 
@@ -97,16 +98,14 @@ def markdown(registry: Registry) -> str:
     for kind in ("actionner", "output", "notifier"):
         specs = list(_of_kind(registry, kind))
         lines += ["", f"## {_TITLES[kind]}", "", _INTROS[kind], ""]
-        if marks:
-            lines += [f"| {kind} | runs in this version | description |", "| --- | --- | --- |"]
-            lines += [
-                f"| [`{s.name}`](#{_anchor(s.name)}) | {'yes' if registry.runs(s.name) else 'not yet'} "
-                f"| {_cell(s.description)} |"
-                for s in specs
-            ]
-        else:
-            lines += [f"| {kind} | description |", "| --- | --- |"]
-            lines += [f"| [`{s.name}`](#{_anchor(s.name)}) | {_cell(s.description)} |" for s in specs]
+        undo = kind == "actionner"  # the reversible column (docs/undo.md)
+        head = f"| {kind} |" + (" runs in this version |" if marks else "") + (" undo |" if undo else "")
+        lines += [head + " description |", "| --- " * head.count("|") + "|"]
+        for s in specs:
+            row = f"| [`{s.name}`](#{_anchor(s.name)}) |"
+            row += f" {'yes' if registry.runs(s.name) else 'not yet'} |" if marks else ""
+            row += f" {'reversible' if s.reversible else 'no'} |" if undo else ""
+            lines.append(row + f" {_cell(s.description)} |")
         for spec in specs:
             lines += _section(spec, registry.runs(spec.name) if marks else None)
     return "\n".join(lines) + "\n"
@@ -123,6 +122,7 @@ def _section(spec: Spec[Any], runs: bool | None) -> list[str]:
             f"* Required alert fields: {fields or 'none'}",
             f"* Default `continue`: `{str(spec.continues).lower()}`",
             f"* Output: {spec.output}",
+            "* Undo: " + (_REVERSIBLE if spec.reversible else "not reversible"),
         ]
     if spec.clients:
         facts.append("* Clients: " + ", ".join(_client_text(name) for name in spec.clients))
@@ -149,6 +149,7 @@ def _section(spec: Spec[Any], runs: bool | None) -> list[str]:
     return lines
 
 
+_REVERSIBLE = "reversible: `talon-opa undo` or a TTL puts back what the step changed ([undo](undo.md))"
 _NOT_YET_INTRO = (
     "Plugins marked **not yet** are declared (parameters, validation, docs, RBAC) but cannot run in this "
     'version: `talon-opa rules check` warns about them, and a step using one fails with "cannot run in this '

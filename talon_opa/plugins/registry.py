@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from talon_opa.plugins import clients, runtime
+from talon_opa.plugins import clients, reversal, runtime
 from talon_opa.plugins.spec import Plugin, Spec
 
 
@@ -32,6 +32,11 @@ def _check(plugin: type[Any]) -> Spec[Any]:
         )
     if issubclass(plugin, runtime.PluginBase) and not issubclass(plugin, base):
         raise PluginDeclarationError(f"{spec.name} is a {spec.kind}: {plugin.__name__} must subclass {base.__name__}")
+    if issubclass(plugin, reversal.Reversible) and not spec.reversible:
+        # (the other way round is allowed: test doubles borrow a shipped spec; tests/test_undo.py checks the catalog)
+        raise PluginDeclarationError(
+            f"{spec.name}: {plugin.__name__} subclasses Reversible: declare `reversible=True` in its spec"
+        )
     unknown = [c for c in spec.clients if c not in clients.KINDS]
     if unknown:
         raise PluginDeclarationError(f"{spec.name} declares unknown clients {unknown}: use {sorted(clients.KINDS)}")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from talon_opa.core.events import Alert
     from talon_opa.plugins.clients import Clients
     from talon_opa.plugins.notes import Note
+    from talon_opa.plugins.reversal import Reversal
 
 P = TypeVar("P")
 S = TypeVar("S")
@@ -49,6 +50,11 @@ class Outcome:
     message: str
     objects: Mapping[str, str] = field(default_factory=dict)
     artifact: Artifact | None = None
+    reversal: Reversal | None = None  # how to undo what the step changed (a `Reversible` actionner, docs/undo.md)
+
+    def undone_by(self, reversal: Reversal | None) -> Outcome:
+        """This outcome, carrying how to undo it (None: nothing of ours to undo)."""
+        return Outcome(self.status, self.message, self.objects, self.artifact, reversal)
 
     @classmethod
     def done(cls, message: str, artifact: Artifact | None = None, **objects: str) -> Outcome:

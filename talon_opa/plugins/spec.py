@@ -44,6 +44,8 @@ class Spec(Generic[P]):
     # the grants a use with these decoded parameters needs (e.g. label at pod level: no node rights);
     # None: always `grants`, which must cover every use
     grants_for: Callable[[P], tuple[Grant, ...]] | None = None
+    # its changes can be undone (`talon-opa undo`, a TTL): the class subclasses plugins.reversal.Reversible
+    reversible: bool = False
 
     @property
     def category(self) -> str:

@@ -29,6 +29,7 @@ POLICIES = Path(__file__).resolve().parents[1] / "policies"  # shipped in the pa
 ROOTS = ("talon",)
 CAPS_DATA_FILE = "talon/caps/data.json"  # data.talon.caps: the caps policy's config (docs/caps.md)
 APPROVALS_DATA_FILE = "talon/approvals/data.json"  # data.talon.approvals: which steps wait (docs/approvals.md)
+UNDO_DATA_FILE = "talon/undo/data.json"  # data.talon.undo: the undo TTLs (docs/undo.md)
 NATIVE_DIR = "native"  # where the user's own Rego goes inside the bundle
 OPA_TIMEOUT_S = 300.0
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")

@@ -65,7 +65,7 @@ async def engine_account(kube: KubeCluster, namespace: str, rules: Path) -> Kube
     assert {
         "apiGroups": ["projectcalico.org"],
         "resources": ["networkpolicies"],
-        "verbs": ["create", "get", "update"],
+        "verbs": ["create", "delete", "get", "update"],
     } in role["rules"]
     return await kube.service_account_with_role(namespace, "talon-opa", role["rules"])
 

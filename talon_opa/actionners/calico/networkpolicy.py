@@ -22,11 +22,13 @@ from talon_opa.actionners.kubernetes.networkpolicy import (
     RESULT_TEXT,
     NetworkPolicyParams,
     apply_policy,
+    delete_policy,
     managed_object,
     policy_grants,
     remote_cidr,
 )
 from talon_opa.plugins.params import cidr, each, param
+from talon_opa.plugins.reversal import Reversal, Reversible, Undone
 from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Spec
 
@@ -136,7 +138,7 @@ class CalicoNetworkPolicyParams(NetworkPolicyParams):
     order: int = param(0, doc="Calico policy order (lower is applied first)")
 
 
-class CalicoNetworkPolicy(Actionner[CalicoNetworkPolicyParams]):
+class CalicoNetworkPolicy(Actionner[CalicoNetworkPolicyParams], Reversible):
     spec: ClassVar[Spec[CalicoNetworkPolicyParams]] = Spec(
         name="calico:networkpolicy",
         kind="actionner",
@@ -149,6 +151,7 @@ class CalicoNetworkPolicy(Actionner[CalicoNetworkPolicyParams]):
         needs_fields=("k8s.ns.name", "k8s.pod.name", "fd.sip|fd.rip"),
         # Talon asks for `caliconetworkpolicies`, which does not exist: the resource is `networkpolicies`.
         grants=policy_grants("projectcalico.org", "networkpolicies"),
+        reversible=True,
         example="""\
 - action: Block the remote IP
   actionner: calico:networkpolicy
@@ -167,12 +170,17 @@ class CalicoNetworkPolicy(Actionner[CalicoNetworkPolicyParams]):
         owner = await _pods.owner_of(kube, pod)
         wanted = policy(owner.name, ref.namespace, owner.selector, [cidr], params)
         collection = f"/apis/{API_VERSION}/namespaces/{quote(ref.namespace, safe='')}/networkpolicies"
-        result = await apply_policy(
+        applied = await apply_policy(
             kube, collection, wanted, "Calico NetworkPolicy", prepare=accumulate, served_by=_SERVED_BY
         )
         return Outcome.done(
-            f"the caliconetworkpolicy '{owner.name}' in the namespace '{ref.namespace}' {RESULT_TEXT[result]}",
+            f"the caliconetworkpolicy '{owner.name}' in the namespace '{ref.namespace}' {RESULT_TEXT[applied.result]}",
             pod=ref.name,
             namespace=ref.namespace,
             caliconetworkpolicy=owner.name,
+        ).undone_by(
+            applied.reversal(self.spec.name, f"caliconetworkpolicy '{owner.name}' in the namespace '{ref.namespace}'")
         )
+
+    async def undo(self, reversal: Reversal) -> Undone:
+        return await delete_policy(self.clients.kube, reversal)

@@ -19,11 +19,13 @@ from talon_opa.actionners.kubernetes.networkpolicy import (
     RESULT_TEXT,
     NetworkPolicyParams,
     apply_policy,
+    delete_policy,
     managed_object,
     policy_grants,
     remote_cidr,
 )
 from talon_opa.plugins.params import cidr, each, param
+from talon_opa.plugins.reversal import Reversal, Reversible, Undone
 from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Spec
 
@@ -99,7 +101,7 @@ def accumulate(existing: Mapping[str, Any], wanted: dict[str, Any]) -> dict[str,
     return {**wanted, "spec": spec}
 
 
-class CiliumNetworkPolicy(Actionner[CiliumNetworkPolicyParams]):
+class CiliumNetworkPolicy(Actionner[CiliumNetworkPolicyParams], Reversible):
     spec: ClassVar[Spec[CiliumNetworkPolicyParams]] = Spec(
         name="cilium:networkpolicy",
         kind="actionner",
@@ -111,6 +113,7 @@ class CiliumNetworkPolicy(Actionner[CiliumNetworkPolicyParams]):
         params=CiliumNetworkPolicyParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name", "fd.sip|fd.rip"),
         grants=policy_grants("cilium.io", "ciliumnetworkpolicies"),
+        reversible=True,
         example="""\
 - action: Block the remote IP
   actionner: cilium:networkpolicy
@@ -130,12 +133,17 @@ class CiliumNetworkPolicy(Actionner[CiliumNetworkPolicyParams]):
         owner = await _pods.owner_of(kube, pod)
         wanted = policy(owner.name, ref.namespace, owner.selector, cidr, params)
         collection = f"/apis/{API_VERSION}/namespaces/{quote(ref.namespace, safe='')}/ciliumnetworkpolicies"
-        result = await apply_policy(
+        applied = await apply_policy(
             kube, collection, wanted, "CiliumNetworkPolicy", prepare=accumulate, served_by=_SERVED_BY
         )
         return Outcome.done(
-            f"the ciliumnetworkpolicy '{owner.name}' in the namespace '{ref.namespace}' {RESULT_TEXT[result]}",
+            f"the ciliumnetworkpolicy '{owner.name}' in the namespace '{ref.namespace}' {RESULT_TEXT[applied.result]}",
             pod=ref.name,
             namespace=ref.namespace,
             ciliumnetworkpolicy=owner.name,
+        ).undone_by(
+            applied.reversal(self.spec.name, f"ciliumnetworkpolicy '{owner.name}' in the namespace '{ref.namespace}'")
         )
+
+    async def undo(self, reversal: Reversal) -> Undone:
+        return await delete_policy(self.clients.kube, reversal)

@@ -6,8 +6,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from talon_opa.actionners.kubernetes.label import LEVEL_DOC, NODE_GRANTS, POD_GRANTS, metadata_grants, run_metadata
+from talon_opa.actionners.kubernetes.label import (
+    LEVEL_DOC,
+    NODE_GRANTS,
+    POD_GRANTS,
+    metadata_grants,
+    run_metadata,
+    undo_metadata,
+)
 from talon_opa.plugins.params import non_empty, param
+from talon_opa.plugins.reversal import Reversal, Reversible, Undone
 from talon_opa.plugins.runtime import Actionner
 from talon_opa.plugins.spec import Spec
 
@@ -26,7 +34,7 @@ class AnnotationParams:
     level: str = param("pod", doc=LEVEL_DOC)
 
 
-class Annotation(Actionner[AnnotationParams]):
+class Annotation(Actionner[AnnotationParams], Reversible):
     spec: ClassVar[Spec[AnnotationParams]] = Spec(
         name="kubernetes:annotation",
         kind="actionner",
@@ -36,6 +44,7 @@ class Annotation(Actionner[AnnotationParams]):
         needs_fields=("k8s.ns.name", "k8s.pod.name"),
         grants=POD_GRANTS + NODE_GRANTS,
         grants_for=lambda p: metadata_grants(p.level),
+        reversible=True,
         example="""\
 - action: Annotate the pod
   actionner: kubernetes:annotation
@@ -48,4 +57,7 @@ class Annotation(Actionner[AnnotationParams]):
 
     async def run(self, alert: Alert, params: AnnotationParams) -> Outcome:
         kube = self.clients.kube
-        return await run_metadata(kube, alert, "annotations", params.annotations, params.level)
+        return await run_metadata(kube, alert, "annotations", params.annotations, params.level, self.spec.name)
+
+    async def undo(self, reversal: Reversal) -> Undone:
+        return await undo_metadata(self.clients.kube, reversal)

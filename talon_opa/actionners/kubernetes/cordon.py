@@ -7,8 +7,9 @@ from urllib.parse import quote
 
 from talon_opa.actionners.kubernetes import _pods
 from talon_opa.core.errors import StepFailed
-from talon_opa.core.kube import KubeClient
+from talon_opa.core.kube import KubeApiError, KubeClient
 from talon_opa.plugins.params import NoParams
+from talon_opa.plugins.reversal import Reversal, Reversible, Undone
 from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Grant, Spec
 
@@ -28,18 +29,47 @@ async def node_of(kube: KubeClient, alert: Alert) -> str:
     return node
 
 
-async def cordon(kube: KubeClient, node: str) -> bool:
-    """Make the node unschedulable; False when it already was (nothing written)."""
+async def cordon(kube: KubeClient, node: str, actionner: str = "kubernetes:cordon") -> Reversal | None:
+    """Make the node unschedulable: how to uncordon it, or None when it already was (nothing written)."""
     path = f"/api/v1/nodes/{quote(node, safe='')}"
     current = await kube.get(path)
     if (current.get("spec") or {}).get("unschedulable") is True:
-        return False
+        return None
     # a merge patch of one field: concurrent writers of other fields are untouched, and a re-run converges
     await kube.patch(path, {"spec": {"unschedulable": True}})
-    return True
+    uid = str((current.get("metadata") or {}).get("uid") or "")
+    return Reversal(actionner, f"uncordon the node '{node}'", {"node": node, "uid": uid})
 
 
-class Cordon(Actionner[NoParams]):
+async def uncordon(kube: KubeClient, reversal: Reversal) -> Undone:
+    """Make the node we cordoned schedulable again; nothing when it is gone, replaced or already uncordoned."""
+    node, uid = str(reversal.state["node"]), str(reversal.state.get("uid") or "")
+    path = f"/api/v1/nodes/{quote(node, safe='')}"
+    try:
+        current = await kube.get(path)
+    except KubeApiError as e:
+        if e.status == 404:
+            return Undone("already_undone", f"the node '{node}' is gone: nothing to undo")
+        raise
+    if uid and (current.get("metadata") or {}).get("uid") != uid:
+        return Undone("already_undone", f"the node '{node}' was deleted and made again: nothing of ours to undo")
+    if (current.get("spec") or {}).get("unschedulable") is not True:
+        return Undone("already_undone", f"the node '{node}' is already uncordoned")
+    # the test makes it atomic: uncordoned by someone else in between, the patch fails instead of writing
+    ops = [
+        {"op": "test", "path": "/spec/unschedulable", "value": True},
+        {"op": "remove", "path": "/spec/unschedulable"},
+    ]
+    try:
+        await kube.patch(path, ops, patch_type="json")
+    except KubeApiError as e:
+        if e.status == 422:
+            return Undone("already_undone", f"the node '{node}' was uncordoned meanwhile")
+        raise
+    return Undone("undone", f"the node '{node}' has been uncordoned")
+
+
+class Cordon(Actionner[NoParams], Reversible):
     spec: ClassVar[Spec[NoParams]] = Spec(
         name="kubernetes:cordon",
         kind="actionner",
@@ -48,6 +78,7 @@ class Cordon(Actionner[NoParams]):
         params=NoParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name"),
         grants=GRANTS,
+        reversible=True,
         example="""\
 - action: Cordon the node
   actionner: kubernetes:cordon
@@ -57,6 +88,10 @@ class Cordon(Actionner[NoParams]):
     async def run(self, alert: Alert, params: NoParams) -> Outcome:
         kube = self.clients.kube
         node = await node_of(kube, alert)
-        if await cordon(kube, node):
-            return Outcome.done(f"the node '{node}' has been cordoned", node=node)
+        reversal = await cordon(kube, node, self.spec.name)
+        if reversal is not None:
+            return Outcome.done(f"the node '{node}' has been cordoned", node=node).undone_by(reversal)
         return Outcome.done(f"the node '{node}' was already cordoned", node=node)
+
+    async def undo(self, reversal: Reversal) -> Undone:
+        return await uncordon(self.clients.kube, reversal)

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from talon_opa.actionners.kubernetes import _pods
-from talon_opa.actionners.kubernetes.cordon import cordon, node_of
+from talon_opa.actionners.kubernetes.cordon import cordon, node_of, uncordon
 from talon_opa.actionners.kubernetes.terminate import required_ready
 from talon_opa.core import backoff
 from talon_opa.core.errors import StepFailed, TalonError
 from talon_opa.core.kube import KubeApiError, KubeClient
 from talon_opa.plugins.params import absolute_or_percent, between, param
+from talon_opa.plugins.reversal import Reversal, Reversible, Undone
 from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Grant, Spec
 
@@ -95,7 +96,7 @@ def _listed(items: Sequence[str]) -> str:
     return "; ".join(items[:LISTED]) + (f"; and {more} more" if more > 0 else "")
 
 
-class Drain(Actionner[DrainParams]):
+class Drain(Actionner[DrainParams], Reversible):
     spec: ClassVar[Spec[DrainParams]] = Spec(
         name="kubernetes:drain",
         kind="actionner",
@@ -111,6 +112,7 @@ class Drain(Actionner[DrainParams]):
             Grant(("",), ("nodes",), ("get", "patch")),
             Grant(("apps",), ("replicasets",), ("get",)),
         ),
+        reversible=True,
         example="""\
 - action: Drain the node
   actionner: kubernetes:drain
@@ -125,7 +127,7 @@ class Drain(Actionner[DrainParams]):
     async def run(self, alert: Alert, params: DrainParams) -> Outcome:
         kube = self.clients.kube
         node = await node_of(kube, alert)
-        await cordon(kube, node)
+        reversal = await cordon(kube, node, self.spec.name)  # undoing a drain uncordons; evictions stay
         drain = _Drain()
         await self._plan(kube, await _pods_on(kube, node), params, drain)
         await _evict_all(kube, drain)
@@ -147,8 +149,11 @@ class Drain(Actionner[DrainParams]):
         if problems:
             objects["not_evicted"] = ", ".join(p.split(" ", 1)[0] for p in problems[:LISTED])
             message = f"the node '{node}' has been drained, errors are ignored: {summary}; not evicted: "
-            return Outcome("success", message + _listed(problems), objects)
-        return Outcome("success", f"the node '{node}' has been drained: {summary}", objects)
+            return Outcome("success", message + _listed(problems), objects).undone_by(reversal)
+        return Outcome("success", f"the node '{node}' has been drained: {summary}", objects).undone_by(reversal)
+
+    async def undo(self, reversal: Reversal) -> Undone:
+        return await uncordon(self.clients.kube, reversal)
 
     async def _plan(
         self, kube: KubeClient, pods: Sequence[Mapping[str, Any]], params: DrainParams, drain: _Drain

@@ -12,6 +12,7 @@ from talon_opa.actionners.kubernetes import _pods
 from talon_opa.core.errors import StepFailed
 from talon_opa.core.kube import KubeApiError, KubeClient
 from talon_opa.plugins.params import cidr, each, param
+from talon_opa.plugins.reversal import Reversal, Reversible, Undone
 from talon_opa.plugins.runtime import Actionner, Outcome
 from talon_opa.plugins.spec import Grant, Spec
 
@@ -36,8 +37,46 @@ OWNER_LOOKUP_GRANTS = (
 
 
 def policy_grants(api_group: str, resource: str) -> tuple[Grant, ...]:
-    """What the three network-policy actionners need: their policy kind plus the owner lookup."""
-    return (Grant((api_group,), (resource,), ("get", "create", "update")), *OWNER_LOOKUP_GRANTS)
+    """What the three network-policy actionners need: their policy kind (delete: to undo) plus the owner lookup."""
+    return (Grant((api_group,), (resource,), ("get", "create", "update", "delete")), *OWNER_LOOKUP_GRANTS)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What apply_policy did ("created", "updated" or "unchanged"), to the policy at `path` with `uid`."""
+
+    result: str
+    path: str
+    uid: str
+
+    def reversal(self, actionner: str, what: str) -> Reversal | None:
+        """Delete the policy, when we created it (an updated one was created by an earlier action: its undo)."""
+        if self.result != "created":
+            return None
+        return Reversal(actionner, f"delete the {what}", {"path": self.path, "uid": self.uid, "what": what})
+
+
+async def delete_policy(kube: KubeClient, reversal: Reversal) -> Undone:
+    """Delete the policy we created, by uid: never one made again under the same name."""
+    path, uid, what = str(reversal.state["path"]), str(reversal.state.get("uid") or ""), str(reversal.state["what"])
+    try:
+        current = await kube.get(path)
+    except KubeApiError as e:
+        if e.status == 404:
+            return Undone("already_undone", f"the {what} is already gone")
+        raise
+    if uid and (current.get("metadata") or {}).get("uid") != uid:
+        return Undone("already_undone", f"the {what} was deleted and made again since: not ours, left alone")
+    options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+    if uid:
+        options["preconditions"] = {"uid": uid}
+    try:
+        await kube.delete(path, options)
+    except KubeApiError as e:
+        if e.status in (404, 409):  # deleted meanwhile, or (409) the uid no longer matches
+            return Undone("already_undone", f"the {what} was deleted meanwhile")
+        raise
+    return Undone("undone", f"the {what} has been deleted")
 
 
 # what apply_policy did, as the step's message says it
@@ -128,8 +167,8 @@ async def apply_policy(
     *,
     prepare: Prepare | None = None,
     served_by: tuple[str, str] | None = None,
-) -> str:
-    """Create the policy, or update it when we made it; "created", "updated" or "unchanged".
+) -> Applied:
+    """Create the policy, or update it when we made it ("created", "updated" or "unchanged", with its uid).
 
     `collection` is the API path of the namespace's policies of this kind. A policy of the same name
     without our managed-by label belongs to someone else: it is never overwritten. `prepare` turns the
@@ -146,7 +185,7 @@ async def apply_policy(
             if e.status != 404:
                 raise
             try:
-                await kube.post(collection, wanted)
+                created = await kube.post(collection, wanted)
             except KubeApiError as e2:
                 if e2.status == 409 and attempt < _ATTEMPTS:
                     continue  # created meanwhile: look again
@@ -158,7 +197,7 @@ async def apply_policy(
                         hint=hint,
                     ) from e2
                 raise
-            return "created"
+            return Applied("created", path, str(((created or {}).get("metadata") or {}).get("uid") or ""))
         meta = existing.get("metadata") or {}
         if (meta.get("labels") or {}).get(MANAGED_BY) != MANAGED_BY_VALUE:
             raise StepFailed(
@@ -168,8 +207,9 @@ async def apply_policy(
                 "to let talon-opa manage it",
             )
         target = prepare(existing, wanted) if prepare is not None else wanted
+        uid = str(meta.get("uid") or "")
         if _converged(existing, target):
-            return "unchanged"
+            return Applied("unchanged", path, uid)
         body = {
             **target,
             "metadata": {
@@ -184,7 +224,7 @@ async def apply_policy(
             if e.status in (404, 409) and attempt < _ATTEMPTS:
                 continue  # deleted or changed meanwhile: look again
             raise
-        return "updated"
+        return Applied("updated", path, uid)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -198,7 +238,7 @@ class NetworkPolicyParams:
     )
 
 
-class NetworkPolicy(Actionner[NetworkPolicyParams]):
+class NetworkPolicy(Actionner[NetworkPolicyParams], Reversible):
     spec: ClassVar[Spec[NetworkPolicyParams]] = Spec(
         name="kubernetes:networkpolicy",
         kind="actionner",
@@ -207,6 +247,7 @@ class NetworkPolicy(Actionner[NetworkPolicyParams]):
         params=NetworkPolicyParams,
         needs_fields=("k8s.ns.name", "k8s.pod.name"),
         grants=policy_grants("networking.k8s.io", "networkpolicies"),
+        reversible=True,
         example="""\
 - action: Isolate the pod
   actionner: kubernetes:networkpolicy
@@ -227,10 +268,11 @@ class NetworkPolicy(Actionner[NetworkPolicyParams]):
             owner.name, ref.namespace, owner.selector, params.allow_cidr, params.allow_namespaces, self.spec.name
         )
         collection = f"/apis/networking.k8s.io/v1/namespaces/{quote(ref.namespace, safe='')}/networkpolicies"
-        result = await apply_policy(kube, collection, wanted, "NetworkPolicy")
+        applied = await apply_policy(kube, collection, wanted, "NetworkPolicy")
+        what = f"networkpolicy '{owner.name}' in the namespace '{ref.namespace}'"
         return Outcome.done(
-            f"the networkpolicy '{owner.name}' in the namespace '{ref.namespace}' {RESULT_TEXT[result]}",
-            pod=ref.name,
-            namespace=ref.namespace,
-            networkpolicy=owner.name,
-        )
+            f"the {what} {RESULT_TEXT[applied.result]}", pod=ref.name, namespace=ref.namespace, networkpolicy=owner.name
+        ).undone_by(applied.reversal(self.spec.name, what))
+
+    async def undo(self, reversal: Reversal) -> Undone:
+        return await delete_policy(self.clients.kube, reversal)

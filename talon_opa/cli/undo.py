@@ -1,0 +1,99 @@
+"""`talon-opa undo ID` and `talon-opa undo --list`: the running engine's operator API (docs/undo.md).
+
+ID is an alert id (every reversible action of that alert is undone, last step first) or an action id
+(`<alert id>-<step index>`). The engine is reached at `--url`, else at the `listen_address`/`listen_port`
+of the `-c` config (https when it has `tls.cert_file`), else at http://127.0.0.1:2803. The operator token
+comes from `--token`, else from `auth.operator_token`: its env var `AUTH_OPERATOR_TOKEN`, else the `-c`
+config's value (the engine's own precedence). Exit 0: every action undone or already undone; 1: a conflict,
+a failure, nothing with that id, or the engine refused (the reason printed); 2: bad arguments or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+from talon_opa.core import config
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+TOKEN_ENV = "AUTH_OPERATOR_TOKEN"  # the env var of `auth.operator_token`
+TIMEOUT_SECONDS = 120.0  # an undo of a whole alert runs each action's undo in turn
+_OK = ("undone", "already_undone")
+
+
+def main(args: argparse.Namespace) -> int:
+    if bool(args.id) == bool(args.list):
+        print("error: give an alert id or an action id, or --list", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        cfg = config.load(args.config, env=os.environ)
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    token = args.token or cfg.auth.operator_token
+    if not token:
+        print(
+            f"error: no operator token: set auth.operator_token in the config (-c), ${TOKEN_ENV}, or --token",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    base = (args.url or default_url(cfg)).rstrip("/")
+    if args.list:
+        status, doc = request("GET", f"{base}/v1/undo", token, args.cacert)
+    else:
+        status, doc = request("POST", f"{base}/v1/undo/{quote(args.id, safe='')}", token, args.cacert)
+    if status != 200:
+        hint = f" ({doc['hint']})" if doc.get("hint") else ""
+        print(f"error: the engine answered {status}: {doc.get('error', doc)}{hint}")
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    elif args.list:
+        print_pending(doc.get("pending") or [])
+    else:
+        for r in doc.get("results") or []:
+            print(f"{r['action_id']} {r['actionner']}: {r['result']}: {r['message']} (trace {r['trace_id']})")
+    if args.list:
+        return EXIT_OK
+    return EXIT_OK if all(r.get("result") in _OK for r in doc.get("results") or []) else EXIT_FAILED
+
+
+def default_url(cfg: config.Config) -> str:
+    scheme = "https" if cfg.tls.cert_file else "http"
+    host = cfg.address if cfg.address != config.ANY_ADDRESS else config.LOOPBACK
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{cfg.listen_port}"
+
+
+def request(method: str, url: str, token: str, cacert: str | None) -> tuple[int, dict[str, Any]]:
+    """The API's status and JSON answer; a connection problem is status 0 with the reason."""
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"})
+    context = ssl.create_default_context(cafile=cacert) if url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_SECONDS, context=context) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            body = json.loads(e.read() or b"{}")
+        except ValueError:
+            body = {"error": e.reason}
+        return e.code, body if isinstance(body, dict) else {"error": str(body)}
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return 0, {"error": f"cannot reach the engine at {url}: {reason}", "hint": "is it running? check --url"}
+
+
+def print_pending(pending: list[dict[str, Any]]) -> None:
+    if not pending:
+        print("no pending undo")
+        return
+    for p in pending:
+        when = f"undone at {p['expires_at']} (TTL)" if p.get("expires_at") else "on demand"
+        print(f"{p['action_id']} {p['actionner']} [{p['rule']} / {p['action']}]: {p['undo']}; {when}")
