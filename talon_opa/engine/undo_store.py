@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from talon_opa.core import logs
+from talon_opa.core.config import ConfigError
 from talon_opa.plugins.reversal import Reversal
 
 log = logs.get("undo")
@@ -141,7 +142,13 @@ class UndoStore:
         """Read every record of the folder (the records done long ago are removed); how many were read."""
         if self.folder is None:
             return 0
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"config key 'state_dir': cannot create {self.folder}: {e.strerror}",
+                hint="give a folder the engine can write (a volume, not the read-only root filesystem)",
+            ) from e
         horizon = time.time() - RETAIN_SECONDS
         for path in sorted(self.folder.glob("*.json")):
             try:

@@ -367,4 +367,4 @@ async def test_an_unusable_state_dir_stops_the_start_naming_the_key(tmp_path: Pa
             state_dir=str(blocker / "state"),
         ):
             pass
-    assert f"config key 'state_dir': cannot create {blocker / 'state' / 'approvals'}" in str(caught.value)
+    assert f"config key 'state_dir': cannot create {blocker / 'state'}/" in str(caught.value)
