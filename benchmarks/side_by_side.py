@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -45,7 +46,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._engine import REPO, Running, metric, running_engine
+from benchmarks._engine import REPO, Running, running_engine
 from benchmarks.decision_latency import falco_rule, rules_file
 
 LUA = Path(__file__).resolve().parent / "wrk_alerts.lua"
@@ -56,7 +57,11 @@ TALON = {"accepted": 8192.0, "processed": 8178.0, "drain": 0.02, "cpu": 0.20, "p
 TALON_PROCESSED_1000_RULES = 7146.0
 BEFORE = {"accepted": 3409.0, "processed": 1492.0, "drain": 12.2, "cpu": 0.79, "p50": 8.9, "p99": 89.0}
 DECIDED = ("talon_opa_decision_duration_seconds_count", "talon_opa_alerts_failed_total")
+BUSY = ("talon_opa_queue_depth", "talon_opa_alerts_in_flight")
 PROBE = "talon_opa_decision_duration_seconds_count"
+# /metrics is polled during the drain: often at first (a short drain is timed closely), then at most 4 times a
+# second, so that the scrapes cost the engine little of the CPU measured
+POLL_FIRST_S, POLL_MAX_S = 0.01, 0.25
 
 
 @dataclass
@@ -203,10 +208,16 @@ async def run_wrk(a: argparse.Namespace, url: str, seconds: float) -> dict[str, 
 
 
 async def decided(http: aiohttp.ClientSession, base: str) -> tuple[float, float]:
-    """(alerts decided or failed, alerts waiting or in flight) from a talon-opa /metrics."""
-    done = sum([await metric(http, base, name) for name in DECIDED])
-    busy = await metric(http, base, "talon_opa_queue_depth") + await metric(http, base, "talon_opa_alerts_in_flight")
-    return done, busy
+    """(alerts decided or failed, alerts waiting or in flight) from one scrape of a talon-opa /metrics."""
+    async with http.get(base + "/metrics") as r:
+        text = await r.text()
+    sums = dict.fromkeys((*DECIDED, *BUSY), 0.0)
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        name = name.split("{", 1)[0]
+        if name in sums:
+            sums[name] += float(value.rsplit(" ", 1)[-1])
+    return sum(sums[n] for n in DECIDED), sum(sums[n] for n in BUSY)
 
 
 async def is_talon_opa(http: aiohttp.ClientSession, base: str) -> bool:
@@ -234,8 +245,8 @@ async def measure(a: argparse.Namespace, label: str, url: str, pid: int | None) 
         figures.accepted = result["requests"] - result["status_errors"]
         figures.p50_ms, figures.p99_ms = result["p50_us"] / 1000, result["p99_us"] / 1000
         if ours:
-            done = await wait_drained(http, base, a.max_drain)
-            figures.drain_s = time.monotonic() - load_end
+            done, idle_at = await wait_drained(http, base, a.max_drain)
+            figures.drain_s = max(0.0, idle_at - load_end)
             figures.processed = int(done - before)
         if pid and before_cpu:
             after_cpu = cpu_seconds(pid)
@@ -247,25 +258,29 @@ async def measure(a: argparse.Namespace, label: str, url: str, pid: int | None) 
     return figures
 
 
-async def wait_drained(http: aiohttp.ClientSession, base: str, limit: float) -> float:
-    """Poll /metrics until nothing waits or runs and the decided count stops moving; the decided count."""
+async def wait_drained(http: aiohttp.ClientSession, base: str, limit: float) -> tuple[float, float]:
+    """Poll /metrics until nothing waits or runs and the decided count stops moving: (decided count, when idle)."""
     deadline = time.monotonic() + limit
-    last = -1.0
+    last, idle_at = -1.0, 0.0
+    pause = POLL_FIRST_S
     while True:
         done, busy = await decided(http, base)
+        now = time.monotonic()
         if busy == 0 and done == last:
-            return done
-        if time.monotonic() > deadline:
+            return done, idle_at
+        if now > deadline:
             print(f"# not drained after {limit:g} s: {busy:.0f} alerts still waiting or running", file=sys.stderr)
-            return done
-        last = done if busy == 0 else -1.0
-        await asyncio.sleep(0.02)
+            return done, now
+        last, idle_at = (done, now) if busy == 0 else (-1.0, 0.0)
+        await asyncio.sleep(pause)
+        pause = min(POLL_MAX_S, pause * 1.5)
 
 
 @contextlib.asynccontextmanager
 async def engine_for(a: argparse.Namespace, rules: int) -> AsyncIterator[Running]:
     queue = {"capacity": a.queue_capacity, "workers": 16}
-    async with running_engine(rules_file(rules), src=a.engine_src, queue=queue) as engine:
+    text = a.rules_file.read_text() if a.rules_file else rules_file(rules)
+    async with running_engine(text, src=a.engine_src, queue=queue) as engine:
         yield engine
 
 
@@ -324,6 +339,7 @@ async def main() -> None:
     p.add_argument("--token", default="", help="the engine's intake token")
     p.add_argument("--header", default="Authorization", help="the header carrying --token (Bearer if Authorization)")
     p.add_argument("--rules", default="1", help="comma-separated rule counts, one talon-opa started per count")
+    p.add_argument("--rules-file", type=Path, help="start talon-opa with this rules file instead of generated rules")
     p.add_argument("--matching", action="store_true", help="post alerts that match a rule (dry-run steps)")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load (then drained) before measuring")
@@ -340,6 +356,11 @@ async def main() -> None:
         figures = await measure(a, "url", a.url, a.pid)
         print(figures.line(), flush=True)
         runs.append((figures, None))
+    elif a.rules_file:
+        async with engine_for(a, 0) as engine:
+            figures = await measure(a, f"rules={a.rules_file}", engine.url + "/", engine.pid)
+        print(figures.line(), flush=True)
+        runs.append((dataclasses.replace(figures, label=f"talon-opa now, {a.rules_file.name}"), None))
     else:
         for n in [int(s) for s in a.rules.split(",") if s.strip()]:
             async with engine_for(a, n) as engine:

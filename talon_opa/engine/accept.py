@@ -70,18 +70,21 @@ class Acceptor:
         """Dedup and queue a work item: in process, without waiting; on JetStream, once it is stored."""
         alert = item.alert
         ns, pod = alert.namespace() or "", alert.pod_name() or ""
-        attrs: dict[str, Any] = {
-            telemetry.ALERT_RULE: alert.rule,
-            telemetry.ALERT_PRIORITY: alert.priority,
-            telemetry.ALERT_SOURCE: alert.source,
-            telemetry.ALERT_HOSTNAME: alert.hostname,
-            telemetry.ALERT_ID: item.alert_id,
-        }
-        if pod:
-            attrs[telemetry.K8S_POD_NAME] = pod
-        if ns:
-            attrs[telemetry.K8S_NAMESPACE_NAME] = ns
-        parent = self._telemetry.extract(item.trace_headers())  # an empty context: a new trace
+        attrs: dict[str, Any] | None = None
+        if self._telemetry.recording:  # the root span's attributes, set at creation (nothing to build otherwise)
+            attrs = {
+                telemetry.ALERT_RULE: alert.rule,
+                telemetry.ALERT_PRIORITY: alert.priority,
+                telemetry.ALERT_SOURCE: alert.source,
+                telemetry.ALERT_HOSTNAME: alert.hostname,
+                telemetry.ALERT_ID: item.alert_id,
+            }
+            if pod:
+                attrs[telemetry.K8S_POD_NAME] = pod
+            if ns:
+                attrs[telemetry.K8S_NAMESPACE_NAME] = ns
+        # a new trace, or the one of the request's W3C headers
+        parent = self._telemetry.extract(item.trace_headers()) if item.traceparent else telemetry.NO_PARENT
         span = self._tracer.start_span(telemetry.RECEIVE_ALERT, context=parent, kind=SpanKind.SERVER, attributes=attrs)
         trace_id = telemetry.trace_id_of(span)
         self._metrics.count_event(alert.rule, alert.priority, alert.source)
