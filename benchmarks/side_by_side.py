@@ -31,10 +31,8 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import re
-import secrets
 import subprocess
 import sys
 import time
@@ -47,9 +45,9 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._engine import REPO, Running, running_engine
-from benchmarks.decision_latency import falco_rule, rules_file
+from benchmarks._wrk import LUA, body_halves, wrk_binary
+from benchmarks.decision_latency import rules_file
 
-LUA = Path(__file__).resolve().parent / "wrk_alerts.lua"
 TALON_LABEL = "Talon (issue 15, measured earlier on this machine)"
 BEFORE_LABEL = "talon-opa (issue 15, before)"
 # issue 15's figures (wrk, 32 connections, 10 s, unique non-matching bodies); processed/s of Talon with 1,000 rules
@@ -128,39 +126,6 @@ class Figures:
 
 def _num(value: float | None, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
-
-
-def wrk_binary() -> str:
-    found = subprocess.run([str(REPO / "tools" / "path"), "wrk"], capture_output=True, text=True)
-    if found.returncode != 0:
-        sys.exit(f"wrk is not built: run `make bench-tools` (tools/build wrk)\n{found.stderr.strip()}")
-    return found.stdout.strip()
-
-
-def body_halves(matching: bool) -> tuple[str, str]:
-    """The alert body around its unique part (the output text, Talon's deduplication key)."""
-    run = secrets.token_hex(4)  # a new key space per run: an engine's dedup window never spans two runs
-    rule = falco_rule(0, "A") if matching else "Benchmark rule that matches nothing"
-    doc = {
-        "hostname": "ip-10-0-12-47.eu-west-1.compute.internal",
-        "output": f"08:21:07.114583261: Critical {rule} | run={run} n=@@",
-        "output_fields": {
-            "container.id": "3f9a1c2b7d4e",
-            "evt.time": 1784017267114583261,
-            "k8s.ns.name": "payments",
-            "k8s.pod.name": "payments-api-6d8f7c9b5-x2k4p",
-            "proc.name": "bash",
-            "proc.pid": 4242,
-            "user.name": "root",
-        },
-        "priority": "Critical",
-        "rule": rule,
-        "source": "syscall",
-        "tags": ["T1059", "container", "mitre_execution", "shell"],
-        "time": "2026-07-14T08:21:07.114583261Z",
-    }
-    head, tail = json.dumps(doc).split("@@")
-    return head, tail
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
