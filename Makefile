@@ -6,12 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 
-.PHONY: help venv tools run lint typecheck pytest test constraints chart-rbac clean
+.PHONY: help venv tools bench-tools run lint typecheck pytest test constraints chart-rbac clean
 
 help:
 	@echo "make test    build the components (first time only), then lint, type-check and run the tests"
 	@echo "make run     start the engine on 127.0.0.1:2803 with examples/ rules and its own OPA"
 	@echo "make tools   build the real components into \$$TALON_OPA_CACHE (default ~/.cache/talon-opa)"
+	@echo "make bench-tools  unpack wrk (benchmarks/side_by_side.py's load generator) into the same cache"
 	@echo "make chart-rbac  regenerate the Helm chart's ClusterRole from the chart's default rules"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -23,6 +24,10 @@ venv: $(STAMP)
 
 tools:
 	tools/build
+
+# benchmarks only, never part of `make test`: Debian's wrk unpacked into the cache (no root at run time)
+bench-tools:
+	tools/build wrk
 
 # the engine needs only OPA from tools/; with no kubeconfig it runs every step in dry-run and says so
 run: venv

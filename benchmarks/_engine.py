@@ -9,6 +9,7 @@ import re
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -20,9 +21,24 @@ from tests.harness.nats import Nats
 REPO = Path(__file__).resolve().parent.parent
 
 
+@dataclass(frozen=True)
+class Running:
+    """An engine process started for a benchmark: its base URL and process id (its OPA is a child)."""
+
+    url: str
+    pid: int
+
+
 @contextlib.asynccontextmanager
 async def engine_process(rules: str, **config: object) -> AsyncIterator[str]:
     """Run the engine on a free loopback port with these rules; yields its base URL."""
+    async with running_engine(rules, src=REPO, **config) as engine:
+        yield engine.url
+
+
+@contextlib.asynccontextmanager
+async def running_engine(rules: str, *, src: Path = REPO, **config: object) -> AsyncIterator[Running]:
+    """Run the engine of the source tree `src` on a free loopback port with these rules; yields its URL and pid."""
     with tempfile.TemporaryDirectory(prefix="talon-opa-bench-") as tmp:
         work = Path(tmp)
         (work / "rules.yaml").write_text(rules)
@@ -40,10 +56,10 @@ async def engine_process(rules: str, **config: object) -> AsyncIterator[str]:
             str(work / "config.yaml"),
             "-r",
             str(work / "rules.yaml"),
-            cwd=REPO,
+            cwd=src,
             stdout=log,
             stderr=log,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": str(src)},
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -58,7 +74,7 @@ async def engine_process(rules: str, **config: object) -> AsyncIterator[str]:
                     await asyncio.sleep(0.1)
                 else:
                     raise RuntimeError("engine not ready after 60 s")
-            yield url
+            yield Running(url, proc.pid)
         finally:
             # CPU of the engine and of its OPA child over its whole run (start-up included), to stderr
             print(

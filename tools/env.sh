@@ -13,5 +13,6 @@ export GOFLAGS=-modcacherw
 export CGO_ENABLED=0
 
 ALL_COMPONENTS="opa etcd k8s kwok jaeger nats calico-crds cilium-crds helm promcrds fakegcs victorialogs opensearch"
-# built only when asked (`tools/build minio`): the minio:s3 test runs against moto without it
-OPTIONAL_COMPONENTS="minio"
+# built only when asked: the minio:s3 test runs against moto without `tools/build minio`; wrk is for
+# benchmarks only (`make bench-tools`)
+OPTIONAL_COMPONENTS="minio wrk"

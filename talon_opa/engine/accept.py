@@ -70,73 +70,84 @@ class Acceptor:
         """Dedup and queue a work item: in process, without waiting; on JetStream, once it is stored."""
         alert = item.alert
         ns, pod = alert.namespace() or "", alert.pod_name() or ""
-        attrs: dict[str, Any] = {
-            telemetry.ALERT_RULE: alert.rule,
-            telemetry.ALERT_PRIORITY: alert.priority,
-            telemetry.ALERT_SOURCE: alert.source,
-            telemetry.ALERT_HOSTNAME: alert.hostname,
-            telemetry.ALERT_ID: item.alert_id,
-        }
-        if pod:
-            attrs[telemetry.K8S_POD_NAME] = pod
-        if ns:
-            attrs[telemetry.K8S_NAMESPACE_NAME] = ns
-        parent = self._telemetry.extract(item.trace_headers())  # an empty context: a new trace
+        attrs: dict[str, Any] | None = None
+        if self._telemetry.recording:  # the root span's attributes, set at creation (nothing to build otherwise)
+            attrs = {
+                telemetry.ALERT_RULE: alert.rule,
+                telemetry.ALERT_PRIORITY: alert.priority,
+                telemetry.ALERT_SOURCE: alert.source,
+                telemetry.ALERT_HOSTNAME: alert.hostname,
+                telemetry.ALERT_ID: item.alert_id,
+            }
+            if pod:
+                attrs[telemetry.K8S_POD_NAME] = pod
+            if ns:
+                attrs[telemetry.K8S_NAMESPACE_NAME] = ns
+        # a new trace, or the one of the request's W3C headers
+        parent = self._telemetry.extract(item.trace_headers()) if item.traceparent else telemetry.NO_PARENT
         span = self._tracer.start_span(telemetry.RECEIVE_ALERT, context=parent, kind=SpanKind.SERVER, attributes=attrs)
         trace_id = telemetry.trace_id_of(span)
         self._metrics.count_event(alert.rule, alert.priority, alert.source)
-        with trace.use_span(span, end_on_exit=False):
-            if self._cfg.print_all_events:
-                log.info(
-                    "event",
+        # log lines name the trace themselves: entering the span's context costs more than the rest here
+        if self._cfg.print_all_events:
+            log.info(
+                "event",
+                extra={
+                    "id": item.alert_id,
+                    "event": alert.rule,
+                    "priority": alert.priority,
+                    "source": alert.source,
+                    "output": alert.output,
+                    "trace_id": trace_id,
+                },
+            )
+        key = dedup_key(self._key_parts, alert)
+        seen = self.dedup.lookup(key)
+        if seen is not None:
+            self._metrics.dedup_hits.inc()
+            span.set_attribute(telemetry.ALERT_DUPLICATE, True)
+            span.set_attribute(telemetry.ALERT_DUPLICATE_OF, seen.alert_id)
+            log.info(
+                "duplicate alert, not processed again",
+                extra={
+                    "id": item.alert_id,
+                    "duplicate_of": seen.alert_id,
+                    "first_trace_id": seen.trace_id,
+                    "trace_id": trace_id,
+                },
+            )
+            span.end()
+            return Admission("duplicate", item.alert_id, trace_id, duplicate_of=seen.alert_id)
+        target = (ns, pod) if pod else None
+        if self._jetstream is not None:
+            with trace.use_span(span, end_on_exit=False):  # the trace context goes into the stored message
+                return await self._publish(item, span, trace_id, target, key)
+        try:
+            queued = self._queue.put(Job(item, span, time.monotonic()), target, len(item.body))
+        except QueueClosed:
+            telemetry.fail(span, "the engine is shutting down", "draining")
+            span.end()
+            return Admission("closing", item.alert_id, trace_id)
+        if not queued:
+            by_bytes = self._queue.depth < self._queue.capacity
+            telemetry.fail(span, "queue full", "queue_full")
+            span.end()
+            held = self._full_log.allow()
+            if held is not None:
+                log.warning(
+                    "queue full, alert refused",
                     extra={
-                        "id": item.alert_id,
-                        "event": alert.rule,
-                        "priority": alert.priority,
-                        "source": alert.source,
-                        "output": alert.output,
+                        "capacity": self._queue.capacity,
+                        "waiting": self._queue.depth,
+                        "waiting_bytes": self._queue.bytes,
+                        "max_bytes": self._queue.max_bytes,
+                        "also_refused_since_last_line": held,
+                        "trace_id": trace_id,
                     },
                 )
-            key = dedup_key(self._key_parts, alert)
-            seen = self.dedup.lookup(key)
-            if seen is not None:
-                self._metrics.dedup_hits.inc()
-                span.set_attribute(telemetry.ALERT_DUPLICATE, True)
-                span.set_attribute(telemetry.ALERT_DUPLICATE_OF, seen.alert_id)
-                log.info(
-                    "duplicate alert, not processed again",
-                    extra={"id": item.alert_id, "duplicate_of": seen.alert_id, "first_trace_id": seen.trace_id},
-                )
-                span.end()
-                return Admission("duplicate", item.alert_id, trace_id, duplicate_of=seen.alert_id)
-            target = (ns, pod) if pod else None
-            if self._jetstream is not None:
-                return await self._publish(item, span, trace_id, target, key)
-            try:
-                queued = self._queue.put(Job(item, span, time.monotonic()), target, len(item.body))
-            except QueueClosed:
-                telemetry.fail(span, "the engine is shutting down", "draining")
-                span.end()
-                return Admission("closing", item.alert_id, trace_id)
-            if not queued:
-                by_bytes = self._queue.depth < self._queue.capacity
-                telemetry.fail(span, "queue full", "queue_full")
-                span.end()
-                held = self._full_log.allow()
-                if held is not None:
-                    log.warning(
-                        "queue full, alert refused",
-                        extra={
-                            "capacity": self._queue.capacity,
-                            "waiting": self._queue.depth,
-                            "waiting_bytes": self._queue.bytes,
-                            "max_bytes": self._queue.max_bytes,
-                            "also_refused_since_last_line": held,
-                        },
-                    )
-                return Admission("full", item.alert_id, trace_id, capacity=self._queue.capacity, full_by_bytes=by_bytes)
-            self.dedup.record(key, item.alert_id, trace_id)
-            log.debug("alert queued", extra={"id": item.alert_id})
+            return Admission("full", item.alert_id, trace_id, capacity=self._queue.capacity, full_by_bytes=by_bytes)
+        self.dedup.record(key, item.alert_id, trace_id)
+        log.debug("alert queued", extra={"id": item.alert_id, "trace_id": trace_id})
         return Admission("queued", item.alert_id, trace_id)
 
     async def _publish(

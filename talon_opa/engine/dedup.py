@@ -7,13 +7,13 @@ configured in `deduplication.key`. A duplicate is answered 200 and counted, neve
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from talon_opa.core.events import Alert
 
 ALERT_PARTS = ("rule", "priority", "source", "hostname")
+PURGE_EVERY_SECONDS = 1.0  # expired keys are dropped in one pass at most this often (a hit checks its own expiry)
 SEPARATOR = "\x1f"
 
 
@@ -47,13 +47,16 @@ class Deduplicator:
     def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self._clock = clock
-        self._seen: OrderedDict[str, Seen] = OrderedDict()  # insertion order == expiry order
+        self._seen: dict[str, Seen] = {}  # insertion order == expiry order
+        self._next_purge = 0.0
 
     def _purge(self, now: float) -> None:
-        while self._seen:
-            key, first = next(iter(self._seen.items()))
+        expired = []
+        for key, first in self._seen.items():
             if first.expires > now:
                 break
+            expired.append(key)
+        for key in expired:
             del self._seen[key]
 
     def lookup(self, key: str) -> Seen | None:
@@ -61,14 +64,17 @@ class Deduplicator:
         if self.window <= 0:
             return None
         now = self._clock()
-        self._purge(now)
-        return self._seen.get(key)
+        if now >= self._next_purge:
+            self._purge(now)
+            self._next_purge = now + PURGE_EVERY_SECONDS
+        seen = self._seen.get(key)
+        return seen if seen is not None and seen.expires > now else None
 
     def record(self, key: str, alert_id: str, trace_id: str) -> None:
         if self.window <= 0:
             return
+        self._seen.pop(key, None)  # an expired entry not purged yet: the new one goes last, in expiry order
         self._seen[key] = Seen(alert_id, trace_id, self._clock() + self.window)
-        self._seen.move_to_end(key)
 
     def __len__(self) -> int:
         return len(self._seen)

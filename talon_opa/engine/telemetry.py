@@ -2,22 +2,38 @@
 
 `receive alert` (root; continues an incoming W3C `traceparent`) → `decide plan` → `run action` per step
 → `write output` / `send notification`. Each engine has its own TracerProvider (never the global one),
-exporting by OTLP/HTTP when `otel.traces_enabled`; trace ids are generated either way.
+exporting by OTLP/HTTP when `otel.traces_enabled`. Trace ids are generated either way: with nothing to
+export, spans are `IdsOnlyTracer`'s, which carry the same W3C ids (answers, logs, audit lines and outgoing
+`traceparent` headers show them) and record nothing, at a fraction of a recording span's cost.
 """
 
 from __future__ import annotations
 
 import socket
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Span, Status, StatusCode, Tracer
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    NoOpTracer,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    TraceState,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util import types
 
 from talon_opa.core import secrets
 from talon_opa.core.config import Otel
@@ -74,6 +90,7 @@ UNDO_TRIGGER = "talon.undo.trigger"  # manual or ttl
 UNDO_RESULT = "talon.undo.result"  # undone, already_undone, conflict or failure
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+NO_PARENT = otel_context.Context()  # the context of a span that starts a new trace
 
 
 class Telemetry:
@@ -86,13 +103,15 @@ class Telemetry:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter(endpoint=otel.traces_url(), timeout=otel.timeout)
+        self.recording = exporter is not None
+        self.tracer: Tracer = IdsOnlyTracer()
         if exporter is not None:
             self.provider.add_span_processor(
                 BatchSpanProcessor(
                     exporter, schedule_delay_millis=otel.batch_delay_ms, export_timeout_millis=int(otel.timeout * 1000)
                 )
             )
-        self.tracer: Tracer = self.provider.get_tracer("talon-opa")
+            self.tracer = self.provider.get_tracer("talon-opa")
 
     def extract(self, headers: Mapping[str, str]) -> otel_context.Context:
         """The context of an incoming `traceparent` (an empty context without one)."""
@@ -105,6 +124,36 @@ class Telemetry:
     def shutdown(self) -> None:
         self.provider.force_flush(5000)
         self.provider.shutdown()
+
+
+_ROOT_FLAGS = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)  # what the SDK gives a root span
+
+
+class IdsOnlyTracer(NoOpTracer):
+    """The tracer when no span is exported: each span gets the ids, flags and state the SDK's tracer (always
+    sampling, or following the parent) would give it, as a `NonRecordingSpan` (attributes, status, events and
+    `end` cost nothing and are dropped). `start_as_current_span` is NoOpTracer's, around this `start_span`."""
+
+    def __init__(self) -> None:
+        self._ids = RandomIdGenerator()
+
+    def start_span(
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: types.Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        parent = trace.get_current_span(context).get_span_context()
+        if parent.is_valid:
+            trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
+        else:
+            trace_id, flags, state = self._ids.generate_trace_id(), _ROOT_FLAGS, TraceState()
+        return NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), False, flags, state))
 
 
 def inject(carrier: dict[str, str]) -> None:

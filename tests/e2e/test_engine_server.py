@@ -174,3 +174,28 @@ async def test_sighup_reloads_the_rules(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_server_runs_on_uvloop_when_installed(tmp_path: Path) -> None:
+    """uvloop (a pinned dependency) is the server's event loop: the `listening` line names it."""
+    port = free_port()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(DRY_RUN_RULES)
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    env.update(LISTEN_PORT=str(port), WATCH_RULES="false")
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "talon_opa.cli.main", "server", "-r", str(rules), stdout=out, stderr=out, env=env
+        )
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}", proc)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    listening = next(line for line in lines if line["message"] == "listening")
+    assert listening["event_loop"] == "uvloop"
