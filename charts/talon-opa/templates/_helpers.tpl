@@ -76,10 +76,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "talon-opa.statefulFeatures" -}}
 {{- $features := list }}
 {{- $ttl := dig "ttl_seconds" dict (default dict .Values.config.undo) }}
-{{- if or (dig "actionners" dict $ttl) (dig "rules" dict $ttl) }}{{ $features = append $features "undo TTLs (config.undo)" }}{{ end }}
-{{- if dig "require" list (default dict .Values.config.approvals) }}{{ $features = append $features "approvals (config.approvals)" }}{{ end }}
+{{- if or (dig "actionners" dict $ttl) (dig "rules" dict $ttl) }}{{ $features = append $features "undo TTLs" }}{{ end }}
+{{- if dig "require" list (default dict .Values.config.approvals) }}{{ $features = append $features "approvals" }}{{ end }}
 {{- $audit := dig "audit" "path" "" .Values.config }}
-{{- if and $audit (hasPrefix (printf "%s/" (trimSuffix "/" .Values.stateDir)) $audit) }}{{ $features = append $features "the audit trail (config.audit.path)" }}{{ end }}
+{{- if and $audit (hasPrefix (printf "%s/" (trimSuffix "/" .Values.stateDir)) $audit) }}{{ $features = append $features "the audit trail" }}{{ end }}
 {{- join ", " $features }}
 {{- end }}
 
