@@ -142,7 +142,8 @@ def test_default_render_runs_the_engine_with_an_opa_sidecar(tmp_path: Path) -> N
     # the operator API's token: a Secret of its own, to the engine only (never to the sidecar OPA)
     operator = r.one("Secret", "-operator")
     operator_token = base64.b64decode(operator["data"]["token"]).decode()
-    assert len(operator_token) == 40 and operator_token != token
+    assert len(operator_token) == 40
+    assert operator_token != token
     assert operator_token not in json.dumps(r.objects).replace(operator["data"]["token"], "")
     (env,) = [e for e in engine["env"] if e["name"] == "AUTH_OPERATOR_TOKEN"]
     assert env["valueFrom"]["secretKeyRef"] == {"name": "talon-talon-opa-operator", "key": "token"}
@@ -543,7 +544,8 @@ def test_bad_state_values_are_refused_naming_the_value() -> None:
     }
     assert "config.audit.path /audit/trail.jsonl is not on a writable volume" in refused(read_only)
     assert "replicaCount 2 with a persistent state_dir (persistence)" in refused({**FEATURES, "replicaCount": 2})
-    assert "replicaCount 3 with a persistent state_dir" in refused({"replicaCount": 3, "persistence": {"enabled": True}})
+    pvc_and_three = {"replicaCount": 3, "persistence": {"enabled": True}}
+    assert "replicaCount 3 with a persistent state_dir" in refused(pvc_and_three)
     assert 'stateDir must be an absolute path, not "state"' in refused({"stateDir": "state"})
     assert "stateDir /tmp/state overlaps the chart's mount /tmp" in refused({"stateDir": "/tmp/state"})
     # several replicas keep their own state in emptyDirs: allowed (NOTES.txt warns; docs/undo.md)
