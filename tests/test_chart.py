@@ -51,30 +51,9 @@ NON_DEFAULT: dict[str, Any] = {
     "networkPolicy": {"egress": {"apiServer": {"cidrs": ["10.0.0.1/32"]}}},
     "replicaCount": 2,
 }
-# what issue 13 landed: caps (with the pod lookup), undo TTLs, approvals, an audit trail shipped
-FEATURES: dict[str, Any] = {
-    "config": {
-        "caps": {
-            "limits": {"kubernetes:terminate": {"per_namespace": 3, "window_seconds": 600}},
-            "protected_namespaces": ["kube-system", "falco"],
-            "protected_labels": {"talon-opa.io/protected": "true"},
-            "keep_last_replica": ["kubernetes:terminate"],
-        },
-        "undo": {"ttl_seconds": {"actionners": {"kubernetes:label": 1800}, "rules": {"Shell in a container": 600}}},
-        "approvals": {
-            "window_seconds": 600,
-            "max_pending": 20,
-            "require": [{"actionners": ["kubernetes:terminate"], "namespaces": ["payments"], "window_seconds": 300}],
-        },
-        "audit": {
-            "path": "/var/lib/talon-opa/audit.jsonl",
-            "output": "local:file",
-            "output_parameters": {"destination": "/var/lib/talon-opa/shipped"},
-            "segment_lines": 100,
-        },
-    },
-    "persistence": {"size": "5Gi", "storageClass": "fast-ssd"},
-}
+# the features that keep state: caps (with the pod lookup), undo TTLs, approvals, an audit trail shipped
+STATE_VALUES = helm.CHART / "examples" / "state-values.yaml"
+FEATURES: dict[str, Any] = yaml.safe_load(STATE_VALUES.read_text())
 POD_LOOKUP = [
     {"apiGroups": [""], "resources": ["pods", "replicationcontrollers"], "verbs": ["get"]},
     {"apiGroups": ["apps"], "resources": ["replicasets", "statefulsets", "daemonsets"], "verbs": ["get"]},
@@ -416,7 +395,7 @@ def test_values_config_defaults_are_the_engine_defaults(tmp_path: Path) -> None:
 def test_state_features_render_into_a_config_the_engine_loads_with_a_claim_and_the_operator_token(
     tmp_path: Path,
 ) -> None:
-    r = helm.template(FEATURES)
+    r = helm.template({**FEATURES, "persistence": {"size": "5Gi", "storageClass": "fast-ssd"}})
     cfg = load_config(r, tmp_path, env={"AUTH_TOKEN": "intake", "AUTH_OPERATOR_TOKEN": "operator"})
     assert cfg.unknown_keys == ()
     # each section reaches the engine as the engine's own parser reads it from the values
@@ -426,8 +405,8 @@ def test_state_features_render_into_a_config_the_engine_loads_with_a_claim_and_t
     assert cfg.undo == config.parse_undo(values["undo"])
     assert cfg.approvals == config.parse_approvals(values["approvals"])
     assert cfg.audit.path == "/var/lib/talon-opa/audit.jsonl"
-    assert (cfg.audit.output, dict(cfg.audit.output_parameters)) == ("local:file", values["audit"]["output_parameters"])
-    assert cfg.audit.segment_lines == 100
+    assert (cfg.audit.output, dict(cfg.audit.output_parameters)) == ("aws:s3", values["audit"]["output_parameters"])
+    assert cfg.aws.region == "eu-west-1"
     assert (cfg.state_dir, cfg.auth.operator_token) == ("/var/lib/talon-opa", "operator")
     # state_dir (and the audit trail in it) on a claim, mounted read-write into the engine only
     claim = r.one("PersistentVolumeClaim")

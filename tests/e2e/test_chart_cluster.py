@@ -405,7 +405,9 @@ async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_t
     port, diag, token, operator = free_port(), free_port(), "chart-token", "operator-token"
     values: dict[str, Any] = {"service": {"port": port}, "auth": {"token": token}}
     if state:
-        values |= {"config": {**FEATURES["config"], "audit": {**FEATURES["config"]["audit"], "segment_seconds": 0.2}}}
+        shipped = {"output": "local:file", "output_parameters": {"destination": "/var/lib/talon-opa/shipped"}}
+        audit = {**FEATURES["config"]["audit"], **shipped, "segment_seconds": 0.2}  # a folder here, not S3
+        values |= {"config": {**FEATURES["config"], "audit": audit}}
         values["operator"] = {"token": operator}
     if tls:
         certs = {"cert_file": "/etc/talon-opa/tls/tls.crt", "key_file": "/etc/talon-opa/tls/tls.key"}
