@@ -14,6 +14,7 @@ import asyncio
 import base64
 import dataclasses
 import datetime as dt
+import json
 import os
 import shutil
 import tempfile
@@ -31,10 +32,11 @@ from cryptography.x509.oid import NameOID
 from talon_opa.core import binaries, config
 from talon_opa.core.kube import KubeApiError
 from talon_opa.opa.process import free_port
-from tests.e2e.engine_harness import running_engine, shell_alert
+from tests.e2e.engine_harness import RunningEngine, running_engine, shell_alert
 from tests.harness import helm, process
 from tests.harness.kube import KubeCluster
 from tests.harness.paths import ALERTS
+from tests.test_chart import FEATURES, POD_LOOKUP
 
 RELEASE = "talon"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}  # prometheus-operator's CRDs: not served unless installed
@@ -153,6 +155,87 @@ async def test_rendered_non_default_objects_apply_and_pods_run(kube: KubeCluster
     await kube.wait_for(pdb_counts, "the PDB counting both engine pods, one disruption allowed")
 
 
+async def test_helm_install_with_state_keeps_it_on_a_claim_and_both_tokens_across_upgrades(
+    kube: KubeCluster, namespace: str
+) -> None:
+    """Caps, undo TTLs, approvals and an audit trail: the state_dir claim binds (to a PV made here, the
+    harness has no provisioner) and the pod runs with it; the generated operator token is not the intake
+    token and both survive `helm upgrade`; the pod lookup's permissions exist exactly while the caps need them."""
+    fullname, storage_class = f"{RELEASE}-talon-opa", f"manual-{namespace}"
+    await kube.api.post(
+        "/api/v1/persistentvolumes",
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{namespace}-state"},
+            "spec": {
+                "capacity": {"storage": "5Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": storage_class,
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": f"/var/lib/{namespace}"},
+            },
+        },
+    )
+    values = {**FEATURES, "persistence": {**FEATURES["persistence"], "storageClass": storage_class}}
+    values_file = helm._values_file(values)
+    try:
+        notes = await install(kube, namespace, "-f", values_file)
+        kept = "state_dir /var/lib/talon-opa (undo TTLs, approvals, the audit trail) is on the PersistentVolumeClaim"
+        assert f"{kept}\n{fullname}-state" in notes
+        assert f"kubectl -n {namespace} get secret {fullname}-operator" in notes
+        (pod,) = await kube.wait_running(namespace, f"app.kubernetes.io/instance={RELEASE}")
+        claim = await kube.api.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{fullname}-state")
+        assert claim["status"]["phase"] == "Bound"
+        assert claim["spec"]["volumeName"] == f"{namespace}-state"
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["state"]["persistentVolumeClaim"] == {"claimName": f"{fullname}-state"}
+        (engine,) = pod["spec"]["containers"]
+        (mount,) = [m for m in engine["volumeMounts"] if m["name"] == "state"]
+        assert mount["mountPath"] == "/var/lib/talon-opa"
+        assert not mount.get("readOnly")
+        assert engine["securityContext"]["readOnlyRootFilesystem"] is True
+        deployment = await kube.api.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{fullname}")
+        assert deployment["spec"]["strategy"]["type"] == "Recreate"
+
+        async def tokens() -> tuple[bytes, bytes]:
+            secrets = f"/api/v1/namespaces/{namespace}/secrets"
+            intake = (await kube.api.get(f"{secrets}/{fullname}-auth"))["data"]["token"]
+            operator = (await kube.api.get(f"{secrets}/{fullname}-operator"))["data"]["token"]
+            return base64.b64decode(intake), base64.b64decode(operator)
+
+        before = await tokens()
+        assert before[0] != before[1]
+        assert len(before[1]) == 40
+        user = f"system:serviceaccount:{namespace}:{fullname}"
+        lookups = [(g, r, "get") for rule in POD_LOOKUP for g in rule["apiGroups"] for r in rule["resources"]]
+
+        async def allowed() -> list[bool]:
+            return list(await asyncio.gather(*(_allowed(kube, user, namespace, v, g, r) for g, r, v in lookups)))
+
+        assert await allowed() == [True] * len(lookups)
+        # an upgrade without the caps that read the pod: the same tokens, the lookup's grants withdrawn
+        # (those the chart's rules need themselves stay: kubernetes:terminate reads pods and their owners)
+        upgraded = {**values, "config": {k: v for k, v in values["config"].items() if k != "caps"}}
+        await install(kube, namespace, "-f", helm._values_file(upgraded))
+        assert await tokens() == before
+        generated = yaml.safe_load((helm.CHART / "rbac" / "clusterrole.yaml").read_text())["rules"]
+        still = {
+            (g, r) for rule in generated if "get" in rule["verbs"] for g in rule["apiGroups"] for r in rule["resources"]
+        }
+        assert ("", "replicationcontrollers") not in still
+        assert await allowed() == [(g, r) in still for g, r, _ in lookups]
+        cm = await kube.api.get(f"/api/v1/namespaces/{namespace}/configmaps/{fullname}-config")
+        assert "caps" not in yaml.safe_load(cm["data"]["config.yaml"])
+        await kube.wait_running(namespace, f"app.kubernetes.io/instance={RELEASE}")
+    finally:
+        await asyncio.to_thread(
+            helm.helm, "uninstall", RELEASE, "--namespace", namespace, "--wait", kubeconfig=kube.kubeconfig
+        )
+        await kube.api.delete(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{fullname}-state")
+        await kube.api.delete(f"/api/v1/persistentvolumes/{namespace}-state")
+
+
 def _crds() -> list[dict[str, Any]]:
     folder = Path(binaries.find("prometheus-crds"))
     return [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
@@ -262,6 +345,29 @@ def test_why_the_chart_refuses_tokens_with_colons_or_commas() -> None:
     assert falcosidekick_headers("Authorization:Bearer a,b") == {"Authorization": "Bearer a"}  # cut: 401
 
 
+async def _state_in_state_dir(e: RunningEngine, state_dir: Path, token: str, operator: str) -> None:
+    """The engine keeps its undo records and approvals in the rendered state_dir, writes the audit trail
+    there and ships it, and the operator API takes the operator token, never the intake's."""
+    assert (state_dir / "undo").is_dir()
+    assert (state_dir / "approvals").is_dir()
+    for path in ("/v1/approvals", "/v1/undo"):
+        assert (await e.post(path, method="GET", headers={"Authorization": f"Bearer {operator}"})).status == 200
+        assert (await e.post(path, method="GET", headers={"Authorization": f"Bearer {token}"})).status == 401
+    trail = state_dir / "audit.jsonl"
+    for _ in range(100):
+        if trail.exists() and len(trail.read_text().splitlines()) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    lines = [json.loads(line) for line in trail.read_text().splitlines()]
+    assert [line["kind"] for line in lines] == ["alert", "alert"]
+    for _ in range(100):
+        shipped = sorted((state_dir / "shipped").glob("*audit-*.jsonl"))
+        if sum(len(p.read_text().splitlines()) for p in shipped) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert "".join(p.read_text() for p in shipped) == trail.read_text()
+
+
 def _self_signed(folder: Path) -> None:
     """tls.crt/tls.key for the Service's DNS name (not 127.0.0.1, where the sidecar connects)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -285,15 +391,24 @@ def _self_signed(folder: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["http", "tls"])
-async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_the_bundle(tls: bool) -> None:
+@pytest.mark.parametrize(("tls", "state"), [(False, False), (True, False), (False, True)], ids=["http", "tls", "state"])
+async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_the_bundle(
+    tls: bool, state: bool
+) -> None:
     """The engine's rendered config.yaml and the sidecar's rendered `opa run` (config with ${AUTH_TOKEN}),
     with the pod's paths moved to a local folder laid out like ConfigMap volumes: OPA fetches the engine's
     bundle with the token (over TLS too, when the intake has a certificate), the engine decides through
     OPA's unix socket, and a rules ConfigMap update (the kubelet's ..data swap) reaches the sidecar as a
-    new revision."""
-    port, diag, token = free_port(), free_port(), "chart-token"
+    new revision. With the state values (caps, undo TTLs, approvals, an audit trail shipped through an
+    output), the engine keeps its state in the rendered state_dir and opens the operator API with the
+    operator token only."""
+    port, diag, token, operator = free_port(), free_port(), "chart-token", "operator-token"
     values: dict[str, Any] = {"service": {"port": port}, "auth": {"token": token}}
+    if state:
+        shipped = {"output": "local:file", "output_parameters": {"destination": "/var/lib/talon-opa/shipped"}}
+        audit = {**FEATURES["config"]["audit"], **shipped, "segment_seconds": 0.2}  # a folder here, not S3
+        values |= {"config": {**FEATURES["config"], "audit": audit}}
+        values["operator"] = {"token": operator}
     if tls:
         certs = {"cert_file": "/etc/talon-opa/tls/tls.crt", "key_file": "/etc/talon-opa/tls/tls.key"}
         values["config"] = {"tls": certs}
@@ -305,7 +420,12 @@ async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_t
         assert probe["scheme"] == "HTTPS"
 
     def local(text: str) -> str:
-        moves = (("/etc/talon-opa", "etc"), ("/var/lib/talon-opa", "state"), ("/var/run/talon-opa", "run"))
+        moves = (
+            ("/etc/talon-opa", "etc"),
+            ("/var/lib/talon-opa", "state"),
+            ("/var/cache/talon-opa", "cache"),
+            ("/var/run/talon-opa", "run"),
+        )
         for pod_path, here in moves:
             text = text.replace(pod_path, str(work / here))
         return text
@@ -325,7 +445,11 @@ async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_t
     mount("config", r.one("ConfigMap", "-config")["data"], "v1")
     mount("rules", rules, "v1")
     (work / "run").mkdir()
-    cfg = config.load(work / "etc" / "config" / "config.yaml", env={"AUTH_TOKEN": token})
+    if state:
+        (work / "state" / "shipped").mkdir(parents=True)  # local:file ships into an existing folder
+    env = {"AUTH_TOKEN": token} | ({"AUTH_OPERATOR_TOKEN": operator} if state else {})
+    cfg = config.load(work / "etc" / "config" / "config.yaml", env=env)
+    assert cfg.state_dir == str(work / "state")
     cfg = dataclasses.replace(cfg, listen_address="127.0.0.1", log_format="text")
 
     opa_c = r.containers()["opa"]
@@ -374,6 +498,8 @@ async def test_the_rendered_pod_commands_run_here_engine_and_sidecar_opa_share_t
             assert (await e.post(json_body=shell_alert("api-2"), headers=auth)).status == 200
             await asyncio.wait_for(e.drained(), 15)
             assert await e.metric("falcosecurity_falco_talon_actions_total", rule="Shell, renamed") == 1
+            if state:
+                await _state_in_state_dir(e, work / "state", token, operator)
     finally:
         sidecar.stop()
         shutil.rmtree(work, ignore_errors=True)

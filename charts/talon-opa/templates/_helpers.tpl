@@ -63,6 +63,44 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.auth.existingSecret }}{{ .Values.auth.existingSecretKey }}{{ else }}token{{ end }}
 {{- end }}
 
+{{/* The Secret holding the operator API's token, and its key. */}}
+{{- define "talon-opa.operatorSecret" -}}
+{{- default (printf "%s-operator" (include "talon-opa.fullname" .)) .Values.operator.existingSecret }}
+{{- end }}
+
+{{- define "talon-opa.operatorKey" -}}
+{{- if .Values.operator.existingSecret }}{{ .Values.operator.existingSecretKey }}{{ else }}token{{ end }}
+{{- end }}
+
+{{/* What the config keeps in state_dir that must outlive the pod, comma-separated ("" when nothing). */}}
+{{- define "talon-opa.statefulFeatures" -}}
+{{- $features := list }}
+{{- $ttl := dig "ttl_seconds" dict (default dict .Values.config.undo) }}
+{{- if or (dig "actionners" dict $ttl) (dig "rules" dict $ttl) }}{{ $features = append $features "undo TTLs" }}{{ end }}
+{{- if dig "require" list (default dict .Values.config.approvals) }}{{ $features = append $features "approvals" }}{{ end }}
+{{- $audit := dig "audit" "path" "" .Values.config }}
+{{- if and $audit (hasPrefix (printf "%s/" (trimSuffix "/" .Values.stateDir)) $audit) }}{{ $features = append $features "the audit trail" }}{{ end }}
+{{- join ", " $features }}
+{{- end }}
+
+{{/* "true" when state_dir is a PersistentVolumeClaim (persistence.enabled, or unset and state to keep). */}}
+{{- define "talon-opa.persistent" -}}
+{{- $p := .Values.persistence }}
+{{- if kindIs "invalid" $p.enabled }}
+{{- if or $p.existingClaim (include "talon-opa.statefulFeatures" .) }}true{{ end }}
+{{- else if $p.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "talon-opa.stateClaim" -}}
+{{- default (printf "%s-state" (include "talon-opa.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{/* Whether the caps policy reads the alert's pod (caps.protected_labels or caps.keep_last_replica). */}}
+{{- define "talon-opa.capsNeedPod" -}}
+{{- $caps := default dict .Values.config.caps }}
+{{- if or (dig "protected_labels" dict $caps) (dig "keep_last_replica" list $caps) }}true{{ end }}
+{{- end }}
+
 {{- define "talon-opa.rulesConfigMap" -}}
 {{- default (printf "%s-rules" (include "talon-opa.fullname" .)) .Values.rules.existingConfigMap }}
 {{- end }}
@@ -97,7 +135,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail (printf "config.opa.%s is set by the chart: use %s" $key $instead) }}
 {{- end }}
 {{- end }}
-{{- range $key, $instead := dict "token" "auth.token or auth.existingSecret" "header" "auth.header" }}
+{{- if hasKey $.Values.config "state_dir" }}
+{{- fail "config.state_dir is set by the chart: use stateDir (the mount path) and persistence.*" }}
+{{- end }}
+{{- range $key, $instead := dict "token" "auth.token or auth.existingSecret" "header" "auth.header" "operator_token" "operator.token or operator.existingSecret" }}
 {{- if hasKey (default dict $.Values.config.auth) $key }}
 {{- fail (printf "config.auth.%s is set by the chart: use %s" $key $instead) }}
 {{- end }}
@@ -110,6 +151,36 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if not (has .Values.opa.mode (list "sidecar" "child")) }}
 {{- fail (printf "opa.mode must be sidecar or child, not %q" .Values.opa.mode) }}
+{{- end }}
+{{- $stateDir := trimSuffix "/" .Values.stateDir }}
+{{- if not (hasPrefix "/" $stateDir) }}
+{{- fail (printf "stateDir must be an absolute path, not %q" .Values.stateDir) }}
+{{- end }}
+{{- range list "/etc/talon-opa" "/var/run/talon-opa" "/var/cache/talon-opa" "/tmp" "/var/run/secrets" }}
+{{- if or (eq $stateDir .) (hasPrefix (printf "%s/" .) $stateDir) (hasPrefix (printf "%s/" $stateDir) .) }}
+{{- fail (printf "stateDir %s overlaps the chart's mount %s: choose another folder (default /var/lib/talon-opa)" $stateDir .) }}
+{{- end }}
+{{- end }}
+{{- $auditPath := dig "audit" "path" "" .Values.config }}
+{{- if $auditPath }}
+{{- $writable := list $stateDir }}
+{{- range .Values.extraVolumeMounts }}{{ if not .readOnly }}{{ $writable = append $writable (trimSuffix "/" .mountPath) }}{{ end }}{{ end }}
+{{- $onVolume := false }}
+{{- range $writable }}{{ if hasPrefix (printf "%s/" .) $auditPath }}{{ $onVolume = true }}{{ end }}{{ end }}
+{{- if not $onVolume }}
+{{- fail (printf "config.audit.path %s is not on a writable volume (the root filesystem is read-only): put it under stateDir, e.g. %s/audit.jsonl, or under a read-write extraVolumeMounts path" $auditPath $stateDir) }}
+{{- end }}
+{{- end }}
+{{- if and (include "talon-opa.persistent" .) (gt (int .Values.replicaCount) 1) }}
+{{- fail (printf "replicaCount %d with a persistent state_dir (persistence): the replicas would share one claim, but undo records, pending approvals and the audit trail belong to one engine (docs/undo.md). Use replicaCount: 1, or persistence.enabled: false (each pod keeps its own state in an emptyDir, lost with the pod)" (int .Values.replicaCount)) }}
+{{- end }}
+{{- if and .Values.operator.enabled .Values.auth.enabled }}
+{{- if and .Values.operator.token (eq .Values.operator.token .Values.auth.token) }}
+{{- fail "operator.token is auth.token: give the operator API a token of its own (an alert sender must not approve or undo)" }}
+{{- end }}
+{{- if and .Values.operator.existingSecret (eq .Values.operator.existingSecret .Values.auth.existingSecret) (eq .Values.operator.existingSecretKey .Values.auth.existingSecretKey) }}
+{{- fail "operator.existingSecret/existingSecretKey is the intake token's Secret and key: give the operator API a token of its own" }}
+{{- end }}
 {{- end }}
 {{- if and .Values.rules.existingConfigMap (not .Values.rules.fileNames) }}
 {{- fail "rules.existingConfigMap needs rules.fileNames: the keys of that ConfigMap to load, in order" }}
