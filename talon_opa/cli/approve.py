@@ -14,16 +14,12 @@ import getpass
 import json
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from talon_opa.core import config
+from talon_opa.cli import operator_api
 
 EXIT_OK, EXIT_REFUSED, EXIT_INVALID = 0, 1, 2
-TIMEOUT_SECONDS = 10.0
 PATH = "/v1/approvals"
 
 
@@ -44,8 +40,7 @@ def _connection(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-c", "--config", dest="config_1", default=argparse.SUPPRESS, metavar="FILE", help="the engine's config file"
     )
-    p.add_argument("--url", default="", help="the engine's URL (default: from the config, else http://127.0.0.1:2803)")
-    p.add_argument("--token", default="", help="operator token (prefer $AUTH_OPERATOR_TOKEN: argv is visible in ps)")
+    operator_api.add_connection_args(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -58,15 +53,19 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     token = args.token or cfg.auth.operator_token
     if not token:
-        print(
-            "error: no operator token: pass --token, set AUTH_OPERATOR_TOKEN, or -c the engine's config "
-            "(auth.operator_token)",
-            file=sys.stderr,
-        )
+        print(f"error: {operator_api.no_token_message()}", file=sys.stderr)
         return EXIT_INVALID
-    url = (args.url or _url_of(cfg)).rstrip("/")
+    url = (args.url or operator_api.engine_url(cfg)).rstrip("/")
+    try:
+        return _run(args, url, token)
+    except operator_api.Unreachable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _run(args: argparse.Namespace, url: str, token: str) -> int:
     if args.command == "approvals":
-        status, doc = _call("GET", url + PATH, token, None)
+        status, doc = operator_api.call("GET", url + PATH, token, cacert=args.cacert)
         if status != 200:
             return _refused(status, doc)
         if args.json:
@@ -76,17 +75,12 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_OK
     result = "approve" if args.command == "approve" else "deny"
     body = {"by": args.by or _login(), "reason": args.reason}
-    status, doc = _call("POST", f"{url}{PATH}/{urllib.parse.quote(args.id, safe='')}/{result}", token, body)
+    decide_url = f"{url}{PATH}/{urllib.parse.quote(args.id, safe='')}/{result}"
+    status, doc = operator_api.call("POST", decide_url, token, body=body, cacert=args.cacert)
     if status != 200:
         return _refused(status, doc)
     print(f"{doc.get('id')} {doc.get('result')} by {doc.get('by')} (trace {doc.get('trace_id')})")
     return EXIT_OK
-
-
-def _url_of(cfg: config.Config) -> str:
-    host = cfg.address if cfg.address not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
-    return f"{'https' if cfg.tls.cert_file else 'http'}://{host}:{cfg.listen_port}"
 
 
 def _login() -> str:
@@ -94,34 +88,6 @@ def _login() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "talon-opa CLI"
-
-
-class _Unreachable(Exception):
-    pass
-
-
-def _call(method: str, url: str, token: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Bearer {token}"})
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT_SECONDS) as r:
-            return r.status, _json(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, _json(e.read())
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        print(f"error: cannot reach the engine at {url}: {reason} (is it running? pass --url)", file=sys.stderr)
-        raise SystemExit(EXIT_INVALID) from e
-
-
-def _json(data: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(data or b"{}")
-    except ValueError:
-        return {"error": data[:200].decode(errors="replace")}
-    return doc if isinstance(doc, dict) else {"error": str(doc)[:200]}
 
 
 def _refused(status: int, doc: dict[str, Any]) -> int:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from talon_opa.cli import approve, completion
+from talon_opa.cli import approve, completion, operator_api
 
 PROG = "talon-opa"
 DEFAULT_CONFIG = "/etc/falco-talon/config.yaml"  # Talon's default for `server`
@@ -188,9 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(undo, 1, help="the engine's config file: its address, TLS and auth.operator_token")
     undo.add_argument("id", nargs="?", metavar="ID", help="an alert id, or an action id (<alert id>-<step index>)")
     undo.add_argument("--list", action="store_true", help="list the pending undos and their TTLs instead")
-    undo.add_argument("--url", help="the engine's URL (default: from -c, else http://127.0.0.1:2803)")
-    undo.add_argument("--token", help="the operator token (prefer $AUTH_OPERATOR_TOKEN: flags show in ps)")
-    undo.add_argument("--cacert", metavar="FILE", type=completion.path, help="CA bundle of an https engine")
+    operator_api.add_connection_args(undo)
     undo.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
     sub.add_parser("version", help="print the version")

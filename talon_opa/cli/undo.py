@@ -13,17 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import ssl
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 from urllib.parse import quote
 
+from talon_opa.cli import operator_api
 from talon_opa.core import config
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-TOKEN_ENV = "AUTH_OPERATOR_TOKEN"  # the env var of `auth.operator_token`
 TIMEOUT_SECONDS = 120.0  # an undo of a whole alert runs each action's undo in turn
 _OK = ("undone", "already_undone")
 
@@ -39,16 +36,15 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     token = args.token or cfg.auth.operator_token
     if not token:
-        print(
-            f"error: no operator token: set auth.operator_token in the config (-c), ${TOKEN_ENV}, or --token",
-            file=sys.stderr,
-        )
+        print(f"error: {operator_api.no_token_message()}", file=sys.stderr)
         return EXIT_INVALID
-    base = (args.url or default_url(cfg)).rstrip("/")
-    if args.list:
-        status, doc = request("GET", f"{base}/v1/undo", token, args.cacert)
-    else:
-        status, doc = request("POST", f"{base}/v1/undo/{quote(args.id, safe='')}", token, args.cacert)
+    base = (args.url or operator_api.engine_url(cfg)).rstrip("/")
+    method, url = ("GET", f"{base}/v1/undo") if args.list else ("POST", f"{base}/v1/undo/{quote(args.id, safe='')}")
+    try:
+        status, doc = operator_api.call(method, url, token, cacert=args.cacert, timeout=TIMEOUT_SECONDS)
+    except operator_api.Unreachable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     if status != 200:
         hint = f" ({doc['hint']})" if doc.get("hint") else ""
         print(f"error: the engine answered {status}: {doc.get('error', doc)}{hint}")
@@ -63,31 +59,6 @@ def main(args: argparse.Namespace) -> int:
     if args.list:
         return EXIT_OK
     return EXIT_OK if all(r.get("result") in _OK for r in doc.get("results") or []) else EXIT_FAILED
-
-
-def default_url(cfg: config.Config) -> str:
-    scheme = "https" if cfg.tls.cert_file else "http"
-    host = cfg.address if cfg.address != config.ANY_ADDRESS else config.LOOPBACK
-    host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}:{cfg.listen_port}"
-
-
-def request(method: str, url: str, token: str, cacert: str | None) -> tuple[int, dict[str, Any]]:
-    """The API's status and JSON answer; a connection problem is status 0 with the reason."""
-    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"})
-    context = ssl.create_default_context(cafile=cacert) if url.startswith("https") else None
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT_SECONDS, context=context) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        try:
-            body = json.loads(e.read() or b"{}")
-        except ValueError:
-            body = {"error": e.reason}
-        return e.code, body if isinstance(body, dict) else {"error": str(body)}
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        return 0, {"error": f"cannot reach the engine at {url}: {reason}", "hint": "is it running? check --url"}
 
 
 def print_pending(pending: list[dict[str, Any]]) -> None:
