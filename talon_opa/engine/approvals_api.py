@@ -8,7 +8,6 @@ routes answer 404, as any unknown /v1/ path. Unknown id: 404; already decided or
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 
@@ -16,31 +15,18 @@ from aiohttp import web
 
 from talon_opa.engine.approvals import ApprovalGone, Approvals, UnknownApproval
 from talon_opa.engine.intake import refuse
+from talon_opa.engine.operator_auth import operator_refusal
 from talon_opa.engine.parked import Result
 
 PATH = "/v1/approvals"
 MAX_NAME = 200  # characters of `by` and `reason` kept
 
 
-def operator_authorized(request: web.Request, token: str) -> bool:
-    """The request carries `Authorization: Bearer <token>` (compared in constant time)."""
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
-
-
 def add_routes(app: web.Application, approvals: Approvals, token: str) -> None:
     """The approvals routes (register them before the /v1/ catch-all)."""
 
     def guard(request: web.Request) -> web.Response | None:
-        if not token:
-            return refuse(
-                404, f"no such API: {request.path}", "path", hint="set auth.operator_token to turn the operator API on"
-            )
-        if not operator_authorized(request, token):
-            resp = refuse(401, "missing or invalid operator token", "Authorization", hint="Bearer auth.operator_token")
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="talon-opa operator"'
-            return resp
-        return None
+        return operator_refusal(token, request)
 
     async def listing(request: web.Request) -> web.Response:
         refused = guard(request)

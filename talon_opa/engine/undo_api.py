@@ -11,50 +11,29 @@ Every request carries `Authorization: Bearer <auth.operator_token>` (401 without
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
 from talon_opa.core import config
 from talon_opa.engine.intake import refuse
+from talon_opa.engine.operator_auth import operator_refusal
 from talon_opa.engine.undo import Undoer, UnknownUndo, pending_doc
 from talon_opa.engine.undo_store import valid_id
 
 PATH = "/v1/undo"
 
 
-def operator_refusal(cfg: config.Auth, request: web.Request) -> web.Response | None:
-    """The answer refusing an operator request (404 when the operator API is off, 401 without the token);
-    None when it may go on."""
-    if not cfg.operator_token:
-        return refuse(
-            404, f"no such API: {request.path}", "path", hint="set auth.operator_token to turn the operator API on"
-        )
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), cfg.operator_token.encode()):
-        return refuse(
-            401,
-            "missing or invalid operator token",
-            "Authorization",
-            hint="send Authorization: Bearer <auth.operator_token>",
-            headers={"WWW-Authenticate": 'Bearer realm="talon-opa operator"'},
-        )
-    return None
-
-
 def add_routes(app: web.Application, cfg: config.Config, undoer: Undoer) -> None:
     """The undo routes; add them before the `/v1/` catch-all."""
 
     def checked_id(request: web.Request) -> tuple[str, web.Response | None]:
-        refusal = operator_refusal(cfg.auth, request)
+        refusal = operator_refusal(cfg.auth.operator_token, request)
         id_ = request.match_info.get("id", "")
         if refusal is None and not valid_id(id_):
             refusal = refuse(400, f"{id_[:100]!r} is not an alert id or an action id", "id")
         return id_, refusal
 
     async def pending(request: web.Request) -> web.Response:
-        refusal = operator_refusal(cfg.auth, request)
+        refusal = operator_refusal(cfg.auth.operator_token, request)
         if refusal is not None:
             return refusal
         return web.json_response({"pending": [pending_doc(r) for r in undoer.pending()]})
