@@ -5,6 +5,7 @@ Prints `alerts_per_s=X lost=N accepted=A refused=R decided=D`: `lost` counts ale
 With `--queue nats --replicas N`, N engine processes share one JetStream stream (a nats-server started here)
 and the load is spread over them; the figures are summed over the replicas.
 Usage: benchmarks/intake_throughput.py [--seconds 10] [--connections 32] [--queue memory|nats] [--replicas 1]
+       [--workers 16] [--no-prefilter]
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ async def main() -> None:
     p.add_argument("--max-alerts", type=int, default=500_000)
     p.add_argument("--queue", choices=("memory", "nats"), default="memory")
     p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--workers", type=int, default=16, help="queue.workers")
+    p.add_argument("--no-prefilter", action="store_true", help="opa.prefilter: false (every alert asked to OPA)")
     a = p.parse_args()
-    async with engines(RULES, a.replicas, a.queue, queue={"capacity": 100_000, "workers": 16}) as urls:
+    queue = {"capacity": 100_000, "workers": a.workers}
+    async with engines(RULES, a.replicas, a.queue, queue=queue, opa={"prefilter": not a.no_prefilter}) as urls:
         accepted = refused = 0
         sent = 0
         stop = time.monotonic() + a.seconds

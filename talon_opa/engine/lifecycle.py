@@ -37,6 +37,7 @@ from talon_opa.engine.queue import AlertQueue
 from talon_opa.engine.reload import Built
 from talon_opa.engine.work import Job, WorkItem
 from talon_opa.opa.client import OpaClient
+from talon_opa.opa.prefilter import Prefilter
 from talon_opa.plugins.clients import ClientProvider
 from talon_opa.plugins.registry import Registry
 
@@ -46,6 +47,7 @@ _AUTO: Any = object()
 # OPA answers its bundle status in about a millisecond on loopback: a probe that waits longer says so
 # at once (a frozen OPA must not make /readyz hang)
 READY_PROBE_SECONDS = 0.5
+PREFILTER_RECHECK_S = 2.0  # a sidecar may restart on an older bundle: its revision is confirmed this often
 
 
 def kube_config_of(cfg: config.Config) -> KubeConfig | None:
@@ -113,6 +115,13 @@ class Engine:
             expected_revision=lambda: self.supervisor.revision,
         )
         self.batcher = Batcher(self.opa, max_size=cfg.opa.batch_size)
+        self.prefilter = Prefilter(
+            self.opa,
+            revision=lambda: self.supervisor.revision,
+            endpoint=self.supervisor.endpoint,
+            enabled=cfg.opa.prefilter and not cfg.opa.rego,
+            recheck_seconds=PREFILTER_RECHECK_S if cfg.opa.url else 0.0,
+        )
         self.bundle_archive: tuple[str, bytes] | None = None  # (revision, .tar.gz) served to a sidecar
         self.jetstream = (
             JetStreamQueue(cfg, self._handle_item, self.metrics.queue_depth.set) if cfg.queue.kind == "nats" else None
@@ -128,6 +137,7 @@ class Engine:
             metrics=self.metrics,
             tracer=self.tracer,
             audit=self.audit,
+            prefilter=self.prefilter,
         )
         self.built: reload.Built | None = None
         self.executor: Executor | None = None
@@ -209,6 +219,7 @@ class Engine:
         self._set_revision(built)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.batcher.run(), name="talon-opa-batcher"))
+        self._tasks.append(loop.create_task(self.prefilter.run(), name="talon-opa-prefilter"))
         self.queue.start()
         if self.jetstream is not None:
             self.jetstream.start()

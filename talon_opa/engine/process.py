@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from opentelemetry import trace
@@ -15,6 +16,7 @@ from talon_opa.engine.execute import Executor, StepResult
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.work import Job
 from talon_opa.opa.plan import Plan
+from talon_opa.opa.prefilter import Prefilter
 
 log = logs.get("engine")
 
@@ -31,6 +33,7 @@ class Processor:
         metrics: Metrics,
         tracer: trace.Tracer,
         audit: AuditTrail | None = None,
+        prefilter: Prefilter | None = None,
     ) -> None:
         self._print_all_events = cfg.print_all_events
         self._batcher = batcher
@@ -38,6 +41,7 @@ class Processor:
         self._metrics = metrics
         self._tracer = tracer
         self._audit = audit  # records each alert once its plan has run (or could not be decided)
+        self._prefilter = prefilter  # decides, without OPA, the alerts the served index has no rule for
 
     async def handle(self, job: Job) -> None:
         """Decide and execute one alert, in its trace. Never raises (failures are reported)."""
@@ -98,20 +102,37 @@ class Processor:
     async def decide(self, job: Job) -> Plan:
         span = self._tracer.start_span(telemetry.DECIDE_PLAN)  # a child of the alert's span, current here
         with trace.use_span(span, end_on_exit=True):
+            started = time.perf_counter()
+            alert = job.alert
+            revision = self._prefilter.empty_plan_revision(alert.rule, alert.tags) if self._prefilter else ""
+            if revision:
+                plan = Plan.empty(revision, time.perf_counter() - started)
+                self._metrics.decision_seconds.labels(by="index").observe(plan.seconds)
+                span.set_attributes(
+                    {
+                        telemetry.DECIDED_BY: "index",
+                        telemetry.BUNDLE_REVISION: revision,
+                        telemetry.MATCHED_RULES: [],
+                        telemetry.STEP_COUNT: 0,
+                    }
+                )
+                telemetry.ok(span)
+                return plan
 
             def retrying(attempt: int, error: OpaError) -> None:
                 span.add_event("opa unavailable, retrying", {"attempt": attempt, "error": str(error)[:500]})
 
             try:
-                opa_input = job.alert.opa_input()
+                opa_input = alert.opa_input()
                 opa_input["counters"] = self._executor().counters.snapshot()  # what the caps policy reads
                 plan = await self._batcher.decide(opa_input, on_retry=retrying, size=len(job.item.body))
             except OpaError as e:
                 telemetry.fail(span, e, "opa_error")
                 raise
-            self._metrics.decision_seconds.observe(plan.seconds)
+            self._metrics.decision_seconds.labels(by="opa").observe(plan.seconds)
             span.set_attributes(
                 {
+                    telemetry.DECIDED_BY: "opa",
                     telemetry.DECISION_ID: plan.decision_id,
                     telemetry.BUNDLE_REVISION: plan.revision,
                     telemetry.MATCHED_RULES: list(plan.matched_rules),
