@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -22,7 +24,11 @@ log = logs.get("engine")
 
 
 class Processor:
-    """Decides and executes jobs; `handle` is what the queue's workers call."""
+    """Decides and executes jobs; `handle` is what the queue's workers call.
+
+    With `execute_slots`, the queue runs more workers than that (decide-ahead: their decisions share
+    larger OPA batches) and at most `execute_slots` of them run a plan at a time.
+    """
 
     def __init__(
         self,
@@ -34,6 +40,7 @@ class Processor:
         tracer: trace.Tracer,
         audit: AuditTrail | None = None,
         prefilter: Prefilter | None = None,
+        execute_slots: int | None = None,
     ) -> None:
         self._print_all_events = cfg.print_all_events
         self._batcher = batcher
@@ -42,9 +49,17 @@ class Processor:
         self._tracer = tracer
         self._audit = audit  # records each alert once its plan has run (or could not be decided)
         self._prefilter = prefilter  # decides, without OPA, the alerts the served index has no rule for
+        # how many plans run at once when more alerts than that are decided at once (None: no limit here)
+        self._execute_slots = asyncio.Semaphore(execute_slots) if execute_slots else None
 
-    async def handle(self, job: Job) -> None:
-        """Decide and execute one alert, in its trace. Never raises (failures are reported)."""
+    async def handle(self, job: Job, started: Callable[[], None] = lambda: None) -> None:
+        """Decide and execute one alert, in its trace. Never raises (failures are reported).
+
+        `started()` is called once the alert starts: at once, or with `execute_slots`, once it is decided
+        and its plan may run (the queue counts it as waiting until then).
+        """
+        if self._execute_slots is None:
+            started()
         metrics = self._metrics
         metrics.in_flight.inc()
         plan: Plan | None = None
@@ -61,30 +76,36 @@ class Processor:
                     return
                 alert = job.alert
                 if not plan.matched_rules:
+                    started()
                     telemetry.ok(job.span)
                     self._record(job, plan, [])
                     return
-                if not self._print_all_events:
-                    log.info(
-                        "event",
-                        extra={
-                            "id": job.alert_id,
-                            "event": alert.rule,
-                            "priority": alert.priority,
-                            "source": alert.source,
-                            "output": alert.output,
-                        },
-                    )
-                for rule in plan.acted_rules():
-                    metrics.count_match(rule, alert.rule, alert.priority, alert.source)
-                    log.info("match", extra={"id": job.alert_id, "rule": rule, "event": alert.rule})
-                results = await self._executor().execute(alert, plan)
-                self._record(job, plan, results)
-                failed = [r for r in results if r.status == "failure"]
-                if failed:
-                    telemetry.fail(job.span, f"{len(failed)} step(s) failed: {failed[0].error}", failed[0].error_type)
-                else:
-                    telemetry.ok(job.span)
+                # with decide-ahead, more alerts are decided at once than may run: `queue.workers` run plans
+                async with self._execute_slots or contextlib.nullcontext():
+                    started()
+                    if not self._print_all_events:
+                        log.info(
+                            "event",
+                            extra={
+                                "id": job.alert_id,
+                                "event": alert.rule,
+                                "priority": alert.priority,
+                                "source": alert.source,
+                                "output": alert.output,
+                            },
+                        )
+                    for rule in plan.acted_rules():
+                        metrics.count_match(rule, alert.rule, alert.priority, alert.source)
+                        log.info("match", extra={"id": job.alert_id, "rule": rule, "event": alert.rule})
+                    results = await self._executor().execute(alert, plan)
+                    self._record(job, plan, results)
+                    failed = [r for r in results if r.status == "failure"]
+                    if failed:
+                        telemetry.fail(
+                            job.span, f"{len(failed)} step(s) failed: {failed[0].error}", failed[0].error_type
+                        )
+                    else:
+                        telemetry.ok(job.span)
         except Exception as e:
             metrics.alerts_failed.labels(stage="execute").inc()
             telemetry.fail(job.span, e)
