@@ -42,7 +42,10 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run(client: OpaClient, opa_pid: int, alerts: int, batch: int, in_flight: int) -> str:
+LEAN = ("rule", "priority_rank", "source", "tags_set", "output_fields_str", "counters")
+
+
+async def run(client: OpaClient, opa_pid: int, alerts: int, batch: int, in_flight: int, lean: bool = False) -> str:
     doc = json.loads(SAMPLE.read_text()) if SAMPLE.exists() else {"rule": "x", "priority": "Notice", "output": "x"}
     body = json.dumps(dict(doc, rule="Benchmark rule that matches nothing")).encode()
     batches = max(1, alerts // batch)
@@ -55,7 +58,7 @@ async def run(client: OpaClient, opa_pid: int, alerts: int, batch: int, in_fligh
             for _ in range(batch):  # the engine decodes each alert and builds its input
                 opa_input = events.decode_alert(body).opa_input()
                 opa_input["counters"] = {}
-                inputs.append(opa_input)
+                inputs.append({k: opa_input[k] for k in LEAN} if lean else opa_input)
             plans = await client.decide_batch_once(inputs)
             assert all(not isinstance(p, Exception) and not p.matched_rules for p in plans)
 
@@ -65,7 +68,7 @@ async def run(client: OpaClient, opa_pid: int, alerts: int, batch: int, in_fligh
     opa_us = (cpu_s(opa_pid) - opa0) / n * 1e6
     py_us = (time.process_time() - py0) / n * 1e6
     return (
-        f"batch={batch} in_flight={in_flight} alerts_per_s={n / seconds:.0f} "
+        f"batch={batch} in_flight={in_flight} lean={lean} alerts_per_s={n / seconds:.0f} "
         f"opa_us_per_alert={opa_us:.0f} python_us_per_alert={py_us:.0f}"
     )
 
@@ -75,6 +78,7 @@ async def main() -> None:
     p.add_argument("--alerts", type=int, default=20000, help="alerts per combination")
     p.add_argument("--batch", default="1,16,64,256", help="comma-separated batch sizes")
     p.add_argument("--in-flight", default="1,2,4", help="comma-separated requests in flight")
+    p.add_argument("--lean", action="store_true", help="also with only the input fields the library reads")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="talon-opa-bench-") as tmp:
         ruleset = rules_loader.load_ruleset([REPO / "examples" / "rules.yaml"], catalog.default_registry())
@@ -89,7 +93,8 @@ async def main() -> None:
             await run(client, opa.pid, 2000, 16, 1)  # warm-up
             for batch in (int(x) for x in a.batch.split(",")):
                 for in_flight in (int(x) for x in a.in_flight.split(",")):
-                    print(await run(client, opa.pid, a.alerts, batch, in_flight), flush=True)
+                    for lean in (False, True) if a.lean else (False,):
+                        print(await run(client, opa.pid, a.alerts, batch, in_flight, lean), flush=True)
         finally:
             await ep.close()
             await opa.stop()

@@ -19,6 +19,7 @@ The bundle's manifest owns the `talon` root, so no other bundle loaded in the sa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ def _exact(text: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class _Current:
     revision: str
+    served: str  # the revisions of every bundle OPA serves, as a plan OPA decides names them ("a,b")
     index: CandidateIndex | None  # None: this revision cannot be prefiltered
     endpoint: object  # the OPA endpoint it was fetched from (a restarted child is asked again)
     checked: float  # time.monotonic() when OPA last confirmed the revision
@@ -132,7 +134,8 @@ class Prefilter:
         return current.index if current is not None else None
 
     def empty_plan_revision(self, rule: str, tags: Iterable[Any]) -> str:
-        """The revision whose index proves the alert matches no rule; "" when OPA must decide."""
+        """The revision(s) whose index proves the alert matches no rule, as OPA would name them in the plan;
+        "" when OPA must decide."""
         if not self.enabled:
             return ""
         current = self._current
@@ -151,7 +154,7 @@ class Prefilter:
         index = current.index
         if index is None or not index.no_candidate(rule, tags):
             return ""
-        return current.revision
+        return current.served
 
     async def run(self) -> None:
         """Fetch the index whenever a lookup finds it stale (until cancelled)."""
@@ -178,7 +181,7 @@ class Prefilter:
                 if want not in await self._client.revisions():  # a recheck: has OPA still our revision?
                     self._current = None
                     return False
-                self._current = _Current(want, current.index, endpoint, time.monotonic())
+                self._current = dataclasses.replace(current, checked=time.monotonic())
                 return True
             index, native, revisions = await self._client.candidate_index()
         except OpaError as e:
@@ -187,7 +190,7 @@ class Prefilter:
         if not want or want not in revisions or self._revision() != want or self._endpoint() is not endpoint:
             return False  # OPA is not (or no longer) on the wanted revision: decisions go to OPA meanwhile
         found = CandidateIndex.parse(want, index, native)
-        self._current = _Current(want, found, endpoint, time.monotonic())
+        self._current = _Current(want, ",".join(revisions), found, endpoint, time.monotonic())
         log.info(
             "candidate index loaded" if found else "candidate index not usable: every alert goes to OPA",
             extra={"revision": want, "rule_keys": len(found.rule_keys) if found else 0},

@@ -16,6 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from talon_opa.core import config
 from talon_opa.engine.lifecycle import Engine
+from talon_opa.opa.process import free_port
+from tests.conftest import OpaFactory
 from tests.e2e.engine_harness import DRY_RUN_RULES, RunningEngine, running_engine, sample, shell_alert
 from tests.harness.paths import REPO
 
@@ -120,3 +122,50 @@ async def test_native_rego_or_the_switch_turns_the_shortcut_off(tmp_path: Path) 
             assert not e.engine.prefilter.enabled
             await post_all(e, *(alert("falco-internal-syscall-event-drop") for _ in range(3)))
             assert [s["talon.decision.by"] for s in decisions(e, exporter)] == ["opa"] * 3
+
+
+async def test_with_a_sidecar_the_index_follows_the_revision_the_sidecar_serves(
+    opa: OpaFactory, tmp_path: Path
+) -> None:
+    exporter = InMemorySpanExporter()
+    port = free_port()
+    opa_cfg = dataclasses.replace(config.Opa(), url=f"http://127.0.0.1:{port}", retry_initial_seconds=0.05)
+    async with running_engine(
+        tmp_path, DRY_RUN_RULES, span_exporter=exporter, opa=opa_cfg, listen_address="127.0.0.1"
+    ) as e:
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        (empty / ".manifest").write_text(json.dumps({"revision": "none", "roots": ["placeholder"]}))
+        await opa(
+            empty,
+            extra_args=(
+                f"--addr=127.0.0.1:{port}",
+                f"--set=services.engine.url={e.url}",
+                "--set=bundles.talon.service=engine",
+                "--set=bundles.talon.resource=/v1/bundles/talon.tar.gz",
+                "--set=bundles.talon.polling.min_delay_seconds=1",
+                "--set=bundles.talon.polling.max_delay_seconds=1",
+            ),
+        )
+        old = await index_loaded(e.engine)
+        await post_all(e, alert("falco-terminal-shell-in-container", rule=UNNAMED))
+        e.rules.write_text(DRY_RUN_RULES.replace("- Terminal shell in container", f"- {UNNAMED}"))
+        assert await e.engine.reload()
+        new = e.engine.built.revision if e.engine.built else ""
+        for _ in range(150):  # bounded: until the sidecar has polled the new bundle
+            if new in await e.engine.opa.revisions():
+                break
+            await asyncio.sleep(0.1)
+        # the sidecar serves the new rules: the old index must not answer for them
+        await post_all(e, alert("falco-terminal-shell-in-container", rule=UNNAMED))
+        assert await index_loaded(e.engine) == new
+        await post_all(e, alert("falco-terminal-shell-in-container", rule="Nothing"))
+        got = [
+            (s["talon.decision.by"], s["talon.bundle.revision"], list(s["talon.matched_rules"]))
+            for s in decisions(e, exporter)
+        ]
+        assert got == [  # the placeholder bundle stays beside ours: OPA names both revisions
+            ("index", f"none,{old}", []),
+            ("opa", f"none,{new}", ["Shell in a container"]),
+            ("index", f"none,{new}", []),
+        ]
