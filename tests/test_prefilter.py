@@ -1,5 +1,6 @@
-"""The candidate-index prefilter against a real OPA: whenever it says an alert matches no rule, OPA's plan
-for that alert is the empty plan; checked for every sample alert on the sample and example rules, and for
+"""The candidate-index prefilter and the lean input against a real OPA: whenever the prefilter says an alert
+matches no rule, OPA's plan for that alert is the empty plan, and the lean input gets the same plan as the
+whole input; checked for every sample alert on the sample and example rules, and for
 thousands of generated alerts over generated rule sets (rule names, tags, priorities, sources, output
 fields, Unicode and invalid strings). It must also decide most non-matching alerts, and none with native Rego.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from talon_opa.catalog import default_registry
-from talon_opa.core.events import Alert, decode_alert
+from talon_opa.core.events import LEAN_FIELDS, Alert, decode_alert
 from talon_opa.opa.client import Endpoint, OpaClient
 from talon_opa.opa.prefilter import Prefilter
 from talon_opa.opa.process import OpaProcess
@@ -86,13 +87,16 @@ async def served(tmp_path: Path, ruleset: RuleSet, *, native: Sequence[Path] = (
 
 
 async def check(prefilter: Prefilter, alerts: Sequence[Alert], tally: Tally) -> None:
-    """OPA's plan of every alert; the empty plan wherever the prefilter says so."""
+    """OPA's plan of every alert, the same from the lean input; the empty plan wherever the prefilter says so."""
     client = prefilter.client
     for start in range(0, len(alerts), 200):
         chunk = alerts[start : start + 200]
         plans = await client.decide_batch_once([a.opa_input() for a in chunk])
-        for alert, plan in zip(chunk, plans, strict=True):
+        lean = await client.decide_batch_once([a.opa_input(lean=True) for a in chunk])
+        for alert, plan, lean_plan in zip(chunk, plans, lean, strict=True):
             assert not isinstance(plan, Exception), plan
+            assert not isinstance(lean_plan, Exception), lean_plan
+            assert (lean_plan.matched_rules, lean_plan.steps) == (plan.matched_rules, plan.steps), alert.opa_input()
             opa_plan = {"matched_rules": list(plan.matched_rules), "steps": list(plan.steps)}
             tally.alerts += 1
             tally.empty += opa_plan == EMPTY
@@ -219,3 +223,27 @@ def test_the_prefilter_knows_every_source_of_candidates() -> None:
     assert "\tsome tag, _ in input.tags_set\n\tsome name in data.talon.index.by_tag[tag]\n" in text
     assert text.count("candidates contains") == 4
     assert re.findall(r"^\s*some name in candidates$", text, re.MULTILINE) == ["\tsome name in candidates"]
+
+
+def test_talon_opas_rego_reads_only_the_lean_input() -> None:
+    """Every `input` reference of the library and of generated rules is a lean field (or the engine's
+    counters, or the batch's alerts): what makes the lean input decide like the whole one."""
+    allowed = {*LEAN_FIELDS, "counters", "alerts"}
+    texts = [p.read_text() for p in POLICIES.rglob("*.rego") if not p.name.endswith("_test.rego")]
+    rnd = random.Random(7)
+    for _ in range(50):
+        texts += [t for path, t in generate(generated_ruleset(rnd)).items() if path.endswith(".rego")]
+    fields, other = set(), []
+    for text in texts:
+        code = "\n".join(line.split("#", 1)[0] for line in text.splitlines()) + "\n"  # comments aside
+        for m in re.finditer(r"\binput\b(\.\w+)?", code):
+            if m.group(1):
+                fields.add(m.group(1)[1:])
+            else:
+                other.append(code[code.rfind("\n", 0, m.start()) + 1 : code.find("\n", m.end())].strip())
+    assert fields <= allowed, fields - allowed
+    assert fields >= {"rule", "priority_rank", "source", "tags_set", "output_fields_str"}
+    assert other == [
+        'recent(actionner, window) := object.get(input, ["counters", actionner, namespace, format_int(window, 10)], 0)',
+        "plans := [p | some alert in input.alerts; p := data.talon.plan with input as alert]",
+    ], other

@@ -140,6 +140,8 @@ class Engine:
             audit=self.audit,
             prefilter=self.prefilter,
             execute_slots=cfg.queue.workers if self.decide_ahead else None,
+            # OPA reads only what it needs, unless your Rego may read more or OPA logs inputs for debugging
+            lean_input=not cfg.opa.rego and not cfg.opa.decision_logs,
         )
         self.built: reload.Built | None = None
         self.executor: Executor | None = None

@@ -41,6 +41,7 @@ class Processor:
         audit: AuditTrail | None = None,
         prefilter: Prefilter | None = None,
         execute_slots: int | None = None,
+        lean_input: bool = False,
     ) -> None:
         self._print_all_events = cfg.print_all_events
         self._batcher = batcher
@@ -49,6 +50,7 @@ class Processor:
         self._tracer = tracer
         self._audit = audit  # records each alert once its plan has run (or could not be decided)
         self._prefilter = prefilter  # decides, without OPA, the alerts the served index has no rule for
+        self._lean_input = lean_input  # only the input fields talon-opa's Rego reads (no user Rego in the bundle)
         # how many plans run at once when more alerts than that are decided at once (None: no limit here)
         self._execute_slots = asyncio.Semaphore(execute_slots) if execute_slots else None
 
@@ -144,7 +146,7 @@ class Processor:
                 span.add_event("opa unavailable, retrying", {"attempt": attempt, "error": str(error)[:500]})
 
             try:
-                opa_input = alert.opa_input()
+                opa_input = alert.opa_input(lean=self._lean_input)
                 opa_input["counters"] = self._executor().counters.snapshot()  # what the caps policy reads
                 plan = await self._batcher.decide(opa_input, on_retry=retrying, size=len(job.item.body))
             except OpaError as e:
