@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from talon_opa.catalog import default_registry
+from talon_opa.core import config
 from talon_opa.core.events import LEAN_FIELDS, Alert, decode_alert
 from talon_opa.opa.client import Endpoint, OpaClient
 from talon_opa.opa.prefilter import Prefilter
@@ -247,3 +248,36 @@ def test_talon_opas_rego_reads_only_the_lean_input() -> None:
         'recent(actionner, window) := object.get(input, ["counters", actionner, namespace, format_int(window, 10)], 0)',
         "plans := [p | some alert in input.alerts; p := data.talon.plan with input as alert]",
     ], other
+
+
+async def test_a_bundle_without_the_index_is_always_asked_to_opa(tmp_path: Path) -> None:
+    """A hand-written talon.plan that matches everything and has no data.talon.index: nothing to prove from."""
+    b = tmp_path / "bundle"
+    (b / "talon").mkdir(parents=True)
+    (b / ".manifest").write_text(json.dumps({"revision": "hand", "roots": ["talon"]}))
+    (b / "talon" / "plan.rego").write_text('package talon.plan\n\nmatched_rules := ["Everything"]\n\nsteps := []\n')
+    opa = OpaProcess(bundle=b)
+    await opa.start()
+    ep = Endpoint.open(opa.base_url, opa.connector(), opa.headers())
+    prefilter = Prefilter(OpaClient(lambda: ep), revision=lambda: "hand", endpoint=lambda: ep)
+    task = asyncio.get_running_loop().create_task(prefilter.run())
+    try:
+        for _ in range(500):  # bounded: until the fetch is done
+            if prefilter.revision == "hand":
+                break
+            await asyncio.sleep(0.01)
+        assert prefilter.revision == "hand"
+        assert prefilter.index is None
+        assert prefilter.empty_plan_revision("no rule names this", []) == ""
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await ep.close()
+        await opa.stop()
+
+
+def test_the_example_config_names_the_decision_settings_with_their_defaults() -> None:
+    loaded = config.load(REPO / "examples" / "config.yaml", env={})
+    assert not loaded.unknown_keys
+    for key in ("prefilter", "decide_ahead", "batch_size", "requests_in_flight"):
+        assert getattr(loaded.opa, key) == getattr(config.Opa(), key), key

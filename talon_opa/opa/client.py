@@ -239,19 +239,26 @@ class OpaClient:
                 raise
             return dataclasses.replace(plan, attempts=attempt)
 
-    async def candidate_index(self) -> tuple[Any, Any, list[str]]:
-        """data.talon.index and data.talon.native as OPA serves them (None: undefined), and its bundle revisions.
+    async def candidate_index(self) -> tuple[dict[str, Any], list[str]]:
+        """The candidate lookups as OPA serves them, and its bundle revisions.
 
-        OpaUnavailable when OPA does not answer both, or answers them from different revisions (a swap
-        in between: ask again).
+        `by_rule`, `by_tag`, `always` (of data.talon.index) and `native` (data.talon.native), each None
+        when undefined; the plan entries of data.talon.index are not fetched. OpaUnavailable when OPA does
+        not answer them all, or answers them from different revisions (a swap in between: ask again).
         """
-        index, revisions = await self._get(INDEX_PATH)
-        native, native_revisions = await self._get(NATIVE_PATH)
-        if revisions != native_revisions:
-            raise OpaUnavailable(
-                f"OPA changed bundles between two reads ({revisions} then {native_revisions})", hint="ask again"
-            )
-        return index, native, revisions
+        values: dict[str, Any] = {}
+        seen: list[list[str]] = []
+        for name, path in (
+            ("by_rule", f"{INDEX_PATH}/by_rule"),
+            ("by_tag", f"{INDEX_PATH}/by_tag"),
+            ("always", f"{INDEX_PATH}/always"),
+            ("native", NATIVE_PATH),
+        ):
+            values[name], revisions = await self._get(path)
+            seen.append(revisions)
+        if any(r != seen[0] for r in seen):
+            raise OpaUnavailable(f"OPA changed bundles between reads ({seen})", hint="ask again")
+        return values, seen[0]
 
     async def _get(self, path: str) -> tuple[Any, list[str]]:
         """One data document (None when undefined) and the revisions of the bundles OPA read it from."""

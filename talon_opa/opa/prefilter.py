@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,16 +43,17 @@ class CandidateIndex:
     tag_keys: frozenset[str]
 
     @classmethod
-    def parse(cls, revision: str, index: Any, native: Any) -> CandidateIndex | None:
-        """The lookup from OPA's values of data.talon.index and data.talon.native (None: undefined).
+    def parse(cls, revision: str, lookups: Mapping[str, Any]) -> CandidateIndex | None:
+        """The lookup from OPA's values of data.talon.index's `by_rule`, `by_tag`, `always` and of
+        data.talon.native (None: undefined).
 
-        None when some alert could have a candidate the lookup cannot see: always-candidates, native
-        rules, or any shape other than the generator's.
+        None when some alert could have a candidate the lookup cannot see (always-candidates, native
+        rules), or a value has another shape than the generator's (an index missing included).
         """
-        if not isinstance(index, dict) or not _empty(native) or not _empty(index.get("always")):
-            return None
-        by_rule, by_tag = index.get("by_rule", {}), index.get("by_tag", {})
+        by_rule, by_tag = lookups.get("by_rule"), lookups.get("by_tag")
         if not isinstance(by_rule, dict) or not isinstance(by_tag, dict):
+            return None
+        if not _empty(lookups.get("always")) or not _empty(lookups.get("native")):
             return None
         return cls(revision, frozenset(by_rule), frozenset(by_tag))  # a key with no package: still asked
 
@@ -67,7 +68,7 @@ class CandidateIndex:
 
 
 def _empty(value: Any) -> bool:
-    """Whether iterating this value in Rego (`some x in value`) yields nothing for certain."""
+    """Whether iterating this value in Rego (`some x in value`) yields nothing for certain (None: undefined)."""
     return value is None or (isinstance(value, (list, dict)) and not value)
 
 
@@ -183,13 +184,13 @@ class Prefilter:
                     return False
                 self._current = dataclasses.replace(current, checked=time.monotonic())
                 return True
-            index, native, revisions = await self._client.candidate_index()
+            lookups, revisions = await self._client.candidate_index()
         except OpaError as e:
             log.debug("candidate index not fetched", extra={"error": str(e)})
             return False
         if not want or want not in revisions or self._revision() != want or self._endpoint() is not endpoint:
             return False  # OPA is not (or no longer) on the wanted revision: decisions go to OPA meanwhile
-        found = CandidateIndex.parse(want, index, native)
+        found = CandidateIndex.parse(want, lookups)
         self._current = _Current(want, ",".join(revisions), found, endpoint, time.monotonic())
         log.info(
             "candidate index loaded" if found else "candidate index not usable: every alert goes to OPA",
