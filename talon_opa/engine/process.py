@@ -125,11 +125,11 @@ class Processor:
     async def decide(self, job: Job) -> Plan:
         span = self._tracer.start_span(telemetry.DECIDE_PLAN)  # a child of the alert's span, current here
         with trace.use_span(span, end_on_exit=True):
-            started = time.perf_counter()
+            t0 = time.perf_counter()
             alert = job.alert
             revision = self._prefilter.empty_plan_revision(alert.rule, alert.tags) if self._prefilter else ""
             if revision:
-                plan = Plan.empty(revision, time.perf_counter() - started)
+                plan = Plan.empty(revision, time.perf_counter() - t0)
                 self._metrics.decision_seconds.labels(by="index").observe(plan.seconds)
                 span.set_attributes(
                     {
