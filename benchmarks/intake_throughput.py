@@ -1,10 +1,13 @@
 """Intake throughput: non-matching alerts posted for a fixed time, then every accepted alert accounted for.
 
-Prints `alerts_per_s=X lost=N accepted=A refused=R decided=D`: `lost` counts alerts the engine accepted
-(HTTP 200) and never decided. Loopback only; the load is bounded in time and count.
+Prints `alerts_per_s=X processed_per_s=P drain_s=S lost=N accepted=A refused=R decided=D`: `alerts_per_s`
+the rate alerts were accepted, `processed_per_s` the rate they were decided (load and queue drain), `drain_s`
+how long the queue took to drain after the load; `lost` counts alerts the engine accepted (HTTP 200) and never
+decided. Loopback only; the load is bounded in time and count.
 With `--queue nats --replicas N`, N engine processes share one JetStream stream (a nats-server started here)
 and the load is spread over them; the figures are summed over the replicas.
 Usage: benchmarks/intake_throughput.py [--seconds 10] [--connections 32] [--queue memory|nats] [--replicas 1]
+       [--workers 16] [--no-prefilter] [--in-flight 2] [--no-decide-ahead]
 """
 
 from __future__ import annotations
@@ -45,8 +48,14 @@ async def main() -> None:
     p.add_argument("--max-alerts", type=int, default=500_000)
     p.add_argument("--queue", choices=("memory", "nats"), default="memory")
     p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--workers", type=int, default=16, help="queue.workers")
+    p.add_argument("--no-prefilter", action="store_true", help="opa.prefilter: false (every alert asked to OPA)")
+    p.add_argument("--in-flight", type=int, default=2, help="opa.requests_in_flight")
+    p.add_argument("--no-decide-ahead", action="store_true", help="opa.decide_ahead: false")
     a = p.parse_args()
-    async with engines(RULES, a.replicas, a.queue, queue={"capacity": 100_000, "workers": 16}) as urls:
+    queue = {"capacity": 100_000, "workers": a.workers}
+    opa = {"prefilter": not a.no_prefilter, "requests_in_flight": a.in_flight, "decide_ahead": not a.no_decide_ahead}
+    async with engines(RULES, a.replicas, a.queue, queue=queue, opa=opa) as urls:
         accepted = refused = 0
         sent = 0
         stop = time.monotonic() + a.seconds
@@ -70,6 +79,7 @@ async def main() -> None:
             await asyncio.gather(*(worker(w) for w in range(a.connections)))
             elapsed = time.monotonic() - start
             # wait until the engine has decided everything it accepted (or stops making progress)
+            loaded = time.monotonic()
             decided, last, still = 0.0, -1.0, 0
             while still < 50:
                 decided = await total(http, urls, "talon_opa_decision_duration_seconds_count")
@@ -80,8 +90,10 @@ async def main() -> None:
                 still = still + 1 if decided == last else 0
                 last = decided
                 await asyncio.sleep(0.1)
+            drain = time.monotonic() - loaded
     print(
-        f"alerts_per_s={accepted / elapsed:.0f} lost={max(0, accepted - int(decided))} "
+        f"alerts_per_s={accepted / elapsed:.0f} processed_per_s={decided / (elapsed + drain):.0f} "
+        f"drain_s={drain:.1f} lost={max(0, accepted - int(decided))} "
         f"accepted={accepted} refused={refused} decided={int(decided)} seconds={elapsed:.1f} "
         f"queue={a.queue} replicas={a.replicas}"
     )

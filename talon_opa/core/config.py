@@ -104,6 +104,14 @@ class Opa:
     """longest wait between retries (alerts stay queued meanwhile)"""
     batch_size: int = 64
     """most alerts decided in one OPA request (those waiting at the same time); 1: one request per alert"""
+    requests_in_flight: int = 2
+    """decision requests (batches) OPA works on at the same time; alerts waiting meanwhile form the next batch"""
+    decide_ahead: bool = True
+    """while `queue.workers` plans run, decide up to `batch_size` more alerts (larger batches, less OPA CPU
+    per alert); never with caps limits or JetStream (docs/rego.md §6)"""
+    prefilter: bool = True
+    """alerts the served bundle's candidate index has no rule for get the empty plan without an OPA request
+    (never with `rego`: your own Rego may add candidates)"""
     gc_percent: int = 0
     """GOGC of the child OPA, 0: the environment's (Go: 100); 400 saves ~1/3 of OPA's CPU for memory (docs/rego.md)"""
     decision_ids: bool = True
@@ -131,7 +139,8 @@ class Queue:
     max_bytes: int = 32 * MIB
     """bodies of the alerts accepted and not finished, in bytes (held ~twice: body and alert); beyond it 503"""
     workers: int = 16
-    """alerts processed concurrently (alerts about the same pod never run at the same time)"""
+    """alerts whose plans run concurrently (alerts about the same pod never run at the same time); with
+    `opa.decide_ahead`, up to `opa.batch_size` more are decided meanwhile"""
     drain_timeout_seconds: float = 30.0
     """on SIGTERM, how long to finish the accepted alerts before stopping"""
     kind: str = "memory"
@@ -759,6 +768,7 @@ def _validate(cfg: Config) -> None:
         ("queue.capacity", cfg.queue.capacity, 1),
         ("queue.workers", cfg.queue.workers, 1),
         ("opa.batch_size", cfg.opa.batch_size, 1),
+        ("opa.requests_in_flight", cfg.opa.requests_in_flight, 1),
         ("opa.gc_percent", cfg.opa.gc_percent, 0),
         ("intake.max_body_bytes", cfg.intake.max_body_bytes, 1),
         ("audit.buffer", cfg.audit.buffer, 1),

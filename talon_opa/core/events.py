@@ -213,15 +213,27 @@ class Alert:
     def target_resource(self) -> str | None:
         return self._first("ka.target.resource")
 
-    def opa_input(self) -> dict[str, Any]:
-        """THE normalised OPA input (docs/rego.md): the alert plus precomputed, indexable helpers."""
+    def opa_input(self, *, lean: bool = False) -> dict[str, Any]:
+        """THE normalised OPA input (docs/rego.md): the alert plus precomputed, indexable helpers.
+
+        `lean`: only what talon-opa's own Rego reads (`LEAN_FIELDS`), for a bundle without the user's Rego.
+        """
         fields = self.output_fields
+        tags = self.tags
+        if lean:
+            strings = all(type(v) is str for v in fields.values())
+            return {
+                "rule": self.rule,
+                "priority_rank": self.priority_rank,
+                "source": self.source,
+                "tags_set": {t: True for t in tags if isinstance(t, str)},
+                "output_fields_str": dict(fields) if strings else {k: value_text(v) for k, v in fields.items()},
+            }
         if all(type(v) is str for v in fields.values()):  # the usual case: already safe, its own string form
             safe_fields, fields_str = dict(fields), dict(fields)
         else:
             safe_fields = _json_safe(fields)
             fields_str = {k: value_text(v) for k, v in fields.items()}
-        tags = self.tags
         return {
             "rule": self.rule,
             "priority": self.priority,
@@ -236,6 +248,9 @@ class Alert:
             "output_fields_str": fields_str,
         }
 
+
+# the input fields talon-opa's library and translated rules read (besides the engine's `counters`)
+LEAN_FIELDS = ("rule", "priority_rank", "source", "tags_set", "output_fields_str")
 
 _STRING_FIELDS = ("output", "priority", "rule", "hostname", "source", "trace_id")
 _FIELDS = frozenset((*_STRING_FIELDS, "time", "output_fields", "context", "tags"))

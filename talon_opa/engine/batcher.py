@@ -38,15 +38,19 @@ class Batcher:
     `run()` is the task sending the batches: once an alert waits, it lets the alerts handed out in the same
     loop turn join, then sends every waiting alert (up to `max_size`) as one `data.talon.batch.plans`
     request, and no more than `max_bytes` of alerts (by their body size; one alert always goes), so large
-    alerts do not add up to one huge request; alerts arriving meanwhile form the next batch. No timer: a
-    lone alert goes at once. A batch OPA will not decide as a whole (an evaluation error, a bundle without
+    alerts do not add up to one huge request; alerts arriving meanwhile form the next batch, sent once one
+    of the `in_flight` requests under way is answered (meanwhile the batch grows). No timer: a lone alert
+    goes at once. A batch OPA will not decide as a whole (an evaluation error, a bundle without
     talon.batch) is decided alert by alert. Without `run()` (or with `max_size` 1) each alert is its own
     request.
     """
 
-    def __init__(self, client: OpaClient, *, max_size: int = 64, max_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self, client: OpaClient, *, max_size: int = 64, max_bytes: int = 4 * 1024 * 1024, in_flight: int = 1
+    ) -> None:
         self._client = client
         self.max_size = max_size
+        self.in_flight = max(1, in_flight)
         self.max_bytes = max_bytes
         self._waiting: deque[_Waiting] = deque()
         self._wake = asyncio.Event()
@@ -71,37 +75,56 @@ class Batcher:
     async def run(self) -> None:
         """Send batches until cancelled; alerts still waiting then get an OpaError."""
         self._running = True
-        batch: list[_Waiting] = []
+        slots = asyncio.Semaphore(self.in_flight)
+        sending: list[list[_Waiting]] = []  # the batches under way
         try:
-            while True:
-                await self._wake.wait()
-                await asyncio.sleep(0)  # the workers woken in this loop turn add their alerts first
-                batch = []
-                size = 0
-                while self._waiting and len(batch) < self.max_size:
-                    if batch and size + self._waiting[0].size > self.max_bytes:
-                        break
-                    w = self._waiting.popleft()
-                    if not w.future.done():  # its worker was cancelled meanwhile
-                        batch.append(w)
-                        size += w.size
-                if not self._waiting:
-                    self._wake.clear()
-                if batch:
-                    try:
-                        await self._send(batch)
-                    except Exception as e:  # a bug, not OPA: each alert fails as it would alone; go on
-                        log.exception("batch failed")
-                        for w in batch:
-                            if not w.future.done():
-                                w.future.set_exception(e)
+            async with asyncio.TaskGroup() as tg:
+                while True:
+                    await self._wake.wait()
+                    await asyncio.sleep(0)  # the workers woken in this loop turn add their alerts first
+                    await slots.acquire()  # while every slot is busy, waiting alerts add up to a larger batch
+                    batch = self._take()
+                    if batch:
+                        sending.append(batch)
+                        tg.create_task(self._send_guarded(batch, sending, slots))
+                    else:
+                        slots.release()
         finally:
             self._running = False
             stopped = OpaError("the engine stopped before the alert was decided", hint="send it again")
-            for w in (*batch, *self._waiting):
+            for w in (*(w for batch in sending for w in batch), *self._waiting):
                 if not w.future.done():
                     w.future.set_exception(stopped)
             self._waiting.clear()
+
+    def _take(self) -> list[_Waiting]:
+        """The next batch: the waiting alerts, up to `max_size` and `max_bytes`."""
+        batch: list[_Waiting] = []
+        size = 0
+        while self._waiting and len(batch) < self.max_size:
+            if batch and size + self._waiting[0].size > self.max_bytes:
+                break
+            w = self._waiting.popleft()
+            if not w.future.done():  # its worker was cancelled meanwhile
+                batch.append(w)
+                size += w.size
+        if not self._waiting:
+            self._wake.clear()
+        return batch
+
+    async def _send_guarded(
+        self, batch: list[_Waiting], sending: list[list[_Waiting]], slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self._send(batch)
+        except Exception as e:  # a bug, not OPA: each alert fails as it would alone; go on
+            log.exception("batch failed")
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(e)
+        finally:
+            slots.release()
+        sending.remove(batch)  # not when cancelled: `run` then fails its alerts
 
     async def _send(self, batch: list[_Waiting]) -> None:
         client = self._client

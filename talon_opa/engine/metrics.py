@@ -66,7 +66,11 @@ class Metrics:
         )
         # ours
         self.decision_seconds = Histogram(
-            f"{OURS}_decision_duration_seconds", "OPA decision latency (engine → OPA → plan)", buckets=_FAST, registry=r
+            f"{OURS}_decision_duration_seconds",
+            "Decision latency (engine → plan), by what decided: opa, or index (no rule can match, docs/rego.md)",
+            ["by"],
+            buckets=_FAST,
+            registry=r,
         )
         self.action_seconds = Histogram(
             f"{OURS}_action_duration_seconds",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,12 +19,17 @@ from talon_opa.engine.execute import Executor, StepResult
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.work import Job
 from talon_opa.opa.plan import Plan
+from talon_opa.opa.prefilter import Prefilter
 
 log = logs.get("engine")
 
 
 class Processor:
-    """Decides and executes jobs; `handle` is what the queue's workers call."""
+    """Decides and executes jobs; `handle` is what the queue's workers call.
+
+    With `execute_slots`, the queue runs more workers than that (decide-ahead: their decisions share
+    larger OPA batches) and at most `execute_slots` of them run a plan at a time.
+    """
 
     def __init__(
         self,
@@ -32,6 +40,9 @@ class Processor:
         metrics: Metrics,
         tracer: trace.Tracer,
         audit: AuditTrail | None = None,
+        prefilter: Prefilter | None = None,
+        execute_slots: int | None = None,
+        lean_input: bool = False,
     ) -> None:
         self._print_all_events = cfg.print_all_events
         self._batcher = batcher
@@ -40,9 +51,19 @@ class Processor:
         self._tracer = tracer
         self._audit = audit  # records each alert once its plan has run (or could not be decided)
         self._needs_pod = config.caps_need_pod(cfg.caps)  # input.pod for protected labels, the last replica
+        self._prefilter = prefilter  # decides, without OPA, the alerts the served index has no rule for
+        self._lean_input = lean_input  # only the input fields talon-opa's Rego reads (no user Rego in the bundle)
+        # how many plans run at once when more alerts than that are decided at once (None: no limit here)
+        self._execute_slots = asyncio.Semaphore(execute_slots) if execute_slots else None
 
-    async def handle(self, job: Job) -> None:
-        """Decide and execute one alert, in its trace. Never raises (failures are reported)."""
+    async def handle(self, job: Job, started: Callable[[], None] = lambda: None) -> None:
+        """Decide and execute one alert, in its trace. Never raises (failures are reported).
+
+        `started()` is called once the alert starts: at once, or with `execute_slots`, once it is decided
+        and its plan may run (the queue counts it as waiting until then).
+        """
+        if self._execute_slots is None:
+            started()
         metrics = self._metrics
         metrics.in_flight.inc()
         plan: Plan | None = None
@@ -59,30 +80,36 @@ class Processor:
                     return
                 alert = job.alert
                 if not plan.matched_rules:
+                    started()
                     telemetry.ok(job.span)
                     self._record(job, plan, [])
                     return
-                if not self._print_all_events:
-                    log.info(
-                        "event",
-                        extra={
-                            "id": job.alert_id,
-                            "event": alert.rule,
-                            "priority": alert.priority,
-                            "source": alert.source,
-                            "output": alert.output,
-                        },
-                    )
-                for rule in plan.acted_rules():
-                    metrics.count_match(rule, alert.rule, alert.priority, alert.source)
-                    log.info("match", extra={"id": job.alert_id, "rule": rule, "event": alert.rule})
-                results = await self._executor().execute(alert, plan, job.alert_id, item=job.item)
-                self._record(job, plan, results)
-                failed = [r for r in results if r.status == "failure"]
-                if failed:
-                    telemetry.fail(job.span, f"{len(failed)} step(s) failed: {failed[0].error}", failed[0].error_type)
-                else:
-                    telemetry.ok(job.span)
+                # with decide-ahead, more alerts are decided at once than may run: `queue.workers` run plans
+                async with self._execute_slots or contextlib.nullcontext():
+                    started()
+                    if not self._print_all_events:
+                        log.info(
+                            "event",
+                            extra={
+                                "id": job.alert_id,
+                                "event": alert.rule,
+                                "priority": alert.priority,
+                                "source": alert.source,
+                                "output": alert.output,
+                            },
+                        )
+                    for rule in plan.acted_rules():
+                        metrics.count_match(rule, alert.rule, alert.priority, alert.source)
+                        log.info("match", extra={"id": job.alert_id, "rule": rule, "event": alert.rule})
+                    results = await self._executor().execute(alert, plan, job.alert_id, item=job.item)
+                    self._record(job, plan, results)
+                    failed = [r for r in results if r.status == "failure"]
+                    if failed:
+                        telemetry.fail(
+                            job.span, f"{len(failed)} step(s) failed: {failed[0].error}", failed[0].error_type
+                        )
+                    else:
+                        telemetry.ok(job.span)
         except Exception as e:
             metrics.alerts_failed.labels(stage="execute").inc()
             telemetry.fail(job.span, e)
@@ -110,12 +137,28 @@ class Processor:
     async def decide(self, job: Job) -> Plan:
         span = self._tracer.start_span(telemetry.DECIDE_PLAN)  # a child of the alert's span, current here
         with trace.use_span(span, end_on_exit=True):
+            t0 = time.perf_counter()
+            alert = job.alert
+            revision = self._prefilter.empty_plan_revision(alert.rule, alert.tags) if self._prefilter else ""
+            if revision:
+                plan = Plan.empty(revision, time.perf_counter() - t0)
+                self._metrics.decision_seconds.labels(by="index").observe(plan.seconds)
+                span.set_attributes(
+                    {
+                        telemetry.DECIDED_BY: "index",
+                        telemetry.BUNDLE_REVISION: revision,
+                        telemetry.MATCHED_RULES: [],
+                        telemetry.STEP_COUNT: 0,
+                    }
+                )
+                telemetry.ok(span)
+                return plan
 
             def retrying(attempt: int, error: OpaError) -> None:
                 span.add_event("opa unavailable, retrying", {"attempt": attempt, "error": str(error)[:500]})
 
             try:
-                opa_input = job.alert.opa_input()
+                opa_input = alert.opa_input(lean=self._lean_input)
                 opa_input["counters"] = self._executor().counters.snapshot()  # what the caps policy reads
                 if self._needs_pod:
                     await self._add_pod(job, opa_input)
@@ -123,9 +166,10 @@ class Processor:
             except OpaError as e:
                 telemetry.fail(span, e, "opa_error")
                 raise
-            self._metrics.decision_seconds.observe(plan.seconds)
+            self._metrics.decision_seconds.labels(by="opa").observe(plan.seconds)
             span.set_attributes(
                 {
+                    telemetry.DECIDED_BY: "opa",
                     telemetry.DECISION_ID: plan.decision_id,
                     telemetry.BUNDLE_REVISION: plan.revision,
                     telemetry.MATCHED_RULES: list(plan.matched_rules),

@@ -36,11 +36,16 @@ class QueueClosed(Exception):
 
 
 class AlertQueue(Generic[J]):
-    """Bounded queue + workers with per-target ordering. `handler(job)` must not raise (it is logged)."""
+    """Bounded queue + workers with per-target ordering. `handler(job, started)` must not raise (it is logged).
+
+    An alert counts as waiting (depth, capacity) until its handler calls `started()` (or returns): a
+    handler that decides alerts ahead of running them (more workers than plans running at once) calls
+    it once the plan may run, so those alerts still count against the capacity.
+    """
 
     def __init__(
         self,
-        handler: Callable[[J], Awaitable[None]],
+        handler: Callable[[J, Callable[[], None]], Awaitable[None]],
         *,
         capacity: int,
         workers: int,
@@ -113,15 +118,23 @@ class AlertQueue(Generic[J]):
                         self._queue.put_nowait(e)
 
     async def _run(self, entry: _Entry[J]) -> None:
-        self._waiting -= 1
-        self._on_depth(self._waiting)
+        waiting = True
+
+        def started() -> None:  # the handler says its alert starts (at the latest when it returns)
+            nonlocal waiting
+            if waiting:
+                waiting = False
+                self._waiting -= 1
+                self._on_depth(self._waiting)
+
         try:
-            await self._handler(entry.job)
+            await self._handler(entry.job, started)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("alert handler failed")
         finally:
+            started()
             self._unfinished -= 1
             self.bytes -= entry.size
             if self._unfinished == 0:

@@ -64,6 +64,7 @@ ALERT_DUPLICATE_OF = "talon.alert.duplicate_of"
 DECISION_ID = "talon.decision.id"
 DECISION_BATCH_SIZE = "talon.decision.batch_size"  # alerts decided by the same OPA request (same decision id)
 BUNDLE_REVISION = "talon.bundle.revision"
+DECIDED_BY = "talon.decision.by"  # "opa", or "index": the revision's candidate index has no rule for the alert
 MATCHED_RULES = "talon.matched_rules"
 STEP_COUNT = "talon.plan.steps"
 RULE = "talon.rule"

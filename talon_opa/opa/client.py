@@ -31,6 +31,8 @@ from talon_opa.opa.plan import Plan, parse_plan
 PLAN_PATH = "/v1/data/talon/plan"
 BATCH_PATH = "/v1/data/talon/batch/plans"
 BUNDLES_PATH = "/v1/data/system/bundles"
+INDEX_PATH = "/v1/data/talon/index"
+NATIVE_PATH = "/v1/data/talon/native"
 MAX_5XX_ATTEMPTS = 4
 
 log = logs.get("decide")
@@ -149,10 +151,7 @@ class OpaClient:
             raise OpaError(f"OPA answered with invalid JSON: {text[:200]}", hint="see OPA's log") from e
         if not isinstance(body, dict):
             raise OpaError(f"OPA answered with a non-object: {text[:200]}", hint="see OPA's log")
-        revisions: list[str] = []
-        bundles = (body.get("provenance") or {}).get("bundles") or {}
-        if isinstance(bundles, dict):
-            revisions = [str(b["revision"]) for b in bundles.values() if isinstance(b, dict) and b.get("revision")]
+        revisions = _revisions(body)
         if "result" not in body:
             expected = self._expected()
             if expected and expected not in revisions:
@@ -240,6 +239,45 @@ class OpaClient:
                 raise
             return dataclasses.replace(plan, attempts=attempt)
 
+    async def candidate_index(self) -> tuple[dict[str, Any], list[str]]:
+        """The candidate lookups as OPA serves them, and its bundle revisions.
+
+        `by_rule`, `by_tag`, `always` (of data.talon.index) and `native` (data.talon.native), each None
+        when undefined; the plan entries of data.talon.index are not fetched. OpaUnavailable when OPA does
+        not answer them all, or answers them from different revisions (a swap in between: ask again).
+        """
+        values: dict[str, Any] = {}
+        seen: list[list[str]] = []
+        for name, path in (
+            ("by_rule", f"{INDEX_PATH}/by_rule"),
+            ("by_tag", f"{INDEX_PATH}/by_tag"),
+            ("always", f"{INDEX_PATH}/always"),
+            ("native", NATIVE_PATH),
+        ):
+            values[name], revisions = await self._get(path)
+            seen.append(revisions)
+        if any(r != seen[0] for r in seen):
+            raise OpaUnavailable(f"OPA changed bundles between reads ({seen})", hint="ask again")
+        return values, seen[0]
+
+    async def _get(self, path: str) -> tuple[Any, list[str]]:
+        """One data document (None when undefined) and the revisions of the bundles OPA read it from."""
+        ep = self._endpoint()
+        try:
+            async with ep.session.get(
+                f"{ep.base_url}{path}?provenance=true", headers=ep.headers, timeout=self._timeout
+            ) as r:
+                if r.status != 200:
+                    raise OpaUnavailable(f"OPA answered HTTP {r.status} for {path}", hint="see OPA's log")
+                body = await r.json()
+        except TimeoutError as e:
+            raise OpaUnavailable(f"OPA did not answer within {self._timeout.total}s", hint="see OPA's log") from e
+        except (aiohttp.ClientError, OSError, ValueError, RuntimeError) as e:
+            raise OpaUnavailable(f"OPA is unreachable: {e or type(e).__name__}", hint="see OPA's log") from e
+        if not isinstance(body, dict):
+            raise OpaUnavailable(f"OPA answered {path} with a non-object", hint="see OPA's log")
+        return body.get("result"), _revisions(body)
+
     async def revisions(self, timeout: float = 2.0) -> set[str]:
         """The revisions of the bundles OPA has activated; OpaUnavailable when it does not answer."""
         ep = self._endpoint()
@@ -258,6 +296,14 @@ class OpaClient:
             raise OpaUnavailable(f"OPA is unreachable: {e or type(e).__name__}", hint="see OPA's log") from e
         result = body.get("result") or {}
         return {str((b.get("manifest") or {}).get("revision", "")) for b in result.values() if isinstance(b, dict)}
+
+
+def _revisions(body: Mapping[str, Any]) -> list[str]:
+    """The bundle revisions in an answer's provenance (`?provenance=true`)."""
+    bundles = (body.get("provenance") or {}).get("bundles") or {}
+    if not isinstance(bundles, dict):
+        return []
+    return [str(b["revision"]) for b in bundles.values() if isinstance(b, dict) and b.get("revision")]
 
 
 def _result(body: Mapping[str, Any], path: str) -> Any:

@@ -47,6 +47,12 @@ class Plan:
     attempts: int = 1
     seconds: float = 0.0
     batch_size: int = 1  # alerts decided by the same request (they share its decision id)
+    by_index: bool = False  # decided without a request: the revision's candidate index has no rule for it
+
+    @classmethod
+    def empty(cls, revision: str, seconds: float) -> Plan:
+        """The plan of an alert the candidate index of `revision` proves no rule matches (`opa.prefilter`)."""
+        return cls((), (), "", revision, 0, seconds, 0, by_index=True)
 
     def acted_rules(self) -> tuple[str, ...]:
         """The matched rules Talon iterates: up to the last one with steps (a rule `continue: false` ends it)."""

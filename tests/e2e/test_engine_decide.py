@@ -125,9 +125,9 @@ async def test_an_unreachable_opa_is_retried_until_it_answers(opa: OpaFactory, t
 
 
 async def _batcher(
-    client: OpaClient, max_size: int = 64, max_bytes: int = 4 * 1024 * 1024
+    client: OpaClient, max_size: int = 64, max_bytes: int = 4 * 1024 * 1024, in_flight: int = 1
 ) -> tuple[Batcher, asyncio.Task[None]]:
-    batcher = Batcher(client, max_size=max_size, max_bytes=max_bytes)
+    batcher = Batcher(client, max_size=max_size, max_bytes=max_bytes, in_flight=in_flight)
     task = asyncio.get_running_loop().create_task(batcher.run(), name="test-batcher")
     await asyncio.sleep(0)  # running: later alerts are batched
     return batcher, task
@@ -174,6 +174,46 @@ async def test_a_burst_decided_in_batches_gets_exactly_the_plans_decided_one_by_
         assert len(set(ids)) == -(-len(alerts) // 16)  # ...one decision each
     finally:
         await ep.close()
+
+
+async def test_batches_in_flight_are_bounded_and_each_alert_gets_its_own_plan(opa: OpaFactory, tmp_path: Path) -> None:
+    built = reload.build([str(SEED_RULES)], default_registry(), tmp_path)
+    server = await opa(built.path, unix_socket=True, token="tok")
+    ep = Endpoint.open(server.base_url, server.connector(), server.headers())
+    client = OpaClient(lambda: ep)
+    alerts = _burst() * 4
+    try:
+        alone = [await client.decide(a) for a in alerts]
+        for in_flight in (1, 3):
+            batcher, task = await _batcher(client, max_size=8, in_flight=in_flight)
+            seen = 0
+            decisions = asyncio.gather(*(batcher.decide(a) for a in alerts))
+            try:
+                while not decisions.done():  # bounded by the decisions; samples the requests under way
+                    seen = max(seen, ep.in_flight)
+                    await asyncio.sleep(0)
+                batched = await decisions
+            finally:
+                await _stop(task)
+            assert seen == in_flight
+            assert [(p.matched_rules, p.steps) for p in batched] == [(p.matched_rules, p.steps) for p in alone]
+            assert max(p.batch_size for p in batched) == 8
+    finally:
+        await ep.close()
+
+
+async def test_stopping_fails_every_alert_of_the_batches_under_way(tmp_path: Path) -> None:
+    dead = Endpoint.open(f"http://127.0.0.1:{free_port()}", aiohttp.TCPConnector(), {})
+    batcher, task = await _batcher(OpaClient(lambda: dead, retry_initial=0.02, retry_max=0.05), max_size=2, in_flight=2)
+    try:
+        decisions = [asyncio.ensure_future(batcher.decide(a)) for a in _burst()[:5]]
+        await asyncio.sleep(0.2)  # two batches retry, the fifth alert waits
+        assert not any(d.done() for d in decisions)
+        await _stop(task)
+        results = await asyncio.wait_for(asyncio.gather(*decisions, return_exceptions=True), 5)
+        assert [str(r) for r in results] == ["the engine stopped before the alert was decided (send it again)"] * 5
+    finally:
+        await dead.close()
 
 
 async def test_large_alerts_are_batched_up_to_max_bytes(opa: OpaFactory, tmp_path: Path) -> None:
