@@ -24,12 +24,12 @@ from talon_opa.core.events import LEAN_FIELDS, Alert, decode_alert
 from talon_opa.opa.client import Endpoint, OpaClient
 from talon_opa.opa.prefilter import Prefilter
 from talon_opa.opa.process import OpaProcess
-from talon_opa.translator.bundle import build_bundle
+from talon_opa.translator.bundle import CAPS_DATA_FILE, build_bundle
 from talon_opa.translator.model import FieldCondition, Match, RuleSet
 from talon_opa.translator.rego import generate
 from talon_opa.translator.rules import load_ruleset
 from tests.harness.paths import ALERTS, REPO, SEED_RULES
-from tests.rego_support import POLICIES, priority, rule
+from tests.rego_support import POLICIES, action, priority, rule
 
 RULE_NAMES = (
     "Terminal shell in container",
@@ -229,7 +229,9 @@ def test_the_prefilter_knows_every_source_of_candidates() -> None:
 def test_talon_opas_rego_reads_only_the_lean_input() -> None:
     """Every `input` reference of the library and of generated rules is a lean field (or the engine's
     counters, or the batch's alerts): what makes the lean input decide like the whole one."""
-    allowed = {*LEAN_FIELDS, "counters", "alerts"}
+    # besides the lean fields: the engine's counters and pod, the batch's alerts, and output_fields, which the
+    # lean input carries whenever a value is not a string (else it equals output_fields_str)
+    allowed = {*LEAN_FIELDS, "counters", "pod", "alerts", "output_fields"}
     texts = [p.read_text() for p in POLICIES.rglob("*.rego") if not p.name.endswith("_test.rego")]
     rnd = random.Random(7)
     for _ in range(50):
@@ -246,6 +248,7 @@ def test_talon_opas_rego_reads_only_the_lean_input() -> None:
     assert fields >= {"rule", "priority_rank", "source", "tags_set", "output_fields_str"}
     assert other == [
         'recent(actionner, window) := object.get(input, ["counters", actionner, namespace, format_int(window, 10)], 0)',
+        'labels := object.union(falco_labels, object.get(input, ["pod", "labels"], {}))',
         "plans := [p | some alert in input.alerts; p := data.talon.plan with input as alert]",
     ], other
 
@@ -281,3 +284,34 @@ def test_the_example_config_names_the_decision_settings_with_their_defaults() ->
     assert not loaded.unknown_keys
     for key in ("prefilter", "decide_ahead", "batch_size", "requests_in_flight"):
         assert getattr(loaded.opa, key) == getattr(config.Opa(), key), key
+
+
+async def test_the_lean_input_holds_like_the_whole_one_under_protected_labels(tmp_path: Path) -> None:
+    """lib/caps reads k8s.pod.labels as Falco sent it (an array, or its text): the lean input decides alike."""
+    ruleset = RuleSet(rules=(rule("Shell", actions=[action("kill", "kubernetes:terminate", {})]),))
+    files = {
+        **generate(ruleset),
+        CAPS_DATA_FILE: json.dumps(config.caps_data(config.parse_caps({"protected_labels": {"tier": "db"}}))),
+    }
+    out = tmp_path / "bundle"
+    build_bundle(files, out, library=POLICIES, check=False)
+    opa = OpaProcess(bundle=out)
+    await opa.start()
+    ep = Endpoint.open(opa.base_url, opa.connector(), opa.headers())
+    try:
+        client = OpaClient(lambda: ep)
+        held = []
+        for labels in (["tier:db", "app:pg"], "(tier:db,app:pg)", ["tier:web"], "[app:x]"):
+            fields = {"k8s.ns.name": "prod", "k8s.pod.name": "p0", "k8s.pod.labels": labels}
+            alert = decode_alert(
+                json.dumps({"rule": "Shell", "priority": "Critical", "output_fields": fields}).encode()
+            )
+            whole, lean = await client.decide_batch_once([alert.opa_input(), alert.opa_input(lean=True)])
+            assert not isinstance(whole, Exception), whole
+            assert not isinstance(lean, Exception), lean
+            assert lean.steps == whole.steps, labels
+            held.append(bool(whole.steps[0].held))
+        assert held == [True, True, False, False]
+    finally:
+        await ep.close()
+        await opa.stop()

@@ -221,13 +221,21 @@ class Alert:
         fields = self.output_fields
         tags = self.tags
         if lean:
-            strings = all(type(v) is str for v in fields.values())
-            return {
+            if all(type(v) is str for v in fields.values()):
+                return {
+                    "rule": self.rule,
+                    "priority_rank": self.priority_rank,
+                    "source": self.source,
+                    "tags_set": {t: True for t in tags if isinstance(t, str)},
+                    "output_fields_str": dict(fields),
+                }
+            return {  # output_fields only here: where it differs from output_fields_str (lib/caps reads arrays)
                 "rule": self.rule,
                 "priority_rank": self.priority_rank,
                 "source": self.source,
                 "tags_set": {t: True for t in tags if isinstance(t, str)},
-                "output_fields_str": dict(fields) if strings else {k: value_text(v) for k, v in fields.items()},
+                "output_fields": _json_safe(fields),
+                "output_fields_str": {k: value_text(v) for k, v in fields.items()},
             }
         if all(type(v) is str for v in fields.values()):  # the usual case: already safe, its own string form
             safe_fields, fields_str = dict(fields), dict(fields)

@@ -35,9 +35,15 @@ _label_items(value) := [x | some x in value; is_string(x)] if is_array(value)
 
 _label_items(value) := [x | some x in split(trim(value, "()[] "), ","); trim_space(x) != ""] if is_string(value)
 
+# k8s.pod.labels as Falco sent it: an array (in output_fields; the lean input carries output_fields only when
+# a value is not a string) or its text form (output_fields_str)
+_pod_labels_field := v if {
+	v := input.output_fields["k8s.pod.labels"]
+} else := object.get(input.output_fields_str, "k8s.pod.labels", [])
+
 # the labels Falco put in the alert: k8s.pod.labels, k8s.pod.label[<key>] and k8s.pod.label.<key>
 falco_labels := object.union(
-	{p[0]: p[1] | some item in _label_items(object.get(input.output_fields, "k8s.pod.labels", [])); p := _pair(item)},
+	{p[0]: p[1] | some item in _label_items(_pod_labels_field); p := _pair(item)},
 	{k: v |
 		some field, v in input.output_fields_str
 		k := _label_key(field)
