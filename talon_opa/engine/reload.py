@@ -26,6 +26,7 @@ from talon_opa.core.errors import RuleProblem, RulesError
 from talon_opa.engine import bundle_cache
 from talon_opa.plugins.registry import Registry
 from talon_opa.translator import bundle, rego
+from talon_opa.translator.collector import collector_paused
 
 if TYPE_CHECKING:
     from talon_opa.translator.model import RuleSet
@@ -145,7 +146,7 @@ def build(
 ) -> Built:
     """Load and validate the rules, write and check their bundle under `workdir` (blocking: run in a thread).
 
-    With a signing key (or a cache) the bundle is a .tar.gz (signed with the key), else a directory.
+    The bundle is a .tar.gz, signed when a signing key is given.
     `opa check --strict` runs on the whole bundle, or, with `child_checks` (a child OPA activates the bundle
     before it goes live, which compiles every module), only on the hand-written part and the user's native
     Rego, and not at all without native Rego. With a `cache`, a bundle built from the same inputs earlier is
@@ -153,7 +154,7 @@ def build(
     the bundle step.
     """
     caps_data = json.dumps(config.caps_data(caps or {}), sort_keys=True)  # data.talon.caps (docs/caps.md)
-    suffix = ".tar.gz" if signing_key is not None or cache is not None else ""
+    suffix = ".tar.gz"  # one file, packed from memory, that a sidecar downloads as it is
     out = workdir / f"bundle-{os.getpid()}-{next(_SEQ)}{suffix}"
     key = None
     if cache is not None:
@@ -177,14 +178,15 @@ def build(
     files = {**generated, DROP_DECISION_FILE: DROP_DECISION_REGO, bundle.CAPS_DATA_FILE: caps_data}
     unchecked = frozenset(files) if child_checks else frozenset()
     try:
-        revision = bundle.build_bundle(
-            files,
-            out,
-            native=list(native),
-            signing_key=signing_key,
-            check=bool(native) or not child_checks,
-            unchecked=unchecked,
-        )
+        with collector_paused():  # packing 10,000 files: the collector would walk the rule set each time
+            revision = bundle.build_bundle(
+                files,
+                out,
+                native=list(native),
+                signing_key=signing_key,
+                check=bool(native) or not child_checks,
+                unchecked=unchecked,
+            )
     except BaseException:
         remove(out)
         raise

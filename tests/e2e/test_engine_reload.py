@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -178,4 +179,5 @@ def test_native_rego_is_checked_strictly_when_the_child_compiles_the_rest(tmp_pa
     assert not list(tmp_path.glob("bundle-*"))
     native.write_text('package talon.rules.mine\n\nmatch if input.rule == "x"\n')
     built = reload.build([str(rules)], default_registry(), tmp_path, [native], child_checks=True)
-    assert (built.path / "native" / "mine.rego").exists()
+    with tarfile.open(built.path) as tar:
+        assert "native/mine.rego" in tar.getnames()
