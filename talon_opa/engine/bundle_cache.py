@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import talon_opa
 from talon_opa.core import logs
 from talon_opa.core.errors import RuleProblem, Where
@@ -52,9 +54,10 @@ class Entry:
 
 @functools.cache
 def code_fingerprint() -> str:
-    """sha256 of every .py and .rego file of the installed talon_opa package (computed once per process)."""
+    """sha256 of PyYAML's version and every .py and .rego file of the talon_opa package (once per process)."""
     root = Path(talon_opa.__file__).resolve().parent
     h = hashlib.sha256()
+    _part(h, yaml.__version__.encode())  # the YAML parser reads the rules
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".rego") and p.is_file()):
         _part(h, path.relative_to(root).as_posix().encode())
         _part(h, path.read_bytes())
