@@ -8,7 +8,7 @@ engine and of its OPA child, read once the engine is ready; `sampled_peak_mb` is
 set of the engine and all its child processes (`opa check` too) seen while polling. `cpu_s` is the CPU
 time the engine, the `opa` commands it ran and its OPA child used until ready: on a busy machine it moves
 much less than the wall time. The engine runs as installed, with Python's bytecode cached (a first,
-unmeasured start compiles it).
+unmeasured start compiles it). `engine_now_mb` is the engine's resident set once ready: what it keeps.
 
 `--cache off` runs without `opa.cache_dir`; `--cache cold` gives every run an empty cache folder, so the
 bundle is built (and stored); `--cache warm` starts each size once beforehand and keeps its cache folder,
@@ -16,7 +16,7 @@ so the runs reuse the bundle.
 Prints one line per run on stderr and, per rule count, on stdout:
 
     rules=N cache=off|cold|warm ready_s=X cpu_s=Y (median of R) engine_rss_mb=A opa_rss_mb=B
-        total_rss_mb=C sampled_peak_mb=D
+        total_rss_mb=C sampled_peak_mb=D engine_now_mb=E
 
 Never asserted in tests. Timings are wall-clock and noisy on a shared machine: compare medians.
 
@@ -55,6 +55,7 @@ class Run:
     opa_mb: float
     sampled_peak_mb: float  # highest sum of the tree's resident sets seen while polling (catches `opa check`)
     cpu_s: float  # CPU time of the engine, its finished children and its live OPA: steadier than wall time
+    engine_now_mb: float  # the engine's resident set once ready (what it keeps, after the peak of building)
 
 
 def hwm_mb(pid: int, field: str = "VmHWM") -> float:
@@ -126,7 +127,9 @@ def run_once(rules: Path, work: Path, cache: Path | None) -> Run:
             elapsed = time.perf_counter() - t0
             kids = children(proc.pid)
             cpu = cpu_s(proc.pid) + sum(cpu_s(c, waited=False) for c in kids)
-            return Run(elapsed, hwm_mb(proc.pid), sum(hwm_mb(c) for c in kids), max(peak, tree_rss_mb(proc.pid)), cpu)
+            peak = max(peak, tree_rss_mb(proc.pid))
+            now = hwm_mb(proc.pid, "VmRSS")
+            return Run(elapsed, hwm_mb(proc.pid), sum(hwm_mb(c) for c in kids), peak, cpu, now)
         finally:
             proc.terminate()
             try:
@@ -166,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results[n].append(r)
                 print(
                     f"# run={i + 1} rules={n} ready_s={r.ready_s:.3f} engine_rss_mb={r.engine_mb:.1f} "
-                    f"opa_rss_mb={r.opa_mb:.1f} sampled_peak_mb={r.sampled_peak_mb:.1f} cpu_s={r.cpu_s:.2f}",
+                    f"opa_rss_mb={r.opa_mb:.1f} sampled_peak_mb={r.sampled_peak_mb:.1f} cpu_s={r.cpu_s:.2f} "
+                    f"engine_now_mb={r.engine_now_mb:.1f}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -179,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"cpu_s={statistics.median(r.cpu_s for r in runs):.2f} "
             f"(median of {len(runs)}) engine_rss_mb={engine:.1f} opa_rss_mb={opa:.1f} "
             f"total_rss_mb={statistics.median(r.engine_mb + r.opa_mb for r in runs):.1f} "
-            f"sampled_peak_mb={statistics.median(r.sampled_peak_mb for r in runs):.1f}",
+            f"sampled_peak_mb={statistics.median(r.sampled_peak_mb for r in runs):.1f} "
+            f"engine_now_mb={statistics.median(r.engine_now_mb for r in runs):.1f}",
             flush=True,
         )
     return 0

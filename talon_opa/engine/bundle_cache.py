@@ -132,7 +132,7 @@ class BundleCache:
             bundle = folder / BUNDLE
             if _sha256_file(bundle) != meta["bundle_sha256"]:
                 raise ValueError("the bundle does not match its hash")
-            warnings = tuple(_problem(w) for w in meta["warnings"])
+            warnings = tuple(problem_of(w) for w in meta["warnings"])
             summary = meta["summary"]
             revision = meta["revision"]
             if not isinstance(summary, dict) or not isinstance(revision, str):
@@ -162,7 +162,7 @@ class BundleCache:
             "revision": revision,
             "bundle_sha256": _sha256_file(bundle),
             "summary": dict(summary),
-            "warnings": [_problem_doc(w) for w in warnings],
+            "warnings": [problem_doc(w) for w in warnings],
         }
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -191,7 +191,7 @@ class BundleCache:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _problem_doc(p: RuleProblem) -> dict[str, object]:
+def problem_doc(p: RuleProblem) -> dict[str, object]:
     return {
         "file": p.where.file,
         "line": p.where.line,
@@ -204,7 +204,7 @@ def _problem_doc(p: RuleProblem) -> dict[str, object]:
     }
 
 
-def _problem(doc: Any) -> RuleProblem:
+def problem_of(doc: Any) -> RuleProblem:
     if not isinstance(doc, dict):
         raise ValueError("a warning is not an object")
     where = Where(str(doc["file"]), int(doc["line"]), int(doc["column"]))

@@ -12,6 +12,7 @@ still being written (truncate then write) is only read once it has settled.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import os
@@ -106,7 +107,7 @@ def summarize(ruleset: RuleSet, revision: str, path: Path, warnings: Sequence[Ru
     )
 
 
-def from_summary(entry: bundle_cache.Entry, path: Path) -> Built:
+def from_summary(entry: bundle_cache.Entry, path: Path, *, from_cache: bool = True) -> Built:
     """The Built of a cached bundle copied to `path`; ValueError/TypeError/KeyError when the summary is malformed."""
     s = entry.summary
 
@@ -129,8 +130,24 @@ def from_summary(entry: bundle_cache.Entry, path: Path) -> Built:
         notifier_rules=dict(notifier_rules),
         plugins=names("plugins"),
         warnings=entry.warnings,
-        from_cache=True,
+        from_cache=from_cache,
     )
+
+
+def detached(built: Built) -> Built:
+    """The same Built with fresh copies of its strings, made once the rule set is gone.
+
+    The names kept from the loaded rules are scattered over the memory the loader used, and each one
+    keeps its block of that memory from being returned: at 10,000 rules the engine stayed at ~190 MB
+    after building instead of ~70 MB.
+    """
+    copy = json.loads(
+        json.dumps({"summary": built.summary(), "warnings": [bundle_cache.problem_doc(w) for w in built.warnings]})
+    )
+    entry = bundle_cache.Entry(
+        built.path, built.revision, copy["summary"], tuple(bundle_cache.problem_of(w) for w in copy["warnings"])
+    )
+    return from_summary(entry, built.path, from_cache=False)
 
 
 def build(
@@ -192,6 +209,8 @@ def build(
         raise
     built = summarize(ruleset, revision, out, warnings)
     del ruleset, generated, files
+    built = detached(built)
+    gc.collect()  # the loader ran without the collector: its cyclic garbage would stay until the next full pass
     if cache is not None and key is not None:
         again = bundle_cache.cache_key(
             paths, registry, native=bundle.native_files(native), caps_data=caps_data, signing_key=signing_key
