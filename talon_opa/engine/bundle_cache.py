@@ -171,9 +171,12 @@ class BundleCache:
                 shutil.copyfile(bundle, tmp / BUNDLE)
                 (tmp / META).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
                 final = self.root / key
-                if final.exists():
-                    shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
+                try:
+                    os.rename(tmp, final)
+                except OSError:
+                    if not final.is_dir():
+                        raise
+                    # another engine stored the same key meanwhile (a damaged entry is deleted when read)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             self._prune()

@@ -105,3 +105,16 @@ def test_any_change_of_what_goes_into_the_bundle_misses_the_cache(tmp_path: Path
     assert changed.revision != first.revision
     rules.write_text(DRY_RUN_RULES)
     assert build().revision == first.revision
+
+
+def test_an_entry_stored_twice_keeps_the_cache_working(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(DRY_RUN_RULES)
+    built = reload.build([str(rules)], default_registry(), tmp_path, child_checks=True)
+    cache = BundleCache(tmp_path / "cache")
+    for key in ("a" * 64, "a" * 64, "b" * 64):  # the second: another engine stored the same key meanwhile
+        cache.put(key, built.path, built.revision, built.summary(), built.warnings)
+    assert [p.name for p in _entries(tmp_path / "cache")] == ["a" * 64, "b" * 64]
+    entry = cache.get("b" * 64)
+    assert entry is not None
+    assert entry.revision == built.revision
