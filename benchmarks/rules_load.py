@@ -2,7 +2,8 @@
 
 Writes the rules file `decision_latency` generates (same generator), then times, in one process:
 `load_ruleset` (read, merge, resolve, validate, build the model), `rego.generate` and `build_bundle`
-to a temporary folder without `opa check`. OPA's own start-up is measured by the engine, not here.
+to a temporary .tar.gz (as the engine writes it) without `opa check`. OPA's own start-up is measured by
+the engine (benchmarks/startup.py), not here.
 Prints one line per rule count on stdout (peak RSS is the process's high-water mark so far):
 
     rules=N load_s=X translate_s=Y bundle_s=Z peak_rss_mb=M
@@ -53,7 +54,7 @@ def run_size(n: int, work: Path, profile: bool) -> None:
     t1, c1 = time.perf_counter(), time.process_time()
     files = rego.generate(ruleset)
     t2, c2 = time.perf_counter(), time.process_time()
-    bundle.build_bundle(files, work / f"bundle-{n}", check=False)
+    bundle.build_bundle(files, work / f"bundle-{n}.tar.gz", check=False)
     t3, c3 = time.perf_counter(), time.process_time()
     print(
         f"rules={n} load_s={t1 - t0:.3f} translate_s={t2 - t1:.3f} bundle_s={t3 - t2:.3f} "

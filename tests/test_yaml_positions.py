@@ -66,3 +66,31 @@ def test_text_that_is_not_yaml_is_one_problem_with_its_place() -> None:
     [problem] = e.value.problems
     assert problem.where == Where("f.yaml", 2, 1)
     assert problem.message.startswith("wrong YAML syntax")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "- a: 1\n  b: [x, y]\n- c: {d: 2}\n",
+        "- &base {a: 1}\n- <<: *base\n  b: 2\n- *base\n",  # aliases share nodes between items
+    ],
+)
+def test_consuming_the_root_decodes_as_value_does(text: str) -> None:
+    (first,) = yaml_positions.compose(text, "f.yaml")
+    (again,) = yaml_positions.compose(text, "f.yaml")
+    found: list[tuple[Where, str, str]] = []
+    consumed = yaml_positions.Decoder("f.yaml", lambda w, m, h: found.append((w, m, h))).consume(first, text)
+    expected = yaml_positions.Decoder("f.yaml", lambda w, m, h: None).value(again)
+    assert consumed is not None
+    assert expected is not None
+    assert consumed.plain() == expected.plain()
+    assert [v.where for v in consumed.data] == [v.where for v in expected.data]
+    assert not found
+
+
+@pytest.mark.parametrize("text", ["- &a [*a]\n", "&root\n- a\n- *root\n"])  # the second: the root itself
+def test_consuming_a_recursive_alias_reports_it(text: str) -> None:
+    (node,) = yaml_positions.compose(text, "f.yaml")
+    found: list[str] = []
+    assert yaml_positions.Decoder("f.yaml", lambda w, m, h: found.append(m)).consume(node, text) is None
+    assert any("too deep" in m for m in found)

@@ -120,6 +120,9 @@ class Opa:
     """the child OPA also writes every decision, input included, to its log (large: for debugging)"""
     bundle_dir: str = ""
     """where translated bundles are written (writable); empty: a private temporary folder"""
+    cache_dir: str = ""
+    """folder keeping built bundles by content hash: a restart on unchanged rules loads the bundle without
+    translating them (docs/performance.md); empty: no cache"""
     ready_timeout_seconds: float = 30.0
     """how long a new child OPA has to load its bundle"""
     rego: tuple[str, ...] = ()

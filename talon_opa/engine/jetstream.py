@@ -21,17 +21,16 @@ import contextlib
 import hashlib
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-
-import nats
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
-from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from typing import TYPE_CHECKING
 
 from talon_opa.core import config, logs
 from talon_opa.core.errors import AlertError, TalonError
 from talon_opa.engine.work import WorkItem
+
+if TYPE_CHECKING:  # nats is imported when a queue is made: an engine without `queue.kind: nats` never loads it
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext, api
 
 log = logs.get("jetstream")
 
@@ -85,6 +84,11 @@ class JetStreamQueue:
 
     async def connect(self) -> None:
         """Connect, then create the stream and the partitions' consumers when missing (idempotent)."""
+        import nats
+        from nats.errors import Error as NatsError
+        from nats.js import api
+        from nats.js.errors import NotFoundError
+
         try:
             self._nc = await nats.connect(
                 servers=[s.strip() for s in self._url.split(",") if s.strip()],
@@ -120,6 +124,8 @@ class JetStreamQueue:
             await self._js.add_consumer(self._stream, self._consumer_config(n))
 
     def _consumer_config(self, n: int) -> api.ConsumerConfig:
+        from nats.js import api
+
         return api.ConsumerConfig(
             durable_name=f"p{n}",
             filter_subject=f"{self._subject}.p{n}",
@@ -133,6 +139,8 @@ class JetStreamQueue:
         self, item: WorkItem, target: tuple[str, str] | None, dedup_key: str | None, trace: Mapping[str, str]
     ) -> tuple[int, bool]:
         """Store the item (its stream sequence, and whether JetStream had it already); QueueUnavailable if not."""
+        from nats.errors import Error as NatsError
+
         if self.closed:
             raise QueueUnavailable("the engine is shutting down", hint="send it again (another replica)")
         js = self._js
@@ -152,6 +160,8 @@ class JetStreamQueue:
 
     async def original_id(self, seq: int) -> str:
         """The id of the alert stored at `seq`, "" when it is already consumed (work-queue streams delete it)."""
+        from nats.errors import Error as NatsError
+
         if self._js is None:
             return ""
         try:
@@ -231,6 +241,8 @@ class JetStreamQueue:
 
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream the alert is still being worked on, so it is not delivered to another replica."""
+        from nats.errors import Error as NatsError
+
         while True:
             await asyncio.sleep(max(self._ack_wait / 3, 0.2))
             with contextlib.suppress(NatsError, TimeoutError):
@@ -247,6 +259,8 @@ class JetStreamQueue:
         return left
 
     async def stop(self) -> None:
+        from nats.errors import Error as NatsError
+
         self.closed = True
         for t in self._tasks:
             t.cancel()

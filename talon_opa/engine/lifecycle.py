@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from talon_opa.engine.accept import Acceptor
 from talon_opa.engine.approvals import Approvals
 from talon_opa.engine.audit import AuditTrail
 from talon_opa.engine.batcher import Batcher
+from talon_opa.engine.bundle_cache import BundleCache
 from talon_opa.engine.execute import Executor
 from talon_opa.engine.instances import Instances
 from talon_opa.engine.jetstream import JetStreamQueue
@@ -109,6 +111,7 @@ class Engine:
             self._tmp = tempfile.TemporaryDirectory(prefix="talon-opa-engine-")
             self.workdir = Path(self._tmp.name)
         self.supervisor = OpaSupervisor(cfg.opa, self.workdir, self.metrics)
+        self.bundle_cache = BundleCache(Path(cfg.opa.cache_dir)) if cfg.opa.cache_dir else None
         self.opa = OpaClient(
             self.supervisor.endpoint,
             timeout=cfg.opa.timeout_seconds,
@@ -172,7 +175,7 @@ class Engine:
         built = await self._build()
         for w in built.warnings:
             log.warning("rules warning", extra={"where": str(w)})
-        if not built.ruleset.rules:
+        if not built.rules:
             log.warning(
                 "NO RULES: the rules files hold no rule, every response is off", extra={"files": list(cfg.rules_files)}
             )
@@ -254,7 +257,7 @@ class Engine:
         log.info(
             "engine started",
             extra={
-                "rules": len(built.ruleset.rules),
+                "rules": len(built.rules),
                 "revision": built.revision,
                 "opa": self.cfg.opa.url or "child",
                 "dry_run_only": self.dry_run_only,
@@ -298,15 +301,19 @@ class Engine:
         native = [Path(p) for p in self.cfg.opa.rego]
         key = Path(self.cfg.opa.signing_key) if self.cfg.opa.signing_key else None
         return await asyncio.to_thread(
-            reload.build,
-            list(self.cfg.rules_files),
-            self.registry,
-            self.workdir,
-            native,
-            key,
-            self.cfg.caps,
-            self.cfg.approvals,
-            self.cfg.undo,
+            functools.partial(
+                reload.build,
+                list(self.cfg.rules_files),
+                self.registry,
+                self.workdir,
+                native,
+                key,
+                self.cfg.caps,
+                self.cfg.approvals,
+                self.cfg.undo,
+                cache=self.bundle_cache,
+                child_checks=not self.supervisor.external,  # a child activates each bundle before it goes live
+            )
         )
 
     async def reload(self) -> bool:
@@ -323,7 +330,7 @@ class Engine:
                 log.error("rules rejected", extra={"error": str(e), "kept": "the previous rules stay active"})
                 return False
             old = self.built
-            if not built.ruleset.rules and old is not None and old.ruleset.rules and not self.cfg.allow_empty_rules:
+            if not built.rules and old is not None and old.rules and not self.cfg.allow_empty_rules:
                 reload.remove(built.path)
                 self.metrics.reloads.labels(status="refused_empty").inc()
                 self._empty_refused = True
@@ -331,7 +338,7 @@ class Engine:
                     "rules reload refused: the rules files hold no rule",
                     extra={
                         "files": list(self.cfg.rules_files),
-                        "kept": f"the previous {len(old.ruleset.rules)} rules stay active",
+                        "kept": f"the previous {len(old.rules)} rules stay active",
                         "hint": "write the rules again; set allow_empty_rules: true to switch every response off",
                     },
                 )
@@ -365,20 +372,19 @@ class Engine:
                 reload.remove(old.path)
             for w in built.warnings:
                 log.warning("rules warning", extra={"where": str(w)})
-            if not built.ruleset.rules:
+            if not built.rules:
                 log.warning(
                     "NO RULES: the rules files hold no rule, every response is off",
-                    extra={"files": list(self.cfg.rules_files), "before": len(old.ruleset.rules) if old else 0},
+                    extra={"files": list(self.cfg.rules_files), "before": len(old.rules) if old else 0},
                 )
             self.metrics.reloads.labels(status="success").inc()
-            log.info("rules reloaded", extra={"rules": len(built.ruleset.rules), "revision": built.revision})
+            log.info("rules reloaded", extra={"rules": len(built.rules), "revision": built.revision})
             return True
 
     def _set_revision(self, built: Built) -> None:
         self.metrics.set_revision(built.revision)
-        self.metrics.rules_active.set(len(built.ruleset.rules))
-        matches = [r.match for r in built.ruleset.rules]
-        self.metrics.set_known((name for m in matches for name in m.rules), (m.source for m in matches if m.source))
+        self.metrics.rules_active.set(len(built.rules))
+        self.metrics.set_known(built.falco_rules, built.sources)
 
     # --- processing -----------------------------------------------------------------------------------
 
@@ -420,13 +426,13 @@ class Engine:
         doc: dict[str, Any] = {
             "status": "ready",
             "revision": want,
-            "rules": len(self.built.ruleset.rules) if self.built else 0,
+            "rules": len(self.built.rules) if self.built else 0,
             "queue_depth": self.queue.depth,
             "dry_run_only": self.dry_run_only,
             **({"audit": f"not writable: {audit_problem}"} if audit_problem else {}),
             **({"audit_shipping": f"failing: {self.shipper.problem}"} if self.shipper and self.shipper.problem else {}),
         }
-        if self.built is not None and not self.built.ruleset.rules:
+        if self.built is not None and not self.built.rules:
             doc["warning"] = "no rules: every response is off"
         elif self._empty_refused:
             doc["warning"] = "the rules files hold no rule: reload refused, the previous rules stay active"

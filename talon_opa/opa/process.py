@@ -27,6 +27,7 @@ from talon_opa.core import binaries
 from talon_opa.core.errors import OpaError
 
 _HANDED_OUT: set[int] = set()
+READY_POLL_S = 0.01  # OPA answers /health in about a millisecond: polling often starts decisions sooner
 
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None  # loaded before any fork
@@ -164,7 +165,7 @@ class OpaProcess:
                         last = f"HTTP {r.status}: {await r.text()}"
                 except (aiohttp.ClientError, OSError) as e:
                     last = str(e)
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(READY_POLL_S)
         await self.stop()
         raise OpaError(f"opa not ready after {ready_within}s ({last}): {self.log_tail()}")
 

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from talon_opa.core import binaries
@@ -33,6 +33,7 @@ UNDO_DATA_FILE = "talon/undo/data.json"  # data.talon.undo: the undo TTLs (docs/
 NATIVE_DIR = "native"  # where the user's own Rego goes inside the bundle
 OPA_TIMEOUT_S = 300.0
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+GZIP_LEVEL = 6  # zlib's default; at 10,000 rules level 9 packed in 1.2 s instead of 0.7 s for 12% fewer bytes
 
 
 class BundleError(TalonError):
@@ -128,23 +129,33 @@ def build_bundle(
     library: Path = POLICIES,
     native: Sequence[Path] = (),
     check: bool = True,
+    unchecked: Collection[str] = (),
 ) -> str:
     """Write the bundle to `out` (a directory, or a `.tar.gz`), sign it if asked; return its revision.
 
     `files` maps bundle-relative paths to the generated Rego and data. The output replaces a previous
-    bundle atomically (never a foreign, non-empty folder). With `check`, `opa check --strict` must pass.
+    bundle atomically (never a foreign, non-empty folder). With `check`, `opa check --strict` must pass
+    on every file but the `unchecked` ones (the engine leaves out what it generated: OPA compiles those
+    when it activates the bundle, and checking 10,000 generated modules twice doubled start-up).
     """
     merged, revision = assemble(files, library=library, native=native)
     out = out.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".talon-bundle-", dir=out.parent) as tmp:
+        if check and unchecked:
+            rest = {path: text for path, text in merged.items() if path not in unchecked}
+            write_tree(rest, Path(tmp) / "checked", revision)
+            check_bundle(Path(tmp) / "checked")
+            check = False
         staging = Path(tmp) / "bundle"
-        write_tree(merged, staging, revision)
         if is_archive(out):
-            if signing_key is not None:
-                sign(staging, signing_key)
             packed = Path(tmp) / "bundle.tar.gz"
-            packed.write_bytes(pack(staging))
+            if signing_key is not None:
+                write_tree(merged, staging, revision)
+                sign(staging, signing_key)
+                packed.write_bytes(pack(staging))
+            else:  # straight from memory: 10,000 rules are 10,000 files not written and read back
+                packed.write_bytes(pack_files(tree_files(merged, revision)))
             if check:
                 check_bundle(packed)
             os.replace(packed, out)
@@ -155,10 +166,22 @@ def build_bundle(
                 raise BundleError(
                     f"cannot sign the directory bundle {out}", hint="write a signed bundle as FILE.tar.gz"
                 )
+            write_tree(merged, staging, revision)
             if check:
                 check_bundle(staging)
             _replace_dir(staging, out)
     return revision
+
+
+def manifest_text(revision: str) -> str:
+    return json.dumps(manifest(revision), sort_keys=True) + "\n"
+
+
+def tree_files(files: Mapping[str, str], revision: str) -> dict[str, bytes]:
+    """The files of a bundle and its `.manifest`, as `write_tree` writes them."""
+    out = {rel: text.encode() for rel, text in files.items()}
+    out[".manifest"] = manifest_text(revision).encode()
+    return out
 
 
 def write_tree(files: Mapping[str, str], root: Path, revision: str) -> None:
@@ -171,7 +194,7 @@ def write_tree(files: Mapping[str, str], root: Path, revision: str) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             made.add(path.parent)
         path.write_text(text, encoding="utf-8")
-    (root / ".manifest").write_text(json.dumps(manifest(revision), sort_keys=True) + "\n", encoding="utf-8")
+    (root / ".manifest").write_text(manifest_text(revision), encoding="utf-8")
 
 
 def sign(root: Path, signing_key: Path) -> None:
@@ -181,15 +204,23 @@ def sign(root: Path, signing_key: Path) -> None:
 
 
 def pack(root: Path) -> bytes:
-    """A bundle directory as the `.tar.gz` OPA loads: every file by its path under `root`, in sorted order.
+    """A bundle directory as the `.tar.gz` OPA loads: every file by its path under `root`, in sorted order."""
+    return pack_files({p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()})
+
+
+def pack_files(files: Mapping[str, bytes]) -> bytes:
+    """Bundle files (path -> content) as a `.tar.gz`, in the order of their paths' parts.
 
     Times, owners and modes are fixed, so the same bundle always packs to the same bytes.
     """
     buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            data = path.read_bytes()
-            info = tarfile.TarInfo(path.relative_to(root).as_posix())
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=GZIP_LEVEL) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
+        for rel in sorted(files, key=lambda r: r.split("/")):
+            data = files[rel]
+            info = tarfile.TarInfo(rel)
             info.size = len(data)
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))

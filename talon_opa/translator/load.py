@@ -143,7 +143,10 @@ def load_text(text: str, file: str, out: Loaded | None = None) -> Loaded:
                 hint="put every rule and action in one list, or split them into several -r files",
             )
         )
-    root = yaml_positions.Decoder(file, dec.report).value(docs[0])
+    first = docs[0]
+    del docs  # the nodes (most of the loader's memory at 10,000 rules) go as soon as they are decoded
+    root = yaml_positions.Decoder(file, dec.report).consume(first, text)
+    del first
     if root is None:
         out.fatal = True
         return out

@@ -12,9 +12,7 @@ mismatches Talon only logs) never make rules invalid; read them from `Report.war
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from talon_opa.plugins.params import ParamsInvalid
 from talon_opa.plugins.registry import Registry
 from talon_opa.plugins.spec import Spec
 from talon_opa.translator import load, merge, validate, yaml_positions
+from talon_opa.translator.collector import collector_paused
 from talon_opa.translator.model import Action, FieldCondition, Match, OutputRef, Priority, Rule, RuleSet
 
 
@@ -111,23 +110,6 @@ def _check_rules(
         return Report(None, tuple(problems), tuple(warnings), tuple(rules))
     model = RuleSet(tuple(_rule(mr, registry) for mr in rules), tuple(str(p) for p in paths))
     return Report(model, (), tuple(warnings + _not_runnable(model, registry)), tuple(rules))
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while rules load, back as it was after (even on error).
-
-    Loading builds millions of objects (YAML nodes and marks, Values, raw items) that reference counting
-    frees; while they are alive, each full collection walks all of them, which at 10,000 rules cost more
-    than the loading itself. The collector is process-wide: other threads run without it for that time.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _not_runnable(model: RuleSet, registry: Registry) -> list[RuleProblem]:

@@ -7,7 +7,6 @@ contain `=` (split on the first `=`/`!=`); the parsers here are also what the mo
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -93,6 +92,8 @@ def _flag_problem(t: Text | None, key: str, rule: str, action: str = "") -> Rule
 
 
 def _one_of(names: Sequence[str], given: str) -> str:
+    import difflib  # only for a problem to report
+
     close = difflib.get_close_matches(given, names, n=1)
     known = ", ".join(sorted(names))
     return f"did you mean {close[0]}? known: {known}" if close else f"use one of: {known}"

@@ -178,6 +178,25 @@ class Decoder:
             return self._mapping(node, where, depth, key_where)
         return None
 
+    def consume(self, node: yaml.Node, text: str) -> Value | None:
+        """`value(node)` for a document's root, which releases each item's nodes once it is decoded.
+
+        At 10,000 rules the nodes and the Values together were the loader's peak of memory (250 -> 209 MB).
+        Only when the text has no `*`, so no alias: an alias to the root itself would meet released items.
+        """
+        if not isinstance(node, yaml.SequenceNode) or "*" in text:
+            return self.value(node)
+        nodes: list[Any] = node.value
+        items = []
+        for i, item in enumerate(nodes):
+            nodes[i] = None
+            items.append(self.value(item, 1))
+            del item
+        if None in items:
+            return None
+        mark = node.start_mark
+        return Value("seq", tuple(items), Where(self.file, mark.line + 1, mark.column + 1))
+
     def _scalar(self, node: yaml.ScalarNode, where: Where, key_where: Where | None) -> Value:
         text: str = node.value
         if node.style not in (None, ""):

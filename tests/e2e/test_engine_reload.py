@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.engine_harness import RunningEngine, running_engine, shell_alert
+from talon_opa.catalog import default_registry
+from talon_opa.engine import reload
+from talon_opa.translator.bundle import BundleError
+from tests.e2e.engine_harness import DRY_RUN_RULES, RunningEngine, running_engine, shell_alert
 
 RULES = """\
 - rule: {name}
@@ -109,7 +113,7 @@ async def test_truncate_then_write_never_puts_an_empty_rule_set_live(tmp_path: P
         async def watch_active() -> None:
             while True:
                 assert e.engine.built is not None
-                seen.append(len(e.engine.built.ruleset.rules))
+                seen.append(len(e.engine.built.rules))
                 await asyncio.sleep(0.01)
 
         monitor = asyncio.create_task(watch_active())
@@ -121,7 +125,7 @@ async def test_truncate_then_write_never_puts_an_empty_rule_set_live(tmp_path: P
                     f.write(RULES.format(name=f"R{i}"))
                 for _ in range(400):  # bounded: until the new rules are live
                     assert e.engine.built is not None
-                    if e.engine.built.ruleset.rules[0].name == f"R{i}":
+                    if e.engine.built.rules[0] == f"R{i}":
                         break
                     await asyncio.sleep(0.05)
                 else:
@@ -163,3 +167,17 @@ async def test_an_allowed_empty_rule_set_goes_live_loudly(tmp_path: Path, caplog
         assert (ready.status, ready.body["rules"]) == (200, 0)
         assert "every response is off" in ready.body["warning"]
         assert await acted(e, "Gone", "e-2") == 0
+
+
+def test_native_rego_is_checked_strictly_when_the_child_compiles_the_rest(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(DRY_RUN_RULES)
+    native = tmp_path / "mine.rego"
+    native.write_text('package talon.rules.mine\n\nimport data.unused\n\nmatch if input.rule == "x"\n')
+    with pytest.raises(BundleError, match="unused"):
+        reload.build([str(rules)], default_registry(), tmp_path, [native], child_checks=True)
+    assert not list(tmp_path.glob("bundle-*"))
+    native.write_text('package talon.rules.mine\n\nmatch if input.rule == "x"\n')
+    built = reload.build([str(rules)], default_registry(), tmp_path, [native], child_checks=True)
+    with tarfile.open(built.path) as tar:
+        assert "native/mine.rego" in tar.getnames()
