@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from talon_opa.core import binaries
 from talon_opa.core.errors import TalonError
+from talon_opa.translator.bundle import build_bundle
 from talon_opa.translator.model import Match, RuleSet
 from talon_opa.translator.rego import (
     HEADER,
@@ -90,3 +94,18 @@ def test_native_index_registers_packages_and_rejects_clashes() -> None:
     generated = generate(RuleSet((rule("Blocker"),)))
     with pytest.raises(TalonError, match=r"talon\.rules\.blocker"):
         native_index(sources, generated)
+
+
+def test_a_rule_named_beyond_the_bmp_passes_opa_and_keeps_its_name(tmp_path: Path) -> None:
+    """An emoji in a rule's name is written as YAML's \\U escape in the METADATA title (OPA's YAML parser
+    refuses JSON's surrogate pairs), and OPA reads the title back as the name."""
+    out = tmp_path / "bundle"
+    build_bundle(generate(RuleSet((rule("Shell 😀 \\ud83d"),))), out, check=True)
+    found = subprocess.run(
+        [binaries.find("opa"), "inspect", "--annotations", "--format", "json", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    titles = [a["annotations"].get("title") for a in json.loads(found.stdout)["annotations"]]
+    assert 'Talon rule "Shell 😀 \\ud83d"' in titles

@@ -143,7 +143,18 @@ def _string(text: str) -> str:
 
 
 def _yaml_string(text: str) -> str:
-    return _ASCII_STRING(text)  # a JSON string is a YAML double-quoted scalar; ASCII keeps it one line
+    """A YAML double-quoted scalar on one line: JSON's ASCII form, but with YAML's `\\UXXXXXXXX` for a
+    character beyond the BMP (YAML refuses JSON's surrogate-pair escapes)."""
+    return _SURROGATE_PAIR.sub(_yaml_escape, _ASCII_STRING(text))
+
+
+# a JSON surrogate-pair escape after an even number of backslashes (else the `\\u` is escaped text)
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def _yaml_escape(m: re.Match[str]) -> str:
+    code = 0x10000 + ((int(m[2], 16) - 0xD800) << 10) + (int(m[3], 16) - 0xDC00)
+    return f"{m[1]}\\U{code:08x}"
 
 
 def step(rule: Rule, action: Action) -> dict[str, Any]:
