@@ -56,7 +56,7 @@ TALON_PROCESSED_1000_RULES = 7146.0
 BEFORE = {"accepted": 3409.0, "processed": 1492.0, "drain": 12.2, "cpu": 0.79, "p50": 8.9, "p99": 89.0}
 DECIDED = ("talon_opa_decision_duration_seconds_count", "talon_opa_alerts_failed_total")
 BUSY = ("talon_opa_queue_depth", "talon_opa_alerts_in_flight")
-PROBE = "talon_opa_decision_duration_seconds_count"
+PROBE = "talon_opa_queue_depth"  # always exported (the decision histogram has series only once used)
 # /metrics is polled during the drain: often at first (a short drain is timed closely), then at most 4 times a
 # second, so that the scrapes cost the engine little of the CPU measured
 POLL_FIRST_S, POLL_MAX_S = 0.01, 0.25
