@@ -2,7 +2,10 @@
 
 Starts a real control plane (etcd, kube-apiserver, kwok... from tools/) and the engine as its own process,
 creates pods, then for each pod posts a "Terminal shell in container" alert and waits for the pod's
-labelled version on a watch. Prints `p50_ms=X p99_ms=Y n=N`. Loopback only, bounded.
+labelled version on a watch. Interleaved with those alerts, the bare floor of the same run: a plain client
+GETs another pod and PATCHes the same label onto it (what the actionner does, without the engine), timed
+until the watch shows it. Prints `p50_ms=X p99_ms=Y n=N floor_p50_ms=F floor_p99_ms=G ratio_p50=R`.
+Loopback only, bounded.
 With `--queue nats --replicas N`, N engine processes share one JetStream stream and the alerts go round-robin.
 With `--caps-pod`, the config sets caps.protected_labels and caps.keep_last_replica, so the engine reads each
 alert's pod (and its owner) from the API server before deciding (docs/caps.md): the cost of that lookup.
@@ -62,15 +65,19 @@ async def main() -> None:
             ns = await kube.new_namespace("bench")
             for i in range(a.alerts):
                 await kube.create_pod(ns, f"p{i}", node=NODES[i % 2])
-            await kube.wait_running(ns, count=a.alerts, within=120)
-            seen: dict[str, asyncio.Future[float]] = {
-                f"p{i}": asyncio.get_running_loop().create_future() for i in range(a.alerts)
-            }
+                await kube.create_pod(ns, f"f{i}", node=NODES[i % 2])
+            await kube.wait_running(ns, count=2 * a.alerts, within=180)
+            loop = asyncio.get_running_loop()
+            seen = {f"{k}{i}": loop.create_future() for i in range(a.alerts) for k in "pf"}
             watch = asyncio.create_task(watch_labels(kube, ns, seen))
             async with engines(RULES, a.replicas, a.queue, {}, kubeconfig=str(kube.kubeconfig), **extra) as urls:
-                latencies = []
-                async with aiohttp.ClientSession() as http:
+                latencies, floor = [], []
+                plain = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=kube.api.config.ssl_context()))
+                async with plain, aiohttp.ClientSession() as http:
                     for i in range(a.alerts):
+                        start = time.monotonic()
+                        await label_directly(plain, kube, ns, f"f{i}")
+                        floor.append((await asyncio.wait_for(seen[f"f{i}"], 30) - start) * 1000)
                         body = {
                             "rule": "Terminal shell in container",
                             "priority": "Notice",
@@ -87,10 +94,27 @@ async def main() -> None:
         finally:
             await kube.stop()
     p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
+    f50, f99 = statistics.median(floor), percentile(floor, 0.99)
     print(
-        f"p50_ms={p50:.1f} p99_ms={p99:.1f} n={len(latencies)} queue={a.queue} replicas={a.replicas} "
-        f"caps_pod={a.caps_pod}"
+        f"p50_ms={p50:.1f} p99_ms={p99:.1f} n={len(latencies)} floor_p50_ms={f50:.1f} floor_p99_ms={f99:.1f} "
+        f"ratio_p50={p50 / f50:.2f} queue={a.queue} replicas={a.replicas} caps_pod={a.caps_pod}"
     )
+
+
+async def label_directly(http: aiohttp.ClientSession, kube: KubeCluster, ns: str, pod: str) -> None:
+    """The floor: one GET of the pod and one merge PATCH of the label, from a plain HTTP client (its TLS
+    connection kept open, as the engine's is)."""
+    cfg = kube.api.config
+    url = f"{cfg.server}/api/v1/namespaces/{ns}/pods/{pod}"
+    headers = {"Authorization": f"Bearer {cfg.token}"}
+    async with http.get(url, headers=headers) as r:
+        assert r.status == 200, await r.text()
+        await r.read()
+    patch = {"metadata": {"labels": {LABEL: "true"}}}
+    headers["Content-Type"] = "application/merge-patch+json"
+    async with http.patch(url, data=json.dumps(patch), headers=headers) as r:
+        assert r.status == 200, await r.text()
+        await r.read()
 
 
 async def watch_labels(kube: KubeCluster, ns: str, seen: dict[str, asyncio.Future[float]]) -> None:
