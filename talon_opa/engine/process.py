@@ -67,7 +67,10 @@ class Processor:
             return False
         t0 = time.perf_counter()
         alert = job.alert
-        revision = prefilter.empty_plan_revision(alert.rule, alert.tags)
+        try:
+            revision = prefilter.empty_plan_revision(alert.rule, alert.tags)
+        except Exception:  # never expected: queued, `handle` reports it as it would have anyway
+            return False
         if not revision:
             return False
         root = job.span
