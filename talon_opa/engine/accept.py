@@ -6,7 +6,9 @@ Retry-After). The root `receive alert` span starts here, continuing the item's t
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,8 +57,11 @@ class Acceptor:
         metrics: Metrics,
         tracing: telemetry.Telemetry,
         jetstream: JetStreamQueue | None = None,
+        decide_now: Callable[[Job], bool] | None = None,
     ) -> None:
         self._cfg = cfg
+        # in process, an alert the candidate index can decide is processed here, not queued (False: queue it)
+        self._decide_now = decide_now if jetstream is None else None
         self._queue = queue
         self._jetstream = jetstream
         self._metrics = metrics
@@ -122,8 +127,22 @@ class Acceptor:
         if self._jetstream is not None:
             with trace.use_span(span, end_on_exit=False):  # the trace context goes into the stored message
                 return await self._publish(item, span, trace_id, target, key)
+        job = Job(item, span, time.monotonic())
+        queue, size = self._queue, len(item.body)
+        # only when the queue would take it (same answer) and holds nothing of its pod (that runs first)
+        decide_now = self._decide_now
+        if (
+            decide_now is not None
+            and queue.has_room(size)
+            and (target is None or not queue.holds(target))
+            and decide_now(job)
+        ):
+            self.dedup.record(key, item.alert_id, trace_id)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("alert queued", extra={"id": item.alert_id, "trace_id": trace_id})
+            return Admission("queued", item.alert_id, trace_id)
         try:
-            queued = self._queue.put(Job(item, span, time.monotonic()), target, len(item.body))
+            queued = queue.put(job, target, size)
         except QueueClosed:
             telemetry.fail(span, "the engine is shutting down", "draining")
             span.end()
@@ -147,7 +166,8 @@ class Acceptor:
                 )
             return Admission("full", item.alert_id, trace_id, capacity=self._queue.capacity, full_by_bytes=by_bytes)
         self.dedup.record(key, item.alert_id, trace_id)
-        log.debug("alert queued", extra={"id": item.alert_id, "trace_id": trace_id})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("alert queued", extra={"id": item.alert_id, "trace_id": trace_id})
         return Admission("queued", item.alert_id, trace_id)
 
     async def _publish(

@@ -132,9 +132,6 @@ class Engine:
         self.jetstream = (
             JetStreamQueue(cfg, self._handle_item, self.metrics.queue_depth.set) if cfg.queue.kind == "nats" else None
         )
-        self.acceptor = Acceptor(
-            cfg, queue=self.queue, metrics=self.metrics, tracing=self.telemetry, jetstream=self.jetstream
-        )
         self.audit = AuditTrail(cfg.audit, self.metrics.registry) if cfg.audit.path else None
         self.shipper: audit_ship.AuditShipper | None = None  # with audit.output, built at start (its output)
         self.processor = Processor(
@@ -148,6 +145,14 @@ class Engine:
             execute_slots=cfg.queue.workers if self.decide_ahead else None,
             # OPA reads only what it needs, unless your Rego may read more or OPA logs inputs for debugging
             lean_input=not cfg.opa.rego and not cfg.opa.decision_logs,
+        )
+        self.acceptor = Acceptor(
+            cfg,
+            queue=self.queue,
+            metrics=self.metrics,
+            tracing=self.telemetry,
+            jetstream=self.jetstream,
+            decide_now=self.processor.decide_now,  # alerts no rule can match skip the queue (in process)
         )
         self.approvals = Approvals(
             cfg, executor=self._executor, tracer=self.tracer, registry=self.metrics.registry, audit=self.audit

@@ -55,6 +55,61 @@ class Processor:
         self._lean_input = lean_input  # only the input fields talon-opa's Rego reads (no user Rego in the bundle)
         # how many plans run at once when more alerts than that are decided at once (None: no limit here)
         self._execute_slots = asyncio.Semaphore(execute_slots) if execute_slots else None
+        self._decided_by_index = metrics.decision_seconds.labels(by="index")
+        self._decided_by_opa = metrics.decision_seconds.labels(by="opa")
+
+    def decide_now(self, job: Job) -> bool:
+        """Process at once, without awaiting, an alert the candidate index proves no rule matches: the same
+        `decide plan` span, metrics and audit line as `handle` gives it. False (nothing done): queue it.
+        """
+        prefilter = self._prefilter
+        if prefilter is None:
+            return False
+        t0 = time.perf_counter()
+        alert = job.alert
+        try:
+            revision = prefilter.empty_plan_revision(alert.rule, alert.tags)
+        except Exception:  # never expected: queued, `handle` reports it as it would have anyway
+            return False
+        if not revision:
+            return False
+        root = job.span
+        plan: Plan | None = None
+        try:
+            if root.is_recording():  # else its child would record nothing either: no span to start
+                span = self._tracer.start_span(telemetry.DECIDE_PLAN, context=trace.set_span_in_context(root))
+                with trace.use_span(span, end_on_exit=True):
+                    plan = self._by_index(span, revision, t0)
+            else:
+                plan = Plan.empty(revision, time.perf_counter() - t0)
+                self._decided_by_index.observe(plan.seconds)
+            telemetry.ok(root)
+            self._record(job, plan, [])
+        except Exception as e:
+            self._metrics.alerts_failed.labels(stage="execute").inc()
+            telemetry.fail(root, e)
+            trace_id = telemetry.trace_id_of(root)  # its span is not the current one here
+            log.exception("alert processing failed", extra={"id": job.alert_id, "trace_id": trace_id})
+            self._record(job, plan, [], f"{type(e).__name__}: {e}")
+        finally:
+            root.end()
+        return True
+
+    def _by_index(self, span: trace.Span, revision: str, t0: float) -> Plan:
+        """The empty plan of `revision`'s index, on the alert's `decide plan` span."""
+        plan = Plan.empty(revision, time.perf_counter() - t0)
+        self._decided_by_index.observe(plan.seconds)
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    telemetry.DECIDED_BY: "index",
+                    telemetry.BUNDLE_REVISION: revision,
+                    telemetry.MATCHED_RULES: [],
+                    telemetry.STEP_COUNT: 0,
+                }
+            )
+            telemetry.ok(span)
+        return plan
 
     async def handle(self, job: Job, started: Callable[[], None] = lambda: None) -> None:
         """Decide and execute one alert, in its trace. Never raises (failures are reported).
@@ -141,18 +196,7 @@ class Processor:
             alert = job.alert
             revision = self._prefilter.empty_plan_revision(alert.rule, alert.tags) if self._prefilter else ""
             if revision:
-                plan = Plan.empty(revision, time.perf_counter() - t0)
-                self._metrics.decision_seconds.labels(by="index").observe(plan.seconds)
-                span.set_attributes(
-                    {
-                        telemetry.DECIDED_BY: "index",
-                        telemetry.BUNDLE_REVISION: revision,
-                        telemetry.MATCHED_RULES: [],
-                        telemetry.STEP_COUNT: 0,
-                    }
-                )
-                telemetry.ok(span)
-                return plan
+                return self._by_index(span, revision, t0)
 
             def retrying(attempt: int, error: OpaError) -> None:
                 span.add_event("opa unavailable, retrying", {"attempt": attempt, "error": str(error)[:500]})
@@ -166,7 +210,7 @@ class Processor:
             except OpaError as e:
                 telemetry.fail(span, e, "opa_error")
                 raise
-            self._metrics.decision_seconds.labels(by="opa").observe(plan.seconds)
+            self._decided_by_opa.observe(plan.seconds)
             span.set_attributes(
                 {
                     telemetry.DECIDED_BY: "opa",

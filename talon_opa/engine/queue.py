@@ -60,6 +60,7 @@ class AlertQueue(Generic[J]):
         self._on_depth = on_depth or (lambda depth: None)
         self._queue: asyncio.Queue[_Entry[J]] = asyncio.Queue()
         self._busy: dict[Hashable, deque[_Entry[J]]] = {}  # target → alerts waiting behind the running one
+        self._held: dict[Hashable, int] = {}  # target → its alerts accepted and not finished
         self._waiting = 0  # accepted, not started
         self._unfinished = 0  # accepted, not finished
         self._idle = asyncio.Event()
@@ -79,6 +80,16 @@ class AlertQueue(Generic[J]):
         loop = asyncio.get_running_loop()
         self._workers = [loop.create_task(self._work(), name=f"talon-opa-worker-{i}") for i in range(self._n_workers)]
 
+    def has_room(self, size: int) -> bool:
+        """Whether `put` would take a job of this size now (not draining, not full by count or bytes)."""
+        if self.closed or self._waiting >= self.capacity:
+            return False
+        return self.max_bytes is None or not self._unfinished or self.bytes + size <= self.max_bytes
+
+    def holds(self, target: Hashable) -> bool:
+        """Whether an alert of this target is accepted and not finished (one after it must wait for it)."""
+        return target in self._held
+
     def put(self, job: J, target: Hashable | None = None, size: int = 0) -> bool:
         """Accept the job unless the queue is full by count or bytes (False) or draining (QueueClosed)."""
         if self.closed:
@@ -87,6 +98,8 @@ class AlertQueue(Generic[J]):
             return False
         if self.max_bytes is not None and self._unfinished and self.bytes + size > self.max_bytes:
             return False
+        if target is not None:
+            self._held[target] = self._held.get(target, 0) + 1
         self._waiting += 1
         self.bytes += size
         self._unfinished += 1
@@ -135,6 +148,13 @@ class AlertQueue(Generic[J]):
             log.exception("alert handler failed")
         finally:
             started()
+            target = entry.target
+            if target is not None:
+                held = self._held[target] - 1
+                if held:
+                    self._held[target] = held
+                else:
+                    del self._held[target]
             self._unfinished -= 1
             self.bytes -= entry.size
             if self._unfinished == 0:

@@ -194,11 +194,14 @@ def result(span: Span, text: str) -> None:
     span.set_attribute(RESULT, secrets.KNOWN.scrub(text[:1000]))
 
 
+_OK = Status(StatusCode.OK)
+
+
 def ok(span: Span, message: str = "") -> None:
     """Mark a span successful (OTel allows a description on errors only: `message` goes in an attribute)."""
     if message:
         result(span, message)
-    span.set_status(Status(StatusCode.OK))
+    span.set_status(_OK)
 
 
 def current_trace_id() -> str:

@@ -62,9 +62,13 @@ class CandidateIndex:
 
         `tags` as the alert holds them: like `input.tags_set`, only the strings count.
         """
-        if rule in self.rule_keys or not _exact(rule):
+        if rule in self.rule_keys or not (rule.isascii() or _exact(rule)):
             return False
-        return not any(isinstance(tag, str) and (tag in self.tag_keys or not _exact(tag)) for tag in tags)
+        tag_keys = self.tag_keys
+        for tag in tags:  # a plain loop: this runs for every alert
+            if isinstance(tag, str) and (tag in tag_keys or not (tag.isascii() or _exact(tag))):
+                return False
+        return True
 
 
 def _empty(value: Any) -> bool:
