@@ -39,6 +39,12 @@ async def test_alerts_are_decided_ahead_of_the_workers_and_run_no_more_than_the_
         pods = ["same", "same", *(f"other-{i}" for i in range(6))]
         for i, pod in enumerate(pods):
             assert (await e.post(json_body=shell_alert(pod, output=f"shell {i} in {pod}"))).status == 200
+            if i == 2:  # the first "same" and other-0 hold both workers before the rest fill the capacity
+                for _ in range(250):  # bounded
+                    if len(SCRIPT.calls) == 2:
+                        break
+                    await asyncio.sleep(0.02)
+                assert len(SCRIPT.calls) == 2
         for _ in range(250):  # bounded: until the alerts that may be decided are
             if await e.metric("talon_opa_decision_duration_seconds_count") >= 7:
                 break
