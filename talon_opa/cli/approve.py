@@ -47,15 +47,10 @@ def main(args: argparse.Namespace) -> int:
     from talon_opa.core import config
 
     try:
-        cfg = config.load(args.config)
+        url, token = operator_api.target(args)
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    token = args.token or cfg.auth.operator_token
-    if not token:
-        print(f"error: {operator_api.no_token_message()}", file=sys.stderr)
-        return EXIT_INVALID
-    url = (args.url or operator_api.engine_url(cfg)).rstrip("/")
     try:
         return _run(args, url, token)
     except operator_api.Unreachable as e:

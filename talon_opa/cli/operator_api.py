@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
 import urllib.error
 import urllib.request
@@ -37,8 +38,16 @@ def engine_url(cfg: config.Config) -> str:
     return f"{'https' if cfg.tls.cert_file else 'http'}://{host}:{cfg.listen_port}"
 
 
-def no_token_message() -> str:
-    return f"no operator token: pass --token, set ${TOKEN_ENV}, or -c the engine's config (auth.operator_token)"
+def target(args: argparse.Namespace) -> tuple[str, str]:
+    """The engine's base URL and the operator token from the command line, the env and the -c config;
+    `config.ConfigError` when the config is invalid or no token is given."""
+    cfg = config.load(args.config, env=os.environ)
+    token = args.token or cfg.auth.operator_token
+    if not token:
+        raise config.ConfigError(
+            "no operator token", hint=f"pass --token, set ${TOKEN_ENV}, or -c the engine's config (auth.operator_token)"
+        )
+    return (args.url or engine_url(cfg)).rstrip("/"), token
 
 
 def call(

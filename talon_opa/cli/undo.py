@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 from urllib.parse import quote
@@ -30,15 +29,10 @@ def main(args: argparse.Namespace) -> int:
         print("error: give an alert id or an action id, or --list", file=sys.stderr)
         return EXIT_INVALID
     try:
-        cfg = config.load(args.config, env=os.environ)
+        base, token = operator_api.target(args)
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_INVALID
-    token = args.token or cfg.auth.operator_token
-    if not token:
-        print(f"error: {operator_api.no_token_message()}", file=sys.stderr)
-        return EXIT_INVALID
-    base = (args.url or operator_api.engine_url(cfg)).rstrip("/")
     method, url = ("GET", f"{base}/v1/undo") if args.list else ("POST", f"{base}/v1/undo/{quote(args.id, safe='')}")
     try:
         status, doc = operator_api.call(method, url, token, cacert=args.cacert, timeout=TIMEOUT_SECONDS)

@@ -533,20 +533,32 @@ CAPS_KEYS = ("limits", "protected_namespaces", "protected_labels", "keep_last_re
 CAP_WINDOWS = (60, 600, 3600)  # the sliding windows the engine counts actions in (input.counters)
 
 
+class _Section:
+    """A policy section of the config (`caps:`, `approvals:`, `undo:`): its errors name the key and its doc."""
+
+    def __init__(self, name: str, keys: Sequence[str]) -> None:
+        self.name, self.keys = name, tuple(keys)
+
+    def bad(self, what: str) -> ConfigError:
+        return ConfigError(f"config key {what}", hint=f"see docs/{self.name}.md for the `{self.name}:` section")
+
+    def checked(self, value: Any) -> dict[str, Any]:
+        """The section as a mapping of known keys (ConfigError naming the first unknown one)."""
+        if not isinstance(value, dict):
+            raise self.bad(f"'{self.name}' must be a mapping")
+        for k in value:
+            if k not in self.keys:
+                raise self.bad(f"'{self.name}.{k}' is unknown ({', '.join(self.keys)})")
+        return value
+
+
 def parse_caps(value: Any) -> Mapping[str, Any]:
     """The `caps:` section, checked (docs/caps.md): `limits` by actionner, `protected_namespaces`,
     `protected_labels`, `keep_last_replica`."""
     if value is None:
         return {}
-
-    def bad(what: str) -> ConfigError:
-        return ConfigError(f"config key {what}", hint="see docs/caps.md for the `caps:` section")
-
-    if not isinstance(value, dict):
-        raise bad("'caps' must be a mapping")
-    for k in value:
-        if k not in CAPS_KEYS:
-            raise bad(f"'caps.{k}' is unknown ({', '.join(CAPS_KEYS)})")
+    section = _Section("caps", CAPS_KEYS)
+    bad, value = section.bad, section.checked(value)
     limits = value.get("limits") or {}
     if not isinstance(limits, dict):
         raise bad("'caps.limits' must be a mapping of actionner to {per_namespace, window_seconds}")
@@ -605,20 +617,14 @@ def parse_approvals(value: Any) -> Mapping[str, Any]:
     """The `approvals:` section, checked (docs/approvals.md): `require`, `window_seconds`, `max_pending`."""
     if value is None:
         return {}
-
-    def bad(what: str) -> ConfigError:
-        return ConfigError(f"config key {what}", hint="see docs/approvals.md for the `approvals:` section")
+    section = _Section("approvals", ("require", "window_seconds", "max_pending"))
+    bad, value = section.bad, section.checked(value)
 
     def seconds(v: Any, where: str) -> int:
         if type(v) is not int or not 1 <= v <= 7 * 86400:
             raise bad(f"{where} must be a whole number of seconds from 1 to 604800 (a week)")
         return int(v)
 
-    if not isinstance(value, dict):
-        raise bad("'approvals' must be a mapping")
-    for k in value:
-        if k not in ("require", "window_seconds", "max_pending"):
-            raise bad(f"'approvals.{k}' is unknown (require, window_seconds, max_pending)")
     window = seconds(value.get("window_seconds", APPROVAL_WINDOW), "'approvals.window_seconds'")
     max_pending = value.get("max_pending", APPROVAL_MAX_PENDING)
     if type(max_pending) is not int or max_pending < 1:
@@ -659,15 +665,8 @@ def parse_undo(value: Any) -> Mapping[str, Any]:
     """The `undo:` section, checked (docs/undo.md): `ttl_seconds` by actionner and by rule, in seconds > 0."""
     if value is None:
         return {}
-
-    def bad(what: str) -> ConfigError:
-        return ConfigError(f"config key {what}", hint="see docs/undo.md for the `undo:` section")
-
-    if not isinstance(value, dict):
-        raise bad("'undo' must be a mapping")
-    for k in value:
-        if k != "ttl_seconds":
-            raise bad(f"'undo.{k}' is unknown (ttl_seconds)")
+    section = _Section("undo", ("ttl_seconds",))
+    bad, value = section.bad, section.checked(value)
     ttl = value.get("ttl_seconds") or {}
     if not isinstance(ttl, dict):
         raise bad("'undo.ttl_seconds' must be a mapping with actionners and rules")
