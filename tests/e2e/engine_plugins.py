@@ -136,3 +136,15 @@ class KubeLabel(Actionner[label.LabelParams]):
 
 def kube_registry() -> Registry:
     return Registry.of(KubeLabel, Recorder)
+
+
+# a rule terminating shells and telling the `recorder` notifier: the caps and approvals tests' plan
+TERMINATE_SHELLS = """\
+- rule: Terminate shells
+  match:
+    rules: [Terminal shell in container]
+  notifiers: [recorder]
+  actions:
+    - action: Terminate
+      actionner: kubernetes:terminate
+"""

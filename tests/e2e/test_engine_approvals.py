@@ -22,7 +22,7 @@ from talon_opa.cli import main as cli
 from talon_opa.core import config
 from talon_opa.core.kube import KubeConfig
 from tests.e2e.engine_harness import RunningEngine, running_engine, shell_alert
-from tests.e2e.engine_plugins import SCRIPT, scripted_registry
+from tests.e2e.engine_plugins import SCRIPT, TERMINATE_SHELLS, scripted_registry
 from tests.e2e.test_engine_kube import pod_labels as all_labels
 from tests.harness.kube import KubeCluster
 from tests.harness.receivers import Receiver
@@ -319,23 +319,12 @@ async def test_a_pending_approval_survives_a_restart(
     assert list((state / "approvals").iterdir()) == []  # done: nothing left to resume
 
 
-SCRIPTED_RULES = """\
-- rule: Terminate shells
-  match:
-    rules: [Terminal shell in container]
-  notifiers: [recorder]
-  actions:
-    - action: Terminate
-      actionner: kubernetes:terminate
-"""
-
-
 async def test_beyond_max_pending_the_step_fails_and_the_api_is_off_without_a_token(tmp_path: Path) -> None:
     SCRIPT.reset()
     gate = approvals({"actionners": ["kubernetes:terminate"]}, max_pending=1)
     async with running_engine(
         tmp_path,
-        SCRIPTED_RULES,
+        TERMINATE_SHELLS,
         registry=scripted_registry(),
         kube_config=KubeConfig(server="http://127.0.0.1:9"),
         **gate,
@@ -361,7 +350,7 @@ async def test_an_unusable_state_dir_stops_the_start_naming_the_key(tmp_path: Pa
     with pytest.raises(config.ConfigError) as caught:
         async with running_engine(
             tmp_path,
-            SCRIPTED_RULES,
+            TERMINATE_SHELLS,
             registry=scripted_registry(),
             kube_config=KubeConfig(server="http://127.0.0.1:9"),
             state_dir=str(blocker / "state"),

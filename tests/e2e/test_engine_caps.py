@@ -11,19 +11,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from talon_opa.core import config
 from talon_opa.core.kube import KubeConfig
 from tests.e2e.engine_harness import running_engine, shell_alert
-from tests.e2e.engine_plugins import SCRIPT, scripted_registry
+from tests.e2e.engine_plugins import SCRIPT, TERMINATE_SHELLS, scripted_registry
 
 UNUSED_KUBE = KubeConfig(server="http://127.0.0.1:9")  # scripted plugins never call it; not dry-run
 
-RULES = """\
-- rule: Terminate shells
-  match:
-    rules: [Terminal shell in container]
-  notifiers: [recorder]
-  actions:
-    - action: Terminate
-      actionner: kubernetes:terminate
-"""
 
 CAPS = config.parse_caps(
     {
@@ -40,7 +31,12 @@ async def test_the_fourth_terminate_in_a_namespace_is_held(tmp_path: Path) -> No
     SCRIPT.gate.set()
     spans = InMemorySpanExporter()
     async with running_engine(
-        tmp_path, RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, span_exporter=spans, caps=CAPS
+        tmp_path,
+        TERMINATE_SHELLS,
+        registry=scripted_registry(),
+        kube_config=UNUSED_KUBE,
+        span_exporter=spans,
+        caps=CAPS,
     ) as e:
         for i in range(4):  # one after the other: each decision sees the steps that ran before it
             assert (await e.post(json_body=shell_alert(f"pod-{i}", "payments"))).status == 200
@@ -87,7 +83,7 @@ async def test_the_fourth_terminate_in_a_namespace_is_held(tmp_path: Path) -> No
 async def test_without_caps_nothing_is_held(tmp_path: Path) -> None:
     SCRIPT.reset()
     SCRIPT.gate.set()
-    async with running_engine(tmp_path, RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE) as e:
+    async with running_engine(tmp_path, TERMINATE_SHELLS, registry=scripted_registry(), kube_config=UNUSED_KUBE) as e:
         for i in range(4):
             await e.post(json_body=shell_alert(f"free-{i}", "payments"))
             await e.drained()

@@ -13,18 +13,8 @@ from talon_opa.core import config
 from talon_opa.core.kube import KubeConfig
 from talon_opa.plugins.registry import Registry
 from tests.e2e.engine_harness import running_engine, shell_alert
-from tests.e2e.engine_plugins import SCRIPT, Recorder
+from tests.e2e.engine_plugins import SCRIPT, TERMINATE_SHELLS, Recorder
 from tests.harness.kube import KubeCluster
-
-RULES = """\
-- rule: Terminate shells
-  match:
-    rules: [Terminal shell in container]
-  notifiers: [recorder]
-  actions:
-    - action: Terminate
-      actionner: kubernetes:terminate
-"""
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "caps" / "config.yaml"
 
@@ -63,7 +53,7 @@ async def test_protected_labels_and_the_last_ready_replica_hold_a_termination(
     spans = InMemorySpanExporter()
     async with running_engine(
         tmp_path,
-        RULES,
+        TERMINATE_SHELLS,
         registry=Registry.of(Terminate, Recorder),
         kube_config=KubeConfig.from_file(kube.kubeconfig),
         span_exporter=spans,
@@ -102,7 +92,7 @@ async def test_a_pod_the_engine_cannot_read_is_treated_as_protected(
     )
     caps = config.parse_caps({"protected_labels": {"talon-opa.io/protected": "true"}})
     async with running_engine(
-        tmp_path, RULES, registry=Registry.of(Terminate, Recorder), kube_config=may_only_delete, caps=caps
+        tmp_path, TERMINATE_SHELLS, registry=Registry.of(Terminate, Recorder), kube_config=may_only_delete, caps=caps
     ) as e:
         assert (await e.post(json_body=shell_alert("unread-0", namespace))).status == 200
         await e.drained()
