@@ -22,7 +22,7 @@ import os
 import types
 import typing
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -450,11 +450,9 @@ def _build(
         if f.name == "notifiers" and prefix == "":
             values[f.name] = _notifiers(value, env)
             continue
-        if f.name == "clusters" and prefix == "":
-            values[f.name] = _clusters(value)
-            continue
-        if f.name == "caps" and prefix == "":
-            values[f.name] = parse_caps(value)
+        section = _SECTION_PARSERS.get(key)
+        if section is not None:  # read from the file only, each by its own parser
+            values[f.name] = section(value)
             continue
         if f.name == "output_parameters" and prefix == "audit.":
             if value is not None and not isinstance(value, dict):
@@ -463,12 +461,6 @@ def _build(
                     hint="write the output's parameters under it, as in a rules file (e.g. bucket: audit)",
                 )
             values[f.name] = types.MappingProxyType(dict(value or {}))
-            continue
-        if f.name == "approvals" and prefix == "":
-            values[f.name] = parse_approvals(value)
-            continue
-        if f.name == "undo" and prefix == "":
-            values[f.name] = parse_undo(value)
             continue
         env_value = _env_lookup(env, key)
         if env_value is not None:
@@ -839,3 +831,12 @@ def _validate(cfg: Config) -> None:
             raise bad(f"clusters.{name}", f"names {path}, which is not a readable file", "give a kubeconfig file")
     if cfg.clusters and not cfg.cluster_field.strip():
         raise bad("cluster_field", "is empty while clusters is set", 'name the output field, e.g. "cluster"')
+
+
+# the top-level sections read from the file only, each by its own parser (no env override)
+_SECTION_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "clusters": _clusters,
+    "caps": parse_caps,
+    "approvals": parse_approvals,
+    "undo": parse_undo,
+}
