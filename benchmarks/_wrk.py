@@ -23,13 +23,11 @@ def wrk_binary() -> str:
     return found.stdout.strip()
 
 
-def body_halves(matching: bool) -> tuple[str, str]:
-    """The alert body around its unique part (the output text, Talon's deduplication key)."""
-    run = secrets.token_hex(4)  # a new key space per run: an engine's dedup window never spans two runs
-    rule = MATCHING_RULE if matching else "Benchmark rule that matches nothing"
-    doc = {
+def alert_doc(rule: str, output: str) -> dict[str, object]:
+    """A Falco alert of `rule` as the benchmarks post it (a shell in a payments pod)."""
+    return {
         "hostname": "ip-10-0-12-47.eu-west-1.compute.internal",
-        "output": f"08:21:07.114583261: Critical {rule} | run={run} n=@@",
+        "output": output,
         "output_fields": {
             "container.id": "3f9a1c2b7d4e",
             "evt.time": 1784017267114583261,
@@ -45,5 +43,11 @@ def body_halves(matching: bool) -> tuple[str, str]:
         "tags": ["T1059", "container", "mitre_execution", "shell"],
         "time": "2026-07-14T08:21:07.114583261Z",
     }
-    head, tail = json.dumps(doc).split("@@")
+
+
+def body_halves(matching: bool) -> tuple[str, str]:
+    """The alert body around its unique part (the output text, Talon's deduplication key)."""
+    run = secrets.token_hex(4)  # a new key space per run: an engine's dedup window never spans two runs
+    rule = MATCHING_RULE if matching else "Benchmark rule that matches nothing"
+    head, tail = json.dumps(alert_doc(rule, f"08:21:07.114583261: Critical {rule} | run={run} n=@@")).split("@@")
     return head, tail

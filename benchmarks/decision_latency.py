@@ -30,6 +30,9 @@ from typing import Any
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._wrk import alert_doc
 from talon_opa import catalog
 from talon_opa.core import binaries, events
 from talon_opa.opa.process import OpaProcess
@@ -122,26 +125,8 @@ def rules_file(n: int) -> str:
 
 
 def falco_alert(rule: str) -> bytes:
-    return json.dumps(
-        {
-            "hostname": "ip-10-0-12-47.eu-west-1.compute.internal",
-            "output": f"08:21:07.114583261: Critical {rule} | k8s_pod_name=api-1 k8s_ns_name=payments",
-            "output_fields": {
-                "container.id": "3f9a1c2b7d4e",
-                "evt.time": 1784017267114583261,
-                "k8s.ns.name": "payments",
-                "k8s.pod.name": "payments-api-6d8f7c9b5-x2k4p",
-                "proc.name": "bash",
-                "proc.pid": 4242,
-                "user.name": "root",
-            },
-            "priority": "Critical",
-            "rule": rule,
-            "source": "syscall",
-            "tags": ["T1059", "container", "mitre_execution", "shell"],
-            "time": "2026-07-14T08:21:07.114583261Z",
-        }
-    ).encode()
+    output = f"08:21:07.114583261: Critical {rule} | k8s_pod_name=api-1 k8s_ns_name=payments"
+    return json.dumps(alert_doc(rule, output)).encode()
 
 
 def opa_input(body: bytes) -> dict[str, Any]:
