@@ -6,8 +6,6 @@ the server's answer and the hint to install Cilium, traced and counted, while th
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +14,10 @@ import yaml
 from talon_opa.core import config
 from talon_opa.core.kube import KubeConfig
 from tests.e2e.engine_harness import RunningEngine, running_engine, sample
+from tests.e2e.server_process import cli
 from tests.harness.jaeger import Jaeger
 from tests.harness.kube import KubeCluster
 
-REPO = Path(__file__).resolve().parents[2]
 RULES = """\
 - rule: Connection to a miner pool or a C2 server
   match:
@@ -40,21 +38,6 @@ RULES = """\
           - kube-system
 """
 ACTIONS = "falcosecurity_falco_talon_actions_total"
-
-
-async def cli(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "talon_opa.cli.main",
-        *args,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
 
 
 async def engine_account(kube: KubeCluster, namespace: str, rules: Path) -> KubeConfig:

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 
 from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import DRY_RUN_RULES
-from tests.e2e.test_engine_server import REPO
+from tests.e2e.server_process import REPO
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
 FUZZ_SETTINGS = settings(

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
 import signal
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import yaml
 
 from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import shell_alert
-from tests.e2e.test_engine_server import REPO, wait_ready
+from tests.e2e.server_process import spawn_server, wait_ready
 from tests.harness.kube import KubeCluster
 from tests.harness.nats import Nats
 
@@ -67,23 +65,8 @@ async def _start(tmp_path: Path, i: int, kube: KubeCluster, nats: Nats, stream: 
             }
         )
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
     log = tmp_path / f"replica{i}.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "talon_opa.cli.main",
-            "server",
-            "-c",
-            str(cfg),
-            "-r",
-            str(rules),
-            stdout=out,
-            stderr=out,
-            env=env,
-            cwd=REPO,
-        )
+    proc = await spawn_server(cfg, rules, log)
     url = f"http://127.0.0.1:{port}"
     await wait_ready(url, proc)
     return proc, url, log

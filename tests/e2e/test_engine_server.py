@@ -15,22 +15,7 @@ import yaml
 
 from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import DRY_RUN_RULES, shell_alert
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-async def wait_ready(url: str, proc: asyncio.subprocess.Process, within: float = 60) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(int(within / 0.1)):
-            assert proc.returncode is None, "the server exited"
-            try:
-                async with http.get(url + "/readyz", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("server not ready")
+from tests.e2e.server_process import REPO, spawn_server, wait_ready
 
 
 async def test_server_runs_dry_run_without_credentials_and_drains_on_sigterm(tmp_path: Path) -> None:
@@ -39,25 +24,10 @@ async def test_server_runs_dry_run_without_credentials_and_drains_on_sigterm(tmp
     rules.write_text(DRY_RUN_RULES.replace("  dry_run: true\n", ""))  # not dry-run in the rules
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({"listen_port": 1, "print_all_events": True, "queue": {"workers": 2}}))
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
-    env["LISTEN_PORT"] = str(port)  # env wins over the file, as with Talon
-    env["DEDUPLICATION_TIME_WINDOW_SECONDS"] = "0"
+    # env wins over the file, as with Talon
+    env = {"LISTEN_PORT": str(port), "DEDUPLICATION_TIME_WINDOW_SECONDS": "0"}
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "talon_opa.cli.main",
-            "server",
-            "-c",
-            str(cfg),
-            "-r",
-            str(rules),
-            stdout=out,
-            stderr=out,
-            env=env,
-            cwd=REPO,
-        )
+    proc = await spawn_server(cfg, rules, log, env)
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_ready(url, proc)

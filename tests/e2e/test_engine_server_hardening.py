@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import ssl
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from talon_opa.core.kube import KubeClient, KubeConfig
 from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import DRY_RUN_RULES
-from tests.e2e.test_engine_server import REPO, wait_ready
+from tests.e2e.server_process import spawn_server, wait_ready
 from tests.e2e.test_engine_tls import _cert, _key, _write
 
 
@@ -111,22 +110,7 @@ async def _server(tmp_path: Path, cfg: dict[str, Any], env: dict[str, str] | Non
     rules.write_text(DRY_RUN_RULES)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"listen_port": port, **cfg}))
     log = tmp_path / "server.log"
-    base = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "talon_opa.cli.main",
-            "server",
-            "-c",
-            str(tmp_path / "config.yaml"),
-            "-r",
-            str(rules),
-            stdout=out,
-            stderr=out,
-            env={**base, **(env or {})},
-            cwd=REPO,
-        )
+    proc = await spawn_server(tmp_path / "config.yaml", rules, log, env)
     return proc, log, port
 
 

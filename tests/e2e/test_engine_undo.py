@@ -6,11 +6,9 @@ linked to the alert's."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +26,9 @@ from talon_opa.engine.undo_store import Record, UndoStore
 from talon_opa.plugins.reversal import Reversal
 from tests.e2e.engine_harness import RunningEngine, running_engine, sample, shell_alert
 from tests.e2e.kube_nodes import node as node  # the fixture
+from tests.e2e.server_process import REPO, cli
 from tests.harness.kube import KubeCluster
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "undo"
 TOKEN = "operator-secret-1"
 AUTH = config.Auth(operator_token=TOKEN)
@@ -50,22 +48,6 @@ LABEL_RULES = """\
           team: quarantine
           stale: ""
 """
-
-
-async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "talon_opa.cli.main",
-        *args,
-        cwd=REPO,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
 
 
 async def engine_account(kube: KubeCluster, namespace: str, rules: Path) -> KubeConfig:
