@@ -148,3 +148,18 @@ TERMINATE_SHELLS = """\
     - action: Terminate
       actionner: kubernetes:terminate
 """
+
+
+def labelled_note(trace_id: str, /, **changes: Any) -> Note:
+    """The note of a successful `kubernetes:label` step on pod api-1 in payments, as notifiers receive it."""
+    fields: dict[str, Any] = {
+        "stage": "action",
+        "status": "success",
+        "rule": "Label shells",
+        "action": "Label the pod",
+        "actionner": "kubernetes:label",
+        "objects": {"pod": "api-1", "namespace": "payments"},
+        "output": "the pod 'api-1' in the namespace 'payments' has been labeled",
+        "trace_id": trace_id,
+    }
+    return Note(**{**fields, **changes})

@@ -18,7 +18,7 @@ from talon_opa.plugins.clients import Clients
 from talon_opa.plugins.notes import Note
 from talon_opa.plugins.registry import Registry
 from tests.e2e.engine_harness import running_engine, shell_alert
-from tests.e2e.engine_plugins import SCRIPT, ScriptedLabel
+from tests.e2e.engine_plugins import SCRIPT, ScriptedLabel, labelled_note
 from tests.harness.opensearch import OpenSearch
 
 TRACE_ID = "7d3e9a1f0b2c4d5e6f708192a3b4c5d6"
@@ -35,19 +35,7 @@ async def opensearch(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
 
 
 def _note(**changes: Any) -> Note:
-    fields: dict[str, Any] = {
-        "stage": "action",
-        "status": "success",
-        "rule": "Label shells",
-        "action": "Label the pod",
-        "actionner": "kubernetes:label",
-        "event": "A shell was spawned in a container",
-        "objects": {"pod": "api-1", "namespace": "payments"},
-        "output": "the pod 'api-1' in the namespace 'payments' has been labeled",
-        "trace_id": TRACE_ID,
-    }
-    fields.update(changes)
-    return Note(**fields)
+    return labelled_note(TRACE_ID, **{"event": "A shell was spawned in a container", **changes})
 
 
 async def test_the_template_is_accepted_and_applies_to_the_dated_index(opensearch: OpenSearch) -> None:

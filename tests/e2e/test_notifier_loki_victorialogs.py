@@ -19,7 +19,7 @@ from talon_opa.plugins.clients import Clients
 from talon_opa.plugins.notes import Note
 from talon_opa.plugins.registry import Registry
 from tests.e2e.engine_harness import running_engine, shell_alert
-from tests.e2e.engine_plugins import SCRIPT, ScriptedLabel
+from tests.e2e.engine_plugins import SCRIPT, ScriptedLabel, labelled_note
 from tests.harness.victorialogs import VictoriaLogs
 
 TRACE_ID = "5a0c3f7e9b2d4e61a8c7d9e0f1a2b3c4"
@@ -36,18 +36,7 @@ async def vlogs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Victo
 
 
 def _note(**changes: Any) -> Note:
-    fields: dict[str, Any] = {
-        "stage": "action",
-        "status": "success",
-        "rule": "Label shells",
-        "action": "Label the pod",
-        "actionner": "kubernetes:label",
-        "objects": {"pod": "api-1", "namespace": "payments"},
-        "output": "the pod 'api-1' in the namespace 'payments' has been labeled",
-        "trace_id": TRACE_ID,
-    }
-    fields.update(changes)
-    return Note(**fields)
+    return labelled_note(TRACE_ID, **changes)
 
 
 async def _push(vlogs: VictoriaLogs, note: Note, api_key: str) -> None:

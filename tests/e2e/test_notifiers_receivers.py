@@ -23,6 +23,7 @@ from talon_opa.notifiers.smtp import Smtp
 from talon_opa.plugins.clients import Clients
 from talon_opa.plugins.notes import Note
 from talon_opa.plugins.params import ParamsInvalid
+from tests.e2e.engine_plugins import labelled_note
 from tests.harness.receivers import ElasticsearchApi, LokiPush, SlackWebhook
 from tests.harness.smtp import SmtpServer
 
@@ -31,19 +32,7 @@ EVENT = "08:21:07.114583261: Notice A shell was spawned (user=root pod=api-1 ns=
 
 
 def note(**changes: Any) -> Note:
-    fields: dict[str, Any] = {
-        "stage": "action",
-        "status": "success",
-        "rule": "Label shells",
-        "action": "Label the pod",
-        "actionner": "kubernetes:label",
-        "event": EVENT,
-        "objects": {"pod": "api-1", "namespace": "payments"},
-        "output": "the pod 'api-1' in the namespace 'payments' has been labeled",
-        "trace_id": TRACE_ID,
-    }
-    fields.update(changes)
-    return Note(**fields)
+    return labelled_note(TRACE_ID, **{"event": EVENT, **changes})
 
 
 @pytest_asyncio.fixture(loop_scope="session")
