@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import sys
 from pathlib import Path
 
@@ -30,8 +31,12 @@ async def spawn_server(
         )
 
 
-async def wait_ready(url: str, proc: asyncio.subprocess.Process, within: float = 60) -> None:
-    async with aiohttp.ClientSession() as http:
+async def wait_ready(
+    url: str, proc: asyncio.subprocess.Process, within: float = 60, ssl_context: ssl.SSLContext | None = None
+) -> None:
+    """Until the server's /readyz answers 200 (https: trusting `ssl_context`); fails if it exits first."""
+    connector = aiohttp.TCPConnector(ssl=ssl_context) if ssl_context is not None else None
+    async with aiohttp.ClientSession(connector=connector) as http:
         for _ in range(int(within / 0.1)):
             assert proc.returncode is None, "the server exited"
             try:

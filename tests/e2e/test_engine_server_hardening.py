@@ -13,7 +13,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
@@ -187,16 +186,7 @@ async def test_server_tls_alone_is_not_authentication(tmp_path: Path) -> None:
     proc, log, port = await _server(tmp_path, {"tls": tls})
     ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
-            for _ in range(600):
-                assert proc.returncode is None, log.read_text()
-                try:
-                    async with http.get(f"https://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+        await wait_ready(f"https://127.0.0.1:{port}", proc, ssl_context=ctx)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
     finally:
@@ -224,16 +214,7 @@ async def test_mtls_counts_as_authentication(tmp_path: Path) -> None:
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
-            for _ in range(600):
-                assert proc.returncode is None, log.read_text()
-                try:
-                    async with http.get(f"https://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+        await wait_ready(f"https://127.0.0.1:{port}", proc, ssl_context=ctx)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 60) == 0
     finally:
