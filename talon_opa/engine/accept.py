@@ -71,6 +71,18 @@ class Acceptor:
         self.dedup = Deduplicator(cfg.deduplication.time_window_seconds)
         self._full_log = logs.Throttle(1.0)
 
+    def accept_now(self, item: WorkItem) -> Admission | None:
+        """`accept` without awaiting: the Admission with the in-process queue, None on JetStream (await `accept`)."""
+        if self._jetstream is not None:
+            return None
+        coro = self.accept(item)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        coro.close()
+        raise RuntimeError("the in-process acceptance awaited")
+
     async def accept(self, item: WorkItem) -> Admission:
         """Dedup and queue a work item: in process, without waiting; on JetStream, once it is stored."""
         alert = item.alert

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from talon_opa.engine import approvals_api, metrics, undo_api
-from talon_opa.engine.intake import Intake, refuse
+from talon_opa.engine.intake import INTAKE, Intake, refuse
 from talon_opa.engine.lifecycle import Engine
 
 BUNDLE_PATH = "/v1/bundles/talon.tar.gz"
@@ -30,7 +30,8 @@ def create_app(engine: Engine) -> web.Application:
     app = web.Application(client_max_size=engine.cfg.intake.max_body_bytes)
     app[ENGINE] = engine
     app.cleanup_ctx.append(_lifecycle)
-    intake = Intake(engine.cfg, engine.acceptor.accept, engine.metrics)
+    intake = Intake(engine.cfg, engine.acceptor.accept, engine.metrics, engine.acceptor.accept_now)
+    app[INTAKE] = intake
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 import zlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +32,7 @@ from talon_opa.engine.work import WorkItem
 log = logs.get("intake")
 
 ENCODING = "Content-Encoding"
+RESERVED = frozenset((b"/healthz", b"/readyz", b"/metrics"))  # besides /v1/...: every other path is the intake
 _GZIP = 16 + zlib.MAX_WBITS  # zlib's wbits for a gzip header and trailer
 _CODINGS = {"identity": 0, "gzip": _GZIP, "x-gzip": _GZIP, "deflate": zlib.MAX_WBITS}
 
@@ -42,22 +45,53 @@ def new_alert_id() -> str:
     return b.hex()
 
 
-def refuse(
-    status: int, error: str, field: str = "", hint: str = "", headers: dict[str, str] | None = None
-) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer of the intake, whichever HTTP layer writes it (aiohttp's, or the intake's own protocol)."""
+
+    status: int
+    body: bytes  # JSON, UTF-8
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def refusal(status: int, error: str, field: str = "", hint: str = "", headers: dict[str, str] | None = None) -> Reply:
+    """The JSON `{"error", "field"}` (plus `hint`) answer of a refused request."""
     body: dict[str, Any] = {"error": error, "field": field}
     if hint:
         body["hint"] = hint
-    return web.json_response(body, status=status, headers=headers)
+    return Reply(status, json.dumps(body).encode(), tuple(headers.items()) if headers else ())
+
+
+def response(reply: Reply) -> web.Response:
+    """A reply as aiohttp's response."""
+    return web.Response(
+        status=reply.status,
+        body=reply.body,
+        content_type="application/json",
+        charset="utf-8",
+        headers=dict(reply.headers) if reply.headers else None,
+    )
+
+
+def refuse(
+    status: int, error: str, field: str = "", hint: str = "", headers: dict[str, str] | None = None
+) -> web.Response:
+    return response(refusal(status, error, field, hint, headers))
 
 
 class Intake:
     """The intake handler: HTTP in, work items to `accept`, HTTP out."""
 
     def __init__(
-        self, cfg: config.Config, accept: Callable[[WorkItem], Awaitable[Admission]], metrics: Metrics
+        self,
+        cfg: config.Config,
+        accept: Callable[[WorkItem], Awaitable[Admission]],
+        metrics: Metrics,
+        accept_now: Callable[[WorkItem], Admission | None] | None = None,
     ) -> None:
         self._accept = accept
+        # the acceptance without awaiting (None from it, or no such callable: `accept` must be awaited)
+        self.accept_now = accept_now or (lambda item: None)
         self._metrics = metrics
         self.max_body = cfg.intake.max_body_bytes
         self.read_timeout = cfg.intake.read_timeout_seconds
@@ -69,14 +103,58 @@ class Intake:
         """The request carries the configured token (always true without one)."""
         if not self.token:
             return True
-        value = request.headers.get(self.header, "")
-        scheme, _, rest = value.partition(" ")
-        if scheme.lower() == "bearer":
+        value = request.headers.get(self.header)
+        return self.token_ok(None if value is None else value.encode("utf-8", "surrogateescape"))
+
+    def token_ok(self, value: bytes | None) -> bool:
+        """The token header's value (bytes as sent, None when absent) carries the configured token."""
+        if not self.token:
+            return True
+        value = value or b""
+        scheme, _, rest = value.partition(b" ")
+        if scheme.lower() == b"bearer":
             value = rest.strip()
         elif self.header.lower() == "authorization":
             return False
-        # header values hold undecodable bytes as surrogates: compare the bytes as sent
-        return hmac.compare_digest(value.encode("utf-8", "surrogateescape"), self.token.encode())
+        return hmac.compare_digest(value, self.token.encode())
+
+    def unauthorized(self, missing: bool) -> Reply:
+        """The 401 of a request without the token (`missing`: no token header at all)."""
+        self._metrics.rejected.labels(status="401").inc()
+        return refusal(
+            401,
+            f"{'missing' if missing else 'invalid'} token in header {self.header}",
+            self.header,
+            hint="send the configured auth.token (Falcosidekick: webhook customheaders)",
+            headers={"WWW-Authenticate": 'Bearer realm="talon-opa"'},
+        )
+
+    def refused(self, e: AlertError) -> Reply:
+        """The answer to an alert refused before acceptance: counted, logged (throttled)."""
+        self._metrics.rejected.labels(status=str(e.status)).inc()
+        held = self._refused_log.allow()
+        if held is not None:
+            log.warning(
+                "alert refused",
+                extra={"status": e.status, "error": str(e), "field": e.field, "also_refused_since_last_line": held},
+            )
+        return refusal(e.status, Exception.__str__(e), e.field, e.hint)
+
+    def slow_body(self) -> AlertError:
+        return AlertError(
+            f"the body was not received within {self.read_timeout:g} s",
+            field="body",
+            status=408,
+            hint="send the whole body at once, or raise intake.read_timeout_seconds",
+        )
+
+    def work(self, body: bytes, content_type: str | None, traceparent: str, tracestate: str) -> WorkItem | Reply:
+        """The work item of a received body, or the refusal of a body that is no alert."""
+        try:
+            alert = events.decode_alert(body, content_type)
+        except AlertError as e:
+            return self.refused(e)
+        return WorkItem(new_alert_id(), alert, body, content_type or "", traceparent, tracestate)
 
     def _too_large(self, what: str) -> AlertError:
         return AlertError(
@@ -145,30 +223,17 @@ class Intake:
                     if len(buf) > self.max_body:
                         raise self._too_large("the body is")
         except TimeoutError:
-            raise AlertError(
-                f"the body was not received within {self.read_timeout:g} s",
-                field="body",
-                status=408,
-                hint="send the whole body at once, or raise intake.read_timeout_seconds",
-            ) from None
+            raise self.slow_body() from None
         if not wbits:
             return bytes(buf)
         return self._decompress(bytes(buf), wbits)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        metrics = self._metrics
+        """aiohttp's route of the intake (the intake's own protocol answers the usual alert itself)."""
         if not self.authorized(request):
-            metrics.rejected.labels(status="401").inc()
-            missing = self.header not in request.headers
-            return refuse(
-                401,
-                f"{'missing' if missing else 'invalid'} token in header {self.header}",
-                self.header,
-                hint="send the configured auth.token (Falcosidekick: webhook customheaders)",
-                headers={"WWW-Authenticate": 'Bearer realm="talon-opa"'},
-            )
+            return response(self.unauthorized(self.header not in request.headers))
         if request.method != "POST":
-            metrics.rejected.labels(status="405").inc()
+            self._metrics.rejected.labels(status="405").inc()
             return refuse(
                 405,
                 f"{request.method} is not accepted here",
@@ -178,33 +243,26 @@ class Intake:
             )
         try:
             body = await self._body(request)
-            alert = events.decode_alert(body, request.headers.get("Content-Type"))
         except AlertError as e:
-            metrics.rejected.labels(status=str(e.status)).inc()
-            held = self._refused_log.allow()
-            if held is not None:
-                log.warning(
-                    "alert refused",
-                    extra={"status": e.status, "error": str(e), "field": e.field, "also_refused_since_last_line": held},
-                )
-            return refuse(e.status, Exception.__str__(e), e.field, e.hint)
+            return response(self.refused(e))
         headers = request.headers
-        item = WorkItem(
-            new_alert_id(),
-            alert,
-            body,
-            headers.get("Content-Type") or "",
-            headers.get("traceparent") or "",
-            headers.get("tracestate") or "",
+        item = self.work(
+            body, headers.get("Content-Type"), headers.get("traceparent") or "", headers.get("tracestate") or ""
         )
-        return self._answer(await self._accept(item))
+        if isinstance(item, Reply):
+            return response(item)
+        admission = self.accept_now(item)
+        return response(self.reply(admission if admission is not None else await self._accept(item)))
 
-    def _answer(self, admission: Admission) -> web.Response:
+    async def accept_later(self, item: WorkItem) -> Reply:
+        """The answer of an item `accept_now` could not take (the JetStream queue stores it first)."""
+        return self.reply(await self._accept(item))
+
+    def reply(self, admission: Admission) -> Reply:
+        """The answer of an accepted, or refused, work item."""
         if admission.verdict == "queued":  # the usual answer, written directly: ids are hex digits
-            return web.Response(
-                body=b'{"id":"%s","trace_id":"%s"}' % (admission.alert_id.encode(), admission.trace_id.encode()),
-                content_type="application/json",
-                charset="utf-8",
+            return Reply(
+                200, b'{"id":"%s","trace_id":"%s"}' % (admission.alert_id.encode(), admission.trace_id.encode())
             )
         if admission.accepted:
             doc: dict[str, Any] = {"id": admission.alert_id, "trace_id": admission.trace_id}
@@ -212,7 +270,7 @@ class Intake:
                 doc["duplicate"] = True
                 if admission.duplicate_of:  # unknown when another replica's copy is already consumed
                     doc["duplicate_of"] = admission.duplicate_of
-            return web.json_response(doc)
+            return Reply(200, json.dumps(doc).encode())
         self._metrics.rejected.labels(status="503").inc()
         if admission.verdict == "closing":
             error, hint, retry_after = "the engine is shutting down", "send it again (another replica)", 5
@@ -224,4 +282,7 @@ class Intake:
         else:
             error = f"queue full: {admission.capacity} alerts are waiting"
             hint, retry_after = "send it again later; raise queue.capacity or queue.workers", 1
-        return refuse(503, error, "", hint=hint, headers={"Retry-After": str(retry_after)})
+        return refusal(503, error, "", hint=hint, headers={"Retry-After": str(retry_after)})
+
+
+INTAKE = web.AppKey("intake", Intake)  # the app's intake, which the listener's own protocol serves too

@@ -20,6 +20,8 @@ from aiohttp import http_exceptions, web
 from aiohttp.web_request import BaseRequest
 
 from talon_opa.core import config, logs
+from talon_opa.engine.intake import INTAKE, RESERVED, Intake
+from talon_opa.engine.intake_protocol import IntakeProtocol
 
 log = logs.get("http")
 
@@ -94,24 +96,14 @@ class _LingeringClose:
 class _Handler(web.RequestHandler):
     """aiohttp's protocol handler, with JSON errors and the connection limit."""
 
-    def __init__(self, manager: web.Server, *, max_connections: int, **kwargs: Any) -> None:
+    def __init__(self, manager: _Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._server = manager
-        self._max_connections = max_connections
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if len(self._server.connections) > self._max_connections:
-            held = _busy_log.allow()
-            if held is not None:
-                log.warning(
-                    "connection refused: too many open connections",
-                    extra={"max_connections": self._max_connections, "also_refused_since_last_line": held},
-                )
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(_busy_answer())
+        if self._server.refuse_busy(cast(asyncio.Transport, transport)):
             self.force_close()
-            transport.close()
 
     def handle_error(
         self,
@@ -139,19 +131,60 @@ class _Handler(web.RequestHandler):
 _busy_log = logs.Throttle(1.0)
 
 
+def _reserved(path: bytes) -> bool:
+    """Paths aiohttp routes elsewhere than the intake (engine.app's routes)."""
+    return path in RESERVED or path.startswith(b"/v1/")
+
+
 class _Server(web.Server):
-    def __init__(self, *args: Any, max_connections: int, **kwargs: Any) -> None:
+    """aiohttp's server, whose connections start with the intake's own protocol when the app has an intake."""
+
+    def __init__(self, *args: Any, max_connections: int, intake: Intake | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max = max_connections
+        self._intake = intake
+        self.fast: set[IntakeProtocol] = set()
 
-    def __call__(self) -> web.RequestHandler:
-        return _Handler(self, loop=self._loop, max_connections=self._max, **self._kwargs)
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
+        if self._intake is None:
+            return self.handler()
+        return IntakeProtocol(self, self._intake, _reserved)
+
+    def handler(self) -> web.RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+    def open_connections(self) -> int:
+        return len(self.fast) + len(self._connections)
+
+    def refuse_busy(self, transport: asyncio.Transport) -> bool:
+        """Over `intake.max_connections`: a 503 is written and the connection closed (True)."""
+        if self.open_connections() <= self._max:
+            return False
+        held = _busy_log.allow()
+        if held is not None:
+            log.warning(
+                "connection refused: too many open connections",
+                extra={"max_connections": self._max, "also_refused_since_last_line": held},
+            )
+        transport.write(_busy_answer())
+        transport.close()
+        return True
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        for conn in list(self.fast):
+            conn.close_idle()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        fast = [conn.wait_closed() for conn in list(self.fast)]
+        await asyncio.gather(super().shutdown(timeout), asyncio.wait_for(asyncio.gather(*fast), timeout))
 
 
 class Runner(web.AppRunner):
-    """An AppRunner whose connections get the listener's limits and JSON errors."""
+    """An AppRunner whose connections get the listener's limits and JSON errors, and the intake's own
+    protocol when the app has an intake (`INTAKE`)."""
 
-    def __init__(self, app: web.Application, intake: config.Intake) -> None:
+    def __init__(self, app: web.Application, intake: config.Intake, *, own_protocol: bool = True) -> None:
         super().__init__(
             app,
             handle_signals=False,
@@ -161,6 +194,7 @@ class Runner(web.AppRunner):
             logger=HTTP_LOG,
         )
         self._max_connections = intake.max_connections
+        self._own_protocol = own_protocol  # False: aiohttp serves every request (benchmarks' and tests' A/B)
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # starts the app; its handler and request factory are kept
@@ -169,5 +203,6 @@ class Runner(web.AppRunner):
             request_factory=made.request_factory,
             loop=asyncio.get_running_loop(),
             max_connections=self._max_connections,
+            intake=self.app.get(INTAKE) if self._own_protocol else None,
             **self._kwargs,
         )

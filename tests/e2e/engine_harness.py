@@ -132,6 +132,7 @@ async def running_engine(
     registry: Registry | None = None,
     span_exporter: SpanExporter | None = None,
     connector: aiohttp.BaseConnector | None = None,
+    own_protocol: bool = True,
     **changes: Any,
 ) -> AsyncIterator[RunningEngine]:
     """Start the engine (rules → bundle → child OPA) and its HTTP listener; drain and stop at exit."""
@@ -142,7 +143,7 @@ async def running_engine(
     before = set(asyncio.all_tasks())  # other engines of the test may run beside this one
     engine = Engine(cfg, kube_config=kube_config, registry=registry, span_exporter=span_exporter)
     app = create_app(engine)
-    runner = Runner(app, cfg.intake)
+    runner = Runner(app, cfg.intake, own_protocol=own_protocol)  # False: aiohttp answers every request
     await runner.setup()
     try:
         tls = server.ssl_context(cfg.tls)
