@@ -44,7 +44,8 @@ MAX_HEAD = 8190  # bytes of request line and headers this protocol takes (aiohtt
 _REQUEST_LINE = re.compile(rb"POST (/(?!/)[!-\"$&->@-~]*)(?:\?[!-\"$-~]*)? HTTP/1\.1")
 # header lines `name: value` with a token name and no control characters in the value (tab allowed)
 _HEADER_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
-_HANDED_TO_AIOHTTP = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
+_HANDED_TO_AIOHTTP = frozenset((b"transfer-encoding", b"upgrade"))
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # to `Expect: 100-continue`, before the answer, as aiohttp writes it
 
 
 class Connections(Protocol):
@@ -110,6 +111,7 @@ class IntakeProtocol(asyncio.Protocol):
         self._buf = b""
         self._since = 0.0  # the start of what is awaited: a request's headers, or its body (`_body_wait`)
         self._body_wait = False
+        self._continued = False  # `100 Continue` written for the request whose body is awaited
         self._timer: asyncio.TimerHandle | None = None
         self._pending: asyncio.Task[None] | None = None  # an answer that awaits the queue (JetStream)
         self._paused = False  # reading paused: an answer is pending, or the client does not read ours
@@ -189,7 +191,7 @@ class IntakeProtocol(asyncio.Protocol):
             content_type: str | None = None
             traceparent = tracestate = ""
             auth: bytes | None = None
-            close = False
+            close = expect = False
             for line in buf[line_end + 2 : head_end].split(b"\r\n"):
                 name, _, value = line.partition(b":")
                 name = name.lower()
@@ -210,6 +212,10 @@ class IntakeProtocol(asyncio.Protocol):
                     if b"upgrade" in v:
                         return self._hand_over(out, pos)
                     close = close or b"close" in v
+                elif name == b"expect":
+                    if value.lower() != b"100-continue":
+                        return self._hand_over(out, pos)  # aiohttp's 417
+                    expect = True
                 elif name == b"content-encoding":
                     if value.lower() not in (b"", b"identity"):
                         return self._hand_over(out, pos)
@@ -221,11 +227,14 @@ class IntakeProtocol(asyncio.Protocol):
             if length > intake.max_body:
                 return self._hand_over(out, pos)  # the intake's 413, from aiohttp's route
             body_end = head_end + 4 + length
+            if expect and not self._continued:
+                out.append(_CONTINUE)
+                self._continued = True
             if body_end > len(buf):
                 if not self._body_wait:
                     self._body_wait, self._since = True, self._loop.time()
                 break
-            self._body_wait = False
+            self._body_wait = self._continued = False
             body = buf[head_end + 4 : body_end]
             pos = body_end
             self._closing = close

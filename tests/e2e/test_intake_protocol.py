@@ -24,6 +24,7 @@ from tests.e2e.engine_harness import DRY_RUN_RULES, RunningEngine, running_engin
 TOKEN = "protocol-token"
 LIMIT = 4096
 EVENTS = "falcosecurity_falco_talon_events_total"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -43,8 +44,10 @@ def host_port(e: RunningEngine) -> tuple[str, int]:
 
 
 async def read_answer(reader: asyncio.StreamReader) -> bytes:
-    """One HTTP answer (head and Content-Length body)."""
+    """One HTTP answer (head and Content-Length body), after a `100 Continue` if one came."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    if head == CONTINUE:
+        head += await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     m = re.search(rb"\r\nContent-Length: (\d+)\r\n", head, re.IGNORECASE)
     assert m, head
     return head + await asyncio.wait_for(reader.readexactly(int(m[1])), 10)
@@ -66,10 +69,12 @@ Answer = tuple[bytes, list[bytes], object]
 
 
 def normalised(answer: bytes) -> Answer:
-    """Status line, sorted headers without Date, and the JSON body with ids replaced."""
-    head, _, body = answer.partition(b"\r\n\r\n")
+    """Status line (after `100 Continue +`), sorted headers without Date, and the JSON body with ids replaced."""
+    interim = answer.startswith(CONTINUE)
+    head, _, body = answer.removeprefix(CONTINUE).partition(b"\r\n\r\n")
     status, *headers = head.split(b"\r\n")
-    doc = json.loads(body)
+    status = b"100 Continue + " + status if interim else status
+    doc: object = json.loads(body) if b"application/json" in head else body
     if isinstance(doc, dict):
         doc = {k: ("<id>" if k in ("id", "trace_id", "duplicate_of") else v) for k, v in doc.items()}
     kept = sorted(h for h in headers if not h.lower().startswith((b"date:", b"content-length:")))
@@ -100,6 +105,8 @@ CASES = {
     + b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[1\r\n1\r\n]\r\n0\r\n\r\n",
     "a percent-escaped reserved path": request(b"{}", path=b"/%68ealthz"),
     "a dot segment": request(b"{}", path=b"/v1/../metrics"),
+    "Expect: 100-continue": request(alert("eleven"), headers=b"Expect: 100-continue\r\n"),
+    "another Expect": request(alert("twelve"), headers=b"Expect: something\r\n"),
     "two Content-Lengths": request(alert("eight"), headers=b"Content-Length: 1\r\n"),
     "a NUL in a header": request(alert("nine"), headers=b"X-Note: a\x00b\r\n"),
     "a folded header": request(alert("ten"), headers=b"X-Note: a\r\n b\r\n"),
@@ -121,6 +128,7 @@ async def test_every_answer_is_the_same_as_aiohttps(engines: tuple[RunningEngine
     assert answers["its duplicate"][0][2]["duplicate"] is True  # type: ignore[index]
     assert answers["no token"][0][0] == b"HTTP/1.1 401 Unauthorized"
     assert answers["over the limit"][0][0] == b"HTTP/1.1 413 Request Entity Too Large"
+    assert answers["Expect: 100-continue"][0][0] == b"100 Continue + HTTP/1.1 200 OK"
     own, plain = engines
     assert await own.metric(EVENTS) == await plain.metric(EVENTS) > 0
     for e in engines:
@@ -147,6 +155,14 @@ async def test_requests_of_one_read_and_a_connection_handed_to_aiohttp(
         await writer.drain()
         await asyncio.sleep(0.05)
     assert (await read_answer(reader)).startswith(b"HTTP/1.1 200")
+    # a client waiting for `100 Continue` before its body, twice
+    for n in range(2):
+        data = request(alert(f"continue {n}"), headers=b"Expect: 100-continue\r\n")
+        head, _, body = data.partition(b"\r\n\r\n")
+        writer.write(head + b"\r\n\r\n")
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == CONTINUE
+        writer.write(body)
+        assert (await read_answer(reader)).startswith(b"HTTP/1.1 200")
     # a request this protocol does not take, pipelined after an alert: aiohttp takes the connection from it
     writer.write(request(alert("p3")) + b"GET /healthz HTTP/1.1\r\nHost: engine\r\n\r\n")
     assert (await read_answer(reader)).startswith(b"HTTP/1.1 200")
@@ -158,7 +174,7 @@ async def test_requests_of_one_read_and_a_connection_handed_to_aiohttp(
     assert (await read_answer(reader)).startswith(b"HTTP/1.1 200")
     writer.close()
     await own.drained()
-    assert await own.metric(EVENTS) == before + 5
+    assert await own.metric(EVENTS) == before + 7
 
 
 async def test_connection_close_is_honoured(engines: tuple[RunningEngine, RunningEngine]) -> None:
