@@ -108,7 +108,8 @@ class IntakeProtocol(asyncio.Protocol):
         self._auth_name = intake.header.lower().encode()
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._buf = b""
+        self._buf: bytes | bytearray = b""  # what is not answered yet; a bytearray while a request arrives in parts
+        self._need = 0  # bytes `_buf` must hold before the awaited request is whole (0: its headers are not in)
         self._since = 0.0  # the start of what is awaited: a request's headers, or its body (`_body_wait`)
         self._body_wait = False
         self._continued = False  # `100 Continue` written for the request whose body is awaited
@@ -137,8 +138,14 @@ class IntakeProtocol(asyncio.Protocol):
             self._timer = None
 
     def data_received(self, data: bytes) -> None:
-        self._buf = self._buf + data if self._buf else data
-        if self._pending is None:
+        buf = self._buf
+        if not buf:
+            self._buf = data
+        else:  # appended in place: a body sent in many small parts costs its length, not its length squared
+            if type(buf) is bytes:
+                buf = self._buf = bytearray(buf)
+            buf += data
+        if self._pending is None and len(self._buf) >= self._need:
             self._serve()
 
     def eof_received(self) -> bool | None:
@@ -173,7 +180,8 @@ class IntakeProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        buf, pos, out = self._buf, 0, list[bytes]()
+        buf, pos, out = bytes(self._buf), 0, list[bytes]()
+        self._need = 0
         intake = self._intake
         while pos < len(buf) and not self._closing:
             head_end = buf.find(b"\r\n\r\n", pos, pos + MAX_HEAD + 4)
@@ -233,6 +241,7 @@ class IntakeProtocol(asyncio.Protocol):
             if body_end > len(buf):
                 if not self._body_wait:
                     self._body_wait, self._since = True, self._loop.time()
+                self._need = body_end - pos
                 break
             self._body_wait = self._continued = False
             body = buf[head_end + 4 : body_end]
@@ -289,7 +298,7 @@ class IntakeProtocol(asyncio.Protocol):
     def _hand_over(self, out: list[bytes], pos: int) -> None:
         """Answer what was answered; aiohttp's handler takes the connection with the bytes from `pos`."""
         self._flush(out)
-        transport, rest = self._transport, self._buf[pos:]
+        transport, rest = self._transport, bytes(self._buf[pos:])
         self._buf = b""
         if transport is None or transport.is_closing():
             return
