@@ -1,12 +1,11 @@
 """The intake's own HTTP/1.1 protocol: the usual alert is parsed and answered here, anything else by aiohttp.
 
 The usual alert is a whole `POST` to an intake path, HTTP/1.1, with a Content-Length within
-`intake.max_body_bytes`, without Content-Encoding, Transfer-Encoding, Expect or Upgrade, and with well-formed
-header lines: it goes through the same `Intake` steps as aiohttp's route (token, decoding, acceptance, the
-same JSON answers, counters and log lines), without aiohttp's per-request objects, which were the largest
-Python cost per alert (benchmarks/side_by_side.py; py-spy: aiohttp's request/response cycle was ~30% of the
-engine's thread beside ~44% for the intake's own work). Several requests of one read are answered with one
-write.
+`intake.max_body_bytes`, without Content-Encoding, Transfer-Encoding or Upgrade (`Expect: 100-continue` is
+answered as aiohttp answers it), and with well-formed header lines: it goes through the same `Intake` steps as
+aiohttp's route (token, decoding, acceptance, the same JSON answers, counters and log lines), without
+aiohttp's per-request objects (request, headers multidict, router, response, writer), which cost more than the
+intake's own work (docs/performance.md). Several requests of one read are answered with one write.
 
 Any other request (a reserved path, another method or version, chunked or compressed bodies, a header this
 parser does not take, an unparsable request) hands the connection to aiohttp's protocol handler, with the

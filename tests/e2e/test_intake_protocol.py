@@ -19,7 +19,11 @@ import pytest
 import pytest_asyncio
 
 from talon_opa.core import config
+from talon_opa.engine.app import create_app
+from talon_opa.engine.intake import RESERVED
+from talon_opa.engine.lifecycle import Engine
 from tests.e2e.engine_harness import DRY_RUN_RULES, RunningEngine, running_engine, shell_alert
+from tests.e2e.engine_harness import test_config as engine_config
 
 TOKEN = "protocol-token"
 LIMIT = 4096
@@ -200,3 +204,14 @@ async def test_a_refused_alert_queues_nothing(tmp_path: Path, own_protocol: bool
         assert answer.startswith(b"HTTP/1.1 400"), answer
         assert e.engine.queue.unfinished == 0
         assert await e.metric(EVENTS) == 0
+
+
+def test_the_protocol_leaves_every_engine_route_to_aiohttp(tmp_path: Path) -> None:
+    """Each route of the app but the intake's catch-all is a path the own protocol hands to aiohttp."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(DRY_RUN_RULES)
+    app = create_app(Engine(engine_config(rules)))
+    paths = [r.canonical for r in app.router.resources()]
+    assert paths[-1] == "/{tail}"  # the intake, last
+    for path in paths[:-1]:
+        assert path.encode() in RESERVED or path.startswith("/v1/"), path
