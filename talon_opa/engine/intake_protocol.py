@@ -137,6 +137,8 @@ class IntakeProtocol(asyncio.Protocol):
             self._timer = None
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return  # nothing after the last answer is read
         buf = self._buf
         if not buf:
             self._buf = data
@@ -256,8 +258,8 @@ class IntakeProtocol(asyncio.Protocol):
                     admission = intake.accept_now(item)
                     if admission is None:  # the queue stores it first: answered once it has
                         self._buf = buf[pos:]
-                        self._flush(out)
                         self._pending = self._loop.create_task(self._answer_later(item))
+                        self._flush(out)
                         self._pause()
                         return None
                     reply = intake.reply(admission)

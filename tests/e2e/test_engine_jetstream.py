@@ -9,6 +9,7 @@ processes is in test_engine_jetstream_kill.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -156,3 +157,28 @@ async def test_with_nats_down_the_intake_refuses_then_recovers_by_itself(tmp_pat
             await _until(ran)
     finally:
         server.stop()
+
+
+async def test_pipelined_alerts_are_answered_in_order_once_stored(tmp_path: Path, nats: Nats) -> None:
+    """The intake's own protocol awaits JetStream for each alert in turn (engine/intake_protocol.py): a
+    duplicate is known as one, and a last request with `Connection: close` is answered before the close."""
+    async with AsyncExitStack() as stack:
+        (engine,) = await _replicas(stack, tmp_path, nats.url, 1)
+        host, port = engine.url.split("//", 1)[1].rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        bodies = [json.dumps(shell_alert(pod=pod)).encode() for pod in ("pipe-1", "pipe-1", "pipe-2")]
+        heads = [b"", b"", b"Connection: close\r\n"]
+        writer.write(
+            b"".join(
+                b"POST / HTTP/1.1\r\nHost: e\r\n%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+                for head, body in zip(heads, bodies, strict=True)
+            )
+        )
+        answers = (await asyncio.wait_for(reader.read(), 30)).split(b"HTTP/1.1 ")[1:]
+        writer.close()
+        assert [a[:3] for a in answers] == [b"200"] * 3, answers
+        docs = [json.loads(a.partition(b"\r\n\r\n")[2]) for a in answers]
+        assert "duplicate" not in docs[0]
+        assert docs[1]["duplicate_of"] == docs[0]["id"]
+        assert b"\r\nConnection: close\r\n" in answers[2]
+        assert "duplicate" not in docs[2]
