@@ -4,7 +4,8 @@
 #   Candidates come from the generated index (data.talon.index) in O(1) lookups, plus the
 #   registered native rules (data.talon.native), so decision time does not grow with the number of
 #   rules; each candidate's `match` is then evaluated through its package, never by enumerating
-#   data.talon.rules (that would evaluate every rule of every package).
+#   data.talon.rules (that would evaluate every rule of every package), or, for a rules set translated
+#   to data (beyond 1,000 rules, docs/rego.md), from its match block in the index.
 package talon.lib.matching
 
 import data.talon.lib.order
@@ -16,9 +17,76 @@ ordered := order.sorted(matches)
 # description: one entry per matched rule package, in the shape talon.lib.order expects
 matches contains entry if {
 	some name in candidates
-	data.talon.rules[name].match
+	_matches(name)
 	entry := _entry(name)
 }
+
+_matches(name) if data.talon.rules[name].match
+
+_matches(name) if _accepts(data.talon.index.rules[name].match)
+
+# METADATA
+# description: |
+#   a translated rule's match block as data: every criterion present holds (rules: one of them;
+#   priority: the comparison; tags: all tags of one group; output_fields: every condition of one
+#   group, "!=" holding on a missing field; source: equal), as the rule's module would decide
+_accepts(m) if {
+	_rules_hold(m)
+	_priority_holds(m)
+	_tags_hold(m)
+	_fields_hold(m)
+	_source_holds(m)
+}
+
+_rules_hold(m) if not m.rules
+
+_rules_hold(m) if input.rule in m.rules
+
+_priority_holds(m) if not m.priority
+
+_priority_holds(m) if _compare(m.priority.op, input.priority_rank, m.priority.rank)
+
+_compare("==", a, b) if a == b
+
+_compare(">", a, b) if a > b
+
+_compare(">=", a, b) if a >= b
+
+_compare("<", a, b) if a < b
+
+_compare("<=", a, b) if a <= b
+
+_tags_hold(m) if not m.tags
+
+_tags_hold(m) if {
+	some group in m.tags
+	every tag in group {
+		input.tags_set[tag]
+	}
+}
+
+_fields_hold(m) if not m.output_fields
+
+_fields_hold(m) if {
+	some group in m.output_fields
+	every condition in group {
+		_field_holds(condition)
+	}
+}
+
+_field_holds(c) if {
+	c.op == "="
+	input.output_fields_str[c.field] == c.value
+}
+
+_field_holds(c) if {
+	c.op == "!="
+	not input.output_fields_str[c.field] == c.value
+}
+
+_source_holds(m) if not m.source
+
+_source_holds(m) if input.source == m.source
 
 # a translated rule's entry is precomputed by the generator (one lookup); a native one is built
 _entry(name) := entry if entry := data.talon.index.rules[name]

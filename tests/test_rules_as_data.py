@@ -1,0 +1,107 @@
+"""Rules translated to data (beyond `rego.MODULES_UP_TO` rules) decide exactly as rules translated to modules.
+
+The same rules set is built both ways and served by two real OPAs; every alert gets the same plan from both:
+every sample alert on the sample and example rules, and thousands of generated alerts over generated rules
+sets (every match criterion: rule names, priorities with each comparison, tag groups, output field
+conditions with = and !=, sources; Unicode and invalid strings), native Rego rules beside them included.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from talon_opa.catalog import default_registry
+from talon_opa.core.events import Alert
+from talon_opa.opa.client import Endpoint, OpaClient
+from talon_opa.opa.process import OpaProcess
+from talon_opa.translator import rego
+from talon_opa.translator.bundle import build_bundle
+from talon_opa.translator.model import RuleSet
+from talon_opa.translator.rules import load_ruleset
+from tests.harness.paths import REPO, SEED_RULES
+from tests.rego_support import POLICIES
+from tests.test_prefilter import generated_alert, generated_ruleset, sample_alerts
+
+_BUNDLES = itertools.count()
+NATIVE = """\
+package talon.rules.native_watch
+
+position := 2
+
+match if input.output_fields_str["k8s.ns.name"] == "vault"
+
+actions := [{"action": "Watch", "actionner": "kubernetes:label", "parameters": {"labels": {"watched": "yes"}}}]
+"""
+
+
+@asynccontextmanager
+async def opa_for(tmp_path: Path, ruleset: RuleSet, as_data: bool, native: Sequence[Path]) -> AsyncIterator[OpaClient]:
+    out = tmp_path / f"bundle-{next(_BUNDLES)}"
+    files = rego.generate(ruleset, as_data=as_data)
+    assert any(p.startswith(rego.RULES_DIR) for p in files) != as_data or not ruleset.rules
+    build_bundle(files, out, library=POLICIES, native=native, check=False)
+    opa = OpaProcess(bundle=out, unix_socket=True, token="t0ken")
+    await opa.start()
+    ep = Endpoint.open(opa.base_url, opa.connector(), opa.headers())
+    try:
+        yield OpaClient(lambda: ep)
+    finally:
+        await ep.close()
+        await opa.stop()
+
+
+async def same_plans(
+    tmp_path: Path, ruleset: RuleSet, alerts: Sequence[Alert], native: Sequence[Path] = ()
+) -> tuple[int, int]:
+    """Both forms' plans for every alert are equal; (alerts, alerts some rule matched)."""
+    matched = 0
+    async with (
+        opa_for(tmp_path, ruleset, False, native) as modules,
+        opa_for(tmp_path, ruleset, True, native) as data,
+    ):
+        for start in range(0, len(alerts), 200):
+            inputs = [a.opa_input() for a in alerts[start : start + 200]]
+            by_modules = await modules.decide_batch_once(inputs)
+            by_data = await data.decide_batch_once(inputs)
+            for doc, a, b in zip(inputs, by_modules, by_data, strict=True):
+                assert not isinstance(a, Exception), a
+                assert not isinstance(b, Exception), b
+                assert (b.matched_rules, b.steps) == (a.matched_rules, a.steps), doc
+                matched += bool(a.matched_rules)
+    return len(alerts), matched
+
+
+async def test_sample_alerts_on_the_sample_and_example_rules(tmp_path: Path) -> None:
+    registry = default_registry()
+    alerts = sample_alerts()
+    native = tmp_path / "native.rego"
+    native.write_text(NATIVE)
+    examples = sorted((REPO / "examples").glob("**/*rules.yaml"))
+    assert len(examples) >= 4
+    for rules in (SEED_RULES, *examples):
+        total, matched = await same_plans(tmp_path, load_ruleset([rules], registry), alerts, [native])
+        assert 0 < matched < total, rules
+
+
+async def test_generated_alerts_on_generated_rule_sets(tmp_path: Path) -> None:
+    rnd = random.Random(20261204)
+    total = matched = 0
+    for _ in range(16):
+        ruleset = generated_ruleset(rnd)
+        n, m = await same_plans(tmp_path, ruleset, [generated_alert(rnd) for _ in range(400)])
+        total, matched = total + n, matched + m
+    print(f"{total} alerts, {matched} matched some rule")
+    assert total == 6400
+    assert matched > 500  # enough alerts match for the comparison to mean something
+
+
+def test_the_form_follows_the_rule_count() -> None:
+    ruleset = load_ruleset([SEED_RULES], default_registry())
+    assert any(p.startswith(rego.RULES_DIR) for p in rego.generate(ruleset))
+    many = RuleSet(ruleset.rules * (rego.MODULES_UP_TO // len(ruleset.rules) + 1))
+    assert len(many.rules) > rego.MODULES_UP_TO
+    assert not any(p.startswith(rego.RULES_DIR) for p in rego.generate(many))
