@@ -217,13 +217,15 @@ def profile(bundle_dir: Path, doc: dict[str, Any], limit: int = 15) -> str:
     return done.stdout + done.stderr
 
 
-async def run_size(n: int, transports: Sequence[str], requests: int, work: Path, do_profile: bool) -> None:
+async def run_size(
+    n: int, transports: Sequence[str], requests: int, work: Path, do_profile: bool, as_data: bool | None = None
+) -> None:
     t0 = time.perf_counter()
     rules_path = work / f"rules-{n}.yaml"
     rules_path.write_text(rules_file(n))
     ruleset = rules_loader.load_ruleset([rules_path], catalog.default_registry())
     t1 = time.perf_counter()
-    files = rego.generate(ruleset)
+    files = rego.generate(ruleset, as_data=as_data)
     t2 = time.perf_counter()
     out = work / f"bundle-{n}"
     revision = bundle.build_bundle(files, out, check=False)
@@ -276,7 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--transport", default="tcp,unix", help="comma-separated: tcp, unix")
     p.add_argument("--profile", action="store_true", help="print `opa eval --profile` per rule count to stderr")
     p.add_argument("--keep", metavar="DIR", help="keep the generated rules, bundles and OPA logs in DIR")
+    p.add_argument(
+        "--form",
+        choices=("auto", "modules", "data"),
+        default="auto",
+        help="translated rules as a module each or as data (auto: data beyond 1,000 rules, as the engine does)",
+    )
     args = p.parse_args(argv)
+    as_data = {"auto": None, "modules": False, "data": True}[args.form]
     sizes = [int(s) for s in args.rules.split(",") if s.strip()]
     transports = [t.strip() for t in args.transport.split(",") if t.strip()]
     if not sizes or any(n < 1 for n in sizes) or not 1 <= args.requests <= MAX_REQUESTS:
@@ -286,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def run_all(work: Path) -> None:
         for n in sizes:
-            await run_size(n, transports, args.requests, work, args.profile)
+            await run_size(n, transports, args.requests, work, args.profile, as_data)
 
     if args.keep:
         work = Path(args.keep)
