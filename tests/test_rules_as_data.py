@@ -9,12 +9,14 @@ conditions with = and !=, sources; Unicode and invalid strings), native Rego rul
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from talon_opa.catalog import default_registry
+from talon_opa.cli import main as cli
 from talon_opa.core.events import Alert
 from talon_opa.opa.client import Endpoint, OpaClient
 from talon_opa.opa.process import OpaProcess
@@ -105,3 +107,12 @@ def test_the_form_follows_the_rule_count() -> None:
     many = RuleSet(ruleset.rules * (rego.MODULES_UP_TO // len(ruleset.rules) + 1))
     assert len(many.rules) > rego.MODULES_UP_TO
     assert not any(p.startswith(rego.RULES_DIR) for p in rego.generate(many))
+
+
+def test_rules_translate_forces_either_form(tmp_path: Path) -> None:
+    for form, modules in (("data", False), ("modules", True), ("auto", True)):
+        out = tmp_path / form
+        assert cli.main(["rules", "translate", "-r", str(SEED_RULES), "-o", str(out), "--form", form]) == 0
+        assert (out / rego.RULES_DIR).is_dir() == modules, form
+        index = json.loads((out / rego.INDEX_PATH).read_text())
+        assert all(("match" in entry) != modules for entry in index["rules"].values()), form

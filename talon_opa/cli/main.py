@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--rego", action="append", default=[], metavar="FILE|DIR", type=completion.path, help="native Rego rules to add"
     )
+    tr.add_argument(
+        "--form",
+        choices=("auto", "modules", "data"),
+        default="auto",
+        help="a Rego module per rule, or the rules as data (auto, as the engine: data beyond 1,000 rules)",
+    )
     plan = rsub.add_parser("plan", help="print the plan of each alert, decided by a real OPA")
     _rules_command_args(plan, 2)
     alerts = plan.add_mutually_exclusive_group(required=True)

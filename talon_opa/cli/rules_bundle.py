@@ -71,7 +71,8 @@ def translate(args: argparse.Namespace) -> int:
     ruleset = load(args.rules)
     out = Path(args.output)
     key = Path(args.signing_key) if args.signing_key else None
-    revision = bundle.build_bundle(rego.generate(ruleset), out, signing_key=key, native=[Path(p) for p in args.rego])
+    files = rego.generate(ruleset, as_data={"auto": None, "modules": False, "data": True}[args.form])
+    revision = bundle.build_bundle(files, out, signing_key=key, native=[Path(p) for p in args.rego])
     print(f"revision {revision} bundle {out}")
     return EXIT_OK
 
