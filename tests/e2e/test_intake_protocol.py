@@ -24,6 +24,7 @@ from talon_opa.engine.intake import RESERVED
 from talon_opa.engine.lifecycle import Engine
 from tests.e2e.engine_harness import DRY_RUN_RULES, RunningEngine, running_engine, shell_alert
 from tests.e2e.engine_harness import test_config as engine_config
+from tests.harness import gosender
 
 TOKEN = "protocol-token"
 LIMIT = 4096
@@ -215,3 +216,18 @@ def test_the_protocol_leaves_every_engine_route_to_aiohttp(tmp_path: Path) -> No
     assert paths[-1] == "/{tail}"  # the intake, last
     for path in paths[:-1]:
         assert path.encode() in RESERVED or path.startswith("/v1/"), path
+
+
+async def test_a_go_client_posting_like_falcosidekick(tmp_path: Path) -> None:
+    """Go's net/http client (Falcosidekick's) with a custom token header: every alert answered 200 and decided,
+    over the few connections it keeps alive, all served by the own protocol."""
+    header, token = "X-Falco-Token", "sidekick-secret"
+    auth, queue = config.Auth(token=token, header=header), config.Queue(capacity=1000, workers=4)
+    async with running_engine(tmp_path, DRY_RUN_RULES, auth=auth, queue=queue) as e:
+        summary = await asyncio.to_thread(gosender.send, e.url + "/", 200, 4, header, token)
+        assert summary == {"statuses": {"200": 200}, "errors": 0, "connections": 4}, summary
+        await e.drained()
+        assert await e.metric(EVENTS) == 200
+        assert await e.metric("falcosecurity_falco_talon_actions_total", status="dry_run") == 200  # a step each
+        refused = await asyncio.to_thread(gosender.send, e.url + "/", 3, 1, header, "wrong")
+        assert refused["statuses"] == {"401": 3}, refused
