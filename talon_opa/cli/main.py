@@ -283,6 +283,10 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _start_server(args: argparse.Namespace) -> int:
+    from talon_opa.core import deferred_certs
+
+    with deferred_certs.deferred():  # its default TLS contexts read the CA certificates when first used
+        import aiohttp  # noqa: F401
     from talon_opa.core import config, logs
 
     looked_at = None
