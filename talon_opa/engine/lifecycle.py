@@ -11,10 +11,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind
 
 from talon_opa.catalog import default_registry
@@ -40,6 +39,9 @@ from talon_opa.opa.client import OpaClient
 from talon_opa.opa.prefilter import Prefilter
 from talon_opa.plugins.clients import ClientProvider
 from talon_opa.plugins.registry import Registry
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logs.get("engine")
 
