@@ -1,4 +1,4 @@
-"""`talon-opa server`: load the config, start the engine and its HTTP listener, drain on SIGTERM.
+"""`talon-opa server`: start the engine (on its head start, cli/main.py) and its HTTP listener, drain on SIGTERM.
 
 SIGHUP reloads the rules now (as a change of the rules files does when `watch_rules` is on).
 
