@@ -12,7 +12,9 @@ unmeasured start compiles it). `engine_now_mb` is the engine's resident set once
 
 `--cache off` runs without `opa.cache_dir`; `--cache cold` gives every run an empty cache folder, so the
 bundle is built (and stored); `--cache warm` starts each size once beforehand and keeps its cache folder,
-so the runs reuse the bundle.
+so the runs reuse the bundle. `--compare DIR` runs the engine of another checkout too (e.g. `git worktree add
+/tmp/before <commit>`), each run of this one followed by the same run of that one, so that both see the same
+moments of a busy machine; its lines say `engine=DIR`.
 Prints one line per run on stderr and, per rule count, on stdout:
 
     rules=N cache=off|cold|warm ready_s=X cpu_s=Y (median of R) engine_rss_mb=A opa_rss_mb=B
@@ -21,6 +23,7 @@ Prints one line per run on stderr and, per rule count, on stdout:
 Never asserted in tests. Timings are wall-clock and noisy on a shared machine: compare medians.
 
     .venv/bin/python benchmarks/startup.py --rules 1,10,1000,10000 --runs 3
+    .venv/bin/python benchmarks/startup.py --rules 10 --runs 9 --compare /tmp/before   # A/B against a checkout
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def ready(url: str) -> bool:
         return False
 
 
-def run_once(rules: Path, work: Path, cache: Path | None) -> Run:
+def run_once(rules: Path, work: Path, cache: Path | None, repo: Path = REPO) -> Run:
     port = free_port()
     config = work / "config.yaml"
     opa_cfg = f"opa: {{ready_timeout_seconds: {READY_WITHIN_S}" + (f", cache_dir: {cache}}}" if cache else "}")
@@ -103,14 +106,14 @@ def run_once(rules: Path, work: Path, cache: Path | None) -> Run:
         f"listen_address: 127.0.0.1\nlisten_port: {port}\nlog_format: json\nlog_level: warning\n{opa_cfg}\n"
     )
     # as installed: Python's bytecode cached (a private folder), whatever PYTHONDONTWRITEBYTECODE says here
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONPYCACHEPREFIX": str(work / "pycache")}
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONPYCACHEPREFIX": str(work / "pycache")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     url = f"http://127.0.0.1:{port}/readyz"
     with (work / "engine.log").open("wb") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", "talon_opa.cli.main", "server", "-c", str(config), "-r", str(rules)],
-            cwd=REPO,
+            cwd=repo,
             env=env,
             stdout=log,
             stderr=log,
@@ -144,42 +147,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rules", default="1,10,1000,10000", help="comma-separated rule counts")
     p.add_argument("--runs", type=int, default=3, help="runs per rule count (alternating between counts)")
     p.add_argument("--cache", choices=("off", "cold", "warm"), default="off", help="empty or pre-filled bundle cache")
+    p.add_argument("--compare", metavar="DIR", type=Path, help="another checkout whose engine runs in alternation")
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.rules.split(",") if s.strip()]
     if not sizes or any(n < 1 for n in sizes) or args.runs < 1:
         p.error("--rules needs positive counts and --runs at least 1")
-    results: dict[int, list[Run]] = {n: [] for n in sizes}
+    repos = [REPO]
+    if args.compare is not None:
+        if not (args.compare / "talon_opa").is_dir():
+            p.error(f"--compare {args.compare}: not a talon-opa checkout (no talon_opa/ folder)")
+        repos.append(args.compare.resolve())
+    results: dict[tuple[Path, int], list[Run]] = {(repo, n): [] for repo in repos for n in sizes}
     with tempfile.TemporaryDirectory(prefix="talon-opa-bench-startup-") as tmp:
         work = Path(tmp)
         for n in sizes:
             (work / f"rules-{n}.yaml").write_text(rules_file(n))
-            (work / f"cache-{n}").mkdir()
-        run_once(work / f"rules-{min(sizes)}.yaml", work, None)  # compiles the bytecode: not measured
-        for n in sizes:
-            if args.cache == "warm":
-                run_once(work / f"rules-{n}.yaml", work, work / f"cache-{n}")
+        for k, repo in enumerate(repos):
+            run_once(work / f"rules-{min(sizes)}.yaml", work, None, repo)  # compiles the bytecode: not measured
+            for n in sizes:
+                (work / f"cache-{n}-{k}").mkdir()
+                if args.cache == "warm":
+                    run_once(work / f"rules-{n}.yaml", work, work / f"cache-{n}-{k}", repo)
         for i in range(args.runs):
             for n in sizes:
-                cache: Path | None = work / f"cache-{n}"
-                if args.cache == "off":
-                    cache = None
-                elif args.cache == "cold":
-                    cache = work / f"cache-{n}-{i}"
-                r = run_once(work / f"rules-{n}.yaml", work, cache)
-                results[n].append(r)
-                print(
-                    f"# run={i + 1} rules={n} ready_s={r.ready_s:.3f} engine_rss_mb={r.engine_mb:.1f} "
-                    f"opa_rss_mb={r.opa_mb:.1f} sampled_peak_mb={r.sampled_peak_mb:.1f} cpu_s={r.cpu_s:.2f} "
-                    f"engine_now_mb={r.engine_now_mb:.1f}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    for n in sizes:
-        runs = results[n]
+                for k, repo in enumerate(repos):
+                    cache: Path | None = work / f"cache-{n}-{k}"
+                    if args.cache == "off":
+                        cache = None
+                    elif args.cache == "cold":
+                        cache = work / f"cache-{n}-{k}-{i}"
+                    r = run_once(work / f"rules-{n}.yaml", work, cache, repo)
+                    results[repo, n].append(r)
+                    print(
+                        f"# run={i + 1} rules={n}{_label(repo)} ready_s={r.ready_s:.3f} "
+                        f"engine_rss_mb={r.engine_mb:.1f} opa_rss_mb={r.opa_mb:.1f} "
+                        f"sampled_peak_mb={r.sampled_peak_mb:.1f} cpu_s={r.cpu_s:.2f} "
+                        f"engine_now_mb={r.engine_now_mb:.1f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    for repo, n in results:
+        runs = results[repo, n]
         engine = statistics.median(r.engine_mb for r in runs)
         opa = statistics.median(r.opa_mb for r in runs)
         print(
-            f"rules={n} cache={args.cache} ready_s={statistics.median(r.ready_s for r in runs):.3f} "
+            f"rules={n}{_label(repo)} cache={args.cache} ready_s={statistics.median(r.ready_s for r in runs):.3f} "
             f"cpu_s={statistics.median(r.cpu_s for r in runs):.2f} "
             f"(median of {len(runs)}) engine_rss_mb={engine:.1f} opa_rss_mb={opa:.1f} "
             f"total_rss_mb={statistics.median(r.engine_mb + r.opa_mb for r in runs):.1f} "
@@ -188,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
     return 0
+
+
+def _label(repo: Path) -> str:
+    return "" if repo == REPO else f" engine={repo}"
 
 
 if __name__ == "__main__":

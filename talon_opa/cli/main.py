@@ -10,6 +10,7 @@ A `-c` file is read and validated whatever the command: a missing or invalid one
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -275,9 +276,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    """`server`: Talon's default config file when -c is omitted and it exists, else the built-in defaults."""
+    """`server`: Talon's default config file when -c is omitted and it exists, else the built-in defaults.
+
+    Start-up is ordered for time (docs/performance.md): the bundle is built and the child OPA spawned
+    (engine/prestart.py) before the rest of the engine is imported, so OPA loads it meanwhile.
+    """
+    gc.disable()  # importing makes only long-lived objects: nothing to collect (server.main enables it)
+    try:
+        return _start_server(args)
+    finally:
+        gc.enable()
+
+
+def _start_server(args: argparse.Namespace) -> int:
+    from talon_opa.core import deferred_certs
+
+    with deferred_certs.deferred():  # its default TLS contexts read the CA certificates when first used
+        import aiohttp  # noqa: F401
     from talon_opa.core import config, logs
-    from talon_opa.engine import server
 
     looked_at = None
     if args.config is None:
@@ -287,17 +303,24 @@ def _server(args: argparse.Namespace) -> int:
         else:
             looked_at = default
     try:
-        cfg = config.load(args.config, rules=args.rules)  # here too, to name the file (server.main loads it again)
+        cfg = config.load(args.config, rules=args.rules)
     except config.ConfigError as e:
         print(f"error: {_naming(args.config, e)}", file=sys.stderr)
         return 1
+    logs.setup(cfg.log_format, cfg.log_level)
     if looked_at is not None:
-        logs.setup(cfg.log_format, cfg.log_level)
         logs.get("cli").info(
             "no config file read: built-in defaults and environment variables",
             extra={"looked_at": looked_at, "hint": f"write {looked_at}, set ${DEFAULT_CONFIG_ENV} or pass -c FILE"},
         )
-    return server.main(args)
+    from talon_opa.engine import prestart
+
+    head_start = prestart.prestart_or_log(cfg)
+    if head_start is None:
+        return 1
+    from talon_opa.engine import server  # the rest of the engine, imported while OPA starts
+
+    return server.main(cfg, head_start)
 
 
 def _naming(path: str | None, e: Exception) -> str:

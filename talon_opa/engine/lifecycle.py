@@ -9,27 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind
 
 from talon_opa.catalog import default_registry
-from talon_opa.core import config, logs, secrets
+from talon_opa.core import config, logs
 from talon_opa.core.errors import OpaError, RulesError, TalonError
 from talon_opa.core.kube import KubeClient, KubeConfig
-from talon_opa.engine import audit_ship, metrics, reload, telemetry
+from talon_opa.engine import audit_ship, metrics, prestart, reload, telemetry
 from talon_opa.engine.accept import Acceptor
 from talon_opa.engine.approvals import Approvals
 from talon_opa.engine.audit import AuditTrail
 from talon_opa.engine.batcher import Batcher
-from talon_opa.engine.bundle_cache import BundleCache
 from talon_opa.engine.execute import Executor
 from talon_opa.engine.instances import Instances
 from talon_opa.engine.jetstream import JetStreamQueue
@@ -44,6 +39,9 @@ from talon_opa.opa.client import OpaClient
 from talon_opa.opa.prefilter import Prefilter
 from talon_opa.plugins.clients import ClientProvider
 from talon_opa.plugins.registry import Registry
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logs.get("engine")
 
@@ -79,7 +77,10 @@ def cluster_clients(cfg: config.Config, http: aiohttp.ClientSession) -> dict[str
 
 
 class Engine:
-    """One response engine. Build it, then `create_app(engine)` (or `await start(session)` / `stop()`)."""
+    """One response engine. Build it, then `create_app(engine)` (or `await start(session)` / `stop()`).
+
+    `head_start`: its first bundle already built and its child OPA spawned (engine/prestart.py).
+    """
 
     def __init__(
         self,
@@ -88,9 +89,10 @@ class Engine:
         registry: Registry | None = None,
         kube_config: KubeConfig | None = _AUTO,
         span_exporter: SpanExporter | None = None,
+        head_start: prestart.Prestart | None = None,
     ) -> None:
         self.cfg = cfg
-        self.registry = registry or default_registry()
+        self.registry = head_start.registry if head_start else (registry or default_registry())
         self._kube_config = kube_config
         self.metrics = metrics.Metrics()
         self.telemetry = telemetry.Telemetry(cfg.otel, exporter=span_exporter)
@@ -103,15 +105,12 @@ class Engine:
             workers=cfg.queue.workers + self.decide_ahead,
             on_depth=self.metrics.queue_depth.set,
         )
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if cfg.opa.bundle_dir:
-            self.workdir = Path(cfg.opa.bundle_dir)
-            self.workdir.mkdir(parents=True, exist_ok=True)
-        else:
-            self._tmp = tempfile.TemporaryDirectory(prefix="talon-opa-engine-")
-            self.workdir = Path(self._tmp.name)
-        self.supervisor = OpaSupervisor(cfg.opa, self.workdir, self.metrics)
-        self.bundle_cache = BundleCache(Path(cfg.opa.cache_dir)) if cfg.opa.cache_dir else None
+        self._workdir = head_start.workdir if head_start else prestart.Workdir.of(cfg)
+        self.workdir = self._workdir.path
+        self._first: reload.Built | None = head_start.built if head_start else None
+        spawned = head_start.opa if head_start else None
+        self.supervisor = OpaSupervisor(cfg.opa, self.workdir, self.metrics, spawned=spawned)
+        self.bundle_cache = head_start.cache if head_start else prestart.bundle_cache(cfg)
         self.opa = OpaClient(
             self.supervisor.endpoint,
             timeout=cfg.opa.timeout_seconds,
@@ -174,16 +173,11 @@ class Engine:
     async def start(self, http: aiohttp.ClientSession) -> None:
         """Translate the rules, start OPA on them, open clients, start workers and watchers."""
         cfg = self.cfg
-        secrets.KNOWN.add(cfg.secret_values())
-        for key in cfg.unknown_keys:
-            log.warning("unknown config key ignored", extra={"key": key})
-        built = await self._build()
-        for w in built.warnings:
-            log.warning("rules warning", extra={"where": str(w)})
-        if not built.rules:
-            log.warning(
-                "NO RULES: the rules files hold no rule, every response is off", extra={"files": list(cfg.rules_files)}
-            )
+        built, self._first = self._first, None
+        if built is None:
+            prestart.announce(cfg)
+            built = await self._build()
+            prestart.report(cfg, built)
         try:
             if self.audit is not None:
                 await self.audit.start()
@@ -298,28 +292,11 @@ class Engine:
         self._tasks = []
         await self.supervisor.stop()
         self.telemetry.shutdown()
-        if self._tmp is not None:
-            self._tmp.cleanup()
+        self._workdir.cleanup()
         self._started = False
 
     async def _build(self) -> reload.Built:
-        native = [Path(p) for p in self.cfg.opa.rego]
-        key = Path(self.cfg.opa.signing_key) if self.cfg.opa.signing_key else None
-        return await asyncio.to_thread(
-            functools.partial(
-                reload.build,
-                list(self.cfg.rules_files),
-                self.registry,
-                self.workdir,
-                native,
-                key,
-                self.cfg.caps,
-                self.cfg.approvals,
-                self.cfg.undo,
-                cache=self.bundle_cache,
-                child_checks=not self.supervisor.external,  # a child activates each bundle before it goes live
-            )
-        )
+        return await prestart.build_async(self.cfg, self.registry, self.workdir, self.bundle_cache)
 
     async def reload(self) -> bool:
         """Rebuild from the rules files and swap atomically; on any problem the old rules stay active."""

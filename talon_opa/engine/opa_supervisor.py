@@ -22,14 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from talon_opa.core import config, logs
 from talon_opa.core.backoff import Backoff, Policy
 from talon_opa.core.errors import OpaError
-from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.reload import DROP_DECISION_PATH
 from talon_opa.opa.client import Endpoint
 from talon_opa.opa.process import OpaProcess, new_token
+
+if TYPE_CHECKING:  # not imported at run time: engine/prestart.py spawns OPA before the metrics are imported
+    from talon_opa.engine.metrics import Metrics
 
 log = logs.get("opa")
 
@@ -37,24 +40,51 @@ WATCH_INTERVAL_S = 0.2
 RESTART_BACKOFF_MAX_S = 5.0
 
 
-class OpaSupervisor:
-    """The OPA decisions come from; `endpoint()` is always the current one."""
+def child_token(cfg: config.Opa) -> str:
+    """The token every request to the child (or the sidecar) carries; empty when none is used."""
+    # OpaProcess loads its token policy as a second, unsigned bundle, which OPA refuses once a
+    # verification key is set: a verifying child relies on its private unix socket instead
+    verifying_child = bool(cfg.verification_key) and not cfg.url
+    return "" if verifying_child else (cfg.token or ("" if cfg.url else new_token()))
 
-    def __init__(self, cfg: config.Opa, workdir: Path, metrics: Metrics) -> None:
+
+def child_process(cfg: config.Opa, bundle: Path, workdir: Path, n: int, token: str) -> OpaProcess:
+    """The engine's `n`th child OPA on `bundle` (not started), as `opa.*` configures it."""
+    extra: tuple[str, ...] = ()
+    if cfg.decision_logs:
+        extra = ("--set=decision_logs.console=true",)
+    elif cfg.decision_ids:
+        extra = ("--set=decision_logs.console=true", f"--set=decision_logs.drop_decision={DROP_DECISION_PATH}")
+    return OpaProcess(
+        bundle=bundle,
+        unix_socket=cfg.unix_socket,
+        token=token or None,
+        log_path=workdir / f"opa-{n}.log",
+        extra_args=extra,
+        env={"GOGC": str(cfg.gc_percent)} if cfg.gc_percent else {},
+        verification_key=Path(cfg.verification_key) if cfg.verification_key else None,
+    )
+
+
+class OpaSupervisor:
+    """The OPA decisions come from; `endpoint()` is always the current one.
+
+    `spawned`: a child already spawned on the first bundle (engine/prestart.py) that `start` adopts.
+    """
+
+    def __init__(self, cfg: config.Opa, workdir: Path, metrics: Metrics, *, spawned: OpaProcess | None = None) -> None:
         self.cfg = cfg
         self.workdir = workdir
         self.metrics = metrics
-        # OpaProcess loads its token policy as a second, unsigned bundle, which OPA refuses once a
-        # verification key is set: a verifying child relies on its private unix socket instead
-        verifying_child = bool(cfg.verification_key) and not cfg.url
-        self.token = "" if verifying_child else (cfg.token or ("" if cfg.url else new_token()))
+        self.token = (spawned.token or "") if spawned is not None else child_token(cfg)
         self.revision = ""  # the revision of the bundle decisions should come from
         self.bundle: Path | None = None
         self.restarts = 0
         self._proc: OpaProcess | None = None
         self._endpoint: Endpoint | None = None
         self._lock = asyncio.Lock()
-        self._children = 0
+        self._children = 1 if spawned is not None else 0
+        self._spawned = spawned
         self._stopping = False
 
     @property
@@ -77,7 +107,14 @@ class OpaSupervisor:
             if self.external:
                 self._endpoint = Endpoint.for_url(self.cfg.url, self.token)
                 return
-            self._proc, self._endpoint = await self._spawn(bundle)
+            spawned, self._spawned = self._spawned, None
+            if spawned is not None and spawned.bundle == bundle:
+                await spawned.wait_ready(self.cfg.ready_timeout_seconds)  # OpaError: it stopped it
+                self._proc, self._endpoint = spawned, self._open(spawned)
+            else:
+                if spawned is not None:
+                    await spawned.stop()
+                self._proc, self._endpoint = await self._spawn(bundle)
         log.info("opa started", extra={"revision": revision, "pid": self.pid, "address": self._proc.addr})
 
     async def swap(self, bundle: Path, revision: str) -> None:
@@ -95,22 +132,13 @@ class OpaSupervisor:
 
     async def _spawn(self, bundle: Path) -> tuple[OpaProcess, Endpoint]:
         self._children += 1
-        extra: tuple[str, ...] = ()
-        if self.cfg.decision_logs:
-            extra = ("--set=decision_logs.console=true",)
-        elif self.cfg.decision_ids:
-            extra = ("--set=decision_logs.console=true", f"--set=decision_logs.drop_decision={DROP_DECISION_PATH}")
-        proc = OpaProcess(
-            bundle=bundle,
-            unix_socket=self.cfg.unix_socket,
-            token=self.token or None,
-            log_path=self.workdir / f"opa-{self._children}.log",
-            extra_args=extra,
-            env={"GOGC": str(self.cfg.gc_percent)} if self.cfg.gc_percent else {},
-            verification_key=Path(self.cfg.verification_key) if self.cfg.verification_key else None,
-        )
+        proc = child_process(self.cfg, bundle, self.workdir, self._children, self.token)
         await proc.start(ready_within=self.cfg.ready_timeout_seconds)
-        return proc, Endpoint.open(proc.base_url, proc.connector(), proc.headers())
+        return proc, self._open(proc)
+
+    @staticmethod
+    def _open(proc: OpaProcess) -> Endpoint:
+        return Endpoint.open(proc.base_url, proc.connector(), proc.headers())
 
     async def _retire(self, proc: OpaProcess | None, endpoint: Endpoint | None) -> None:
         """Let in-flight decisions on the old child finish (bounded by their timeout), then stop it."""
@@ -161,6 +189,9 @@ class OpaSupervisor:
         async with self._lock:
             proc, endpoint = self._proc, self._endpoint
             self._proc = None
+            spawned, self._spawned = self._spawned, None
+        if spawned is not None:  # never started: the engine failed before
+            await spawned.stop()
         if endpoint is not None:
             with contextlib.suppress(Exception):
                 await endpoint.close()

@@ -1,4 +1,4 @@
-"""`talon-opa server`: load the config, start the engine and its HTTP listener, drain on SIGTERM.
+"""`talon-opa server`: start the engine (on its head start, cli/main.py) and its HTTP listener, drain on SIGTERM.
 
 SIGHUP reloads the rules now (as a change of the rules files does when `watch_rules` is on).
 
@@ -8,13 +8,11 @@ starting (the reason is logged, rules problems one per line with file:line:colum
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
 import signal
 import ssl
-import sys
 from collections.abc import Callable
 
 from aiohttp import web
@@ -24,6 +22,7 @@ from talon_opa.core.errors import RulesError, TalonError
 from talon_opa.engine.app import create_app
 from talon_opa.engine.lifecycle import Engine
 from talon_opa.engine.listener import Runner
+from talon_opa.engine.prestart import Prestart
 from talon_opa.engine.reload import log_problems
 
 log = logs.get("server")
@@ -43,13 +42,13 @@ def ssl_context(tls: config.Tls) -> ssl.SSLContext | None:
     return ctx
 
 
-async def serve(cfg: config.Config, stop: asyncio.Event | None = None) -> int:
+async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_start: Prestart | None = None) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set), then drain and stop."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    engine = Engine(cfg)
+    engine = Engine(cfg, head_start=head_start)
     app = create_app(engine)
     runner = Runner(app, cfg.intake)
     try:
@@ -123,17 +122,14 @@ async def _reload_on(requested: asyncio.Event, engine: Engine) -> None:
         await engine.reload()
 
 
-def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = config.load(args.config, rules=list(args.rules or ()))
-    except TalonError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    logs.setup(cfg.log_format, cfg.log_level)
+def main(cfg: config.Config, head_start: Prestart | None = None) -> int:
+    """Serve `cfg` (logging already set up), from `head_start` when start-up began before (cli/main.py)."""
     # Each alert leaves a few short-lived container objects (spans, futures, dicts) that reference counting
     # frees; at thousands of alerts/s Python's default (a collection every 700 of them) spent ~5% of the
     # engine's CPU in the cyclic collector (benchmarks/intake_throughput.py). Young collections 14x rarer.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    gc.freeze()  # the modules' objects live as long as the engine: no collection walks them
+    gc.enable()  # off while start-up imported (cli/main.py)
     _, factory = event_loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve(cfg))
+        return runner.run(serve(cfg, head_start=head_start))

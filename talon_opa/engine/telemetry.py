@@ -1,24 +1,23 @@
 """Tracing: one trace per alert, span names `{verb} {object}`, attribute keys as constants here.
 
 `receive alert` (root; continues an incoming W3C `traceparent`) → `decide plan` → `run action` per step
-→ `write output` / `send notification`. Each engine has its own TracerProvider (never the global one),
-exporting by OTLP/HTTP when `otel.traces_enabled`. Trace ids are generated either way: with nothing to
-export, spans are `IdsOnlyTracer`'s, which carry the same W3C ids (answers, logs, audit lines and outgoing
-`traceparent` headers show them) and record nothing, at a fraction of a recording span's cost.
+→ `write output` / `send notification`. An engine exporting spans has its own TracerProvider (never the
+global one), exporting by OTLP/HTTP when `otel.traces_enabled`. Trace ids are generated either way: with
+nothing to export, spans are `IdsOnlyTracer`'s, which carry the same W3C ids (answers, logs, audit lines and
+outgoing `traceparent` headers show them) and record nothing, at a fraction of a recording span's cost, and
+OpenTelemetry's SDK is not even imported.
 """
 
 from __future__ import annotations
 
+import random
 import socket
 import traceback
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -37,6 +36,10 @@ from opentelemetry.util import types
 
 from talon_opa.core import secrets
 from talon_opa.core.config import Otel
+
+if TYPE_CHECKING:  # the SDK is imported only when spans are exported (15 ms of start-up otherwise)
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 # span names
 RECEIVE_ALERT = "receive alert"
@@ -98,15 +101,20 @@ class Telemetry:
     """The engine's tracer, its provider (flushed at shutdown) and W3C propagation."""
 
     def __init__(self, otel: Otel, *, exporter: SpanExporter | None = None) -> None:
-        resource = Resource.create({"service.name": otel.service_name, "service.instance.id": socket.gethostname()})
-        self.provider = TracerProvider(resource=resource)
         if exporter is None and otel.traces_enabled:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter(endpoint=otel.traces_url(), timeout=otel.timeout)
         self.recording = exporter is not None
         self.tracer: Tracer = IdsOnlyTracer()
+        self.provider: TracerProvider | None = None  # only when spans are exported
         if exporter is not None:
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            resource = Resource.create({"service.name": otel.service_name, "service.instance.id": socket.gethostname()})
+            self.provider = TracerProvider(resource=resource)
             self.provider.add_span_processor(
                 BatchSpanProcessor(
                     exporter, schedule_delay_millis=otel.batch_delay_ms, export_timeout_millis=int(otel.timeout * 1000)
@@ -120,11 +128,12 @@ class Telemetry:
         return _PROPAGATOR.extract(carrier)
 
     def flush(self, timeout_ms: int = 5000) -> bool:
-        return self.provider.force_flush(timeout_ms)
+        return self.provider.force_flush(timeout_ms) if self.provider is not None else True
 
     def shutdown(self) -> None:
-        self.provider.force_flush(5000)
-        self.provider.shutdown()
+        if self.provider is not None:
+            self.provider.force_flush(5000)
+            self.provider.shutdown()
 
 
 _ROOT_FLAGS = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)  # what the SDK gives a root span
@@ -134,9 +143,6 @@ class IdsOnlyTracer(NoOpTracer):
     """The tracer when no span is exported: each span gets the ids, flags and state the SDK's tracer (always
     sampling, or following the parent) would give it, as a `NonRecordingSpan` (attributes, status, events and
     `end` cost nothing and are dropped). `start_as_current_span` is NoOpTracer's, around this `start_span`."""
-
-    def __init__(self) -> None:
-        self._ids = RandomIdGenerator()
 
     def start_span(
         self,
@@ -153,8 +159,16 @@ class IdsOnlyTracer(NoOpTracer):
         if parent.is_valid:
             trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
         else:
-            trace_id, flags, state = self._ids.generate_trace_id(), _ROOT_FLAGS, TraceState()
-        return NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), False, flags, state))
+            trace_id, flags, state = _random_id(128), _ROOT_FLAGS, TraceState()
+        return NonRecordingSpan(SpanContext(trace_id, _random_id(64), False, flags, state))
+
+
+def _random_id(bits: int) -> int:
+    """A random trace (128 bits) or span (64 bits) id, never the invalid 0: what the SDK's generator gives."""
+    while True:
+        value = random.getrandbits(bits)
+        if value:
+            return value
 
 
 def inject(carrier: dict[str, str]) -> None:

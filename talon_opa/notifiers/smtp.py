@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import aiosmtplib
-
 from talon_opa.core.backoff import Backoff
 from talon_opa.notifiers import _http
 from talon_opa.plugins.params import Bad, Decoding, one_of, param
@@ -117,6 +115,8 @@ def message(note: Note, settings: SmtpSettings) -> EmailMessage:
 
 def _retried(e: Exception) -> bool:
     """A connection problem or a transient (4xx) answer; never a refusal (5xx, bad credentials)."""
+    import aiosmtplib
+
     if isinstance(e, aiosmtplib.SMTPResponseException):
         return 400 <= e.code < 500
     if isinstance(e, ssl.SSLError):
@@ -159,6 +159,8 @@ notifiers:
     attempts: ClassVar[int] = _http.ATTEMPTS
 
     async def notify(self, note: Note) -> None:
+        import aiosmtplib  # here, not at start-up: only an engine that sends e-mail needs it
+
         s = self.settings
         host, port = split_host_port(s.host_port)
         msg = message(note, s)
@@ -177,6 +179,8 @@ notifiers:
             await backoff.sleep()
 
     async def _send(self, msg: EmailMessage, host: str, port: int) -> None:
+        import aiosmtplib
+
         s = self.settings
         context: ssl.SSLContext | None = None
         if s.tls:
@@ -198,6 +202,8 @@ notifiers:
 
 
 def _hint(e: Exception) -> str:
+    import aiosmtplib
+
     if isinstance(e, aiosmtplib.SMTPAuthenticationError):
         return "the server refused the credentials: check notifiers.smtp.user and password"
     if isinstance(e, aiosmtplib.SMTPNotSupported):

@@ -1,5 +1,8 @@
 """A child OPA server: started on loopback (TCP or a unix socket), ready once its bundle is active.
 
+Starting is two steps, `spawn` (no event loop needed: `talon-opa server` spawns its OPA before it has
+imported the rest of the engine, so OPA loads the bundle meanwhile) and `wait_ready`; `start` does both.
+
 The child dies with its parent: on Linux it asks the kernel (prctl PR_SET_PDEATHSIG) for a SIGTERM when
 the process that started it ends, even by SIGKILL, so no OPA is left running as an orphan.
 """
@@ -15,6 +18,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -28,6 +32,8 @@ from talon_opa.core.errors import OpaError
 
 _HANDED_OUT: set[int] = set()
 READY_POLL_S = 0.01  # OPA answers /health in about a millisecond: polling often starts decisions sooner
+STOP_WITHIN_S = 5.0  # after SIGTERM, then SIGKILL
+EXIT_POLL_S = 0.01
 
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None  # loaded before any fork
@@ -36,8 +42,8 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None  
 def die_with_parent() -> Callable[[], None] | None:
     """A `preexec_fn` making the child get SIGTERM when this process ends (Linux; elsewhere None).
 
-    The kernel sends it when the thread that forked the child ends: the event loop's thread, which
-    lives as long as the engine.
+    The kernel sends it when the thread that forked the child ends: the main thread (which spawns the
+    first OPA, then runs the event loop) or the event loop's thread, both living as long as the engine.
     """
     if _LIBC is None:
         return None
@@ -78,7 +84,7 @@ class OpaProcess:
     log_path: Path | None = None
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)  # set in the child's environment (e.g. GOGC)
-    _proc: asyncio.subprocess.Process | None = field(default=None, init=False, repr=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _dir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
     addr: str = field(default="", init=False)
 
@@ -99,6 +105,11 @@ class OpaProcess:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     async def start(self, ready_within: float = 30.0) -> None:
+        self.spawn()
+        await self.wait_ready(ready_within)
+
+    def spawn(self) -> None:
+        """Start the OPA process (blocking only for the fork and exec); `wait_ready` then waits for its bundle."""
         self._dir = tempfile.TemporaryDirectory(prefix="talon-opa-opa-")
         work = Path(self._dir.name)
         if self.unix_socket:
@@ -131,28 +142,30 @@ class OpaProcess:
                 f"allow if input.identity == {json.dumps(self.token)}\n"
             )
             args += ["--authentication=token", "--authorization=basic", str(authz)]
-        log = open(self.log_path or work / "opa.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
-        self._proc = await asyncio.create_subprocess_exec(
-            *args,
-            stdout=log,
-            stderr=log,
-            stdin=asyncio.subprocess.DEVNULL,
-            cwd=work,
-            env={**os.environ, **self.env} if self.env else None,
-            preexec_fn=die_with_parent(),  # prctl only, before exec
-        )
-        log.close()
+        with open(self.log_path or work / "opa.log", "ab") as log:  # the child keeps its own copy
+            self._proc = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                cwd=work,
+                env={**os.environ, **self.env} if self.env else None,
+                preexec_fn=die_with_parent(),  # prctl only, before exec
+            )
+
+    async def wait_ready(self, ready_within: float = 30.0) -> None:
+        """Wait until the spawned OPA reports its bundle active; OpaError (and OPA stopped) if it does not."""
         await self._wait_ready(ready_within)
-        if self.token:
+        if self.token and self._dir is not None:
             # OPA has loaded its token policy: the token need not stay on disk (it would outlive a SIGKILL)
-            shutil.rmtree(work / "authz", ignore_errors=True)
+            shutil.rmtree(Path(self._dir.name) / "authz", ignore_errors=True)
 
     async def _wait_ready(self, ready_within: float) -> None:
         deadline = asyncio.get_running_loop().time() + ready_within
         last = ""
         async with aiohttp.ClientSession(connector=self.connector()) as http:
             while asyncio.get_running_loop().time() < deadline:
-                if self._proc is not None and self._proc.returncode is not None:
+                if self._proc is not None and self._proc.poll() is not None:
                     raise OpaError(f"opa exited with {self._proc.returncode}: {self.log_tail()}")
                 try:
                     async with http.get(
@@ -177,7 +190,7 @@ class OpaProcess:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._proc is not None and self._proc.poll() is None
 
     @property
     def pid(self) -> int | None:
@@ -185,17 +198,23 @@ class OpaProcess:
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
+        if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), 5)
+                await asyncio.wait_for(_exited(proc), STOP_WITHIN_S)
             except TimeoutError:
                 proc.kill()
-                await proc.wait()
+                await _exited(proc)
         if self._dir is not None:
             with contextlib.suppress(OSError):
                 self._dir.cleanup()
             self._dir = None
+
+
+async def _exited(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a child to exit (and reap it) without blocking the event loop."""
+    while proc.poll() is None:  # noqa: ASYNC110 - a child's exit, polled briefly after a signal
+        await asyncio.sleep(EXIT_POLL_S)
 
 
 def new_token() -> str:

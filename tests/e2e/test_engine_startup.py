@@ -1,0 +1,191 @@
+"""`talon-opa server`'s start-up as a process: what it does early or late to be ready sooner changes nothing.
+
+The child OPA is spawned on the first bundle before the rest of the engine is imported
+(talon_opa/engine/prestart.py): a signed bundle is still verified by it, from the cache too, and a bundle it
+refuses still keeps the engine from starting. The system's CA certificates are loaded on first use, not at
+start-up (talon_opa/core/deferred_certs.py): an https notification still gets them, and still verifies. The
+"system" CA is the test's own there, through OpenSSL's `SSL_CERT_FILE`: a webhook to a receiver whose
+certificate that CA signed is delivered; one to a receiver with a certificate nobody signed is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import yaml
+from aiohttp import web
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from talon_opa.opa.process import free_port
+from tests.e2e.engine_harness import DRY_RUN_RULES, shell_alert
+from tests.e2e.server_process import spawn_server, wait_ready
+from tests.e2e.test_engine_opa import _key_pair
+from tests.e2e.test_engine_tls import _cert, _key, _write
+
+
+@asynccontextmanager
+async def https_hook(cert: Path, seen: list[bytes]) -> AsyncIterator[str]:
+    """An https receiver (`cert` and its `.key`) keeping every POST to /hook; yields its URL."""
+
+    async def hook(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        return web.Response(text="ok")
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, cert.with_suffix(".key"))
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    try:
+        yield f"https://127.0.0.1:{runner.addresses[0][1]}/hook"
+    finally:
+        await runner.cleanup()
+
+
+async def notify_once(tmp_path: Path, hook_url: str, ca: Path) -> list[dict[str, object]]:
+    """Run the server with `ca` as the system's CA bundle, post one alert, stop: the notification log lines."""
+    port = free_port()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(DRY_RUN_RULES.replace("  dry_run: true\n", ""))
+    # a cluster nobody listens for: the action fails at once, and its failure is what gets notified
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "clusters": [{"name": "gone", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "u"}}],
+                "current-context": "gone",
+            }
+        )
+    )
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "listen_port": port,
+                "log_format": "json",
+                "kubeconfig": str(kubeconfig),
+                "notifiers": {"webhook": {"url": hook_url}},
+                "default_notifiers": ["webhook"],
+            }
+        )
+    )
+    log = tmp_path / "server.log"
+    proc = await spawn_server(cfg, rules, log, {"SSL_CERT_FILE": str(ca)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_ready(url, proc)
+        async with aiohttp.ClientSession() as http, http.post(url + "/", json=shell_alert()) as r:
+            assert r.status == 200
+        for _ in range(300):
+            notes = [line for line in _lines(log) if line.get("message") == "notification"]
+            if notes:
+                return notes
+            await asyncio.sleep(0.1)
+        raise AssertionError("no notification was attempted")
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 60)
+
+
+def _lines(log: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+async def test_https_notifications_trust_the_system_cas_loaded_after_start_up(tmp_path: Path) -> None:
+    ca_key = _key()
+    ca = _cert("test CA", ca_key, None, ca=True)
+    _write(tmp_path / "ca.pem", ca)
+    signed_key = _key()
+    _write(
+        tmp_path / "signed.pem",
+        _cert("hook", signed_key, (ca, ca_key), usage=ExtendedKeyUsageOID.SERVER_AUTH),
+        signed_key,
+    )
+    stranger_key = _key()
+    _write(
+        tmp_path / "stranger.pem",
+        _cert("hook", stranger_key, None, usage=ExtendedKeyUsageOID.SERVER_AUTH),
+        stranger_key,
+    )
+
+    seen: list[bytes] = []
+    (tmp_path / "trusted").mkdir()
+    async with https_hook(tmp_path / "signed.pem", seen) as hook_url:
+        notes = await notify_once(tmp_path / "trusted", hook_url, tmp_path / "ca.pem")
+    assert [n["status"] for n in notes] == ["success"], notes
+    assert len(seen) == 1
+
+    unseen: list[bytes] = []
+    (tmp_path / "untrusted").mkdir()
+    async with https_hook(tmp_path / "stranger.pem", unseen) as hook_url:
+        notes = await notify_once(tmp_path / "untrusted", hook_url, tmp_path / "ca.pem")
+    assert [n["status"] for n in notes] == ["failure"], notes
+    assert "certificate verify failed" in str(notes[0]["error"])
+    assert unseen == []
+
+
+async def _server(tmp_path: Path, opa: Mapping[str, object], log: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """The server on the dry-run rules with these `opa:` settings (not waited for), and its URL."""
+    port = free_port()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(DRY_RUN_RULES)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"listen_port": port, "log_format": "json", "opa": dict(opa)}))
+    return await spawn_server(cfg, rules, log), f"http://127.0.0.1:{port}"
+
+
+async def _serve_one_alert(tmp_path: Path, opa: Mapping[str, object], log: Path) -> None:
+    """Start the server; once ready, one alert, acted on (in dry run); then stop it."""
+    proc, url = await _server(tmp_path, opa, log)
+    try:
+        await wait_ready(url, proc)
+        async with aiohttp.ClientSession() as http, http.post(url + "/", json=shell_alert()) as r:
+            assert r.status == 200
+        for _ in range(300):
+            if any(line.get("message") == "action" for line in _lines(log)):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("the alert was not acted on")
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 60)
+
+
+async def test_the_early_child_opa_verifies_signed_bundles_built_or_cached(tmp_path: Path) -> None:
+    private, public = _key_pair(tmp_path, "signing")
+    _, stranger = _key_pair(tmp_path, "other")
+    cache = tmp_path / "cache"
+    signed = {"signing_key": str(private), "verification_key": str(public), "cache_dir": str(cache)}
+
+    starts = []
+    for n in range(2):  # built and stored, then from the cache
+        log = tmp_path / f"server-{n}.log"
+        await _serve_one_alert(tmp_path, signed, log)
+        starts.append(next(line for line in _lines(log) if line.get("message") == "engine started"))
+    assert starts[0]["revision"] == starts[1]["revision"]
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1
+
+    for refused in ("cached", "built"):  # verified with another key: OPA refuses it, the engine does not start
+        if refused == "built":
+            shutil.rmtree(cache)
+        log = tmp_path / f"refused-{refused}.log"
+        proc, _ = await _server(tmp_path, {**signed, "verification_key": str(stranger)}, log)
+        assert await asyncio.wait_for(proc.wait(), 60) == 1
+        failed = [line for line in _lines(log) if line.get("message") == "engine did not start"]
+        assert failed, _lines(log)[-3:]
+        assert "verification" in str(failed[0]["error"])
