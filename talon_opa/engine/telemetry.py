@@ -128,6 +128,7 @@ class Telemetry:
 
 
 _ROOT_FLAGS = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)  # what the SDK gives a root span
+_NO_STATE = TraceState()  # immutable: every root span can share it
 
 
 class IdsOnlyTracer(NoOpTracer):
@@ -149,12 +150,17 @@ class IdsOnlyTracer(NoOpTracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> Span:
+        ids = self._ids
+        if context is NO_PARENT:  # the usual alert's root span: nothing to look up
+            return NonRecordingSpan(
+                SpanContext(ids.generate_trace_id(), ids.generate_span_id(), False, _ROOT_FLAGS, _NO_STATE)
+            )
         parent = trace.get_current_span(context).get_span_context()
         if parent.is_valid:
             trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
         else:
-            trace_id, flags, state = self._ids.generate_trace_id(), _ROOT_FLAGS, TraceState()
-        return NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), False, flags, state))
+            trace_id, flags, state = ids.generate_trace_id(), _ROOT_FLAGS, _NO_STATE
+        return NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), False, flags, state))
 
 
 def inject(carrier: dict[str, str]) -> None:
