@@ -19,6 +19,7 @@ from typing import Any
 
 from talon_opa.core import priorities
 from talon_opa.core.errors import AlertError
+from talon_opa.core.slots import slot_init
 
 JSON_HINT = "send the alert as JSON: set Falco's json_output: true (or use Falcosidekick's webhook output)"
 
@@ -95,6 +96,7 @@ _LONG_PAIRS_DECODER = json.JSONDecoder(
     object_pairs_hook=tuple, parse_int=_parse_int, parse_float=JsonFloat, parse_constant=_parse_constant
 )
 _WS = " \t\n\r"
+_JSON_TYPES = frozenset({"application/json", "application/json; charset=utf-8"})  # what Falco and Falcosidekick send
 
 
 def number_text(value: int | float) -> str:
@@ -163,6 +165,7 @@ def _check_time(text: str) -> None:
         _dt.date(int(m.group(1)) or 2000, int(m.group(2)), int(day))
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Alert:
     """One Falco alert, decoded. `output` is prefix-stripped; `raw_output` as received."""
@@ -333,7 +336,11 @@ def _wrong_type(name: str, value: Any, want: str) -> AlertError:
 
 def decode_alert(body: bytes, content_type: str | None = None) -> Alert:
     """Decode an HTTP body into an Alert, or raise AlertError (status 400, or 415 for text/plain)."""
-    if content_type is not None and content_type.split(";", 1)[0].strip().lower() == "text/plain":
+    if (
+        content_type is not None
+        and content_type not in _JSON_TYPES
+        and content_type.split(";", 1)[0].strip().lower() == "text/plain"
+    ):
         raise AlertError("the alert is text/plain, not JSON", status=415, hint=JSON_HINT)
     text = body.decode("utf-8", errors="replace").lstrip(_WS)
     if not text:
@@ -442,7 +449,11 @@ def _tree(value: Any) -> Any:
 
 def _merged(occurrences: list[Any] | None, tree: bool) -> dict[str, Any]:
     """One object of the occurrences of output_fields or context (pairs, or dicts from `_DECODER`)."""
+    if occurrences is None:
+        return {}
+    if len(occurrences) == 1 and not tree:  # the usual alert
+        return dict(occurrences[0])
     merged: dict[str, Any] = {}
-    for value in occurrences or ():
+    for value in occurrences:
         merged.update(((k, _tree(v)) for k, v in value) if tree else value)
     return merged

@@ -16,6 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from talon_opa.core import config, logs
+from talon_opa.core.slots import slot_init
 from talon_opa.engine import telemetry
 from talon_opa.engine.dedup import Deduplicator, dedup_key
 from talon_opa.engine.jetstream import JetStreamQueue, QueueUnavailable
@@ -28,6 +29,7 @@ log = logs.get("engine")
 Verdict = Literal["queued", "duplicate", "full", "closing", "unavailable"]
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What became of one work item at acceptance."""
