@@ -9,6 +9,7 @@ export, spans are `IdsOnlyTracer`'s, which carry the same W3C ids (answers, logs
 
 from __future__ import annotations
 
+import random
 import socket
 import traceback
 from collections.abc import Mapping, Sequence
@@ -129,6 +130,7 @@ class Telemetry:
 
 _ROOT_FLAGS = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)  # what the SDK gives a root span
 _NO_STATE = TraceState()  # immutable: every root span can share it
+_random_bits = random.getrandbits
 
 
 class IdsOnlyTracer(NoOpTracer):
@@ -152,8 +154,16 @@ class IdsOnlyTracer(NoOpTracer):
     ) -> Span:
         ids = self._ids
         if context is NO_PARENT:  # the usual alert's root span: nothing to look up
+            # RandomIdGenerator's draws, without its calls (0, an invalid id, is drawn again there)
+            trace_id, span_id = _random_bits(128), _random_bits(64)
             return NonRecordingSpan(
-                SpanContext(ids.generate_trace_id(), ids.generate_span_id(), False, _ROOT_FLAGS, _NO_STATE)
+                SpanContext(
+                    trace_id or ids.generate_trace_id(),
+                    span_id or ids.generate_span_id(),
+                    False,
+                    _ROOT_FLAGS,
+                    _NO_STATE,
+                )
             )
         parent = trace.get_current_span(context).get_span_context()
         if parent.is_valid:
