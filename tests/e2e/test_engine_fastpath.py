@@ -211,3 +211,21 @@ async def test_accept_now_answers_in_process_without_awaiting(tmp_path: Path) ->
         SCRIPT.gate.set()
         await e.drained()
         assert await e.metric("talon_opa_decision_duration_seconds_count", by="opa") == 2
+
+
+async def test_without_trace_export_an_alert_the_index_decides_has_the_same_audit_line(tmp_path: Path) -> None:
+    trail = tmp_path / "audit.jsonl"
+    async with running_engine(
+        tmp_path, WAITING_RULES, kube_config=UNUSED_KUBE, audit=config.Audit(path=str(trail), fsync=False)
+    ) as e:
+        assert not e.engine.telemetry.recording  # spans carry ids only: no `decide plan` span is started
+        revision = await index_loaded(e.engine)
+        reply = await e.post(json_body=unmatched("free"))
+        assert reply.status == 200
+        assert e.engine.queue.unfinished == 0
+        assert e.engine.audit is not None
+        assert await e.engine.audit.caught_up(10)
+    (line,) = [json.loads(x) for x in trail.read_text().splitlines()]
+    assert (line["alert_id"], line["trace_id"]) == (reply.body["id"], reply.body["trace_id"])
+    assert (line["plan"], line["revision"], line["decision_id"]) == ({"matched_rules": [], "steps": []}, revision, "")
+    assert (line["results"], line["error"]) == ([], "")
