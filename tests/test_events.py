@@ -262,6 +262,7 @@ DEEP_UNKNOWN = b', "zz": ' + b"[" * 40 + b"]" * 40 + b"}"
         b'{"tags": ["a", {"b": 1}]}',  # one bracket more than its containers: something nests
         b'{"output_fields": {"a": {}}}',
         b'{"context": {"a": []}}',
+        b' \n{"output": "\xff{\xe2\x82", "output_fields": {"a\xc3": {"b": "\xf0\x9f\x98\x80"}}}',  # not UTF-8
     ],
 )
 def test_shallow_bodies_decode_as_the_long_way_does(body: bytes) -> None:

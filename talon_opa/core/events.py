@@ -278,8 +278,8 @@ class Alert:
 # the input fields talon-opa's library and translated rules read (besides the engine's `counters`)
 LEAN_FIELDS = ("rule", "priority_rank", "source", "tags_set", "output_fields_str")
 
-_STRING_FIELDS = ("output", "priority", "rule", "hostname", "source", "trace_id")
-_FIELDS = frozenset((*_STRING_FIELDS, "time", "output_fields", "context", "tags"))
+_STRING_FIELDS = frozenset(("output", "priority", "rule", "hostname", "source", "trace_id"))
+_FIELDS = _STRING_FIELDS | {"time", "output_fields", "context", "tags"}  # case-folded
 
 
 def _depth(value: Any) -> int:
@@ -345,8 +345,9 @@ def decode_alert(body: bytes, content_type: str | None = None) -> Alert:
     text = body.decode("utf-8", errors="replace").lstrip(_WS)
     if not text:
         raise AlertError("empty body: expected a JSON object", hint=JSON_HINT)
-    # fewer brackets in the whole body than the limit: nothing can nest beyond it (the usual, flat alert)
-    brackets = text.count("{") + text.count("[")
+    # fewer brackets in the whole body than the limit: nothing can nest beyond it (the usual, flat alert);
+    # counted in the bytes (the text's own: UTF-8 puts no bracket byte in another character, nor does U+FFFD)
+    brackets = body.count(b"{") + body.count(b"[")
     shallow = brackets <= MAX_DEPTH
     decoder = _DECODER
     if shallow:
@@ -372,9 +373,12 @@ def decode_alert(body: bytes, content_type: str | None = None) -> Alert:
     tags: list[Any] | None = None
     containers = 1  # the alert and its arrays and objects read here: as many as `brackets` when none nests
     for key, value in pairs:
-        name = key.casefold()
-        if name not in _FIELDS:
-            continue  # unknown keys (Falco's uuid, Falcosidekick's extras) are ignored
+        if key in _FIELDS:  # Falco's own spelling
+            name = key
+        else:
+            name = key.casefold()
+            if name not in _FIELDS:
+                continue  # unknown keys (Falco's uuid, Falcosidekick's extras) are ignored
         if name in _STRING_FIELDS:
             if value is None:
                 continue  # Go leaves a string unchanged on null
