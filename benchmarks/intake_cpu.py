@@ -64,7 +64,7 @@ def intake(workers: int) -> Any:
     cfg = config.Config()
     metrics = metrics_class()
 
-    async def done(job: Any) -> None:
+    async def done(job: Any, started: Any) -> None:  # the queue's handler: (job, started)
         job.span.end()
 
     queue = queue_class(done, capacity=10**7, workers=workers, on_depth=metrics.queue_depth.set)

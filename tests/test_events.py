@@ -150,6 +150,11 @@ def test_source_defaults_to_syscall(doc: dict[str, Any], source: str) -> None:
         "2026-07-14T08:21:07+02:00",
         "2024-02-29T23:59:59.1-05:30",
         "2026-07-14T08:21:07.1234567890123Z",
+        "0000-02-29T00:00:00Z",  # Go's year 0 is a leap year
+        "2000-02-29T00:00:00Z",
+        "2026-01-31T00:00:00Z",
+        "2026-12-31T23:59:59,5+23:59",
+        "2026-04-30T00:00:00-00:00",
     ],
 )
 def test_time_accepts_rfc3339(time: str) -> None:
@@ -164,7 +169,30 @@ def test_time_absent_or_null_is_none(doc: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "time",
-    ["2026-07-14 08:21:07Z", "2026-07-14T08:21:07", "14/07/2026", "2026-02-30T00:00:00Z", "2026-07-14T25:00:00Z", ""],
+    [
+        "2026-07-14 08:21:07Z",
+        "2026-07-14T08:21:07",
+        "14/07/2026",
+        "2026-02-30T00:00:00Z",
+        "2026-07-14T25:00:00Z",
+        "",
+        "2025-02-29T00:00:00Z",
+        "1900-02-29T00:00:00Z",
+        "2026-04-31T00:00:00Z",
+        "2026-13-01T00:00:00Z",
+        "2026-00-10T00:00:00Z",
+        "2026-07-00T00:00:00Z",
+        "2026-07-32T00:00:00Z",
+        "2026-07-14T24:00:00Z",
+        "2026-07-14T08:60:00Z",
+        "2026-07-14T08:21:60Z",
+        "2026-07-14T08:21:07+24:00",
+        "2026-07-14T08:21:07+02:60",
+        "2026-07-14T08:21:07+0200",
+        "2026-07-14t08:21:07z",
+        "2026-07-14T08:21:07.Z",
+        "\uff12\uff10\uff12\uff16-07-14T08:21:07Z",  # fullwidth digits
+    ],
 )
 def test_time_rejects_other_formats(time: str) -> None:
     e = error(json.dumps({"time": time}).encode())
@@ -206,6 +234,64 @@ def test_integers_beyond_2_63_are_kept_exactly() -> None:
     assert alert.output_fields["n"] == big
     assert alert.opa_input()["output_fields_str"] == {"n": "18446744073709551617", "m": "-99999999999999999999999"}
     assert '"n": 18446744073709551617' in json.dumps(alert.opa_input())
+
+
+def test_an_integer_longer_than_4000_digits_is_refused_even_in_a_long_body() -> None:
+    padding = "x" * 5000  # a body longer than any integer it can hold is checked integer by integer
+    assert decode({"output": padding, "output_fields": {"n": int("9" * 4000)}}).output_fields["n"] == int("9" * 4000)
+    body = b'{"output": "%s", "output_fields": {"n": -%s}}' % (padding.encode(), b"9" * 4000)
+    assert "integer with 4001 digits is too long" in str(error(body))
+
+
+# a key no field reads, nested beyond MAX_DEPTH: the body is decoded the long way (each nesting checked)
+DEEP_UNKNOWN = b', "zz": ' + b"[" * 40 + b"]" * 40 + b"}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"output_fields": {"k": "a", "k": "b"}, "tags": ["a", 1], "rule": "R"}',
+        b'{"output": "[x] {y}", "output_fields": {"k": "v"}}',
+        b'{"output_fields": {"o": {"k": [1, {"a": 1, "a": 2}]}, "s": "x{["}, "tags": ["t", {"x": [1]}],'
+        b' "context": {"c": {"d": 1}}}',
+        b'{"rule": "a", "Rule": "b", "rule": "c", "output_fields": {"a": {"x": 1}}, "OUTPUT_FIELDS": {"b": [2]},'
+        b' "output_fields": {"a": 3}}',
+        b'{"uuid": {"a": 1}, "extra": [1, [2]], "output_fields": {"k": {"n": 1}}}',
+        b'{"output_fields": {"a": {"x": 1}}, "output_fields": null, "output_fields": {"b": {"c": {"c": 2}}}}',
+        b'{"context": {"a": [{"b": 1}]}, "context": {"c": 1, "a": 2}, "tags": [[[]]], "tags": [{}]}',
+        b'{"tags": ["a", {"b": 1}]}',  # one bracket more than its containers: something nests
+        b'{"output_fields": {"a": {}}}',
+        b'{"context": {"a": []}}',
+        b' \n{"output": "\xff{\xe2\x82", "output_fields": {"a\xc3": {"b": "\xf0\x9f\x98\x80"}}}',  # not UTF-8
+    ],
+)
+def test_shallow_bodies_decode_as_the_long_way_does(body: bytes) -> None:
+    def shape(value: Any) -> Any:  # the value with its containers' types (an object with a repeated key included)
+        if isinstance(value, dict):
+            return type(value).__name__, [(k, shape(v)) for k, v in value.items()]
+        if isinstance(value, list):
+            return "list", [shape(v) for v in value]
+        return value
+
+    short, long = decode_alert(body), decode_alert(body[:-1] + DEEP_UNKNOWN)
+    assert short == long
+    assert [shape(getattr(short, f)) for f in ("output_fields", "tags", "context")] == [
+        shape(getattr(long, f)) for f in ("output_fields", "tags", "context")
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"output_fields": {"a": {"b": 1}}, "rule": 5}',
+        b'{"tags": [{"a": 1}], "output_fields": [1]}',
+        b'{"output_fields": {"a": {}}, "time": "2026-02-30T00:00:00Z", "rule": 1}',
+        b'{"rule": {"a": [1]}}',
+    ],
+)
+def test_shallow_bodies_are_refused_as_the_long_way_refuses_them(body: bytes) -> None:
+    short, long = error(body), error(body[:-1] + DEEP_UNKNOWN)
+    assert (str(short), short.field, short.status) == (str(long), long.field, long.status)
 
 
 def test_tags_keep_non_strings_but_the_set_holds_strings_only() -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from talon_opa.core import priorities
 from talon_opa.core.errors import AlertError
+from talon_opa.core.slots import slot_init
 
 JSON_HINT = "send the alert as JSON: set Falco's json_output: true (or use Falcosidekick's webhook output)"
 
@@ -30,9 +32,11 @@ _PREFIX = re.compile(
     re.IGNORECASE,
 )
 
-# \Z, not `$`: `$` accepts a final newline, which Go's RFC 3339 parser refuses
+# \Z, not `$`: `$` accepts a final newline, which Go's RFC 3339 parser refuses. Month, hour, minute,
+# second and offset ranges are in the pattern; only a day after the 28th needs the calendar.
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?(?:Z|([+-])(\d{2}):(\d{2}))\Z",
+    r"^(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:[.,]\d+)?"
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z",
     re.ASCII,
 )
 
@@ -85,7 +89,14 @@ _DECODER = json.JSONDecoder(
     parse_float=JsonFloat,
     parse_constant=_parse_constant,
 )
+# for a body with at most MAX_DEPTH brackets: objects as tuples of their pairs, made without calling Python
+# (`_tree` makes them what `_DECODER` makes); a body no longer than the longest integer needs no length check
+_PAIRS_DECODER = json.JSONDecoder(object_pairs_hook=tuple, parse_float=JsonFloat, parse_constant=_parse_constant)
+_LONG_PAIRS_DECODER = json.JSONDecoder(
+    object_pairs_hook=tuple, parse_int=_parse_int, parse_float=JsonFloat, parse_constant=_parse_constant
+)
 _WS = " \t\n\r"
+_JSON_TYPES = frozenset({"application/json", "application/json; charset=utf-8"})  # what Falco and Falcosidekick send
 
 
 def number_text(value: int | float) -> str:
@@ -139,7 +150,8 @@ def _json_safe(value: Any) -> Any:
 
 def strip_prefix(output: str) -> str:
     """Falco's output without its `time: Priority ` prefix (then one leading space, like Talon)."""
-    stripped = _PREFIX.sub("", output, count=1)
+    m = _PREFIX.match(output)
+    stripped = output[m.end() :] if m is not None else output
     return stripped[1:] if stripped.startswith(" ") else stripped
 
 
@@ -147,13 +159,13 @@ def _check_time(text: str) -> None:
     m = _RFC3339.match(text)
     if m is None:
         raise ValueError("not RFC 3339")
-    year, month, day, hour, minute, second = map(int, m.group(1, 2, 3, 4, 5, 6))
-    # year 0 is valid in Go; 2000 has the same leap-year rule for the day check
-    _dt.datetime(year or 2000, month, day, hour, minute, second)
-    if m.group(8) is not None and (int(m.group(9)) > 23 or int(m.group(10)) > 59):
-        raise ValueError("time zone offset out of range")
+    day = m.group(3)
+    if day > "28":
+        # year 0 is valid in Go; 2000 has the same leap-year rule for the day check
+        _dt.date(int(m.group(1)) or 2000, int(m.group(2)), int(day))
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Alert:
     """One Falco alert, decoded. `output` is prefix-stripped; `raw_output` as received."""
@@ -190,9 +202,15 @@ class Alert:
         return None
 
     def pod_name(self) -> str | None:
+        value = self.output_fields.get("k8s.pod.name")  # a syscall alert's, a string: no other to look at
+        if value and type(value) is str:
+            return value
         return self._first("k8s.pod.name", "ka.target.pod.name", "ka.target.name")
 
     def namespace(self) -> str | None:
+        value = self.output_fields.get("k8s.ns.name")
+        if value and type(value) is str:
+            return value
         return self._first("k8s.ns.name", "ka.target.namespace")
 
     def remote_ip(self) -> str | None:
@@ -260,8 +278,8 @@ class Alert:
 # the input fields talon-opa's library and translated rules read (besides the engine's `counters`)
 LEAN_FIELDS = ("rule", "priority_rank", "source", "tags_set", "output_fields_str")
 
-_STRING_FIELDS = ("output", "priority", "rule", "hostname", "source", "trace_id")
-_FIELDS = frozenset((*_STRING_FIELDS, "time", "output_fields", "context", "tags"))
+_STRING_FIELDS = frozenset(("output", "priority", "rule", "hostname", "source", "trace_id"))
+_FIELDS = _STRING_FIELDS | {"time", "output_fields", "context", "tags"}  # case-folded
 
 
 def _depth(value: Any) -> int:
@@ -318,31 +336,49 @@ def _wrong_type(name: str, value: Any, want: str) -> AlertError:
 
 def decode_alert(body: bytes, content_type: str | None = None) -> Alert:
     """Decode an HTTP body into an Alert, or raise AlertError (status 400, or 415 for text/plain)."""
-    if content_type is not None and content_type.split(";", 1)[0].strip().lower() == "text/plain":
+    if (
+        content_type is not None
+        and content_type not in _JSON_TYPES
+        and content_type.split(";", 1)[0].strip().lower() == "text/plain"
+    ):
         raise AlertError("the alert is text/plain, not JSON", status=415, hint=JSON_HINT)
     text = body.decode("utf-8", errors="replace").lstrip(_WS)
     if not text:
         raise AlertError("empty body: expected a JSON object", hint=JSON_HINT)
+    # fewer brackets in the whole body than the limit: nothing can nest beyond it (the usual, flat alert);
+    # counted in the bytes (the text's own: UTF-8 puts no bracket byte in another character, nor does U+FFFD)
+    brackets = body.count(b"{") + body.count(b"[")
+    shallow = brackets <= MAX_DEPTH
+    decoder = _DECODER
+    if shallow:
+        decoder = _PAIRS_DECODER if len(text) <= _MAX_INT_DIGITS else _LONG_PAIRS_DECODER
     try:
-        doc, _ = _DECODER.raw_decode(text)  # one value; trailing bytes ignored, like Go's Decoder
+        doc, _ = decoder.raw_decode(text)  # one value; trailing bytes ignored, like Go's Decoder
     except (ValueError, RecursionError) as e:
         raise AlertError(f"malformed JSON: {e}", hint=JSON_HINT) from e
     if doc is None:
         return Alert()
-    if not isinstance(doc, dict):
+    if type(doc) is tuple:
+        pairs: Iterable[tuple[str, Any]] = doc
+    elif isinstance(doc, dict):
+        pairs = doc.pairs if isinstance(doc, _Object) else doc.items()
+    else:
         raise AlertError(f"the alert must be a JSON object, not {_type_name(doc)}")
 
-    # fewer brackets in the whole body than the limit: nothing can nest beyond it (the usual, flat alert)
-    shallow = text.count("{") + text.count("[") <= MAX_DEPTH
     strings: dict[str, str] = {}
     time: str | None = None
-    output_fields: dict[str, Any] | None = None
-    context: dict[str, Any] | None = None
+    # each occurrence of output_fields and context since the last null (Go reuses the map: a repeated key adds to it)
+    output_fields: list[Any] | None = None
+    context: list[Any] | None = None
     tags: list[Any] | None = None
-    for key, value in doc.pairs if isinstance(doc, _Object) else doc.items():
-        name = key.casefold()
-        if name not in _FIELDS:
-            continue  # unknown keys (Falco's uuid, Falcosidekick's extras) are ignored
+    containers = 1  # the alert and its arrays and objects read here: as many as `brackets` when none nests
+    for key, value in pairs:
+        if key in _FIELDS:  # Falco's own spelling
+            name = key
+        else:
+            name = key.casefold()
+            if name not in _FIELDS:
+                continue  # unknown keys (Falco's uuid, Falcosidekick's extras) are ignored
         if name in _STRING_FIELDS:
             if value is None:
                 continue  # Go leaves a string unchanged on null
@@ -372,28 +408,56 @@ def decode_alert(body: bytes, content_type: str | None = None) -> Alert:
                 if not shallow:
                     _check_depth(name, value)
                 tags = value
-        else:  # output_fields, context: Go reuses the map, so a repeated key adds to it
-            if value is not None and not isinstance(value, dict):
+                containers += 1
+        else:  # output_fields, context
+            if value is None:
+                merged = None
+            elif not isinstance(value, tuple | dict):
                 raise _wrong_type(name, value, "an object")
-            if value is not None and not shallow:
-                _check_depth(name, value)
-            current = output_fields if name == "output_fields" else context
-            merged = None if value is None else {**(current or {}), **value}
+            else:
+                if not shallow:
+                    _check_depth(name, value)
+                earlier = output_fields if name == "output_fields" else context
+                merged = [value] if earlier is None else [*earlier, value]
+                containers += 1
             if name == "output_fields":
                 output_fields = merged
             else:
                 context = merged
 
+    # decoded as pairs with something nested (or a bracket in a string): objects as `_DECODER` makes them
+    tree = shallow and brackets != containers
     raw_output = strings.get("output", "")
     return Alert(
-        output=strip_prefix(raw_output),
-        priority=strings.get("priority", ""),
-        rule=strings.get("rule", ""),
-        hostname=strings.get("hostname", ""),
-        time=time,
-        source=strings.get("source", "") or "syscall",
-        output_fields=output_fields or {},
-        tags=tags or [],
-        context=context or {},
-        raw_output=raw_output,
+        strip_prefix(raw_output),
+        strings.get("priority", ""),
+        strings.get("rule", ""),
+        strings.get("hostname", ""),
+        time,
+        strings.get("source", "") or "syscall",
+        _merged(output_fields, tree),
+        (_tree(tags) if tree else tags) or [],
+        _merged(context, tree),
+        raw_output,
     )
+
+
+def _tree(value: Any) -> Any:
+    """A value decoded with its objects as pairs (nested at most MAX_DEPTH deep), as `_DECODER` decodes it."""
+    if type(value) is tuple:
+        return _object_hook([(k, _tree(v)) for k, v in value])
+    if type(value) is list:
+        return [_tree(v) for v in value]
+    return value
+
+
+def _merged(occurrences: list[Any] | None, tree: bool) -> dict[str, Any]:
+    """One object of the occurrences of output_fields or context (pairs, or dicts from `_DECODER`)."""
+    if occurrences is None:
+        return {}
+    if len(occurrences) == 1 and not tree:  # the usual alert
+        return dict(occurrences[0])
+    merged: dict[str, Any] = {}
+    for value in occurrences:
+        merged.update(((k, _tree(v)) for k, v in value) if tree else value)
+    return merged

@@ -16,6 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from talon_opa.core import config, logs
+from talon_opa.core.slots import slot_init
 from talon_opa.engine import telemetry
 from talon_opa.engine.dedup import Deduplicator, dedup_key
 from talon_opa.engine.jetstream import JetStreamQueue, QueueUnavailable
@@ -28,6 +29,7 @@ log = logs.get("engine")
 Verdict = Literal["queued", "duplicate", "full", "closing", "unavailable"]
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Admission:
     """What became of one work item at acceptance."""
@@ -72,73 +74,13 @@ class Acceptor:
         self._full_log = logs.Throttle(1.0)
 
     def accept_now(self, item: WorkItem) -> Admission | None:
-        """`accept` without awaiting: the Admission with the in-process queue, None on JetStream (await `accept`)."""
+        """Dedup and queue a work item in process, without waiting; None (nothing done) when the queue is
+        JetStream: then `accept` must be awaited."""
         if self._jetstream is not None:
             return None
-        coro = self.accept(item)
-        try:
-            coro.send(None)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        coro.close()
-        raise RuntimeError("the in-process acceptance awaited")
-
-    async def accept(self, item: WorkItem) -> Admission:
-        """Dedup and queue a work item: in process, without waiting; on JetStream, once it is stored."""
-        alert = item.alert
-        ns, pod = alert.namespace() or "", alert.pod_name() or ""
-        attrs: dict[str, Any] | None = None
-        if self._telemetry.recording:  # the root span's attributes, set at creation (nothing to build otherwise)
-            attrs = {
-                telemetry.ALERT_RULE: alert.rule,
-                telemetry.ALERT_PRIORITY: alert.priority,
-                telemetry.ALERT_SOURCE: alert.source,
-                telemetry.ALERT_HOSTNAME: alert.hostname,
-                telemetry.ALERT_ID: item.alert_id,
-            }
-            if pod:
-                attrs[telemetry.K8S_POD_NAME] = pod
-            if ns:
-                attrs[telemetry.K8S_NAMESPACE_NAME] = ns
-        # a new trace, or the one of the request's W3C headers
-        parent = self._telemetry.extract(item.trace_headers()) if item.traceparent else telemetry.NO_PARENT
-        span = self._tracer.start_span(telemetry.RECEIVE_ALERT, context=parent, kind=SpanKind.SERVER, attributes=attrs)
-        trace_id = telemetry.trace_id_of(span)
-        self._metrics.count_event(alert.rule, alert.priority, alert.source)
-        # log lines name the trace themselves: entering the span's context costs more than the rest here
-        if self._cfg.print_all_events:
-            log.info(
-                "event",
-                extra={
-                    "id": item.alert_id,
-                    "event": alert.rule,
-                    "priority": alert.priority,
-                    "source": alert.source,
-                    "output": alert.output,
-                    "trace_id": trace_id,
-                },
-            )
-        key = dedup_key(self._key_parts, alert)
-        seen = self.dedup.lookup(key)
-        if seen is not None:
-            self._metrics.dedup_hits.inc()
-            span.set_attribute(telemetry.ALERT_DUPLICATE, True)
-            span.set_attribute(telemetry.ALERT_DUPLICATE_OF, seen.alert_id)
-            log.info(
-                "duplicate alert, not processed again",
-                extra={
-                    "id": item.alert_id,
-                    "duplicate_of": seen.alert_id,
-                    "first_trace_id": seen.trace_id,
-                    "trace_id": trace_id,
-                },
-            )
-            span.end()
-            return Admission("duplicate", item.alert_id, trace_id, duplicate_of=seen.alert_id)
-        target = (ns, pod) if pod else None
-        if self._jetstream is not None:
-            with trace.use_span(span, end_on_exit=False):  # the trace context goes into the stored message
-                return await self._publish(item, span, trace_id, target, key)
+        span, trace_id, key, target, duplicate = self._receive(item)
+        if duplicate is not None:
+            return duplicate
         job = Job(item, span, time.monotonic())
         queue, size = self._queue, len(item.body)
         # only when the queue would take it (same answer) and holds nothing of its pod (that runs first)
@@ -181,6 +123,73 @@ class Acceptor:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("alert queued", extra={"id": item.alert_id, "trace_id": trace_id})
         return Admission("queued", item.alert_id, trace_id)
+
+    async def accept(self, item: WorkItem) -> Admission:
+        """Dedup and queue a work item: in process, without waiting (`accept_now`); on JetStream, once it is stored."""
+        admission = self.accept_now(item)
+        if admission is not None:
+            return admission
+        span, trace_id, key, target, duplicate = self._receive(item)
+        if duplicate is not None:
+            return duplicate
+        with trace.use_span(span, end_on_exit=False):  # the trace context goes into the stored message
+            return await self._publish(item, span, trace_id, target, key)
+
+    def _receive(self, item: WorkItem) -> tuple[Span, str, str, tuple[str, str] | None, Admission | None]:
+        """Start the item's `receive alert` span, count it, look its dedup key up: (span, trace id, dedup key,
+        target pod, the Admission of a duplicate, already answered)."""
+        alert = item.alert
+        ns, pod = alert.namespace() or "", alert.pod_name() or ""
+        attrs: dict[str, Any] | None = None
+        if self._telemetry.recording:  # the root span's attributes, set at creation (nothing to build otherwise)
+            attrs = {
+                telemetry.ALERT_RULE: alert.rule,
+                telemetry.ALERT_PRIORITY: alert.priority,
+                telemetry.ALERT_SOURCE: alert.source,
+                telemetry.ALERT_HOSTNAME: alert.hostname,
+                telemetry.ALERT_ID: item.alert_id,
+            }
+            if pod:
+                attrs[telemetry.K8S_POD_NAME] = pod
+            if ns:
+                attrs[telemetry.K8S_NAMESPACE_NAME] = ns
+        # a new trace, or the one of the request's W3C headers
+        parent = self._telemetry.extract(item.trace_headers()) if item.traceparent else telemetry.NO_PARENT
+        span = self._tracer.start_span(telemetry.RECEIVE_ALERT, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+        trace_id = telemetry.trace_id_of(span)
+        self._metrics.count_event(alert.rule, alert.priority, alert.source)
+        # log lines name the trace themselves: entering the span's context costs more than the rest here
+        if self._cfg.print_all_events:
+            log.info(
+                "event",
+                extra={
+                    "id": item.alert_id,
+                    "event": alert.rule,
+                    "priority": alert.priority,
+                    "source": alert.source,
+                    "output": alert.output,
+                    "trace_id": trace_id,
+                },
+            )
+        key = dedup_key(self._key_parts, alert)
+        target = (ns, pod) if pod else None
+        seen = self.dedup.lookup(key)
+        if seen is None:
+            return span, trace_id, key, target, None
+        self._metrics.dedup_hits.inc()
+        span.set_attribute(telemetry.ALERT_DUPLICATE, True)
+        span.set_attribute(telemetry.ALERT_DUPLICATE_OF, seen.alert_id)
+        log.info(
+            "duplicate alert, not processed again",
+            extra={
+                "id": item.alert_id,
+                "duplicate_of": seen.alert_id,
+                "first_trace_id": seen.trace_id,
+                "trace_id": trace_id,
+            },
+        )
+        span.end()
+        return span, trace_id, key, target, Admission("duplicate", item.alert_id, trace_id, duplicate_of=seen.alert_id)
 
     async def _publish(
         self, item: WorkItem, span: Span, trace_id: str, target: tuple[str, str] | None, key: str

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from talon_opa.core.events import Alert
+from talon_opa.core.slots import slot_init
 
 ALERT_PARTS = ("rule", "priority", "source", "hostname")
 PURGE_EVERY_SECONDS = 1.0  # expired keys are dropped in one pass at most this often (a hit checks its own expiry)
@@ -32,6 +33,7 @@ def dedup_key(parts: Sequence[str], alert: Alert) -> str:
     return SEPARATOR.join(values)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Seen:
     """The first alert of a dedup key within the window."""

@@ -10,7 +10,7 @@ counted under `other`, so no alert can add a series of its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -30,6 +30,7 @@ FALCO_SOURCES = frozenset(
 )
 _PRIORITIES = {name.lower(): name for name in priorities.NAMES}
 
+EVENT_KEYS = 4096  # alerts' (rule, priority, source) whose counter is remembered (forgotten all at once beyond)
 _FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SLOW = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -102,7 +103,8 @@ class Metrics:
             f"{OURS}_bundle_info", "The bundle revision in use (value 1)", ["revision"], registry=r
         )
 
-        self._events: dict[tuple[str, str, str], Counter] = {}  # bounded labels → child: one lookup per alert
+        self._events: dict[tuple[str, str, str], Counter] = {}  # bounded labels → child
+        self._event_incs: dict[tuple[str, str, str], Callable[[], None]] = {}  # alert's values → its child's inc
         self._known_events: frozenset[str] = frozenset()
         self._known_sources: frozenset[str] = FALCO_SOURCES
 
@@ -111,6 +113,7 @@ class Metrics:
         self._known_events = frozenset(events)
         self._known_sources = FALCO_SOURCES | frozenset(sources)
         self._events = {}
+        self._event_incs = {}
 
     def alert_labels(self, rule: str, priority: str, source: str) -> tuple[str, str, str]:
         """The bounded `event`, `priority` and `source` labels of an alert."""
@@ -121,12 +124,18 @@ class Metrics:
         )
 
     def count_event(self, rule: str, priority: str, source: str) -> None:
-        """One alert received (`events`), without prometheus_client's label validation on every alert."""
-        key = self.alert_labels(rule, priority, source)
-        child = self._events.get(key)
-        if child is None:
-            child = self._events[key] = self.events.labels(*key)
-        child.inc()
+        """One alert received (`events`): one lookup by the alert's own values, its labels worked out once."""
+        values = (rule, priority, source)
+        inc = self._event_incs.get(values)
+        if inc is None:
+            key = self.alert_labels(rule, priority, source)
+            child = self._events.get(key)
+            if child is None:
+                child = self._events[key] = self.events.labels(*key)
+            if len(self._event_incs) >= EVENT_KEYS:  # the values come from alerts: keep the memory bounded
+                self._event_incs = {}
+            inc = self._event_incs[values] = child.inc
+        inc()
 
     def count_match(self, talon_rule: str, rule: str, priority: str, source: str) -> None:
         """One rule matched an alert (`matches`): the Talon rule, then the alert's bounded labels."""

@@ -75,16 +75,20 @@ class Processor:
             return False
         root = job.span
         plan: Plan | None = None
+        audit = self._audit
         try:
             if root.is_recording():  # else its child would record nothing either: no span to start
                 span = self._tracer.start_span(telemetry.DECIDE_PLAN, context=trace.set_span_in_context(root))
                 with trace.use_span(span, end_on_exit=True):
                     plan = self._by_index(span, revision, t0)
             else:
-                plan = Plan.empty(revision, time.perf_counter() - t0)
-                self._decided_by_index.observe(plan.seconds)
+                seconds = time.perf_counter() - t0
+                if audit is not None:  # the plan is for its line only
+                    plan = Plan.empty(revision, seconds)
+                self._decided_by_index.observe(seconds)
             telemetry.ok(root)
-            self._record(job, plan, [])
+            if audit is not None:
+                audit.record(job, plan, [], "")
         except Exception as e:
             self._metrics.alerts_failed.labels(stage="execute").inc()
             telemetry.fail(root, e)

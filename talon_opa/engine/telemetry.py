@@ -137,6 +137,8 @@ class Telemetry:
 
 
 _ROOT_FLAGS = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)  # what the SDK gives a root span
+_NO_STATE = TraceState()  # immutable: every root span can share it
+_random_bits = random.getrandbits
 
 
 class IdsOnlyTracer(NoOpTracer):
@@ -155,18 +157,30 @@ class IdsOnlyTracer(NoOpTracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> Span:
+        if context is NO_PARENT:  # the usual alert's root span: nothing to look up
+            # the SDK generator's draws, without its calls (0, an invalid id, is drawn again there)
+            trace_id, span_id = _random_bits(128), _random_bits(64)
+            return NonRecordingSpan(
+                SpanContext(
+                    trace_id or _random_id(128),
+                    span_id or _random_id(64),
+                    False,
+                    _ROOT_FLAGS,
+                    _NO_STATE,
+                )
+            )
         parent = trace.get_current_span(context).get_span_context()
         if parent.is_valid:
             trace_id, flags, state = parent.trace_id, parent.trace_flags, parent.trace_state
         else:
-            trace_id, flags, state = _random_id(128), _ROOT_FLAGS, TraceState()
+            trace_id, flags, state = _random_id(128), _ROOT_FLAGS, _NO_STATE
         return NonRecordingSpan(SpanContext(trace_id, _random_id(64), False, flags, state))
 
 
 def _random_id(bits: int) -> int:
     """A random trace (128 bits) or span (64 bits) id, never the invalid 0: what the SDK's generator gives."""
     while True:
-        value = random.getrandbits(bits)
+        value = _random_bits(bits)
         if value:
             return value
 

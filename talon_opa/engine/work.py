@@ -16,10 +16,12 @@ from opentelemetry.trace import Span
 
 from talon_opa.core import events
 from talon_opa.core.errors import AlertError
+from talon_opa.core.slots import slot_init
 
 FORMAT = 1  # version of the encoded form
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class WorkItem:
     """One accepted alert: id, alert, and the trace context of the request that brought it."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from talon_opa.core.errors import OpaError
+from talon_opa.core.slots import slot_init
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class Step:
     undo_after: float | None = None  # seconds after which a reversible step's change is undone (docs/undo.md)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Plan:
     matched_rules: tuple[str, ...]

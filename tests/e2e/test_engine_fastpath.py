@@ -18,6 +18,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from talon_opa.core import config, logs
+from talon_opa.core.events import decode_alert
+from talon_opa.engine.intake import new_alert_id
+from talon_opa.engine.work import WorkItem
 from tests.e2e.engine_harness import RunningEngine, running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, scripted_registry
 from tests.e2e.test_engine_decide_ahead import UNUSED_KUBE, WAITING_RULES
@@ -164,3 +167,65 @@ async def test_an_alert_the_index_decides_is_finished_at_once_and_looks_as_if_a_
     assert {k: fields[posted["free"]][k] for k in ("event", "priority", "source")} == {
         k: fields[posted["held"]][k] for k in ("event", "priority", "source")
     }
+
+
+def work_item(doc: dict[str, Any]) -> WorkItem:
+    body = json.dumps(doc).encode()
+    return WorkItem(new_alert_id(), decode_alert(body, "application/json"), body, "application/json")
+
+
+async def test_accept_now_answers_in_process_without_awaiting(tmp_path: Path) -> None:
+    SCRIPT.reset()  # the gate is closed: the matching alert's step waits on it
+    async with running_engine(
+        tmp_path,
+        WAITING_RULES,
+        registry=scripted_registry(),
+        kube_config=UNUSED_KUBE,
+        queue=config.Queue(capacity=1, workers=1, drain_timeout_seconds=20),
+        opa=dataclasses.replace(config.Opa(), decide_ahead=False),
+    ) as e:
+        await index_loaded(e.engine)
+        acceptor, queue = e.engine.acceptor, e.engine.queue
+        free = acceptor.accept_now(work_item(unmatched("free")))
+        assert free is not None
+        assert (free.verdict, len(free.trace_id)) == ("queued", 32)
+        assert queue.unfinished == 0  # decided by the index, finished
+        assert await e.metric("talon_opa_decision_duration_seconds_count", by="index") == 1
+        again = acceptor.accept_now(work_item(unmatched("free")))
+        assert again is not None
+        assert (again.verdict, again.duplicate_of) == ("duplicate", free.alert_id)
+        running = acceptor.accept_now(work_item(shell_alert("busy", output="a shell in busy")))
+        assert running is not None
+        assert running.verdict == "queued"
+        async with asyncio.timeout(10):  # the worker takes it: its step waits on the gate
+            while queue.depth:  # noqa: ASYNC110 - the queue signals no start
+                await asyncio.sleep(0.01)
+        waiting = acceptor.accept_now(work_item(shell_alert("other", output="a shell in other")))
+        assert waiting is not None
+        assert waiting.verdict == "queued"
+        full = await acceptor.accept(work_item(shell_alert("third", output="a shell in third")))  # the same answers
+        assert (full.verdict, full.capacity) == ("full", 1)
+        assert queue.unfinished == 2
+        assert await e.metric("falcosecurity_falco_talon_events_total") == 5
+        assert await e.metric("talon_opa_dedup_hits_total") == 1
+        SCRIPT.gate.set()
+        await e.drained()
+        assert await e.metric("talon_opa_decision_duration_seconds_count", by="opa") == 2
+
+
+async def test_without_trace_export_an_alert_the_index_decides_has_the_same_audit_line(tmp_path: Path) -> None:
+    trail = tmp_path / "audit.jsonl"
+    async with running_engine(
+        tmp_path, WAITING_RULES, kube_config=UNUSED_KUBE, audit=config.Audit(path=str(trail), fsync=False)
+    ) as e:
+        assert not e.engine.telemetry.recording  # spans carry ids only: no `decide plan` span is started
+        revision = await index_loaded(e.engine)
+        reply = await e.post(json_body=unmatched("free"))
+        assert reply.status == 200
+        assert e.engine.queue.unfinished == 0
+        assert e.engine.audit is not None
+        assert await e.engine.audit.caught_up(10)
+    (line,) = [json.loads(x) for x in trail.read_text().splitlines()]
+    assert (line["alert_id"], line["trace_id"]) == (reply.body["id"], reply.body["trace_id"])
+    assert (line["plan"], line["revision"], line["decision_id"]) == ({"matched_rules": [], "steps": []}, revision, "")
+    assert (line["results"], line["error"]) == ([], "")

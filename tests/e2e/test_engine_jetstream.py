@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from talon_opa.core import config
+from talon_opa.core.events import decode_alert
 from talon_opa.core.kube import KubeConfig
+from talon_opa.engine.intake import new_alert_id
+from talon_opa.engine.work import WorkItem
 from tests.e2e.engine_harness import RunningEngine, running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, scripted_registry
 from tests.harness.nats import Nats
@@ -77,6 +80,11 @@ async def test_replicas_share_one_queue_and_drop_duplicates_across_replicas(tmp_
         again = await b.post(json_body=shell_alert("twice", output="the same alert, sent to both replicas"))
         assert first.status == again.status == 200
         assert again.body["duplicate"] is True
+        # nothing can be answered without awaiting JetStream: accept_now leaves it to `accept`, doing nothing
+        body = json.dumps(shell_alert("not-sent")).encode()
+        item = WorkItem(new_alert_id(), decode_alert(body, "application/json"), body, "application/json")
+        assert a.engine.acceptor.accept_now(item) is None
+        assert await a.metric("falcosecurity_falco_talon_events_total") == 21
 
         async def all_ran() -> bool:
             return len(SCRIPT.calls) == 41
