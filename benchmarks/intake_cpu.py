@@ -6,8 +6,10 @@ Two measures, printed as `mode=... us_per_alert=...` lines (process CPU, user + 
   `make_mocked_request`, body already received), with the real Acceptor and queue (no workers: nothing is
   decided). The minimum over `--rounds` rounds of `--alerts` alerts: the least noisy figure on a busy machine.
 * `loopback`: the real listener (`talon_opa.engine.listener.Runner`) on uvloop, driven by wrk (`make
-  bench-tools`) with unique bodies for `--seconds`; the queue's workers end each job at once. With `--floor`,
-  the same listener with a handler that only reads the body and answers: aiohttp's and uvloop's own share.
+  bench-tools`) with unique bodies for `--seconds`; the queue's workers end each job at once. The intake's own
+  protocol answers the alerts (engine/intake_protocol.py), or aiohttp's route with `--aiohttp` (as a tree
+  without that protocol does). With `--floor`, aiohttp with a handler that only reads the body and answers:
+  aiohttp's and uvloop's own share.
 
 A/B runs: `--src DIR` measures another source tree (e.g. `git archive BASE | tar -x -C DIR`); run both in
 turn, several times.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import resource
 import subprocess
 import sys
@@ -69,6 +72,8 @@ def intake(workers: int) -> Any:
 
     queue = queue_class(done, capacity=10**7, workers=workers, on_depth=metrics.queue_depth.set)
     accept = acceptor(cfg, queue=queue, metrics=metrics, tracing=telemetry.Telemetry(cfg.otel))
+    if "accept_now" in inspect.signature(intake_class).parameters:  # a tree with the intake's own protocol
+        return cfg, queue, intake_class(cfg, accept.accept, metrics, accept.accept_now)
     return cfg, queue, intake_class(cfg, accept.accept, metrics)
 
 
@@ -117,6 +122,9 @@ async def loopback_mode(a: argparse.Namespace) -> None:
 
     app = web.Application(client_max_size=cfg.intake.max_body_bytes)
     app.router.add_route("*", "/{tail:.*}", floor if a.floor else handler.handle)
+    key = getattr(sys.modules[type(handler).__module__], "INTAKE", None)  # None: a tree before the own protocol
+    if key is not None and not (a.floor or a.aiohttp):
+        app[key] = handler
     runner = Runner(app, cfg.intake)
     await runner.setup()
     port = free_port()
@@ -138,7 +146,7 @@ async def loopback_mode(a: argparse.Namespace) -> None:
     result = {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
     n = result["requests"]
     print(
-        f"mode=loopback{'-floor' if a.floor else ''} us_per_alert={1e6 * used / n:.1f} "
+        f"mode=loopback{'-floor' if a.floor else '-aiohttp' if a.aiohttp else ''} us_per_alert={1e6 * used / n:.1f} "
         f"alerts_per_s={n / (result['duration_us'] / 1e6):.0f} p50_ms={result['p50_us'] / 1000:.2f} "
         f"non_200={result['status_errors']}"
     )
@@ -152,6 +160,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--floor", action="store_true", help="loopback: a handler that only reads and answers")
+    p.add_argument("--aiohttp", action="store_true", help="loopback: aiohttp answers the alerts, not the own protocol")
     p.add_argument("--matching", action="store_true", help="bodies of an alert that a rule matches")
     p.add_argument("--src", type=Path, help="the talon-opa source tree to measure (default: this one)")
     a = p.parse_args()
