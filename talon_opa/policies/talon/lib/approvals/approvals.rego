@@ -37,4 +37,6 @@ mark(step) := object.union(step, {"approval": {"window_seconds": w}}) if {
 } else := step
 
 # every step marked
-marked(steps) := [mark(s) | some s in steps]
+marked(steps) := steps if {
+	not data.talon.approvals.require
+} else := [mark(s) | some s in steps]

@@ -64,3 +64,9 @@ test_a_native_rules_own_approval_is_kept if {
 	step := object.union(_terminate, {"approval": {"window_seconds": 42}})
 	approvals.mark(step) == step with input as _input("shop") with data.talon.approvals as _config
 }
+
+test_marked_with_a_config_and_without if {
+	m := approvals.marked([_terminate]) with input as _input("payments") with data.talon.approvals as _config
+	m[0].approval == {"window_seconds": 300}
+	approvals.marked([_terminate]) == [_terminate] with input as _input("payments")
+}

@@ -141,3 +141,9 @@ test_a_failed_lookup_holds_a_kept_actionner if {
 	m := caps.mark(_terminate) with input as inp with data.talon.caps as _replica_caps
 	m.held == "cannot tell whether the pod is the last ready replica: timeout"
 }
+
+test_marked_holds_with_a_config_and_leaves_the_steps_without if {
+	held := caps.marked([_terminate]) with input as _input("kube-system", 0) with data.talon.caps as _caps
+	held[0].held == "namespace \"kube-system\" is protected"
+	caps.marked([_terminate]) == [_terminate] with input as _input("kube-system", 0)
+}

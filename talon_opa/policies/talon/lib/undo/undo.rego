@@ -23,4 +23,6 @@ mark(step) := object.union(step, {"undo_after_seconds": t}) if {
 } else := step
 
 # every step marked
-marked(steps) := [mark(s) | some s in steps]
+marked(steps) := steps if {
+	not data.talon.undo
+} else := [mark(s) | some s in steps]

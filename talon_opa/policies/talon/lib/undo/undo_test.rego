@@ -31,3 +31,9 @@ test_no_ttl_no_key if {
 test_no_config_no_key if {
 	undo.mark(_policy) == _policy
 }
+
+test_marked_with_a_config_and_without if {
+	undo.marked([_policy])[0].undo_after_seconds == 1800 with data.talon.undo as _undo
+	own := object.union(_policy, {"undo_after_seconds": 5})
+	undo.marked([_policy, own]) == [_policy, own]
+}
