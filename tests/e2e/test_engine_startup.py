@@ -86,15 +86,7 @@ async def notify_once(tmp_path: Path, hook_url: str, ca: Path) -> list[dict[str,
     proc = await spawn_server(cfg, rules, log, {"SSL_CERT_FILE": str(ca)})
     url = f"http://127.0.0.1:{port}"
     try:
-        await wait_ready(url, proc)
-        async with aiohttp.ClientSession() as http, http.post(url + "/", json=shell_alert()) as r:
-            assert r.status == 200
-        for _ in range(300):
-            notes = [line for line in _lines(log) if line.get("message") == "notification"]
-            if notes:
-                return notes
-            await asyncio.sleep(0.1)
-        raise AssertionError("no notification was attempted")
+        return await _post_until_logged(url, proc, log, "notification")
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -103,6 +95,21 @@ async def notify_once(tmp_path: Path, hook_url: str, ca: Path) -> list[dict[str,
 
 def _lines(log: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+async def _post_until_logged(
+    url: str, proc: asyncio.subprocess.Process, log: Path, message: str
+) -> list[dict[str, object]]:
+    """Once the engine is ready, post a shell alert; the engine's log lines with this message (bounded wait)."""
+    await wait_ready(url, proc)
+    async with aiohttp.ClientSession() as http, http.post(url + "/", json=shell_alert()) as r:
+        assert r.status == 200
+    for _ in range(300):
+        found = [line for line in _lines(log) if line.get("message") == message]
+        if found:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {message!r} line in the engine's log")
 
 
 async def test_https_notifications_trust_the_system_cas_loaded_after_start_up(tmp_path: Path) -> None:
@@ -152,14 +159,7 @@ async def _serve_one_alert(tmp_path: Path, opa: Mapping[str, object], log: Path)
     """Start the server; once ready, one alert, acted on (in dry run); then stop it."""
     proc, url = await _server(tmp_path, opa, log)
     try:
-        await wait_ready(url, proc)
-        async with aiohttp.ClientSession() as http, http.post(url + "/", json=shell_alert()) as r:
-            assert r.status == 200
-        for _ in range(300):
-            if any(line.get("message") == "action" for line in _lines(log)):
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError("the alert was not acted on")
+        await _post_until_logged(url, proc, log, "action")
     finally:
         if proc.returncode is None:
             proc.terminate()
