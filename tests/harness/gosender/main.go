@@ -24,7 +24,9 @@ func main() {
 	value := flag.String("value", "", "its value")
 	flag.Parse()
 
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *workers}, Timeout: 10 * time.Second}
+	// at most one connection per worker: a connection the server closed is the only reason to dial again
+	transport := &http.Transport{MaxIdleConnsPerHost: *workers, MaxConnsPerHost: *workers}
+	client := &http.Client{Transport: transport, Timeout: 10 * time.Second}
 	var mu sync.Mutex
 	statuses := map[int]int{}
 	conns := map[string]bool{}
