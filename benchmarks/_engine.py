@@ -15,6 +15,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from benchmarks import _proc
+from benchmarks._proc import cpu_s
 from talon_opa.opa.process import free_port
 from tests.harness.nats import Nats
 
@@ -118,15 +120,5 @@ async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
 
 
 def _cpu(pid: int, children: bool = True) -> float:
-    """CPU seconds used so far by a process and its children (the OPA child), from /proc (Linux)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        if children:
-            pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    """CPU seconds used so far by a process and, with `children`, by its live children (the OPA child)."""
+    return cpu_s(pid) + (sum(cpu_s(c) for c in _proc.children(pid)) if children else 0.0)

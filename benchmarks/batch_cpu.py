@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._proc import cpu_s
 from talon_opa import catalog
 from talon_opa.core import events
 from talon_opa.opa.client import Endpoint, OpaClient
@@ -35,11 +35,6 @@ from talon_opa.translator import rules as rules_loader
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO.parent / "shared" / "samples" / "alerts" / "falco-internal-syscall-event-drop.json"
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 LEAN = ("rule", "priority_rank", "source", "tags_set", "output_fields_str", "counters")

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import sys
 import tempfile
 import time
@@ -28,17 +27,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._proc import cpu_s
 from talon_opa.core import config, events
 from talon_opa.engine.lifecycle import Engine
 from talon_opa.engine.work import Job, WorkItem
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO.parent / "shared" / "samples" / "alerts" / "falco-internal-syscall-event-drop.json"
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main() -> None:

@@ -31,8 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import os
-import re
 import subprocess
 import sys
 import time
@@ -45,6 +43,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._engine import REPO, Running, running_engine
+from benchmarks._proc import children, cpu_s, status_mb
 from benchmarks._wrk import LUA, body_halves, wrk_binary
 from benchmarks.decision_latency import rules_file
 
@@ -130,30 +129,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """User + system CPU seconds of a process (all its threads) and, summed, of its children (its OPA)."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def of(p: int) -> float:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / tick
-        return 0.0
-
-    return of(pid), sum(of(c) for c in children(pid))
-
-
-def children(pid: int) -> list[int]:
-    kids: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            kids += [int(c) for c in (task / "children").read_text().split()]
-    return kids
-
-
-def peak_rss_mb(pid: int) -> float | None:
-    with contextlib.suppress(OSError):
-        m = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
-        return int(m.group(1)) / 1024 if m else None
-    return None
+    return cpu_s(pid), sum(cpu_s(c) for c in children(pid))
 
 
 async def run_wrk(a: argparse.Namespace, url: str, seconds: float) -> dict[str, int]:
@@ -217,8 +193,8 @@ async def measure(a: argparse.Namespace, label: str, url: str, pid: int | None) 
             after_cpu = cpu_seconds(pid)
             figures.engine_cpu_s = after_cpu[0] - before_cpu[0]
             figures.opa_cpu_s = after_cpu[1] - before_cpu[1]
-            figures.rss_mb = peak_rss_mb(pid)
-            rss = [r for r in (peak_rss_mb(c) for c in children(pid)) if r is not None]
+            figures.rss_mb = status_mb(pid)
+            rss = [r for r in (status_mb(c) for c in children(pid)) if r is not None]
             figures.opa_rss_mb = sum(rss) if rss else None
     return figures
 

@@ -29,7 +29,6 @@ Never asserted in tests. Timings are wall-clock and noisy on a shared machine: c
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks._proc import children, cpu_s, status_mb  # noqa: E402
 from benchmarks.decision_latency import rules_file  # noqa: E402
 from talon_opa.opa.process import free_port  # noqa: E402
 
@@ -63,31 +63,12 @@ class Run:
 
 def hwm_mb(pid: int, field: str = "VmHWM") -> float:
     """VmHWM (peak resident set; or another field, e.g. VmRSS) of a live process, in MiB; 0 when it is gone."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return status_mb(pid, field) or 0.0
 
 
 def tree_rss_mb(pid: int) -> float:
     """Current resident set of a process and all its descendants (OPA, `opa check`), in MiB."""
     return hwm_mb(pid, "VmRSS") + sum(tree_rss_mb(c) for c in children(pid))
-
-
-def cpu_s(pid: int, waited: bool = True) -> float:
-    """CPU seconds of a live process (user + system), with those of the children it waited for (`opa check`)."""
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = sum(int(f) for f in fields[11 : 15 if waited else 13])
-        return ticks / os.sysconf("SC_CLK_TCK")
-    return 0.0
-
-
-def children(pid: int) -> list[int]:
-    with contextlib.suppress(OSError):
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return []
 
 
 def ready(url: str) -> bool:
@@ -129,7 +110,7 @@ def run_once(rules: Path, work: Path, cache: Path | None, repo: Path = REPO) -> 
                 time.sleep(POLL_S)
             elapsed = time.perf_counter() - t0
             kids = children(proc.pid)
-            cpu = cpu_s(proc.pid) + sum(cpu_s(c, waited=False) for c in kids)
+            cpu = cpu_s(proc.pid, waited=True) + sum(cpu_s(c) for c in kids)
             peak = max(peak, tree_rss_mb(proc.pid))
             now = hwm_mb(proc.pid, "VmRSS")
             return Run(elapsed, hwm_mb(proc.pid), sum(hwm_mb(c) for c in kids), peak, cpu, now)
