@@ -4,10 +4,13 @@ credentials), its readiness, and one-shot CLI commands."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -47,6 +50,22 @@ async def wait_ready(
                 pass
             await asyncio.sleep(0.1)
     raise AssertionError("server not ready")
+
+
+async def stop_server(proc: asyncio.subprocess.Process, *, gracefully: bool = True) -> int | None:
+    """SIGTERM and its exit code within 60 s (`gracefully`); otherwise, or if it is still running, SIGKILL."""
+    if gracefully and proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(proc.wait(), 60)
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    return proc.returncode
+
+
+def log_lines(log: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a server's log."""
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
 
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:

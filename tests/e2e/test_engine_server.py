@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +13,7 @@ import yaml
 
 from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import DRY_RUN_RULES, shell_alert
-from tests.e2e.server_process import REPO, spawn_server, wait_ready
+from tests.e2e.server_process import cli, log_lines, server_env, spawn_server, stop_server, wait_ready
 
 
 async def test_server_runs_dry_run_without_credentials_and_drains_on_sigterm(tmp_path: Path) -> None:
@@ -37,13 +35,10 @@ async def test_server_runs_dry_run_without_credentials_and_drains_on_sigterm(tmp
                 async with http.post(url + "/", json=shell_alert(f"srv-{i}")) as r:
                     assert r.status == 200
                     trace_ids.append((await r.json())["trace_id"])
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        assert await stop_server(proc) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        await stop_server(proc, gracefully=False)
+    lines = log_lines(log)
     messages = [line["message"] for line in lines]
     assert any("DRY-RUN" in m for m in messages), "no credentials is said loudly"
     actions = [line for line in lines if line["message"] == "action"]
@@ -59,22 +54,10 @@ async def test_server_runs_dry_run_without_credentials_and_drains_on_sigterm(tmp
 async def test_server_exits_1_naming_the_bad_config_key(tmp_path: Path) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text("listen_port: not-a-port\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "talon_opa.cli.main",
-        "server",
-        "-c",
-        str(cfg),
-        "-r",
-        "x.yaml",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode == 1
-    assert b"listen_port" in err
-    assert b"whole number" in err
+    code, out = await cli("server", "-c", str(cfg), "-r", "x.yaml")
+    assert code == 1
+    assert "listen_port" in out
+    assert "whole number" in out
 
 
 async def test_server_exits_1_with_every_rules_problem_and_its_place(tmp_path: Path) -> None:
@@ -82,21 +65,9 @@ async def test_server_exits_1_with_every_rules_problem_and_its_place(tmp_path: P
     rules.write_text(
         "- rule: Broken\n  match:\n    rules: [x]\n  actions:\n    - action: Nope\n      actionner: kubernetes:nope\n"
     )
-    env = {**os.environ, "LISTEN_PORT": str(free_port())}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "talon_opa.cli.main",
-        "server",
-        "-r",
-        str(rules),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 1
-    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    code, out = await cli("server", "-r", str(rules), env=server_env({"LISTEN_PORT": str(free_port())}))
+    assert code == 1
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     problems = [line for line in lines if line["message"] == "invalid rules"]
     assert problems
     assert problems[0]["where"].startswith(f"{rules}:6:")
@@ -106,12 +77,7 @@ async def test_sighup_reloads_the_rules(tmp_path: Path) -> None:
     port = free_port()
     rules = tmp_path / "rules.yaml"
     rules.write_text(DRY_RUN_RULES)
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
-    env.update(LISTEN_PORT=str(port), WATCH_RULES="false")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "talon_opa.cli.main", "server", "-r", str(rules),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env, cwd=REPO,
-    )  # fmt: skip
+    proc = await spawn_server(None, rules, tmp_path / "server.log", {"LISTEN_PORT": str(port), "WATCH_RULES": "false"})
     url = f"http://127.0.0.1:{port}"
     try:
         await wait_ready(url, proc)
@@ -138,12 +104,9 @@ async def test_sighup_reloads_the_rules(tmp_path: Path) -> None:
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError("the reloaded rule did not act")
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        assert await stop_server(proc) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_server(proc, gracefully=False)
 
 
 async def test_server_runs_on_uvloop_when_installed(tmp_path: Path) -> None:
@@ -151,21 +114,13 @@ async def test_server_runs_on_uvloop_when_installed(tmp_path: Path) -> None:
     port = free_port()
     rules = tmp_path / "rules.yaml"
     rules.write_text(DRY_RUN_RULES)
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
-    env.update(LISTEN_PORT=str(port), WATCH_RULES="false")
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "talon_opa.cli.main", "server", "-r", str(rules), stdout=out, stderr=out, env=env
-        )
+    proc = await spawn_server(None, rules, log, {"LISTEN_PORT": str(port), "WATCH_RULES": "false"})
     try:
         await wait_ready(f"http://127.0.0.1:{port}", proc)
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        assert await stop_server(proc) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        await stop_server(proc, gracefully=False)
+    lines = log_lines(log)
     listening = next(line for line in lines if line["message"] == "listening")
     assert listening["event_loop"] == "uvloop"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import signal
 import ssl
@@ -21,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from talon_opa.core.kube import KubeClient, KubeConfig
 from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import DRY_RUN_RULES
-from tests.e2e.server_process import spawn_server, wait_ready
+from tests.e2e.server_process import log_lines, spawn_server, stop_server, wait_ready
 from tests.e2e.test_engine_tls import _cert, _key, _write
 
 
@@ -113,10 +112,6 @@ async def _server(tmp_path: Path, cfg: dict[str, Any], env: dict[str, str] | Non
     return proc, log, port
 
 
-def _lines(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-
-
 async def test_a_sigkilled_server_leaves_no_opa_running_and_no_client_key_on_disk(tmp_path: Path) -> None:
     cert_pem, key_pem, ca = _pem_pair(tmp_path)
     kubeconfig = _kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:9", cert_pem, key_pem, ca)
@@ -125,7 +120,7 @@ async def test_a_sigkilled_server_leaves_no_opa_running_and_no_client_key_on_dis
     proc, log, port = await _server(tmp_path, {"kubeconfig": str(kubeconfig)}, {"TMPDIR": str(tmp)})
     try:
         await wait_ready(f"http://127.0.0.1:{port}", proc)
-        assert not any(line["message"].startswith("NO KUBERNETES") for line in _lines(log))  # the key was loaded
+        assert not any(line["message"].startswith("NO KUBERNETES") for line in log_lines(log))  # the key was loaded
         opa = [pid for pid in _children(proc.pid) if _is_opa(pid)]
         assert len(opa) == 1, opa
         assert _files_containing(tmp, key_pem.splitlines()[1]) == []  # not even while running
@@ -140,9 +135,7 @@ async def test_a_sigkilled_server_leaves_no_opa_running_and_no_client_key_on_dis
             os.kill(opa[0], signal.SIGKILL)
             raise AssertionError("the OPA child outlived the SIGKILLed engine")
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_server(proc, gracefully=False)
     assert _files_containing(tmp, key_pem.splitlines()[1]) == []
 
 
@@ -187,13 +180,10 @@ async def test_server_tls_alone_is_not_authentication(tmp_path: Path) -> None:
     ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
     try:
         await wait_ready(f"https://127.0.0.1:{port}", proc, ssl_context=ctx)
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        assert await stop_server(proc) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    lines = _lines(log)
+        await stop_server(proc, gracefully=False)
+    lines = log_lines(log)
     listening = next(line for line in lines if line["message"] == "listening")
     assert (listening["address"], listening["tls"], listening["auth"]) == ("127.0.0.1", True, "none")
     warnings = [line for line in lines if line["level"] == "warning" and "not authentication" in line["message"]]
@@ -215,13 +205,10 @@ async def test_mtls_counts_as_authentication(tmp_path: Path) -> None:
     ctx.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
     try:
         await wait_ready(f"https://127.0.0.1:{port}", proc, ssl_context=ctx)
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        assert await stop_server(proc) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    lines = _lines(log)
+        await stop_server(proc, gracefully=False)
+    lines = log_lines(log)
     listening = next(line for line in lines if line["message"] == "listening")
     assert (listening["address"], listening["auth"]) == ("0.0.0.0", "mtls")
     assert not [line for line in lines if "authentication" in line["message"]]

@@ -11,7 +11,6 @@ certificate that CA signed is delivered; one to a receiver with a certificate no
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -25,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import DRY_RUN_RULES, shell_alert
-from tests.e2e.server_process import spawn_server, wait_ready
+from tests.e2e.server_process import log_lines, spawn_server, stop_server, wait_ready
 from tests.e2e.test_engine_opa import _key_pair
 from tests.e2e.test_engine_tls import _cert, _key, _write
 
@@ -88,13 +87,7 @@ async def notify_once(tmp_path: Path, hook_url: str, ca: Path) -> list[dict[str,
     try:
         return await _post_until_logged(url, proc, log, "notification")
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 60)
-
-
-def _lines(log: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        await stop_server(proc)
 
 
 async def _post_until_logged(
@@ -105,7 +98,7 @@ async def _post_until_logged(
     async with aiohttp.ClientSession() as http, http.post(url + "/", json=shell_alert()) as r:
         assert r.status == 200
     for _ in range(300):
-        found = [line for line in _lines(log) if line.get("message") == message]
+        found = [line for line in log_lines(log) if line.get("message") == message]
         if found:
             return found
         await asyncio.sleep(0.1)
@@ -161,9 +154,7 @@ async def _serve_one_alert(tmp_path: Path, opa: Mapping[str, object], log: Path)
     try:
         await _post_until_logged(url, proc, log, "action")
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 60)
+        await stop_server(proc)
 
 
 async def test_the_early_child_opa_verifies_signed_bundles_built_or_cached(tmp_path: Path) -> None:
@@ -176,7 +167,7 @@ async def test_the_early_child_opa_verifies_signed_bundles_built_or_cached(tmp_p
     for n in range(2):  # built and stored, then from the cache
         log = tmp_path / f"server-{n}.log"
         await _serve_one_alert(tmp_path, signed, log)
-        starts.append(next(line for line in _lines(log) if line.get("message") == "engine started"))
+        starts.append(next(line for line in log_lines(log) if line.get("message") == "engine started"))
     assert starts[0]["revision"] == starts[1]["revision"]
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1
 
@@ -186,6 +177,6 @@ async def test_the_early_child_opa_verifies_signed_bundles_built_or_cached(tmp_p
         log = tmp_path / f"refused-{refused}.log"
         proc, _ = await _server(tmp_path, {**signed, "verification_key": str(stranger)}, log)
         assert await asyncio.wait_for(proc.wait(), 60) == 1
-        failed = [line for line in _lines(log) if line.get("message") == "engine did not start"]
-        assert failed, _lines(log)[-3:]
+        failed = [line for line in log_lines(log) if line.get("message") == "engine did not start"]
+        assert failed, log_lines(log)[-3:]
         assert "verification" in str(failed[0]["error"])

@@ -21,27 +21,22 @@ from talon_opa.plugins import rbac
 from talon_opa.plugins.clients import Clients
 from talon_opa.plugins.notes import Note
 from talon_opa.plugins.params import NoParams
+from tests.e2e.engine_plugins import labelled_note
 from tests.harness.kube import KubeCluster
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 def note(namespace: str, pod: str, **changes: Any) -> Note:
-    fields: dict[str, Any] = {
-        "stage": "action",
-        "status": "success",
-        "rule": "Label shells",
-        "action": "Label the pod",
-        "actionner": "kubernetes:label",
+    """`labelled_note` about another pod, with the alert's text."""
+    about = {
         "event": "A shell was spawned in a container (user=root pod=api-1)",
         "objects": {"pod": pod, "namespace": namespace},
         "output": f"the pod '{pod}' in the namespace '{namespace}' has been labeled",
-        "trace_id": TRACE_ID,
         "pod": pod,
         "namespace": namespace,
     }
-    fields.update(changes)
-    return Note(**fields)
+    return labelled_note(TRACE_ID, **{**about, **changes})
 
 
 # ---- k8sevents ---------------------------------------------------------------------------------
