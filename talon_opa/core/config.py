@@ -107,8 +107,9 @@ class Opa:
     requests_in_flight: int = 2
     """decision requests (batches) OPA works on at the same time; alerts waiting meanwhile form the next batch"""
     decide_ahead: bool = True
-    """while `queue.workers` plans run, decide up to `batch_size` more alerts (larger batches, less OPA CPU
-    per alert); never with caps limits or JetStream (docs/rego.md §6)"""
+    """while `queue.workers` plans run, decide up to `batch_size` more alerts, and the alerts waiting behind
+    alerts about the same pod (larger batches, less OPA CPU per alert; plans still run in order); never with
+    caps limits or JetStream, nor for a pod's waiting alerts with caps that read the pod (docs/rego.md §6)"""
     prefilter: bool = True
     """alerts the served bundle's candidate index has no rule for get the empty plan without an OPA request
     (never with `rego`: your own Rego may add candidates)"""

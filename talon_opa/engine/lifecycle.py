@@ -104,6 +104,7 @@ class Engine:
             max_bytes=cfg.queue.max_bytes,
             workers=cfg.queue.workers + self.decide_ahead,
             on_depth=self.metrics.queue_depth.set,
+            on_wait=self._decide_early,
         )
         self._workdir = head_start.workdir if head_start else prestart.Workdir.of(cfg)
         self.workdir = self._workdir.path
@@ -144,6 +145,7 @@ class Engine:
             execute_slots=cfg.queue.workers if self.decide_ahead else None,
             # OPA reads only what it needs, unless your Rego may read more or OPA logs inputs for debugging
             lean_input=not cfg.opa.rego and not cfg.opa.decision_logs,
+            decide_waiting=decide_waiting(cfg),
         )
         self.acceptor = Acceptor(
             cfg,
@@ -374,6 +376,9 @@ class Engine:
         assert self.executor is not None, "the engine is not started"
         return self.executor
 
+    def _decide_early(self, job: Job) -> None:
+        self.processor.decide_early(job)
+
     async def _handle(self, job: Job, started: Callable[[], None]) -> None:
         await self.processor.handle(job, started)
 
@@ -435,3 +440,12 @@ def decide_ahead(cfg: config.Config) -> int:
     if not cfg.opa.decide_ahead or cfg.queue.kind != "memory" or cfg.opa.batch_size <= 1 or cfg.caps.get("limits"):
         return 0
     return cfg.opa.batch_size
+
+
+def decide_waiting(cfg: config.Config) -> bool:
+    """Whether an alert waiting behind alerts about the same pod is decided meanwhile (docs/rego.md §6).
+
+    With decide-ahead, unless the caps read the pod (`protected_labels`, `keep_last_replica`: the alerts
+    before it may change the pod). Its plan still runs after theirs.
+    """
+    return decide_ahead(cfg) > 0 and not config.caps_need_pod(cfg.caps)

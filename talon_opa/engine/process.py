@@ -28,7 +28,9 @@ class Processor:
     """Decides and executes jobs; `handle` is what the queue's workers call.
 
     With `execute_slots`, the queue runs more workers than that (decide-ahead: their decisions share
-    larger OPA batches) and at most `execute_slots` of them run a plan at a time.
+    larger OPA batches) and at most `execute_slots` of them run a plan at a time. With `decide_waiting`,
+    an alert waiting behind alerts about the same pod is decided meanwhile (`decide_early`), in the same
+    OPA batches as the other waiting alerts; its plan still runs after theirs.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class Processor:
         prefilter: Prefilter | None = None,
         execute_slots: int | None = None,
         lean_input: bool = False,
+        decide_waiting: bool = False,
     ) -> None:
         self._print_all_events = cfg.print_all_events
         self._batcher = batcher
@@ -55,6 +58,7 @@ class Processor:
         self._lean_input = lean_input  # only the input fields talon-opa's Rego reads (no user Rego in the bundle)
         # how many plans run at once when more alerts than that are decided at once (None: no limit here)
         self._execute_slots = asyncio.Semaphore(execute_slots) if execute_slots else None
+        self.decide_waiting = decide_waiting
         self._decided_by_index = metrics.decision_seconds.labels(by="index")
         self._decided_by_opa = metrics.decision_seconds.labels(by="opa")
 
@@ -115,6 +119,19 @@ class Processor:
             telemetry.ok(span)
         return plan
 
+    def decide_early(self, job: Job) -> None:
+        """Start deciding an alert that waits behind alerts about the same pod (with `decide_waiting`).
+
+        Its `decide plan` span starts now, in its trace; `handle` takes the plan (or the OpaError) when the
+        alert's turn comes. Only where the plan cannot depend on what the alerts before it do: not with caps
+        limits (counters) nor with caps reading the pod (engine/lifecycle.py `decide_waiting`).
+        """
+        if not self.decide_waiting or job.early is not None:
+            return
+        with trace.use_span(job.span, end_on_exit=False):  # the task copies this context: the span's parent
+            job.early = task = asyncio.get_running_loop().create_task(self.decide(job))
+        task.add_done_callback(_retrieved)  # a drain may stop the engine before its turn: no "never retrieved"
+
     async def handle(self, job: Job, started: Callable[[], None] = lambda: None) -> None:
         """Decide and execute one alert, in its trace. Never raises (failures are reported).
 
@@ -130,7 +147,7 @@ class Processor:
         try:
             with trace.use_span(job.span, end_on_exit=False):
                 try:
-                    plan = await self.decide(job)
+                    plan = await (job.early or self.decide(job))
                 except OpaError as e:
                     metrics.alerts_failed.labels(stage="decide").inc()
                     telemetry.fail(job.span, e, "opa_error")
@@ -228,3 +245,8 @@ class Processor:
             )
             telemetry.ok(span)
             return plan
+
+
+def _retrieved(task: asyncio.Task[Plan]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -5,7 +5,8 @@ At most `capacity` accepted alerts wait, and the alerts accepted and not finishe
 answers 503), so nothing accepted is dropped and a burst of large alerts cannot exhaust memory. N workers
 take alerts in order; alerts with the same target key (the pod) never run at the same time: a worker that
 finds its alert's target busy hands it to the worker already on that target, which runs it next, in
-arrival order. `drain` stops intake and waits for every accepted alert to finish.
+arrival order (`on_wait` is told of an alert that waits so, e.g. to decide it meanwhile). `drain` stops
+intake and waits for every accepted alert to finish.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ class AlertQueue(Generic[J]):
         workers: int,
         max_bytes: int | None = None,
         on_depth: Callable[[int], None] | None = None,
+        on_wait: Callable[[J], None] | None = None,
     ) -> None:
         self._handler = handler
+        self._on_wait = on_wait
         self.capacity = capacity
         self.max_bytes = max_bytes
         self.bytes = 0  # sizes of the alerts accepted and not finished (they hold memory until then)
@@ -116,6 +119,8 @@ class AlertQueue(Generic[J]):
                 behind = self._busy.get(target)
                 if behind is not None:
                     behind.append(entry)  # the worker on this target runs it next
+                    if self._on_wait is not None:
+                        self._on_wait(entry.job)
                     continue
                 self._busy[target] = deque()
             try:

@@ -8,15 +8,19 @@ rides along so nothing is decoded twice.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Span
 
 from talon_opa.core import events
 from talon_opa.core.errors import AlertError
 from talon_opa.core.slots import slot_init
+
+if TYPE_CHECKING:
+    from talon_opa.opa.plan import Plan
 
 FORMAT = 1  # version of the encoded form
 
@@ -78,6 +82,7 @@ class Job:
     item: WorkItem
     span: Span  # ended when processing ends
     received: float  # time.monotonic() when accepted
+    early: asyncio.Task[Plan] | None = None  # its decision, started while it waited behind its pod's alerts
 
     @property
     def alert_id(self) -> str:

@@ -1,17 +1,21 @@
 """Decide-ahead through the running engine: while `queue.workers` plans run, up to `opa.batch_size` more
 alerts are decided (their decisions share OPA batches) and wait for a worker's slot, still counted in the
-queue's depth and capacity; alerts about the same pod still run one after the other; with caps limits
-nothing is decided ahead."""
+queue's depth and capacity; an alert waiting behind another about the same pod is decided meanwhile (in
+its own trace) and still runs after it; with caps limits nothing is decided ahead, and with caps that read
+the pod an alert waiting behind its pod's is not decided before its turn."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from talon_opa.core import config
 from talon_opa.core.kube import KubeConfig
-from talon_opa.engine.lifecycle import decide_ahead
+from talon_opa.engine.lifecycle import decide_ahead, decide_waiting
 from tests.e2e import engine_harness
 from tests.e2e.engine_harness import running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, scripted_registry
@@ -28,12 +32,22 @@ WAITING_RULES = """\
 """
 
 
-async def test_alerts_are_decided_ahead_of_the_workers_and_run_no_more_than_the_workers(tmp_path: Path) -> None:
+async def decided_ahead(tmp_path: Path, caps: dict[str, Any] | None = None) -> tuple[float, InMemorySpanExporter]:
+    """Two alerts about pod "same" then six about other pods, 2 workers, capacity 6, every step held by the
+    gate: how many were decided while the first two plans ran; then the gate opens and everything runs."""
     SCRIPT.reset()  # the gate is closed: every step waits on it
     queue = config.Queue(capacity=6, workers=2, drain_timeout_seconds=20)
     opa = dataclasses.replace(config.Opa(), batch_size=8)
+    exporter = InMemorySpanExporter()
     async with running_engine(
-        tmp_path, WAITING_RULES, registry=scripted_registry(), kube_config=UNUSED_KUBE, queue=queue, opa=opa
+        tmp_path,
+        WAITING_RULES,
+        registry=scripted_registry(),
+        kube_config=UNUSED_KUBE,
+        queue=queue,
+        opa=opa,
+        span_exporter=exporter,
+        caps=caps or {},
     ) as e:
         assert e.engine.decide_ahead == 8
         pods = ["same", "same", *(f"other-{i}" for i in range(6))]
@@ -50,8 +64,7 @@ async def test_alerts_are_decided_ahead_of_the_workers_and_run_no_more_than_the_
                 break
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.1)
-        # 7 decided (the second "same" waits behind the first, undecided), 2 running, 5 waiting for a slot
-        assert await e.metric("talon_opa_decision_duration_seconds_count") == 7
+        decided = await e.metric("talon_opa_decision_duration_seconds_count")
         assert len(SCRIPT.calls) == 2
         # decided or not, an alert whose plan has not started still counts as waiting, against the capacity
         assert await e.metric("talon_opa_queue_depth") == 6
@@ -61,6 +74,30 @@ async def test_alerts_are_decided_ahead_of_the_workers_and_run_no_more_than_the_
         assert sorted(c[1] for c in SCRIPT.calls) == sorted(pods)
         assert SCRIPT.max_running["same"] == 1
         assert await e.metric("falcosecurity_falco_talon_actions_total", status="success") == 8
+        assert await e.metric("talon_opa_decision_duration_seconds_count") == 8
+    return decided, exporter
+
+
+async def test_alerts_are_decided_ahead_of_the_workers_and_run_no_more_than_the_workers(tmp_path: Path) -> None:
+    # 8 decided: 2 running, 5 waiting for a slot, and the second "same", behind the first, decided meanwhile
+    decided, exporter = await decided_ahead(tmp_path)
+    assert decided == 8
+    spans = exporter.get_finished_spans()
+    roots = {s.context.span_id: s for s in spans if s.name == "receive alert"}
+    decisions = [s for s in spans if s.name == "decide plan"]
+    assert len(roots) == 9  # one refused
+    assert len(decisions) == 8
+    # each decision in its own alert's trace, under its root span
+    assert len({s.parent.span_id for s in decisions if s.parent and s.parent.span_id in roots}) == 8
+    assert all(roots[s.parent.span_id].context.trace_id == s.context.trace_id for s in decisions if s.parent)
+
+
+async def test_with_caps_reading_the_pod_an_alert_behind_its_pods_is_decided_in_its_turn(tmp_path: Path) -> None:
+    # the caps read the pod (here for terminate steps only, so the label steps still run): the alerts
+    # before it may change the pod
+    caps = {"keep_last_replica": ["kubernetes:terminate"]}
+    decided, _ = await decided_ahead(tmp_path, caps=caps)
+    assert decided == 7  # the second "same" waits, undecided, behind the first
 
 
 def test_nothing_is_decided_ahead_with_caps_limits_jetstream_or_without_batches(tmp_path: Path) -> None:
@@ -73,3 +110,7 @@ def test_nothing_is_decided_ahead_with_caps_limits_jetstream_or_without_batches(
     assert decide_ahead(dataclasses.replace(base, queue=dataclasses.replace(base.queue, kind="nats"))) == 0
     assert decide_ahead(dataclasses.replace(base, opa=dataclasses.replace(base.opa, batch_size=1))) == 0
     assert decide_ahead(dataclasses.replace(base, opa=dataclasses.replace(base.opa, decide_ahead=False))) == 0
+    assert decide_waiting(base)
+    assert decide_waiting(dataclasses.replace(base, caps={"protected_namespaces": ["kube-system"]}))
+    assert not decide_waiting(dataclasses.replace(base, caps={"keep_last_replica": ["kubernetes:terminate"]}))
+    assert not decide_waiting(dataclasses.replace(base, caps=caps))
