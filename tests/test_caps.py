@@ -108,6 +108,20 @@ def test_counters_slide_over_their_windows() -> None:
     assert counters.snapshot() == {}
 
 
+def test_counters_count_many_actions_over_their_windows() -> None:
+    now = [0.0]
+    counters = ActionCounters(clock=lambda: now[0])
+    times = [i * 0.5 for i in range(20_000)]  # 2 actions a second for 10,000 s
+    for i, t in enumerate(times):
+        now[0] = t
+        counters.record("kubernetes:label", "payments")
+        if i % 997 == 0:  # now and then a decision reads them (and expired times are dropped)
+            expected = {str(w): sum(1 for x in times[: i + 1] if x > t - w) for w in (60, 600, 3600)}
+            assert counters.snapshot() == {"kubernetes:label": {"payments": expected}}
+    now[0] += 3600
+    assert counters.snapshot() == {}
+
+
 def test_the_example_config_loads() -> None:
     example = Path(__file__).resolve().parents[1] / "examples" / "caps" / "config.yaml"
     caps = config.caps_data(config.load(example, env={}).caps)

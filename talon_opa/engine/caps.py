@@ -8,23 +8,35 @@ how many ran in each sliding window (WINDOWS seconds), keyed by the window as a 
 from __future__ import annotations
 
 import time
-from collections import deque
+from bisect import bisect_right
 from collections.abc import Callable
 
 from talon_opa.core.config import CAP_WINDOWS
 
 WINDOWS = CAP_WINDOWS  # the windows a cap may use (window_seconds)
+_COMPACT_FROM = 1024
 
 
 class ActionCounters:
-    """Times of the successful steps per (actionner, namespace), kept for the longest window."""
+    """Times of the successful steps per (actionner, namespace), kept for the longest window.
+
+    Each key's times are in order (a monotonic clock), so a snapshot counts each window by bisection: its cost
+    does not grow with the actions of the last hour (a storm of matching alerts records thousands).
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._times: dict[tuple[str, str], deque[float]] = {}
+        self._times: dict[tuple[str, str], list[float]] = {}
+        self._start: dict[tuple[str, str], int] = {}  # per key, its times before this index have expired
 
     def record(self, actionner: str, namespace: str) -> None:
-        self._times.setdefault((actionner, namespace), deque()).append(self._clock())
+        key = (actionner, namespace)
+        times = self._times.get(key)
+        if times is None:
+            self._times[key] = [self._clock()]
+            self._start[key] = 0
+        else:
+            times.append(self._clock())
 
     def snapshot(self) -> dict[str, dict[str, dict[str, int]]]:
         """The counts per actionner, namespace and window (only non-empty entries)."""
@@ -32,11 +44,16 @@ class ActionCounters:
         out: dict[str, dict[str, dict[str, int]]] = {}
         for key in list(self._times):
             times = self._times[key]
-            while times and times[0] <= now - WINDOWS[-1]:
-                times.popleft()
-            if not times:
-                del self._times[key]
+            start = bisect_right(times, now - WINDOWS[-1], self._start[key])
+            if start == len(times):
+                del self._times[key], self._start[key]
                 continue
+            if start > _COMPACT_FROM and start * 2 > len(times):  # expired times dropped now and then, not each time
+                del times[:start]
+                start = 0
+            self._start[key] = start
             actionner, namespace = key
-            out.setdefault(actionner, {})[namespace] = {str(w): sum(1 for t in times if t > now - w) for w in WINDOWS}
+            out.setdefault(actionner, {})[namespace] = {
+                str(w): len(times) - bisect_right(times, now - w, start) for w in WINDOWS
+            }
         return out
