@@ -11,7 +11,7 @@ Modules are written in `opa fmt`'s layout (tests check it with the real binary).
 Beyond `MODULES_UP_TO` rules, the rules become data instead of modules: each rule's match block is in its
 index entry, and `talon.lib.matching` evaluates it. OPA compiles a module per rule at about 0.5 s and
 55 MB per 1,000 rules (10,000 rules: 5-9 s and ~580 MB before it is ready); the same rules as data are
-ready in 0.25 s in 60 MB, and decide the same (tests/test_rules_as_data.py).
+ready in 0.2-0.3 s with OPA at about 88 MB, and decide the same (tests/test_rules_as_data.py).
 """
 
 from __future__ import annotations
