@@ -91,14 +91,22 @@ _entry(name) := entry if {
 	entry.actions
 } else := entry if {
 	rule := data.talon.index.rules[name]
-	base := {
+	dry_run := object.get(rule, "dry_run", false)
+	notifiers := object.get(rule, "notifiers", [])
+
+	# a step of the table has its own `action` and `actionner`; the rest as order.step gives it
+	defaults := {
+		"rule": rule.name, "parameters": {}, "continue": true, "ignore_errors": false,
+		"dry_run": dry_run, "output": null, "notifiers": notifiers,
+	}
+	entry := {
 		"key": [rule.position, 0, name],
 		"name": rule.name,
 		"continue": object.get(rule, "continue", true),
-		"dry_run": object.get(rule, "dry_run", false),
-		"notifiers": object.get(rule, "notifiers", []),
+		"dry_run": dry_run,
+		"notifiers": notifiers,
+		"actions": [object.union(defaults, data.talon.index.steps[i]) | some i in rule.steps],
 	}
-	entry := object.union(base, {"actions": [order.step(base, data.talon.index.steps[i]) | some i in rule.steps]})
 } else := entry if {
 	base := {
 		"key": [_position(name), _kind(name), name],
