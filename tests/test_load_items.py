@@ -17,19 +17,34 @@ from tests.harness.paths import REPO, SEED_RULES
 _DAMAGE = ("- 3\n", "-\n", "---\n- rule: other\n", "  bad: [\n", "\tx: 1\n", "- rule: a\n  rule: b\n", "...\n")
 
 
+# shapes the sample files lack: flow lists, tags, empty and other documents, roots that are not lists
+_SHAPES = (
+    "",
+    "# only a comment\n",
+    "---\n",
+    "---\n---\n- rule: a\n",
+    "[{rule: a, match: {rules: [x]}, actions: [{action: b, actionner: kubernetes:terminate}]}, {action: c}]\n",
+    "--- !!seq\n- !!map {rule: a}\n- !!str 3\n- rule: !!str 4\n  actions: []\n",
+    "%YAML 1.2\n---\n- rule: a\n...\n---\n- rule: b\n",
+    "rule: a\n",
+    "just text\n",
+    "- rule: a\n  notifiers: [slack, slack]\n- rule: a\n- \n- 3\n- [x]\n",
+)
+
+
 def corpus() -> list[str]:
     files = [SEED_RULES, *sorted((REPO / "examples").glob("**/*.yaml"))]
     texts = [f.read_text() for f in files if "config" not in f.name]
     assert len(texts) >= 5
-    return texts
+    return texts + list(_SHAPES)
 
 
 def damaged(text: str, rnd: random.Random) -> str:
-    lines = text.splitlines(keepends=True)
+    lines = text.splitlines(keepends=True) or [""]
     i = rnd.randrange(len(lines))
     how = rnd.randrange(5)
     if how == 0:
-        return text[: rnd.randrange(len(text))]
+        return text[: rnd.randrange(len(text) + 1)]
     if how == 1:
         return "".join(lines[:i] + lines[i + 1 :])
     if how == 2:

@@ -210,7 +210,7 @@ def entry(rule: Rule, slug: str, position: int) -> dict[str, Any]:
     }
 
 
-# a step's fields whose value is the default talon.lib.order.step gives: left out of the rules as data
+# a step's fields at the value talon.lib.matching gives back when left out (order.step's defaults)
 _STEP_DEFAULTS: dict[str, Any] = {"continue": True, "ignore_errors": False, "output": None, "parameters": {}}
 _RULE_FIELDS = ("rule", "dry_run", "notifiers")  # a step's fields that come from its rule
 
@@ -220,7 +220,7 @@ class StepTable:
     the fields it takes from its rule and without the fields at their defaults; rules refer to them by index.
 
     At 10,000 rules, OPA held every rule's complete steps in 143 MB; a step table and the compact match
-    blocks hold the same rules in about 87 MB (docs/performance.md).
+    blocks hold the same rules in about 88 MB (docs/performance.md).
     """
 
     def __init__(self) -> None:
