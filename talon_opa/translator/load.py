@@ -45,7 +45,7 @@ class RawAction:
     additional_contexts: list[Text] = field(default_factory=list)
     parameters: dict[str, Value] | None = None  # each Value knows where its key was written
     output: RawOutput | None = None
-    broken: set[str] = field(default_factory=set)  # keys already reported while decoding (no cascades)
+    broken: frozenset[str] = frozenset()  # keys already reported while decoding (no cascades); shared when empty
 
 
 @dataclass(slots=True)
@@ -68,7 +68,7 @@ class RawRule:
     dry_run: Text | None = None
     notifiers: list[Text] = field(default_factory=list)
     actions: list[RawAction] = field(default_factory=list)
-    broken: set[str] = field(default_factory=set)  # keys already reported while decoding (no cascades)
+    broken: frozenset[str] = frozenset()  # keys already reported while decoding (no cascades); shared when empty
 
 
 @dataclass(slots=True)
@@ -394,7 +394,7 @@ class _Decoder:
         if acts is not None and acts.kind == "seq":
             for i, a in enumerate(acts.data):
                 if a.kind in ("null", "str", "int", "float", "bool", "seq"):
-                    rule.broken.add("actions")
+                    rule.broken |= {"actions"}
                 if a.kind == "null":
                     self.report(
                         a.where,
@@ -412,7 +412,7 @@ class _Decoder:
                 self._unknown(am, _ACTION_KNOWN, r, an.value if an else "", "")
                 rule.actions.append(self._action(am, a.where, an or Text("", a.where), rule=r))
         elif acts is not None and acts.kind != "null":
-            rule.broken.add("actions")
+            rule.broken |= {"actions"}
             self._type(acts, "a list", "actions", *ctx, "write 'actions:' followed by '- action: <name>' items")
         return rule
 
@@ -429,7 +429,7 @@ class _Decoder:
         )
         act.parameters = self._params(m, "parameters", *ctx)
         if act.parameters is None and m.get("parameters") is not None and m["parameters"].kind not in ("null", "map"):
-            act.broken.add("parameters")
+            act.broken |= {"parameters"}
         out_v = m.get("output")
         if out_v is not None and out_v.kind == "map":
             om: dict[str, Value] = out_v.data
@@ -440,9 +440,9 @@ class _Decoder:
             if (target_v is not None and target_v.kind in ("seq", "map")) or (
                 params_v is not None and params_v.kind not in ("null", "map")
             ):
-                act.broken.add("output")
+                act.broken |= {"output"}
         elif out_v is not None and out_v.kind != "null":
-            act.broken.add("output")
+            act.broken |= {"output"}
             self._type(out_v, "a mapping", "output", *ctx, "write 'output:' with 'target:' and 'parameters:'")
         if not check_only:
             self._aliases(act, rule)
