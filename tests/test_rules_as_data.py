@@ -8,6 +8,7 @@ conditions with = and !=, sources; Unicode and invalid strings), native Rego rul
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -22,10 +23,10 @@ from talon_opa.opa.client import Endpoint, OpaClient
 from talon_opa.opa.process import OpaProcess
 from talon_opa.translator import rego
 from talon_opa.translator.bundle import build_bundle
-from talon_opa.translator.model import RuleSet
+from talon_opa.translator.model import OutputRef, RuleSet
 from talon_opa.translator.rules import load_ruleset
 from tests.harness.paths import REPO, SEED_RULES
-from tests.rego_support import POLICIES
+from tests.rego_support import POLICIES, action, rule
 from tests.test_prefilter import generated_alert, generated_ruleset, sample_alerts
 
 _BUNDLES = itertools.count()
@@ -99,6 +100,63 @@ async def test_generated_alerts_on_generated_rule_sets(tmp_path: Path) -> None:
     print(f"{total} alerts, {matched} matched some rule")
     assert total == 6400
     assert matched > 500  # enough alerts match for the comparison to mean something
+
+
+# steps that rules share, differ in one field each (1, 1.0 and true included), or sit at the defaults
+_STEPS = (
+    action("label", parameters={"n": 1}),
+    action("label", parameters={"n": 1.0}),
+    action("label", parameters={"n": True}),
+    dataclasses.replace(action("empty", "kubernetes:terminate"), parameters={}),
+    action("stop", "kubernetes:terminate", {"grace_period_seconds": 0}, continue_=False),
+    action("tolerant", "kubernetes:log", {"tail_lines": 5}, ignore_errors=True),
+    action("stored", "kubernetes:log", {"tail_lines": 5}, output=OutputRef("local:file", {"destination": "/tmp"})),
+)
+
+
+def varied_plans(ruleset: RuleSet, rnd: random.Random) -> RuleSet:
+    """The rules with random plan fields: continue, dry_run, notifiers and steps drawn from `_STEPS`."""
+    return RuleSet(
+        tuple(
+            dataclasses.replace(
+                r,
+                continue_=rnd.random() < 0.7,
+                dry_run=rnd.random() < 0.3,
+                notifiers=rnd.choice(((), ("slack",), ("slack", "webhook"))),
+                actions=tuple(rnd.choice(_STEPS) for _ in range(rnd.randint(1, 4))),
+            )
+            for r in ruleset.rules
+        )
+    )
+
+
+async def test_generated_plans_on_generated_rule_sets(tmp_path: Path) -> None:
+    """Every plan field a rule as data leaves out or shares (a step table, defaults) comes back as the module's."""
+    rnd = random.Random(20261205)
+    total = matched = 0
+    for _ in range(8):
+        ruleset = varied_plans(generated_ruleset(rnd), rnd)
+        n, m = await same_plans(tmp_path, ruleset, [generated_alert(rnd) for _ in range(200)])
+        total, matched = total + n, matched + m
+    assert matched > 200
+
+
+def test_rules_as_data_store_each_distinct_step_once() -> None:
+    ruleset = RuleSet(tuple(rule(f"R{i}", actions=[_STEPS[i % 3], _STEPS[3], _STEPS[6]]) for i in range(30)))
+    index = json.loads(rego.generate(ruleset, as_data=True)[rego.INDEX_PATH])
+    assert index["steps"] == [
+        {"action": "label", "actionner": "kubernetes:label", "parameters": {"n": 1}},
+        {"action": "empty", "actionner": "kubernetes:terminate"},
+        {
+            "action": "stored",
+            "actionner": "kubernetes:log",
+            "output": {"parameters": {"destination": "/tmp"}, "target": "local:file"},
+            "parameters": {"tail_lines": 5},
+        },
+        {"action": "label", "actionner": "kubernetes:label", "parameters": {"n": 1.0}},
+        {"action": "label", "actionner": "kubernetes:label", "parameters": {"n": True}},
+    ]
+    assert [index["rules"][f"r{i}"]["steps"] for i in range(3)] == [[0, 1, 2], [3, 1, 2], [4, 1, 2]]
 
 
 def test_the_form_follows_the_rule_count() -> None:

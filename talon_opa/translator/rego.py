@@ -11,7 +11,7 @@ Modules are written in `opa fmt`'s layout (tests check it with the real binary).
 Beyond `MODULES_UP_TO` rules, the rules become data instead of modules: each rule's match block is in its
 index entry, and `talon.lib.matching` evaluates it. OPA compiles a module per rule at about 0.5 s and
 55 MB per 1,000 rules (10,000 rules: 5-9 s and ~580 MB before it is ready); the same rules as data are
-ready in 0.25 s in 60 MB, and decide the same (tests/test_rules_as_data.py).
+ready in 0.2-0.3 s with OPA at about 88 MB, and decide the same (tests/test_rules_as_data.py).
 """
 
 from __future__ import annotations
@@ -98,14 +98,14 @@ def _generate(ruleset: RuleSet, as_data: bool) -> dict[str, str]:
     by_tag: dict[str, list[str]] = {}
     always: list[str] = []
     entries: dict[str, dict[str, Any]] = {}
+    steps = StepTable()
     slugs = assign_slugs(rule.name for rule in ruleset.rules)
     tag_counts = Counter(tag for rule in ruleset.rules for group in rule.match.tags for tag in group)
     for position, (rule, slug) in enumerate(zip(ruleset.rules, slugs, strict=True), start=1):
-        entries[slug] = entry(rule, slug, position)
         if as_data:
-            entries[slug]["match"] = match_data(rule.match)
-            entries[slug]["defined_at"] = _defined_at(rule)
+            entries[slug] = data_entry(rule, position, steps)
         else:
+            entries[slug] = entry(rule, slug, position)
             files[f"{RULES_DIR}/{slug}.rego"] = rule_module(rule, slug, position)
         keys = index_keys(rule.match, tag_counts)
         if keys is None:
@@ -114,12 +114,18 @@ def _generate(ruleset: RuleSet, as_data: bool) -> dict[str, str]:
             table = by_rule if keys[0] == "rule" else by_tag
             for key in keys[1]:
                 table.setdefault(key, []).append(slug)
-    index = {"by_rule": by_rule, "by_tag": by_tag, "always": always, "rules": entries}
+    index: dict[str, Any] = {"by_rule": by_rule, "by_tag": by_tag, "always": always, "rules": entries}
+    if as_data:
+        index["steps"] = steps.table
     try:
         files[INDEX_PATH] = index_json(index)
     except ValueError as e:
-        raise TalonError(f"a parameter cannot be expressed in JSON: {e}", hint="use finite numbers") from e
+        raise _not_json(e) from e
     return files
+
+
+def _not_json(e: ValueError) -> TalonError:
+    return TalonError(f"a parameter cannot be expressed in JSON: {e}", hint="use finite numbers")
 
 
 def _json(value: Any) -> str:
@@ -135,6 +141,8 @@ def index_json(index: Mapping[str, Any]) -> str:
         body = _json(table)
         if isinstance(table, dict) and table:
             body = "{\n" + ",\n".join(f"    {_json(k)}: {_json(table[k])}" for k in sorted(table)) + "\n  }"
+        elif isinstance(table, list) and table and isinstance(table[0], dict):
+            body = "[\n" + ",\n".join(f"    {_json(item)}" for item in table) + "\n  ]"
         parts.append(f"  {_json(key)}: {body}")
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
@@ -202,6 +210,64 @@ def entry(rule: Rule, slug: str, position: int) -> dict[str, Any]:
     }
 
 
+# a step's fields at the value talon.lib.matching gives back when left out (order.step's defaults)
+_STEP_DEFAULTS: dict[str, Any] = {"continue": True, "ignore_errors": False, "output": None, "parameters": {}}
+_RULE_FIELDS = ("rule", "dry_run", "notifiers")  # a step's fields that come from its rule
+
+
+class StepTable:
+    """The distinct steps of the rules as data, each stored once (`data.talon.index.steps`): a step without
+    the fields it takes from its rule and without the fields at their defaults; rules refer to them by index.
+
+    At 10,000 rules, OPA held every rule's complete steps in 143 MB; a step table and the compact match
+    blocks hold the same rules in about 88 MB (docs/performance.md).
+    """
+
+    def __init__(self) -> None:
+        self.table: list[dict[str, Any]] = []
+        self._index: dict[str, int] = {}
+
+    def add(self, rule: Rule, action: Action) -> int:
+        full = step(rule, action)
+        shared = {k: v for k, v in full.items() if k not in _RULE_FIELDS and not _is_default(k, v)}
+        try:
+            key = _json(shared)  # JSON tells 1, 1.0 and true apart, where Python's == would not
+        except ValueError as e:
+            raise _not_json(e) from e
+        found = self._index.get(key)
+        if found is None:
+            found = self._index[key] = len(self.table)
+            self.table.append(shared)
+        return found
+
+
+def _is_default(key: str, value: Any) -> bool:
+    if key not in _STEP_DEFAULTS:
+        return False
+    default = _STEP_DEFAULTS[key]
+    return type(value) is type(default) and value == default
+
+
+def data_entry(rule: Rule, position: int, steps: StepTable) -> dict[str, Any]:
+    """A rule as data (docs/rego.md §3): its name, position, where it is defined, its match block, its steps as
+    indexes into `steps`, and its `continue`, `dry_run` and `notifiers` when not the defaults; talon.lib.matching
+    rebuilds `entry`'s shape from it for a rule that matched."""
+    e: dict[str, Any] = {
+        "name": rule.name,
+        "position": position,
+        "defined_at": _defined_at(rule),
+        "match": match_data(rule.match),
+        "steps": [steps.add(rule, action) for action in rule.actions],
+    }
+    if not rule.continue_:
+        e["continue"] = False
+    if rule.dry_run:
+        e["dry_run"] = True
+    if rule.notifiers:
+        e["notifiers"] = list(rule.notifiers)
+    return e
+
+
 _COMPARE = {"": "==", "=": "==", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
 
 
@@ -212,9 +278,10 @@ def _ref(base: str, key: str) -> str:
     return f"{base}[{_string(key)}]"
 
 
-def _field_condition(cond: Mapping[str, str]) -> str:
-    ref = f"{_ref('input.output_fields_str', cond['field'])} == {_string(cond['value'])}"
-    return ref if cond["op"] == "=" else f"not {ref}"  # "!=" holds on a missing field, as in Talon
+def _field_condition(cond: list[str]) -> str:
+    field, op, value = cond
+    ref = f"{_ref('input.output_fields_str', field)} == {_string(value)}"
+    return ref if op == "=" else f"not {ref}"  # "!=" holds on a missing field, as in Talon
 
 
 def _alternatives(name: str, groups: list[list[str]], body: list[str], helpers: list[str]) -> None:
@@ -239,7 +306,8 @@ def match_rules(match: Match) -> str:
     if "rules" in m:
         _alternatives("_rules", [[f"input.rule == {_string(r)}"] for r in m["rules"]], body, helpers)
     if "priority" in m:
-        body.append(f"input.priority_rank {m['priority']['op']} {m['priority']['rank']} # {match.priority.text}")
+        op, rank = m["priority"]
+        body.append(f"input.priority_rank {op} {rank} # {match.priority.text}")
     if "tags" in m:
         _alternatives("_tags", [[_ref("input.tags_set", tag) for tag in g] for g in m["tags"]], body, helpers)
     if "output_fields" in m:
@@ -255,18 +323,17 @@ def match_rules(match: Match) -> str:
 
 def match_data(match: Match) -> dict[str, Any]:
     """One Talon match block as data: the criteria that test something (an empty one accepts every alert),
-    evaluated by `talon.lib.matching` for rules as data and written as Rego by `match_rules`."""
+    evaluated by `talon.lib.matching` for rules as data and written as Rego by `match_rules`. Comparisons are
+    arrays, `[op, rank]` and `[field, op, value]`: OPA holds an array in a third of an object's memory."""
     m: dict[str, Any] = {}
     if match.rules:
         m["rules"] = list(dict.fromkeys(match.rules))
     if match.priority.rank:
-        m["priority"] = {"op": _COMPARE[match.priority.op], "rank": match.priority.rank}
+        m["priority"] = [_COMPARE[match.priority.op], match.priority.rank]
     if match.tags and all(match.tags):
         m["tags"] = [sorted(group) for group in match.tags]
     if match.output_fields and all(match.output_fields):
-        m["output_fields"] = [
-            [{"field": c.field, "op": c.op, "value": c.value} for c in group] for group in match.output_fields
-        ]
+        m["output_fields"] = [[[c.field, c.op, c.value] for c in group] for group in match.output_fields]
     if match.source:
         m["source"] = match.source
     return m

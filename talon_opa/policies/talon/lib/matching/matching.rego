@@ -28,8 +28,9 @@ _matches(name) if _accepts(data.talon.index.rules[name].match)
 # METADATA
 # description: |
 #   a translated rule's match block as data: every criterion present holds (rules: one of them;
-#   priority: the comparison; tags: all tags of one group; output_fields: every condition of one
-#   group, "!=" holding on a missing field; source: equal), as the rule's module would decide
+#   priority: the comparison [op, rank]; tags: all tags of one group; output_fields: every condition
+#   [field, op, value] of one group, "!=" holding on a missing field; source: equal), as the rule's
+#   module would decide
 _accepts(m) if {
 	_rules_hold(m)
 	_priority_holds(m)
@@ -44,7 +45,7 @@ _rules_hold(m) if input.rule in m.rules
 
 _priority_holds(m) if not m.priority
 
-_priority_holds(m) if _compare(m.priority.op, input.priority_rank, m.priority.rank)
+_priority_holds(m) if _compare(m.priority[0], input.priority_rank, m.priority[1])
 
 _compare("==", a, b) if a == b
 
@@ -74,24 +75,39 @@ _fields_hold(m) if {
 	}
 }
 
-_field_holds(c) if {
-	c.op == "="
-	input.output_fields_str[c.field] == c.value
-}
+_field_holds([field, "=", value]) if input.output_fields_str[field] == value
 
-_field_holds(c) if {
-	c.op == "!="
-	not input.output_fields_str[c.field] == c.value
-}
+_field_holds([field, "!=", value]) if not input.output_fields_str[field] == value
 
 _source_holds(m) if not m.source
 
 _source_holds(m) if input.source == m.source
 
-# a translated rule's entry is precomputed by the generator (one lookup); a native one is built
-_entry(name) := entry if entry := data.talon.index.rules[name]
+# a translated rule's entry is precomputed by the generator (one lookup), or, for the rules as data,
+# rebuilt from the rule's fields other than defaults and its steps in the table of distinct steps
+# (docs/rego.md §3); a native one is built
+_entry(name) := entry if {
+	entry := data.talon.index.rules[name]
+	entry.actions
+} else := entry if {
+	rule := data.talon.index.rules[name]
+	dry_run := object.get(rule, "dry_run", false)
+	notifiers := object.get(rule, "notifiers", [])
 
-else := entry if {
+	# a step of the table has its own `action` and `actionner`; the rest as order.step gives it
+	defaults := {
+		"rule": rule.name, "parameters": {}, "continue": true, "ignore_errors": false,
+		"dry_run": dry_run, "output": null, "notifiers": notifiers,
+	}
+	entry := {
+		"key": [rule.position, 0, name],
+		"name": rule.name,
+		"continue": object.get(rule, "continue", true),
+		"dry_run": dry_run,
+		"notifiers": notifiers,
+		"actions": [object.union(defaults, data.talon.index.steps[i]) | some i in rule.steps],
+	}
+} else := entry if {
 	base := {
 		"key": [_position(name), _kind(name), name],
 		"name": _display_name(name),

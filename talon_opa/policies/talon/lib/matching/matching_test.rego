@@ -68,3 +68,35 @@ test_native_sorts_after_translated_at_the_same_position if {
 	entries[1].dry_run == true
 	entries[1].notifiers == ["slack"]
 }
+
+test_rules_as_data_entries_are_rebuilt_from_the_step_table if {
+	index := {
+		"by_rule": {"R": ["t", "u"]},
+		"rules": {
+			"t": {"name": "T", "position": 2, "match": {"priority": [">=", 4]}, "steps": [1, 0], "notifiers": ["slack"]},
+			"u": {"name": "U", "position": 1, "match": {"output_fields": [[["ns", "!=", "a"]]]}, "steps": [0], "continue": false, "dry_run": true},
+		},
+		"steps": [{"action": "a", "actionner": "x:y"}, {"action": "b", "actionner": "x:z", "parameters": {"n": 1}, "continue": false}],
+	}
+	entries := matching.ordered with input as {"rule": "R", "priority_rank": 4, "output_fields_str": {"ns": "b"}}
+		with data.talon.index as index
+	entries == [
+		{"key": [1, 0, "u"], "name": "U", "continue": false, "dry_run": true, "notifiers": [], "actions": [{
+			"rule": "U", "action": "a", "actionner": "x:y", "parameters": {}, "continue": true,
+			"ignore_errors": false, "dry_run": true, "output": null, "notifiers": [],
+		}]},
+		{"key": [2, 0, "t"], "name": "T", "continue": true, "dry_run": false, "notifiers": ["slack"], "actions": [
+			{
+				"rule": "T", "action": "b", "actionner": "x:z", "parameters": {"n": 1}, "continue": false,
+				"ignore_errors": false, "dry_run": false, "output": null, "notifiers": ["slack"],
+			},
+			{
+				"rule": "T", "action": "a", "actionner": "x:y", "parameters": {}, "continue": true,
+				"ignore_errors": false, "dry_run": false, "output": null, "notifiers": ["slack"],
+			},
+		]},
+	]
+	none := matching.matches with input as {"rule": "R", "priority_rank": 3, "output_fields_str": {"ns": "a"}}
+		with data.talon.index as index
+	none == set()
+}
