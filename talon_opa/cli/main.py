@@ -15,8 +15,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from talon_opa.cli import approve, completion, operator_api
+
+if TYPE_CHECKING:  # `server` imports them inside generated_code.cached()
+    from talon_opa.core import config
+    from talon_opa.engine import prestart
 
 PROG = "talon-opa"
 DEFAULT_CONFIG = "/etc/falco-talon/config.yaml"  # Talon's default for `server`
@@ -289,6 +294,19 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _start_server(args: argparse.Namespace) -> int:
+    from talon_opa.core import generated_code
+
+    with generated_code.cached():  # the methods dataclasses generate, compiled at an earlier start
+        head_start = _prestart(args)
+        if head_start is None:
+            return 1
+        from talon_opa.engine import server  # the rest of the engine, imported while OPA starts
+
+    return server.main(*head_start)
+
+
+def _prestart(args: argparse.Namespace) -> tuple[config.Config, prestart.Prestart] | None:
+    """The config read and the child OPA spawned on the first bundle; None once the reason is reported."""
     from talon_opa.core import deferred_certs
 
     with deferred_certs.deferred():  # its default TLS contexts read the CA certificates when first used
@@ -306,7 +324,7 @@ def _start_server(args: argparse.Namespace) -> int:
         cfg = config.load(args.config, rules=args.rules)
     except config.ConfigError as e:
         print(f"error: {_naming(args.config, e)}", file=sys.stderr)
-        return 1
+        return None
     logs.setup(cfg.log_format, cfg.log_level)
     if looked_at is not None:
         logs.get("cli").info(
@@ -316,11 +334,7 @@ def _start_server(args: argparse.Namespace) -> int:
     from talon_opa.engine import prestart
 
     head_start = prestart.prestart_or_log(cfg)
-    if head_start is None:
-        return 1
-    from talon_opa.engine import server  # the rest of the engine, imported while OPA starts
-
-    return server.main(cfg, head_start)
+    return None if head_start is None else (cfg, head_start)
 
 
 def _naming(path: str | None, e: Exception) -> str:

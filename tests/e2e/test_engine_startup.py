@@ -22,6 +22,7 @@ import yaml
 from aiohttp import web
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from talon_opa.core import generated_code
 from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import DRY_RUN_RULES, shell_alert
 from tests.e2e.server_process import log_lines, spawn_server, stop_server, wait_ready
@@ -138,19 +139,23 @@ async def test_https_notifications_trust_the_system_cas_loaded_after_start_up(tm
     assert unseen == []
 
 
-async def _server(tmp_path: Path, opa: Mapping[str, object], log: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def _server(
+    tmp_path: Path, opa: Mapping[str, object], log: Path, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
     """The server on the dry-run rules with these `opa:` settings (not waited for), and its URL."""
     port = free_port()
     rules = tmp_path / "rules.yaml"
     rules.write_text(DRY_RUN_RULES)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({"listen_port": port, "log_format": "json", "opa": dict(opa)}))
-    return await spawn_server(cfg, rules, log), f"http://127.0.0.1:{port}"
+    return await spawn_server(cfg, rules, log, env), f"http://127.0.0.1:{port}"
 
 
-async def _serve_one_alert(tmp_path: Path, opa: Mapping[str, object], log: Path) -> None:
+async def _serve_one_alert(
+    tmp_path: Path, opa: Mapping[str, object], log: Path, env: dict[str, str] | None = None
+) -> None:
     """Start the server; once ready, one alert, acted on (in dry run); then stop it."""
-    proc, url = await _server(tmp_path, opa, log)
+    proc, url = await _server(tmp_path, opa, log, env)
     try:
         await _post_until_logged(url, proc, log, "action")
     finally:
@@ -180,3 +185,37 @@ async def test_the_early_child_opa_verifies_signed_bundles_built_or_cached(tmp_p
         failed = [line for line in log_lines(log) if line.get("message") == "engine did not start"]
         assert failed, log_lines(log)[-3:]
         assert "verification" in str(failed[0]["error"])
+
+
+async def test_a_start_on_the_dataclass_methods_kept_by_the_one_before_acts_the_same(tmp_path: Path) -> None:
+    """The first start compiles the methods dataclasses generate and keeps them beside the bytecode
+    (talon_opa/core/generated_code.py); the next runs them: it starts, decides and acts as the first; a
+    damaged table is compiled anew."""
+    pycache = tmp_path / "pycache"
+    env = {"PYTHONPYCACHEPREFIX": str(pycache), "PYTHONDONTWRITEBYTECODE": ""}  # empty: bytecode is written
+    tables = []
+    for n in range(3):
+        if n == 2:
+            _damage(pycache)
+        log = tmp_path / f"server-{n}.log"
+        await _serve_one_alert(tmp_path, {}, log, env)
+        assert [line for line in log_lines(log) if line.get("message") == "engine started"]
+        tables.append(_kept_table(pycache))
+        assert len(tables[-1][1]) > 100, n
+    assert tables[1][0] == tables[0][0], "the second start found every method: it compiled and wrote nothing"
+    assert tables[2][1] == tables[0][1], "the damaged table is written anew"
+
+
+def _kept_path(pycache: Path) -> Path:
+    (kept,) = pycache.rglob("generated_code.*.methods")
+    return kept
+
+
+def _kept_table(pycache: Path) -> tuple[bytes, set[bytes]]:
+    """The table of generated methods the server kept under PYTHONPYCACHEPREFIX: its bytes and its keys."""
+    kept = _kept_path(pycache)
+    return kept.read_bytes(), set(generated_code.read(kept))
+
+
+def _damage(pycache: Path) -> None:
+    _kept_path(pycache).write_bytes(b"damaged")
