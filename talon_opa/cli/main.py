@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from talon_opa.cli import approve, completion, operator_api
 
-if TYPE_CHECKING:  # `server` imports them inside generated_code.cached()
+if TYPE_CHECKING:  # `server` imports them inside compile_cache.cached()
     from talon_opa.core import config
     from talon_opa.engine import prestart
 
@@ -294,9 +294,9 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _start_server(args: argparse.Namespace) -> int:
-    from talon_opa.core import generated_code
+    from talon_opa.core import compile_cache
 
-    with generated_code.cached():  # the methods dataclasses generate, compiled at an earlier start
+    with compile_cache.cached():  # dataclass methods and regular expressions, compiled at an earlier start
         head_start = _prestart(args)
         if head_start is None:
             return 1

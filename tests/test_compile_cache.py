@@ -1,0 +1,172 @@
+"""`compile_cache.cached`: dataclasses and attrs run the code their generated source compiles to, and `re`
+the program it makes of a pattern, kept from an earlier start; what is kept is found by that exact source
+(pattern and flags), and a damaged table is compiled anew."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from pathlib import Path
+from types import CodeType
+from typing import Any
+
+import attr
+import pytest
+
+from talon_opa.core import compile_cache
+
+
+def define() -> type[Any]:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Point:
+        x: int
+        y: int = 2
+        tags: tuple[str, ...] = dataclasses.field(default_factory=tuple)
+
+    return Point
+
+
+def functions(code: CodeType) -> list[str]:
+    """The names of the functions a compiled source defines."""
+    return [c.co_name for c in code.co_consts if isinstance(c, CodeType)] + [
+        n for c in code.co_consts if isinstance(c, CodeType) for n in functions(c)
+    ]
+
+
+def check(point: type[Any]) -> None:
+    """What the generated methods do: build, compare, hash, print, stay frozen."""
+    p = point(1)
+    assert (p.x, p.y, p.tags) == (1, 2, ())
+    assert p == point(1, 2)
+    assert p != point(1, 3)
+    assert hash(p) == hash(point(1, 2))
+    assert repr(p).endswith("Point(x=1, y=2, tags=())")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.x = 3
+
+
+def test_a_start_runs_the_code_kept_by_the_one_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    path = tmp_path / "table.compiled"
+    with compile_cache.cached(path):
+        check(define())
+    table = compile_cache.read(path).methods
+    names = sorted(n for code in table.values() for n in functions(code) if n != "__create_fn__")
+    assert names == ["__delattr__", "__eq__", "__hash__", "__init__", "__repr__", "__setattr__"]
+    assert not hasattr(dataclasses, "exec"), "the library's own exec is back once outside"
+
+    # the kept code is what runs: a __repr__ swapped in the table shows up in the class
+    (repr_key,) = [k for k, code in table.items() if "__repr__" in functions(code)]
+    create = next(c for c in table[repr_key].co_consts if isinstance(c, CodeType))
+    args = ", ".join(create.co_varnames[: create.co_argcount + create.co_kwonlyargcount])
+    other = f"def __create_fn__({args}):\n def __repr__(self):\n  return 'from the table'\n return __repr__"
+    swapped = {**table, repr_key: compile(other, "<string>", "exec")}
+    compile_cache.write(path, compile_cache.Table(swapped))
+    with compile_cache.cached(path):
+        point = define()
+    assert repr(point(1)) == "from the table"
+    assert compile_cache.read(path).methods == swapped, "nothing new compiled: the table is not written again"
+
+
+def test_a_damaged_or_foreign_table_is_compiled_anew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    path = tmp_path / "table.compiled"
+    with compile_cache.cached(path):
+        define()
+    good = path.read_bytes()
+    expected = compile_cache.read(path).methods.keys()
+    assert expected
+    for damaged in (good[: len(good) // 2], b"\0\0\0\0" + good[4:], b""):
+        path.write_bytes(damaged)
+        assert len(compile_cache.read(path)) == 0
+        with compile_cache.cached(path):
+            check(define())
+        assert compile_cache.read(path).methods.keys() == expected, damaged[:8]
+
+
+def test_nothing_is_written_without_bytecode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    path = tmp_path / "table.compiled"
+    with compile_cache.cached(path):
+        check(define())
+    assert not path.exists()
+
+
+def test_attrs_classes_are_kept_unless_hashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """attrs writes a hash of the class name, different in each process, into `__hash__`'s source: a class
+    with a `__hash__` is compiled at each start."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    path = tmp_path / "table.compiled"
+    with compile_cache.cached(path):
+
+        @attr.define
+        class Pair:
+            a: int
+            b: str = "b"
+
+        @attr.frozen
+        class Frozen:
+            a: int
+
+    assert Pair(1) == Pair(1, "b")
+    assert repr(Pair(1)) == "Pair(a=1, b='b')"
+    assert Frozen(1) == Frozen(1)
+    assert hash(Frozen(1)) == hash(Frozen(1))
+    kept = sorted(n for code in compile_cache.read(path).methods.values() for n in functions(code))
+    assert kept == ["__eq__", "__init__", "__repr__"], kept  # Pair's; not Frozen's
+
+
+PATTERNS = [
+    (r"(?P<word>\w+)-(\d+)", 0),
+    (r"[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]", 0),
+    (r"(?i)straße|ǅ", 0),
+    (r"^a.b$", re.MULTILINE | re.DOTALL),
+    (rb"(?x) [a-z]+ \s* = \s* (?P<v>.*)", 0),
+    (r"x{2,5}?(?=y)|(?<!z)w", re.ASCII | re.IGNORECASE),
+]
+
+
+def test_regular_expressions_compile_to_the_programs_re_makes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    monkeypatch.setattr(compile_cache, "_NEW_EACH_TIME", 0)  # these few expressions are worth a new table
+    path = tmp_path / "table.compiled"
+    ours = []
+    for _ in range(2):  # compiled and kept, then from the table
+        re.purge()
+        with compile_cache.cached(path):
+            ours.append([re.compile(p, f) for p, f in PATTERNS])
+    assert set(compile_cache.read(path).programs) == {(p, int(f)) for p, f in PATTERNS}
+    re.purge()
+    theirs = [re.compile(p, f) for p, f in PATTERNS]
+    for first, second, plain in zip(*ours, theirs, strict=True):
+        assert first == plain  # same pattern, flags and program
+        assert second == plain
+        assert second.groupindex == plain.groupindex
+        assert second.groups == plain.groups
+    assert ours[1][0].match("abc-12").group("word", 2) == ("abc", "12")
+    assert ours[1][2].match("STRASSE") is None
+    assert ours[1][2].match("Straße") is not None
+
+    # the kept program is what runs: another program under a pattern's key shows up in its matches
+    table = compile_cache.read(path)
+    table.programs[(r"(?P<word>\w+)-(\d+)", 0)] = table.programs[(r"^a.b$", int(re.MULTILINE | re.DOTALL))]
+    compile_cache.write(path, table)
+    re.purge()
+    with compile_cache.cached(path):
+        swapped = re.compile(r"(?P<word>\w+)-(\d+)")
+    re.purge()
+    assert swapped.match("a\nb") is not None
+    assert swapped.match("abc-12") is None
+    assert re.compile(r"(?P<word>\w+)-(\d+)").match("abc-12"), "re's own compile is back once outside"
+
+
+def test_expressions_for_the_locale_or_debugging_are_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    monkeypatch.setattr(compile_cache, "_NEW_EACH_TIME", 0)
+    path = tmp_path / "table.compiled"
+    re.purge()
+    with compile_cache.cached(path):
+        assert re.compile(rb"\w+", re.LOCALE).match(b"abc")
+        assert re.compile(r"\d+").match("12")
+    assert set(compile_cache.read(path).programs) == {(r"\d+", 0)}
