@@ -93,28 +93,45 @@ def test_nothing_is_written_without_bytecode(tmp_path: Path, monkeypatch: pytest
     assert not path.exists()
 
 
-def test_attrs_classes_are_kept_unless_hashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """attrs writes a hash of the class name, different in each process, into `__hash__`'s source: a class
-    with a `__hash__` is compiled at each start."""
+def define_attrs() -> tuple[type[Any], type[Any]]:
+    @attr.define
+    class Pair:
+        a: int
+        b: str = "b"
+
+    @attr.frozen
+    class Frozen:
+        a: int
+        tags: tuple[str, ...] = ()
+
+    return Pair, Frozen
+
+
+def test_attrs_classes_run_the_code_attrs_compiles_kept_unless_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compiled with attrs' own `from __future__` flags; attrs writes a hash of the class name, different in
+    each process, into `__hash__`'s source: a class with a `__hash__` is compiled at every start."""
     monkeypatch.setattr(sys, "dont_write_bytecode", False)
     path = tmp_path / "table.compiled"
-    with compile_cache.cached(path):
-
-        @attr.define
-        class Pair:
-            a: int
-            b: str = "b"
-
-        @attr.frozen
-        class Frozen:
-            a: int
-
-    assert Pair(1) == Pair(1, "b")
-    assert repr(Pair(1)) == "Pair(a=1, b='b')"
-    assert Frozen(1) == Frozen(1)
-    assert hash(Frozen(1)) == hash(Frozen(1))
+    plain_pair, plain_frozen = define_attrs()  # compiled by attrs itself
+    built = []
+    for _ in range(2):  # compiled and kept, then from the table
+        with compile_cache.cached(path):
+            built.append(define_attrs())
+        if len(built) == 1:
+            first = path.read_bytes()
+    assert path.read_bytes() == first, "the second found everything: nothing written"
     kept = sorted(n for code in compile_cache.read(path).methods.values() for n in functions(code))
-    assert kept == ["__eq__", "__init__", "__repr__"], kept  # Pair's; not Frozen's
+    assert kept == ["__eq__", "__init__", "__repr__"], kept  # Pair's
+    for pair, frozen in built:
+        assert pair(1) == pair(1, "b")
+        assert repr(pair(1)) == "Pair(a=1, b='b')"
+        assert frozen(1) == frozen(1, ())
+        assert hash(frozen(1)) == hash(plain_frozen(1))  # the same number: the same hash as attrs' own
+        assert frozen.__hash__.__code__ == plain_frozen.__hash__.__code__
+        assert pair.__init__.__code__ == plain_pair.__init__.__code__
+    assert compile("1 + 1", "<x>", "eval") is not None, "the builtin compile is back once outside"
 
 
 PATTERNS = [

@@ -16,6 +16,7 @@ one written); where it cannot be written (a read-only install), every start comp
 """
 
 from __future__ import annotations
+import __future__
 
 import _sre  # type: ignore[import-not-found]  # the constructor `re` gives its programs to
 import builtins
@@ -40,7 +41,8 @@ _Program = tuple[int, list[int], int, dict[str, int], tuple[str | None, ...]]
 
 
 class Table:
-    """The methods (by a sha256 of their file name and source) and the expressions (by pattern and flags)."""
+    """The methods (by a sha256 of their flags, file name and source) and the expressions (by pattern and
+    flags)."""
 
     def __init__(
         self,
@@ -54,9 +56,9 @@ class Table:
         return len(self.methods) + len(self.programs)
 
 
-def key_of(source: str, filename: str) -> bytes:
+def key_of(source: str, filename: str, flags: int) -> bytes:
     """The table's key of one method's compile."""
-    return hashlib.sha256(f"{filename}\0{source}".encode()).digest()
+    return hashlib.sha256(f"{flags}\0{filename}\0{source}".encode()).digest()
 
 
 def table_path() -> Path | None:
@@ -78,7 +80,7 @@ def read(path: Path) -> Table:
         version, methods, programs = marshal.loads(data[len(magic) :])
     except (EOFError, ValueError, TypeError):
         return Table()
-    if version != sys.version or not isinstance(methods, dict) or not isinstance(programs, dict):
+    if version != sys.version or not all(isinstance(d, dict) for d in (methods, programs)):
         return Table()
     if not all(isinstance(c, CodeType) for c in methods.values()):
         return Table()
@@ -98,9 +100,15 @@ def write(path: Path, table: Table) -> None:
             tmp.unlink()
 
 
+_ATTRS = "<attrs generated "  # the file name of what attrs compiles
 # attrs writes a number that changes with each process (a hash of the class name) into `__hash__`'s source:
 # never found again, not kept
 _VARIES = "def __hash__"
+# the compiler flags of `from __future__` imports, which `exec(source)` and `compile(source, ...)` inherit
+# from the code that calls them
+_FUTURE_FLAGS = 0
+for _name in __future__.all_feature_names:
+    _FUTURE_FLAGS |= getattr(__future__, _name).compiler_flag
 # a few expressions are new at every start: email's header parser builds them from sets, whose order changes
 # from one process to the next; a start that found all but these few does not write the table again
 _NEW_EACH_TIME = 8
@@ -112,19 +120,20 @@ class _Compiler:
     """Compiles through the table; what is missing is compiled as the library would, then kept."""
 
     def __init__(self, table: Table, re_compile: Any) -> None:
+        self._compile = builtins.compile
         self.table = table
         self.used = Table()  # what is written back: the table of this start, no stale entry
         self.added = 0  # methods
         self.added_programs = 0
         self._re_compile = re_compile
 
-    def code(self, source: str, filename: str) -> CodeType:
-        # as `exec(source)` and `compile(source, filename, "exec")` in the libraries, which use no
-        # `from __future__` flags that a compile would inherit
-        key = key_of(source, filename)
+    def code(self, source: str, filename: str, flags: int) -> CodeType:
+        """`source` compiled as the library's own `exec(source)` or `compile(source, filename, "exec")` would:
+        with the `from __future__` flags of the library's module (`flags`), which they inherit."""
+        key = key_of(source, filename, flags)
         code = self.table.methods.get(key)
         if code is None:
-            code = builtins.compile(source, filename, "exec", dont_inherit=True)
+            code = self._compile(source, filename, "exec", flags, dont_inherit=True)
             self.added += 1
         self.used.methods[key] = code
         return code
@@ -132,15 +141,21 @@ class _Compiler:
     def exec_(self, source: Any, globals: Any = None, locals: Any = None) -> None:
         """`exec` as dataclasses calls it: the source text of one function, its globals and a namespace."""
         if isinstance(source, str):
-            source = self.code(source, "<string>")
+            source = self.code(source, "<string>", _caller_flags())
         builtins.exec(source, globals, locals)
 
     def compile_(self, source: Any, filename: Any, mode: str, *args: Any, **kwargs: Any) -> Any:
-        """`compile` as attrs calls it: `compile(script, filename, "exec")`."""
-        plain = isinstance(source, str) and isinstance(filename, str) and mode == "exec" and not args and not kwargs
-        if plain and _VARIES not in source:
-            return self.code(source, filename)
-        return builtins.compile(source, filename, mode, *args, **kwargs)
+        """`compile`, as attrs calls it for its methods: `compile(script, "<attrs generated ...>", "exec")`."""
+        flags = _caller_flags()
+        attrs = isinstance(filename, str) and filename.startswith(_ATTRS) and isinstance(source, str)
+        if not attrs or mode != "exec" or args or kwargs:  # as the builtin: the caller's flags unless dont_inherit
+            own_flags = args[0] if args else kwargs.pop("flags", 0)
+            dont_inherit = args[1] if len(args) > 1 else kwargs.pop("dont_inherit", False)
+            flags = own_flags | (0 if dont_inherit else flags)
+            return self._compile(source, filename, mode, flags, True, *args[2:], **kwargs)
+        if _VARIES in source:
+            return self._compile(source, filename, "exec", flags, dont_inherit=True)
+        return self.code(source, filename, flags)
 
     def regex(self, pattern: Any, flags: Any = 0) -> Any:
         """`re._compiler.compile` (what `re.compile` calls when its own cache misses)."""
@@ -156,6 +171,11 @@ class _Compiler:
             self.added_programs += 1
         self.used.programs[key] = program
         return _sre.compile(pattern, *program)
+
+
+def _caller_flags() -> int:
+    """The `from __future__` flags of the library code calling our `exec` or `compile` (two frames up)."""
+    return sys._getframe(2).f_code.co_flags & _FUTURE_FLAGS
 
 
 def _program(pattern: str | bytes, flags: int) -> _Program | None:
@@ -179,9 +199,7 @@ def _program(pattern: str | bytes, flags: int) -> _Program | None:
 
 
 def _attrs_make() -> ModuleType | None:
-    module = sys.modules.get("attr._make")
-    if module is not None:
-        return module
+    """attrs' module that compiles its methods (imported now: aiohttp imports it anyway), if installed."""
     try:
         import attr._make as make
     except ImportError:
@@ -193,7 +211,7 @@ def _attrs_make() -> ModuleType | None:
 def cached(path: Path | None = None) -> Iterator[None]:
     """While inside, dataclasses, attrs and `re` compile through the kept table.
 
-    Only for single-threaded imports: meanwhile the names `exec` and `compile` are set in dataclasses and
+    Only for single-threaded imports: meanwhile the names `exec` and `compile` are set in dataclasses and in
     attrs (a module's own name is found before the builtin), and `re._compiler.compile` is replaced.
     """
     path = path if path is not None else table_path()
