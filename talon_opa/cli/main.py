@@ -305,12 +305,24 @@ def _start_server(args: argparse.Namespace) -> int:
     return server.main(*head_start)
 
 
-def _prestart(args: argparse.Namespace) -> tuple[config.Config, prestart.Prestart] | None:
-    """The config read and the child OPA spawned on the first bundle; None once the reason is reported."""
+def _import_aiohttp() -> None:
     from talon_opa.core import deferred_certs
 
     with deferred_certs.deferred():  # its default TLS contexts read the CA certificates when first used
         import aiohttp  # noqa: F401
+
+
+def import_server() -> None:
+    """Import what `server` imports before it is ready (cli/compile_table.py)."""
+    _import_aiohttp()
+    from talon_opa.core import config, logs  # noqa: F401
+    from talon_opa.engine import prestart, server  # noqa: F401
+    from talon_opa.translator import rules  # noqa: F401 (when a bundle is built)
+
+
+def _prestart(args: argparse.Namespace) -> tuple[config.Config, prestart.Prestart] | None:
+    """The config read and the child OPA spawned on the first bundle; None once the reason is reported."""
+    _import_aiohttp()
     from talon_opa.core import config, logs
 
     looked_at = None

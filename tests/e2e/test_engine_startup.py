@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from talon_opa.core import compile_cache
 from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import DRY_RUN_RULES, shell_alert
-from tests.e2e.server_process import log_lines, spawn_server, stop_server, wait_ready
+from tests.e2e.server_process import REPO, log_lines, server_env, spawn_server, stop_server, wait_ready
 from tests.e2e.test_engine_opa import _key_pair
 from tests.e2e.test_engine_tls import _cert, _key, _write
 
@@ -204,6 +205,20 @@ async def test_a_start_on_what_the_one_before_compiled_acts_the_same(tmp_path: P
         assert len(tables[-1][1]) > 100, n
     assert tables[1][0] == tables[0][0], "the second start found every method: it compiled and wrote nothing"
     assert tables[2][1] == tables[0][1], "the damaged table is written anew (its methods)"
+
+
+async def test_an_image_build_compiles_what_the_server_start_compiles(tmp_path: Path) -> None:
+    """`python -m talon_opa.cli.compile_table` (the Dockerfile's build step) keeps everything a start of
+    `talon-opa server` compiles: that start finds it all, and writes nothing."""
+    pycache = tmp_path / "pycache"
+    env = {"PYTHONPYCACHEPREFIX": str(pycache), "PYTHONDONTWRITEBYTECODE": ""}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "talon_opa.cli.compile_table", env=server_env(env), cwd=REPO
+    )
+    assert await asyncio.wait_for(proc.wait(), 120) == 0
+    built, methods = _kept_table(pycache)
+    await _serve_one_alert(tmp_path, {}, tmp_path / "server.log", env)
+    assert _kept_table(pycache) == (built, methods), "the start compiled something the build did not keep"
 
 
 def _kept_path(pycache: Path) -> Path:
