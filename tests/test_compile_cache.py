@@ -93,7 +93,7 @@ def test_nothing_is_written_without_bytecode(tmp_path: Path, monkeypatch: pytest
     assert not path.exists()
 
 
-def define_attrs() -> tuple[type[Any], type[Any]]:
+def define_attrs() -> tuple[type[Any], type[Any], type[Any]]:
     @attr.define
     class Pair:
         a: int
@@ -104,17 +104,20 @@ def define_attrs() -> tuple[type[Any], type[Any]]:
         a: int
         tags: tuple[str, ...] = ()
 
-    return Pair, Frozen
+    @attr.frozen
+    class Empty:  # hash((number,)): a tuple of constants, folded into one
+        pass
+
+    return Pair, Frozen, Empty
 
 
-def test_attrs_classes_run_the_code_attrs_compiles_kept_unless_hashed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Compiled with attrs' own `from __future__` flags; attrs writes a hash of the class name, different in
-    each process, into `__hash__`'s source: a class with a `__hash__` is compiled at every start."""
+def test_attrs_classes_run_the_code_attrs_compiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled with attrs' own `from __future__` flags. attrs writes a hash of the class name, different in
+    each process, into `__hash__`'s source: kept for the shapes such a number has (19 or 18 digits, either
+    sign), the class's own number put back: the same code as attrs' own compile."""
     monkeypatch.setattr(sys, "dont_write_bytecode", False)
     path = tmp_path / "table.compiled"
-    plain_pair, plain_frozen = define_attrs()  # compiled by attrs itself
+    plain = define_attrs()  # compiled by attrs itself
     built = []
     for _ in range(2):  # compiled and kept, then from the table
         with compile_cache.cached(path):
@@ -122,16 +125,30 @@ def test_attrs_classes_run_the_code_attrs_compiles_kept_unless_hashed(
         if len(built) == 1:
             first = path.read_bytes()
     assert path.read_bytes() == first, "the second found everything: nothing written"
-    kept = sorted(n for code in compile_cache.read(path).methods.values() for n in functions(code))
-    assert kept == ["__eq__", "__init__", "__repr__"], kept  # Pair's
-    for pair, frozen in built:
+    kept = [n for code in compile_cache.read(path).methods.values() for n in functions(code)]
+    assert sorted(set(kept)) == ["__eq__", "__hash__", "__init__", "__repr__"], kept
+    usual = [cls for cls in plain[1:] if len(str(abs(_number(cls)))) in (18, 19)]  # else (1 in 100) compiled
+    assert kept.count("__hash__") == 4 * len(usual), "Frozen's and Empty's, in 4 shapes"
+    for pair, frozen, empty in built:
         assert pair(1) == pair(1, "b")
         assert repr(pair(1)) == "Pair(a=1, b='b')"
         assert frozen(1) == frozen(1, ())
-        assert hash(frozen(1)) == hash(plain_frozen(1))  # the same number: the same hash as attrs' own
-        assert frozen.__hash__.__code__ == plain_frozen.__hash__.__code__
-        assert pair.__init__.__code__ == plain_pair.__init__.__code__
+        for ours, theirs in zip((pair, frozen, empty), plain, strict=True):
+            for method in ("__init__", "__eq__", "__repr__"):
+                assert getattr(ours, method).__code__ == getattr(theirs, method).__code__, method
+        assert hash(frozen(1)) == hash(plain[1](1))  # the same number: the same hash as attrs' own
+        assert hash(empty()) == hash(plain[2]())
+        assert frozen.__hash__.__code__ == plain[1].__hash__.__code__
+        assert empty.__hash__.__code__ == plain[2].__hash__.__code__
     assert compile("1 + 1", "<x>", "eval") is not None, "the builtin compile is back once outside"
+
+
+def _number(cls: type[Any]) -> int:
+    """The number attrs wrote into the class's `__hash__`."""
+    consts = cls.__hash__.__code__.co_consts
+    items = [i for c in consts for i in (c if isinstance(c, tuple) else (c,))]
+    (number,) = [i for i in items if type(i) is int and abs(i) > 10**12]
+    return number
 
 
 PATTERNS = [

@@ -28,7 +28,7 @@ import marshal
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import CodeType, ModuleType
 from typing import Any
@@ -101,9 +101,14 @@ def write(path: Path, table: Table) -> None:
 
 
 _ATTRS = "<attrs generated "  # the file name of what attrs compiles
-# attrs writes a number that changes with each process (a hash of the class name) into `__hash__`'s source:
-# never found again, not kept
+# attrs writes a number that changes with each process (a hash of the class name) into `__hash__`'s source,
+# on a line of its own: kept with a stand-in of the same shape in its place (its length is in the code's
+# positions), the number put back into the code. A hash of 64 bits has 19 or 18 digits but for 1 time in 100:
+# those four shapes are kept; a number of another shape is compiled, as without the table
 _VARIES = "def __hash__"
+_TYPE_HASH = re.compile(r"(hash\(\(\n\s+)(-?\d+)(,\n)")
+_SHAPES = ("7" * 19, "-" + "7" * 19, "7" * 18, "-" + "7" * 18)
+_DIGIT = re.compile(r"\d")
 # the compiler flags of `from __future__` imports, which `exec(source)` and `compile(source, ...)` inherit
 # from the code that calls them
 _FUTURE_FLAGS = 0
@@ -120,7 +125,7 @@ class _Compiler:
     """Compiles through the table; what is missing is compiled as the library would, then kept."""
 
     def __init__(self, table: Table, re_compile: Any) -> None:
-        self._compile = builtins.compile
+        self._compile: Callable[..., CodeType] = builtins.compile
         self.table = table
         self.used = Table()  # what is written back: the table of this start, no stale entry
         self.added = 0  # methods
@@ -154,8 +159,32 @@ class _Compiler:
             flags = own_flags | (0 if dont_inherit else flags)
             return self._compile(source, filename, mode, flags, True, *args[2:], **kwargs)
         if _VARIES in source:
-            return self._compile(source, filename, "exec", flags, dont_inherit=True)
+            return self._hashed(source, filename, flags)
         return self.code(source, filename, flags)
+
+    def _hashed(self, source: str, filename: str, flags: int) -> CodeType:
+        """An attrs class's methods with a `__hash__`: kept for each shape of its number (`_SHAPES`)."""
+        found = _TYPE_HASH.search(source)
+        shape = _DIGIT.sub("7", found.group(2)) if found is not None else None
+        if found is None or shape not in _SHAPES:
+            return self._compile(source, filename, "exec", flags, dont_inherit=True)
+        number = int(found.group(2))
+        before, after = source[: found.start(2)], source[found.end(2) :]
+        base = key_of(f"{before}#{after}", filename, flags)
+        keys = {stand_in: base + stand_in.encode() for stand_in in _SHAPES}
+        kept = [self.table.methods.get(k) for k in keys.values()]
+        if all(code is not None for code in kept):
+            self.used.methods.update(zip(keys.values(), kept, strict=True))  # type: ignore[arg-type]
+            return _with_const(self.table.methods[keys[shape]], int(shape), number)
+        own = self._compile(source, filename, "exec", flags, dont_inherit=True)
+        codes = {
+            stand_in: self._compile(f"{before}{stand_in}{after}", filename, "exec", flags, dont_inherit=True)
+            for stand_in in _SHAPES
+        }
+        if _with_const(codes[shape], int(shape), number) == own:  # the same code, found again
+            self.used.methods.update((keys[stand_in], code) for stand_in, code in codes.items())
+            self.added += 1
+        return own
 
     def regex(self, pattern: Any, flags: Any = 0) -> Any:
         """`re._compiler.compile` (what `re.compile` calls when its own cache misses)."""
@@ -171,6 +200,22 @@ class _Compiler:
             self.added_programs += 1
         self.used.programs[key] = program
         return _sre.compile(pattern, *program)
+
+
+def _with_const(code: CodeType, old: int, new: int) -> CodeType:
+    """The code with the integer constant `old` replaced by `new` (in the functions it defines too)."""
+    consts = tuple(_replaced(c, old, new) for c in code.co_consts)
+    changed = any(a is not b for a, b in zip(consts, code.co_consts, strict=True))
+    return code.replace(co_consts=consts) if changed else code
+
+
+def _replaced(const: Any, old: int, new: int) -> Any:
+    if isinstance(const, CodeType):
+        return _with_const(const, old, new)
+    if type(const) is tuple:  # a tuple of constants folded into one (`hash((number,))` of a class without fields)
+        items = tuple(_replaced(c, old, new) for c in const)
+        return items if any(a is not b for a, b in zip(items, const, strict=True)) else const
+    return new if type(const) is int and const == old else const
 
 
 def _caller_flags() -> int:
