@@ -104,7 +104,7 @@ _ATTRS = "<attrs generated "  # the file name of what attrs compiles
 # attrs writes a number that changes with each process (a hash of the class name) into `__hash__`'s source,
 # on a line of its own: kept with a stand-in of the same shape in its place (its length is in the code's
 # positions), the number put back into the code. A hash of 64 bits has 19 or 18 digits but for 1 time in 100:
-# those four shapes are kept; a number of another shape is compiled, as without the table
+# those four shapes are kept (whatever this start's number); a number of another shape is compiled
 _VARIES = "def __hash__"
 _TYPE_HASH = re.compile(r"(hash\(\(\n\s+)(-?\d+)(,\n)")
 _SHAPES = ("7" * 19, "-" + "7" * 19, "7" * 18, "-" + "7" * 18)
@@ -165,25 +165,32 @@ class _Compiler:
     def _hashed(self, source: str, filename: str, flags: int) -> CodeType:
         """An attrs class's methods with a `__hash__`: kept for each shape of its number (`_SHAPES`)."""
         found = _TYPE_HASH.search(source)
-        shape = _DIGIT.sub("7", found.group(2)) if found is not None else None
-        if found is None or shape not in _SHAPES:
+        if found is None:
             return self._compile(source, filename, "exec", flags, dont_inherit=True)
-        number = int(found.group(2))
         before, after = source[: found.start(2)], source[found.end(2) :]
         base = key_of(f"{before}#{after}", filename, flags)
         keys = {stand_in: base + stand_in.encode() for stand_in in _SHAPES}
+        shape = _DIGIT.sub("7", found.group(2))
         kept = [self.table.methods.get(k) for k in keys.values()]
         if all(code is not None for code in kept):
             self.used.methods.update(zip(keys.values(), kept, strict=True))  # type: ignore[arg-type]
-            return _with_const(self.table.methods[keys[shape]], int(shape), number)
+            if shape in keys:
+                return _with_const(self.table.methods[keys[shape]], int(shape), int(found.group(2)))
+            return self._compile(source, filename, "exec", flags, dont_inherit=True)
+        codes = {}
+        for stand_in in _SHAPES:  # each checked: another number of that shape put in gives that number's code
+            code, other = (
+                self._compile(f"{before}{n}{after}", filename, "exec", flags, dont_inherit=True)
+                for n in (stand_in, stand_in.replace("7", "8"))
+            )
+            if _with_const(code, int(stand_in), int(stand_in.replace("7", "8"))) != other:
+                return self._compile(source, filename, "exec", flags, dont_inherit=True)
+            codes[keys[stand_in]] = code
         own = self._compile(source, filename, "exec", flags, dont_inherit=True)
-        codes = {
-            stand_in: self._compile(f"{before}{stand_in}{after}", filename, "exec", flags, dont_inherit=True)
-            for stand_in in _SHAPES
-        }
-        if _with_const(codes[shape], int(shape), number) == own:  # the same code, found again
-            self.used.methods.update((keys[stand_in], code) for stand_in, code in codes.items())
-            self.added += 1
+        if shape in keys and _with_const(codes[keys[shape]], int(shape), int(found.group(2))) != own:
+            return own
+        self.used.methods.update(codes)
+        self.added += 1
         return own
 
     def regex(self, pattern: Any, flags: Any = 0) -> Any:
