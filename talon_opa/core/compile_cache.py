@@ -5,8 +5,10 @@ when the class is defined, and modules compile their regular expressions when im
 server`'s start some 200 classes (the engine's, aiohttp's) and 150 expressions (PyYAML's, http.client's,
 aiohttp's, the engine's), about 100 ms of CPU, a third of the imports. Inside `cached()` they are compiled
 through a table kept from an earlier start: the code of a method is what `compile` returns for that exact
-source text and file name; the program of an expression is the one `re` makes of that pattern and those
-flags, kept only once `re`'s own compile of it was found equal (so a Python whose `re` differs keeps none).
+source text, file name and `from __future__` flags (attrs' `__hash__`, whose source holds a number that
+changes with each process, is kept with a stand-in and gets its number back: `_hashed`); the program of an
+expression is the one `re` makes of that pattern and those flags, kept only once `re`'s own compile of it
+was found equal (so a Python whose `re` differs keeps none).
 
 The table is one marshal file in the bytecode cache of this package (`__pycache__`, or PYTHONPYCACHEPREFIX)
 named for the Python that wrote it, as a .pyc is. It is written when a start compiled something new, unless
