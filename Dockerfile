@@ -25,6 +25,9 @@ COPY pyproject.toml constraints.txt ./
 COPY talon_opa ./talon_opa
 RUN python -m venv /opt/talon-opa \
     && /opt/talon-opa/bin/pip install -c constraints.txt .
+# what `talon-opa server` compiles at each start, kept beside the bytecode: the image, read-only and with
+# PYTHONDONTWRITEBYTECODE, never writes it (talon_opa/core/compile_cache.py, docs/performance.md)
+RUN /opt/talon-opa/bin/python -m talon_opa.cli.compile_table
 COPY --from=opa /out/opa /usr/local/bin/opa
 COPY examples/rules.yaml /tmp/check/rules.yaml
 # the installed engine translates rules with the Rego library and checks the bundle with the real OPA

@@ -90,3 +90,12 @@ def test_image_user_version_and_command_fit_the_chart() -> None:
     assert 'ENTRYPOINT ["talon-opa"]' in DOCKERFILE
     assert 'CMD ["server", "-c", "/etc/talon-opa/config/config.yaml"]' in DOCKERFILE
     assert "TALON_OPA_OPA_BIN=/usr/local/bin/opa" in DOCKERFILE  # core/binaries.py finds OPA by it
+
+
+def test_the_build_keeps_what_a_server_start_compiles_after_the_install() -> None:
+    """The compile table is written where the installed package's bytecode is, by the Python that runs it
+    (tests/e2e/test_engine_startup.py checks that a start then compiles nothing new)."""
+    install = DOCKERFILE.index("/opt/talon-opa/bin/pip install -c constraints.txt .")
+    table = DOCKERFILE.index("RUN /opt/talon-opa/bin/python -m talon_opa.cli.compile_table")
+    assert install < table < DOCKERFILE.index("\nFROM ", install)  # in the build stage, which the image copies
+    assert "COPY --from=build /opt/talon-opa /opt/talon-opa" in DOCKERFILE

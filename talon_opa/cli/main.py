@@ -15,8 +15,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from talon_opa.cli import approve, completion, operator_api
+
+if TYPE_CHECKING:  # `server` imports them inside compile_cache.cached()
+    from talon_opa.core import config
+    from talon_opa.engine import prestart
 
 PROG = "talon-opa"
 DEFAULT_CONFIG = "/etc/falco-talon/config.yaml"  # Talon's default for `server`
@@ -289,10 +294,35 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _start_server(args: argparse.Namespace) -> int:
+    from talon_opa.core import compile_cache
+
+    with compile_cache.cached():  # dataclass methods and regular expressions, compiled at an earlier start
+        head_start = _prestart(args)
+        if head_start is None:
+            return 1
+        from talon_opa.engine import server  # the rest of the engine, imported while OPA starts
+
+    return server.main(*head_start)
+
+
+def _import_aiohttp() -> None:
     from talon_opa.core import deferred_certs
 
     with deferred_certs.deferred():  # its default TLS contexts read the CA certificates when first used
         import aiohttp  # noqa: F401
+
+
+def import_server() -> None:
+    """Import what `server` imports before it is ready (cli/compile_table.py)."""
+    _import_aiohttp()
+    from talon_opa.core import config, logs  # noqa: F401
+    from talon_opa.engine import prestart, server  # noqa: F401
+    from talon_opa.translator import rules  # noqa: F401 (when a bundle is built)
+
+
+def _prestart(args: argparse.Namespace) -> tuple[config.Config, prestart.Prestart] | None:
+    """The config read and the child OPA spawned on the first bundle; None once the reason is reported."""
+    _import_aiohttp()
     from talon_opa.core import config, logs
 
     looked_at = None
@@ -306,7 +336,7 @@ def _start_server(args: argparse.Namespace) -> int:
         cfg = config.load(args.config, rules=args.rules)
     except config.ConfigError as e:
         print(f"error: {_naming(args.config, e)}", file=sys.stderr)
-        return 1
+        return None
     logs.setup(cfg.log_format, cfg.log_level)
     if looked_at is not None:
         logs.get("cli").info(
@@ -316,11 +346,7 @@ def _start_server(args: argparse.Namespace) -> int:
     from talon_opa.engine import prestart
 
     head_start = prestart.prestart_or_log(cfg)
-    if head_start is None:
-        return 1
-    from talon_opa.engine import server  # the rest of the engine, imported while OPA starts
-
-    return server.main(cfg, head_start)
+    return None if head_start is None else (cfg, head_start)
 
 
 def _naming(path: str | None, e: Exception) -> str:

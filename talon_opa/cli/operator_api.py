@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import ssl
-import urllib.error
-import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from talon_opa.cli import completion
-from talon_opa.core import config
+
+if TYPE_CHECKING:  # imported when used: every command line builds the parser that imports this module
+    from talon_opa.core import config
 
 TOKEN_ENV = "AUTH_OPERATOR_TOKEN"  # the env var of `auth.operator_token`
 
@@ -33,6 +32,8 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
 
 def engine_url(cfg: config.Config) -> str:
     """The engine's base URL from its config (its listen address, loopback for an any-address)."""
+    from talon_opa.core import config
+
     host = cfg.address if cfg.address not in (config.ANY_ADDRESS, "::", "") else config.LOOPBACK
     host = f"[{host}]" if ":" in host else host
     return f"{'https' if cfg.tls.cert_file else 'http'}://{host}:{cfg.listen_port}"
@@ -41,6 +42,8 @@ def engine_url(cfg: config.Config) -> str:
 def target(args: argparse.Namespace) -> tuple[str, str]:
     """The engine's base URL and the operator token from the command line, the env and the -c config;
     `config.ConfigError` when the config is invalid or no token is given."""
+    from talon_opa.core import config
+
     cfg = config.load(args.config, env=os.environ)
     token = args.token or cfg.auth.operator_token
     if not token:
@@ -60,6 +63,10 @@ def call(
     timeout: float = 10.0,
 ) -> tuple[int, dict[str, Any]]:
     """The API's status and JSON answer (a non-JSON answer becomes {"error": its text}); `Unreachable`."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Bearer {token}"})
     if data is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,9 +23,10 @@ import yaml
 from aiohttp import web
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from talon_opa.core import compile_cache
 from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import DRY_RUN_RULES, shell_alert
-from tests.e2e.server_process import log_lines, spawn_server, stop_server, wait_ready
+from tests.e2e.server_process import REPO, log_lines, server_env, spawn_server, stop_server, wait_ready
 from tests.e2e.test_engine_opa import _key_pair
 from tests.e2e.test_engine_tls import _cert, _key, _write
 
@@ -138,19 +140,23 @@ async def test_https_notifications_trust_the_system_cas_loaded_after_start_up(tm
     assert unseen == []
 
 
-async def _server(tmp_path: Path, opa: Mapping[str, object], log: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def _server(
+    tmp_path: Path, opa: Mapping[str, object], log: Path, env: dict[str, str] | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
     """The server on the dry-run rules with these `opa:` settings (not waited for), and its URL."""
     port = free_port()
     rules = tmp_path / "rules.yaml"
     rules.write_text(DRY_RUN_RULES)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({"listen_port": port, "log_format": "json", "opa": dict(opa)}))
-    return await spawn_server(cfg, rules, log), f"http://127.0.0.1:{port}"
+    return await spawn_server(cfg, rules, log, env), f"http://127.0.0.1:{port}"
 
 
-async def _serve_one_alert(tmp_path: Path, opa: Mapping[str, object], log: Path) -> None:
+async def _serve_one_alert(
+    tmp_path: Path, opa: Mapping[str, object], log: Path, env: dict[str, str] | None = None
+) -> None:
     """Start the server; once ready, one alert, acted on (in dry run); then stop it."""
-    proc, url = await _server(tmp_path, opa, log)
+    proc, url = await _server(tmp_path, opa, log, env)
     try:
         await _post_until_logged(url, proc, log, "action")
     finally:
@@ -180,3 +186,54 @@ async def test_the_early_child_opa_verifies_signed_bundles_built_or_cached(tmp_p
         failed = [line for line in log_lines(log) if line.get("message") == "engine did not start"]
         assert failed, log_lines(log)[-3:]
         assert "verification" in str(failed[0]["error"])
+
+
+async def test_a_start_on_what_the_one_before_compiled_acts_the_same(tmp_path: Path) -> None:
+    """The first start compiles the methods dataclasses generate and the regular expressions, and keeps them
+    beside the bytecode (talon_opa/core/compile_cache.py); the next runs them: it starts, decides and acts
+    as the first; a damaged table is compiled anew."""
+    pycache = tmp_path / "pycache"
+    env = {"PYTHONPYCACHEPREFIX": str(pycache), "PYTHONDONTWRITEBYTECODE": ""}  # empty: bytecode is written
+    tables = []
+    for n in range(3):
+        if n == 2:
+            _damage(pycache)
+        log = tmp_path / f"server-{n}.log"
+        await _serve_one_alert(tmp_path, {}, log, env)
+        assert [line for line in log_lines(log) if line.get("message") == "engine started"]
+        tables.append(_kept_table(pycache))
+        assert len(tables[-1][1]) > 100, n
+    assert tables[1][0] == tables[0][0], "the second start found every method: it compiled and wrote nothing"
+    assert tables[2][1] == tables[0][1], "the damaged table is written anew (its methods)"
+
+
+async def test_an_image_build_compiles_what_the_server_start_compiles(tmp_path: Path) -> None:
+    """`python -m talon_opa.cli.compile_table` (the Dockerfile's build step) keeps everything a start of
+    `talon-opa server` compiles: that start finds it all, and writes nothing."""
+    pycache = tmp_path / "pycache"
+    env = {"PYTHONPYCACHEPREFIX": str(pycache), "PYTHONDONTWRITEBYTECODE": ""}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "talon_opa.cli.compile_table", env=server_env(env), cwd=REPO
+    )
+    assert await asyncio.wait_for(proc.wait(), 120) == 0
+    built, methods = _kept_table(pycache)
+    await _serve_one_alert(tmp_path, {}, tmp_path / "server.log", env)
+    assert _kept_table(pycache) == (built, methods), "the start compiled something the build did not keep"
+
+
+def _kept_path(pycache: Path) -> Path:
+    (kept,) = pycache.rglob("compile_cache.*.compiled")
+    return kept
+
+
+def _kept_table(pycache: Path) -> tuple[bytes, set[bytes]]:
+    """The table the server kept under PYTHONPYCACHEPREFIX: its bytes and the keys of its methods (those of
+    its expressions vary a little from start to start: `compile_cache._NEW_EACH_TIME`)."""
+    kept = _kept_path(pycache)
+    table = compile_cache.read(kept)
+    assert len(table.programs) > 100
+    return kept.read_bytes(), set(table.methods)
+
+
+def _damage(pycache: Path) -> None:
+    _kept_path(pycache).write_bytes(b"damaged")
