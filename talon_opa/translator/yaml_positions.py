@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from talon_opa.core.errors import RuleProblem, RulesError, Where
+from talon_opa.core.slots import slot_init
 
 Kind = Literal["null", "bool", "int", "float", "str", "seq", "map"]
 
@@ -65,6 +66,7 @@ _NAN = {".nan", ".NaN", ".NAN"}
 _NUMERIC_START = frozenset("+-.0123456789")
 
 
+@slot_init  # one per YAML value of a rules file
 @dataclass(frozen=True, slots=True, eq=False)
 class Value:
     """A YAML value and its place. `data`: a JSON scalar, a tuple of Values (seq) or a dict of Values (map)."""
