@@ -29,6 +29,15 @@ _SHAPES = (
     "rule: a\n",
     "just text\n",
     "- rule: a\n  notifiers: [slack, slack]\n- rule: a\n- \n- 3\n- [x]\n",
+    # merge keys without anchors, keys that are not strings, explicit tags, nesting past the limit
+    "- rule: a\n  <<: {match: {rules: [x]}, rule: b}\n  actions: [{action: b}]\n"
+    "- <<: [{rule: c}, 3]\n  description: d\n",
+    "- {[a]: b, rule: c}\n- rule: d\n  ? {x: 1}\n  : y\n- rule: e\n  !!merge x: {description: y}\n",
+    "- rule: !!int 3\n  description: !!float x\n  dry_run: !!bool true\n  continue: !!null ~\n  notifiers: !!str [a]\n",
+    "- rule: a\n  description: " + "[" * 102 + "]" * 102 + "\n"
+    "- rule: b\n  match: " + "{a: " * 101 + "1" + "}" * 101 + "\n",
+    "- rule: 'a'\n  description: \"b\"\n  notifiers: |\n    x\n  continue: >\n    false\n"
+    "- rule: a\n  rule: b\n  x: [[\n",
 )
 
 

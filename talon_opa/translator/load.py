@@ -187,9 +187,7 @@ def _load_items(items: yaml_positions.Items, file: str, out: Loaded) -> None:
     values = yaml_positions.Decoder(file, _Decoder(out).report)
     failed = False
     try:
-        for node in items:
-            v = values.value(node, 1)
-            del node
+        for v in items.values(values):
             if v is None:
                 failed = True
             elif not failed:

@@ -190,11 +190,13 @@ class Items:
             loader.get_event()
         return cls(loader, file)
 
-    def __iter__(self) -> Iterator[yaml.Node]:
+    def values(self, decoder: Decoder) -> Iterator[Value | None]:
+        """Each item's Value (None when it could not be decoded), composed and decoded from the parser's events
+        at once (`Decoder.streamed`)."""
         loader = self._loader
         with _syntax_errors(self._file):
             while not loader.check_event(yaml.SequenceEndEvent):
-                yield loader.compose_node()
+                yield decoder.streamed(loader, 1)
             loader.get_event()  # the sequence's end
             loader.get_event()  # the document's end
 
@@ -268,7 +270,7 @@ class Decoder:
             if node.tag is _PLAIN and not node.style:  # the common case, inline: untagged and unquoted
                 kind, data = _resolve_plain(node.value)
                 return Value(kind, data, where, node.value, False, key_where)
-            return self._scalar(node, where, key_where)
+            return self._scalar(node.tag, node.value, node.style, where, key_where)
         if isinstance(node, yaml.SequenceNode):
             items = [self.value(n, depth + 1) for n in node.value]  # all of them: each reports its problems
             if None in items:
@@ -277,6 +279,89 @@ class Decoder:
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, where, depth, key_where)
         return None
+
+    def streamed(self, loader: Any, depth: int, key_where: Where | None = None) -> Value | None:
+        """`value` of the node whose events `loader` (an `_ItemComposer`) gives next, without building the node:
+        the same Value and problems as composing it and then `value`, events left unread once the outcome is
+        known are skipped. Only for text without aliases (`Items.streamable`)."""
+        event = loader.get_event()
+        cls = type(event)
+        mark = event.start_mark
+        where = Where(self.file, mark.line + 1, mark.column + 1)
+        if depth > 100:
+            if cls is not yaml.ScalarEvent:
+                _finish(loader)
+            self._report(where, "the YAML nesting is too deep (a recursive alias?)", "remove the recursive alias")
+            return None
+        if cls is yaml.ScalarEvent:
+            text = event.value
+            tag = event.tag
+            if tag is None or tag == "!":  # as _Composer.resolve
+                if not event.implicit[0]:
+                    tag = _STR
+                elif text == "<<":
+                    tag = _MERGE
+                else:
+                    if not event.style:  # the common case, inline: untagged and unquoted
+                        kind, data = _resolve_plain(text)
+                        return Value(kind, data, where, text, False, key_where)
+                    tag = _PLAIN
+            return self._scalar(tag, text, event.style, where, key_where)
+        if cls is yaml.SequenceStartEvent:
+            items = []
+            while not loader.check_event(yaml.SequenceEndEvent):
+                items.append(self.streamed(loader, depth + 1))  # all of them: each reports its problems
+            loader.get_event()
+            if None in items:
+                return None
+            return Value("seq", tuple(items), where, key_where=key_where)
+        return self._streamed_mapping(loader, where, depth, key_where)
+
+    def _streamed_mapping(self, loader: Any, where: Where, depth: int, key_where: Where | None) -> Value | None:
+        """`_mapping` over events (see `streamed`)."""
+        data: dict[str, Value] = {}
+        seen: dict[str, Where] = {}
+        merged: dict[str, Value] = {}
+        file = self.file
+        while not loader.check_event(yaml.MappingEndEvent):
+            kevent = loader.peek_event()
+            kmark = kevent.start_mark
+            kwhere = Where(file, kmark.line + 1, kmark.column + 1)
+            scalar = type(kevent) is yaml.ScalarEvent
+            if _event_tag(kevent) == _MERGE:
+                _skip(loader)  # the key
+                src = self.streamed(loader, depth + 1)
+                sources = [] if src is None else (list(src.data) if src.kind == "seq" else [src])
+                for s in sources:
+                    if s.kind != "map":
+                        self._report(s.where, "a merge key '<<' must refer to a mapping", "use '<<: *anchor'")
+                        continue
+                    for k, v in s.data.items():
+                        merged.setdefault(k, v)
+                continue
+            if not scalar:
+                _finish(loader)
+                self._report(kwhere, "a mapping key must be a plain string", "write the key as a string")
+                return None
+            key = loader.get_event().value
+            if key in seen:
+                _finish(loader)
+                self._report(
+                    kwhere,
+                    f"mapping key {key!r} already defined at line {seen[key].line}",
+                    f"write {key!r} only once",
+                )
+                return None
+            seen[key] = kwhere
+            v = self.streamed(loader, depth + 1, kwhere)
+            if v is None:
+                _finish(loader)
+                return None
+            data[key] = v
+        loader.get_event()
+        for k, v in merged.items():
+            data.setdefault(k, v)
+        return Value("map", data, where, key_where=key_where)
 
     def consume(self, node: yaml.Node, text: str) -> Value | None:
         """`value(node)` for a document's root, which releases each item's nodes once it is decoded.
@@ -297,32 +382,31 @@ class Decoder:
         mark = node.start_mark
         return Value("seq", tuple(items), Where(self.file, mark.line + 1, mark.column + 1))
 
-    def _scalar(self, node: yaml.ScalarNode, where: Where, key_where: Where | None) -> Value:
-        text: str = node.value
-        if node.style not in (None, ""):
+    def _scalar(self, tag: str, text: str, style: str | None, where: Where, key_where: Where | None) -> Value:
+        if style not in (None, ""):
             return Value("str", text, where, text, True, key_where)
-        if node.tag is _PLAIN:  # untagged: yaml.v3's implicit resolution
+        if tag is _PLAIN:  # untagged: yaml.v3's implicit resolution
             kind, data = _resolve_plain(text)
             return Value(kind, data, where, text, False, key_where)
         implicit = self._implicit.get(text)  # what PyYAML would have guessed for it untagged
         if implicit is None:
             implicit = self._resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
             self._implicit[text] = implicit
-        if node.tag == _STR and implicit != _STR:  # an explicit !!str
+        if tag == _STR and implicit != _STR:  # an explicit !!str
             return Value("str", text, where, text, True, key_where)
-        if node.tag == implicit:
+        if tag == implicit:
             kind, data = _resolve_plain(text)
             return Value(kind, data, where, text, False, key_where)
         # an explicit tag such as !!int or !!float
-        tag = node.tag.rsplit(":", 1)[-1]
+        short = tag.rsplit(":", 1)[-1]
         try:
-            if tag == "int":
+            if short == "int":
                 return Value("int", int(text.replace("_", ""), 0), where, text, False, key_where)
-            if tag == "float":
+            if short == "float":
                 return Value("float", float(text), where, text, False, key_where)
-            if tag == "bool" and text.lower() in ("true", "false"):
+            if short == "bool" and text.lower() in ("true", "false"):
                 return Value("bool", text.lower() == "true", where, text, False, key_where)
-            if tag == "null":
+            if short == "null":
                 return Value("null", None, where, text, False, key_where)
         except ValueError:
             pass
@@ -365,3 +449,38 @@ class Decoder:
         for k, v in merged.items():
             data.setdefault(k, v)
         return Value("map", data, where, key_where=key_where)
+
+
+def _event_tag(event: Any) -> str:
+    """The tag `_ItemComposer.compose_node` gives the node that starts with `event`."""
+    tag: str | None = event.tag
+    if tag is not None and tag != "!":
+        return tag
+    if type(event) is yaml.ScalarEvent:
+        if not event.implicit[0]:
+            return _STR
+        return _MERGE if event.value == "<<" else _PLAIN
+    return _SEQ if type(event) is yaml.SequenceStartEvent else _MAP
+
+
+_STARTS = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_ENDS = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+
+
+def _skip(loader: Any) -> None:
+    """Read the events of the next node and drop them."""
+    if isinstance(loader.get_event(), _STARTS):
+        _finish(loader)
+
+
+def _finish(loader: Any) -> None:
+    """Read the events up to the end of the collection being read, its end included, and drop them."""
+    depth = 0
+    while True:
+        event = loader.get_event()
+        if isinstance(event, _STARTS):
+            depth += 1
+        elif isinstance(event, _ENDS):
+            if depth == 0:
+                return
+            depth -= 1
