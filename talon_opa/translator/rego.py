@@ -138,11 +138,12 @@ def index_json(index: Mapping[str, Any]) -> str:
     parts = []
     for key in sorted(index):
         table = index[key]
-        body = _json(table)
         if isinstance(table, dict) and table:
             body = "{\n" + ",\n".join(f"    {_json(k)}: {_json(table[k])}" for k in sorted(table)) + "\n  }"
         elif isinstance(table, list) and table and isinstance(table[0], dict):
             body = "[\n" + ",\n".join(f"    {_json(item)}" for item in table) + "\n  ]"
+        else:
+            body = _json(table)
         parts.append(f"  {_json(key)}: {body}")
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
