@@ -18,8 +18,10 @@ steps run in dry-run: the engine has no kubeconfig). Figures, per run:
 * p50/p99: wrk's latency distribution of the answers; RSS: peak resident memory (VmHWM) of engine and OPA.
 
 Talon's figures are not measured here (its Go module cannot be fetched on this machine): they are the ones
-issue 15 recorded, measured earlier on this machine with the same wrk load (32 connections, 10 s, unique
-non-matching bodies), and are printed beside ours. Prints one `rules=... key=value` line per run, then the table.
+issue 15 recorded, measured on the machine the issue was written on with the same wrk load (32 connections,
+10 s, unique non-matching bodies), and are printed beside ours: compare them only with figures from a machine
+as fast (docs/performance.md ties machines together through the engine of that time, `--engine-src`).
+Prints one `rules=... key=value` line per run, then the table.
 
     make bench-tools && .venv/bin/python benchmarks/side_by_side.py --rules 1,1000
     .venv/bin/python benchmarks/side_by_side.py --url http://127.0.0.1:2803/ --pid 12345 --token s3cret
@@ -47,7 +49,7 @@ from benchmarks._proc import children, cpu_s, status_mb
 from benchmarks._wrk import LUA, body_halves, wrk_binary
 from benchmarks.decision_latency import rules_file
 
-TALON_LABEL = "Talon (issue 15, measured earlier on this machine)"
+TALON_LABEL = "Talon (issue 15, measured on that issue's machine)"
 BEFORE_LABEL = "talon-opa (issue 15, before)"
 # issue 15's figures (wrk, 32 connections, 10 s, unique non-matching bodies); processed/s of Talon with 1,000 rules
 TALON = {"accepted": 8192.0, "processed": 8178.0, "drain": 0.02, "cpu": 0.20, "p50": 3.5, "p99": 12.0}
