@@ -330,14 +330,7 @@ class Decoder:
             scalar = type(kevent) is yaml.ScalarEvent
             if _event_tag(kevent) == _MERGE:
                 _skip(loader)  # the key
-                src = self.streamed(loader, depth + 1)
-                sources = [] if src is None else (list(src.data) if src.kind == "seq" else [src])
-                for s in sources:
-                    if s.kind != "map":
-                        self._report(s.where, "a merge key '<<' must refer to a mapping", "use '<<: *anchor'")
-                        continue
-                    for k, v in s.data.items():
-                        merged.setdefault(k, v)
+                self._merge(self.streamed(loader, depth + 1), merged)
                 continue
             if not scalar:
                 _finish(loader)
@@ -346,11 +339,7 @@ class Decoder:
             key = loader.get_event().value
             if key in seen:
                 _finish(loader)
-                self._report(
-                    kwhere,
-                    f"mapping key {key!r} already defined at line {seen[key].line}",
-                    f"write {key!r} only once",
-                )
+                self._twice(key, kwhere, seen[key])
                 return None
             seen[key] = kwhere
             v = self.streamed(loader, depth + 1, kwhere)
@@ -359,9 +348,7 @@ class Decoder:
                 return None
             data[key] = v
         loader.get_event()
-        for k, v in merged.items():
-            data.setdefault(k, v)
-        return Value("map", data, where, key_where=key_where)
+        return _map(data, merged, where, key_where)
 
     def consume(self, node: yaml.Node, text: str) -> Value | None:
         """`value(node)` for a document's root, which releases each item's nodes once it is decoded.
@@ -421,34 +408,41 @@ class Decoder:
             kmark = knode.start_mark
             kwhere = Where(file, kmark.line + 1, kmark.column + 1)
             if knode.tag == _MERGE:
-                src = self.value(vnode, depth + 1)
-                sources = [] if src is None else (list(src.data) if src.kind == "seq" else [src])
-                for s in sources:
-                    if s.kind != "map":
-                        self._report(s.where, "a merge key '<<' must refer to a mapping", "use '<<: *anchor'")
-                        continue
-                    for k, v in s.data.items():
-                        merged.setdefault(k, v)
+                self._merge(self.value(vnode, depth + 1), merged)
                 continue
             if not isinstance(knode, yaml.ScalarNode):
                 self._report(kwhere, "a mapping key must be a plain string", "write the key as a string")
                 return None
             key = knode.value
             if key in seen:
-                self._report(
-                    kwhere,
-                    f"mapping key {key!r} already defined at line {seen[key].line}",
-                    f"write {key!r} only once",
-                )
+                self._twice(key, kwhere, seen[key])
                 return None
             seen[key] = kwhere
             v = self.value(vnode, depth + 1, kwhere)
             if v is None:
                 return None
             data[key] = v
-        for k, v in merged.items():
-            data.setdefault(k, v)
-        return Value("map", data, where, key_where=key_where)
+        return _map(data, merged, where, key_where)
+
+    def _merge(self, src: Value | None, merged: dict[str, Value]) -> None:
+        """A merge key's value (a mapping, or a list of them) into `merged`; a key already there stays."""
+        sources = [] if src is None else (list(src.data) if src.kind == "seq" else [src])
+        for s in sources:
+            if s.kind != "map":
+                self._report(s.where, "a merge key '<<' must refer to a mapping", "use '<<: *anchor'")
+                continue
+            for k, v in s.data.items():
+                merged.setdefault(k, v)
+
+    def _twice(self, key: str, where: Where, first: Where) -> None:
+        self._report(where, f"mapping key {key!r} already defined at line {first.line}", f"write {key!r} only once")
+
+
+def _map(data: dict[str, Value], merged: dict[str, Value], where: Where, key_where: Where | None) -> Value:
+    """A mapping's Value: its own keys, then those merged in (`<<`) that it does not have."""
+    for k, v in merged.items():
+        data.setdefault(k, v)
+    return Value("map", data, where, key_where=key_where)
 
 
 def _event_tag(event: Any) -> str:
