@@ -58,7 +58,7 @@ class Processor:
         self._lean_input = lean_input  # only the input fields talon-opa's Rego reads (no user Rego in the bundle)
         # how many plans run at once when more alerts than that are decided at once (None: no limit here)
         self._execute_slots = asyncio.Semaphore(execute_slots) if execute_slots else None
-        self.decide_waiting = decide_waiting
+        self._decide_waiting = decide_waiting
         self._decided_by_index = metrics.decision_seconds.labels(by="index")
         self._decided_by_opa = metrics.decision_seconds.labels(by="opa")
 
@@ -126,7 +126,7 @@ class Processor:
         alert's turn comes. Only where the plan cannot depend on what the alerts before it do: not with caps
         limits (counters) nor with caps reading the pod (engine/lifecycle.py `decide_waiting`).
         """
-        if not self.decide_waiting or job.early is not None:
+        if not self._decide_waiting or job.early is not None:
             return
         with trace.use_span(job.span, end_on_exit=False):  # the task copies this context: the span's parent
             job.early = task = asyncio.get_running_loop().create_task(self.decide(job))

@@ -15,14 +15,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from talon_opa.core.errors import RuleProblem, RulesError, Where
 from talon_opa.translator import yaml_positions
 from talon_opa.translator.yaml_positions import Text, Value, kind_name
-
-if TYPE_CHECKING:
-    import yaml
 
 
 @dataclass(slots=True)
@@ -151,7 +147,7 @@ def load_text(text: str, file: str, out: Loaded | None = None) -> Loaded:
         return out
     dec = _Decoder(out)
     if len(docs) > 1:
-        out.warnings.append(_other_documents(file, docs[1]))
+        out.warnings.append(_other_documents(yaml_positions.node_where(file, docs[1])))
     first = docs[0]
     del docs  # the nodes (most of the loader's memory at 10,000 rules) go as soon as they are decoded
     root = yaml_positions.Decoder(file, dec.report).consume(first, text)
@@ -177,7 +173,7 @@ def load_text(text: str, file: str, out: Loaded | None = None) -> Loaded:
 
 
 def _load_items(items: yaml_positions.Items, file: str, out: Loaded) -> None:
-    """`load_text` for a file whose first document is a list, decoding each item as soon as it is composed:
+    """`load_text` for a file whose first document is a list, decoding each item as its events are read:
     at 10,000 rules the engine's peak was the whole file's nodes (263 MB). The outcome is the one of decoding
     the file at once: the problems of decoding every item first, then those of the items (none when an item
     could not be decoded), and a file that is not YAML is its syntax error alone."""
@@ -199,7 +195,7 @@ def _load_items(items: yaml_positions.Items, file: str, out: Loaded) -> None:
         out.fatal = True
         return
     if second is not None:
-        out.warnings.append(_other_documents(file, second))
+        out.warnings.append(_other_documents(second))
     if failed:
         out.fatal = True
         return
@@ -208,9 +204,9 @@ def _load_items(items: yaml_positions.Items, file: str, out: Loaded) -> None:
     out.items += decoded.items
 
 
-def _other_documents(file: str, second: yaml.Node) -> RuleProblem:
+def _other_documents(second: Where) -> RuleProblem:
     return RuleProblem(
-        yaml_positions.node_where(file, second),
+        second,
         "only the first YAML document of a rules file is read (as Talon does)",
         hint="put every rule and action in one list, or split them into several -r files",
     )

@@ -41,9 +41,7 @@ class _Composer(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[
 
     def resolve(self, kind: type[yaml.Node], value: str | None, implicit: Any) -> str:
         if kind is yaml.ScalarNode:
-            if not implicit[0]:
-                return _STR  # quoted: PyYAML's answer too
-            return _MERGE if value == "<<" else _PLAIN
+            return _scalar_tag(value, implicit)
         return _SEQ if kind is yaml.SequenceNode else _MAP
 
     def descend_resolver(self, current_node: Any, current_index: Any) -> None:
@@ -54,6 +52,14 @@ class _Composer(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[
 
 
 _LOADER: Any = _Composer
+
+
+def _scalar_tag(value: str | None, implicit: Any) -> str:
+    """The tag of an untagged scalar: `_STR` when quoted (PyYAML's answer too), else `_PLAIN` (or `_MERGE`)."""
+    if not implicit[0]:
+        return _STR
+    return _MERGE if value == "<<" else _PLAIN
+
 
 # yaml.v3's implicit resolution (YAML 1.2 core schema), which is what Talon sees: `yes`/`on` are strings.
 _NULLS = {"", "~", "null", "Null", "NULL"}
@@ -118,58 +124,17 @@ def _syntax_errors(file: str) -> Iterator[None]:
         raise RulesError([RuleProblem(Where(file, 1, 1), f"wrong YAML syntax: {e}", hint="fix the YAML syntax")]) from e
 
 
-class _ItemComposer(_Composer):
-    """Our composer, composing nodes in Python from the same parser's events (libyaml's composer only composes
-    whole documents), for text without aliases and anchors: `Items` composes a top-level sequence one item at
-    a time. The nodes are PyYAML's composer's (same tags, values, marks and styles), without its checks for
-    aliases and anchors: half of the time it added to a 10,000-rule file."""
-
-    def compose_document(self) -> yaml.Node:
-        self.get_event()  # the document's start
-        node = self.compose_node()
-        self.get_event()  # the document's end
-        return node
-
-    def compose_node(self) -> yaml.Node:
-        event = self.get_event()
-        cls = type(event)
-        if cls is yaml.ScalarEvent:
-            tag = event.tag
-            if tag is None or tag == "!":
-                tag = self.resolve(yaml.ScalarNode, event.value, event.implicit)
-            return yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
-        tag = event.tag
-        if cls is yaml.SequenceStartEvent:
-            if tag is None or tag == "!":
-                tag = _SEQ
-            seq = yaml.SequenceNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
-            items = seq.value
-            while not self.check_event(yaml.SequenceEndEvent):
-                items.append(self.compose_node())
-            seq.end_mark = self.get_event().end_mark
-            return seq
-        if tag is None or tag == "!":
-            tag = _MAP
-        mapping = yaml.MappingNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
-        pairs = mapping.value
-        while not self.check_event(yaml.MappingEndEvent):
-            key = self.compose_node()
-            pairs.append((key, self.compose_node()))
-        mapping.end_mark = self.get_event().end_mark
-        return mapping
-
-
 class Items:
-    """The items of a file whose first YAML document is a sequence, composed one at a time, so that each item's
-    nodes can go once it is decoded: at 10,000 rules the whole file's nodes were most of the loader's memory.
+    """The items of a file whose first YAML document is a sequence, decoded one at a time from the parser's
+    events, without YAML nodes: at 10,000 rules the whole file's nodes were most of the loader's memory.
 
-    `Items.open` is None when the first document is not a sequence (compose the file whole). Iterating composes
-    the items; `next_document()` then composes the other documents (syntax errors in them are errors, as for
-    `compose`) and gives the first one's root. Syntax errors raise RulesError, like `compose`'s. Only for text
-    without aliases and anchors (`streamable`): an alias refers to nodes of other items, maybe released.
+    `Items.open` is None when the first document is not a sequence (compose the file whole). `values` decodes
+    the items; `next_document()` then reads the other documents (syntax errors in them are errors, as for
+    `compose`) and tells where the first of them starts. Syntax errors raise RulesError, like `compose`'s. Only
+    for text without aliases and anchors (`streamable`): an alias refers to an earlier item, not kept.
     """
 
-    def __init__(self, loader: _ItemComposer, file: str) -> None:
+    def __init__(self, loader: _Composer, file: str) -> None:
         self._loader = loader
         self._file = file
 
@@ -179,7 +144,7 @@ class Items:
 
     @classmethod
     def open(cls, text: str, file: str) -> Items | None:
-        loader = _ItemComposer(text)
+        loader = _Composer(text)
         with _syntax_errors(file):
             loader.get_event()  # the stream's start
             if loader.check_event(yaml.StreamEndEvent):
@@ -200,13 +165,17 @@ class Items:
             loader.get_event()  # the sequence's end
             loader.get_event()  # the document's end
 
-    def next_document(self) -> yaml.Node | None:
+    def next_document(self) -> Where | None:
         loader = self._loader
         first = None
         with _syntax_errors(self._file):
             while not loader.check_event(yaml.StreamEndEvent):
-                node = loader.compose_document()
-                first = node if first is None else first
+                loader.get_event()  # the document's start
+                if first is None:
+                    mark = loader.peek_event().start_mark
+                    first = Where(self._file, mark.line + 1, mark.column + 1)
+                _skip(loader)
+                loader.get_event()  # the document's end
         return first
 
 
@@ -281,7 +250,7 @@ class Decoder:
         return None
 
     def streamed(self, loader: Any, depth: int, key_where: Where | None = None) -> Value | None:
-        """`value` of the node whose events `loader` (an `_ItemComposer`) gives next, without building the node:
+        """`value` of the node whose events `loader` (a `_Composer`) gives next, without building the node:
         the same Value and problems as composing it and then `value`, events left unread once the outcome is
         known are skipped. Only for text without aliases (`Items.streamable`)."""
         event = loader.get_event()
@@ -295,17 +264,10 @@ class Decoder:
             return None
         if cls is yaml.ScalarEvent:
             text = event.value
-            tag = event.tag
-            if tag is None or tag == "!":  # as _Composer.resolve
-                if not event.implicit[0]:
-                    tag = _STR
-                elif text == "<<":
-                    tag = _MERGE
-                else:
-                    if not event.style:  # the common case, inline: untagged and unquoted
-                        kind, data = _resolve_plain(text)
-                        return Value(kind, data, where, text, False, key_where)
-                    tag = _PLAIN
+            tag = _event_tag(event)
+            if tag is _PLAIN:  # the common case, inline: untagged and unquoted
+                kind, data = _resolve_plain(text)
+                return Value(kind, data, where, text, False, key_where)
             return self._scalar(tag, text, event.style, where, key_where)
         if cls is yaml.SequenceStartEvent:
             items = []
@@ -446,14 +408,12 @@ def _map(data: dict[str, Value], merged: dict[str, Value], where: Where, key_whe
 
 
 def _event_tag(event: Any) -> str:
-    """The tag `_ItemComposer.compose_node` gives the node that starts with `event`."""
+    """The tag `_Composer` gives the node that starts with `event`."""
     tag: str | None = event.tag
     if tag is not None and tag != "!":
         return tag
     if type(event) is yaml.ScalarEvent:
-        if not event.implicit[0]:
-            return _STR
-        return _MERGE if event.value == "<<" else _PLAIN
+        return _scalar_tag(event.value, event.implicit)
     return _SEQ if type(event) is yaml.SequenceStartEvent else _MAP
 
 
