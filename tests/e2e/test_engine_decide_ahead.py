@@ -2,16 +2,19 @@
 alerts are decided (their decisions share OPA batches) and wait for a worker's slot, still counted in the
 queue's depth and capacity; an alert waiting behind another about the same pod is decided meanwhile (in
 its own trace) and still runs after it; with caps limits nothing is decided ahead, and with caps that read
-the pod an alert waiting behind its pod's is not decided before its turn."""
+the pod an alert waiting behind its pod's is not decided before its turn; a decision that failed while its
+alert waited is reported, counted and traced when the alert's turn comes."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from talon_opa.core import config
 from talon_opa.core.kube import KubeConfig
@@ -30,6 +33,24 @@ WAITING_RULES = """\
       actionner: kubernetes:label
       parameters: {labels: {behaviour: wait}}
 """
+
+# a native rule whose step OPA gives ill-shaped (an actionner that is not a string) for the alerts it matches
+BROKEN_WHEN_MATCHED = """\
+package talon.rules.broken_when_matched
+
+name := "Broken when matched"
+
+match if contains(input.output, "broken")
+
+actions := [{"action": "Bad", "actionner": 5, "parameters": {}}]
+"""
+
+
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
+    for _ in range(250):  # bounded
+        if await check():
+            return
+        await asyncio.sleep(0.02)
 
 
 async def decided_ahead(tmp_path: Path, caps: dict[str, Any] | None = None) -> tuple[float, InMemorySpanExporter]:
@@ -114,3 +135,50 @@ def test_nothing_is_decided_ahead_with_caps_limits_jetstream_or_without_batches(
     assert decide_waiting(dataclasses.replace(base, caps={"protected_namespaces": ["kube-system"]}))
     assert not decide_waiting(dataclasses.replace(base, caps={"keep_last_replica": ["kubernetes:terminate"]}))
     assert not decide_waiting(dataclasses.replace(base, caps=caps))
+
+
+async def test_a_decision_that_failed_while_its_alert_waited_is_reported_in_its_turn(tmp_path: Path) -> None:
+    SCRIPT.reset()  # the gate is closed: the first alert's step holds pod "same"
+    native = tmp_path / "broken.rego"
+    native.write_text(BROKEN_WHEN_MATCHED)
+    opa = dataclasses.replace(config.Opa(), batch_size=8, rego=(str(native),))
+    exporter = InMemorySpanExporter()
+    async with running_engine(
+        tmp_path,
+        WAITING_RULES,
+        registry=scripted_registry(),
+        kube_config=UNUSED_KUBE,
+        queue=config.Queue(capacity=6, workers=2, drain_timeout_seconds=20),
+        opa=opa,
+        span_exporter=exporter,
+    ) as e:
+        assert (await e.post(json_body=shell_alert("same", output="shell 0 in same"))).status == 200
+
+        async def first_running() -> bool:
+            return len(SCRIPT.calls) == 1
+
+        await until(first_running)
+        broken = await e.post(json_body=shell_alert("same", output="broken shell 1 in same"))
+        assert broken.status == 200
+        assert (await e.post(json_body=shell_alert("same", output="shell 2 in same"))).status == 200
+
+        async def all_decided() -> bool:
+            return await e.metric("talon_opa_decision_duration_seconds_count") >= 2 and bool(
+                await e.metric("talon_opa_opa_errors_total")
+            )
+
+        await until(all_decided)
+        await asyncio.sleep(0.1)
+        # decided while the first plan holds the pod, the broken one failed; nothing is reported before its turn
+        assert await e.metric("talon_opa_opa_errors_total", kind="bad_answer") >= 1
+        assert await e.metric("talon_opa_alerts_failed_total", stage="decide") == 0
+        assert len(SCRIPT.calls) == 1
+        SCRIPT.gate.set()
+        await e.drained()
+        assert await e.metric("talon_opa_alerts_failed_total", stage="decide") == 1
+        assert [c[1] for c in SCRIPT.calls] == ["same", "same"]  # the first and the third, in order
+        assert await e.metric("falcosecurity_falco_talon_actions_total", status="success") == 2
+    roots = [s for s in exporter.get_finished_spans() if s.name == "receive alert"]
+    [failed] = [s for s in roots if s.status.status_code is StatusCode.ERROR]
+    assert failed.context.trace_id == int(broken.body["trace_id"], 16)
+    assert "actionner is not a string" in (failed.status.description or "")
