@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -380,3 +381,45 @@ def test_fish_completes_commands_flags_and_files(
     )
     assert done.returncode == 0, done.stderr
     assert sorted(c.split("\t", 1)[0] for c in done.stdout.splitlines()) == offered
+
+
+@pytest.mark.parametrize(
+    ("argv", "fast"),
+    [
+        (("server",), True),
+        (("server", "-c", "a.yaml", "-r", "x.yaml", "-r", "y.yaml"), True),
+        (("-c", "a.yaml", "-r", "x.yaml", "server", "--rules=y.yaml", "--config", "b.yaml"), True),
+        (("-ca.yaml", "--rules=x.yaml", "server", "-ry.yaml"), True),
+        (("server", "-h"), True),
+        (("server", "--bogus"), False),  # refused: the whole parser says why
+        (("server", "-c"), False),
+        (("server", "extra"), False),
+        (("--help", "server"), False),
+        (("--version", "server"), False),
+        (("--conf", "a.yaml", "server"), False),  # an abbreviation: the whole parser
+        (("rules", "check", "-r", "x.yaml"), False),
+        (("-r", "server", "check"), False),  # "server" is -r's value: the command is `check`
+    ],
+)
+def test_the_server_command_line_parses_as_the_whole_parser_parses_it(
+    argv: tuple[str, ...], fast: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`server` is parsed without the other commands' parsers (start-up): the same namespace, the same help
+    and the same errors as the whole command line gives; anything else is left to the whole parser."""
+
+    def outcome(parse: Callable[[], object]) -> tuple[object, str, str]:
+        try:
+            result = parse()
+        except SystemExit as e:
+            result = ("exit", e.code)
+        out = capsys.readouterr()
+        return result, out.out, out.err
+
+    whole = outcome(lambda: cli.build_parser().parse_args(argv))
+    server_only = outcome(lambda: cli._parse_server(argv) if cli._names_server(argv) else "not server")
+    if not fast:
+        assert server_only[0] in (None, "not server")
+        if isinstance(whole[0], tuple):  # an error, the help or the version: `parse` says the same
+            assert outcome(lambda: cli.parse(argv)) == whole
+        return
+    assert server_only == whole

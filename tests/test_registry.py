@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -393,6 +395,47 @@ def test_a_registry_is_a_value_tests_can_build() -> None:
     assert "--- kubernetes:label ---" in docs.render_list(small, "actionner")
     with pytest.raises(ValueError, match="two actionners"):
         Registry.of(Label, Label)
+
+
+def test_the_shipped_registry_imports_a_plugin_when_it_is_first_looked_up() -> None:
+    """In a fresh interpreter: listing names imports no plugin; a spec imports that plugin's module only."""
+    probe = """
+import sys
+from talon_opa.catalog import default_registry
+kinds = (["actionners"], ["outputs"], ["notifiers"])
+plugin_modules = lambda: sorted(m for m in sys.modules if m.split(".")[1:2] in kinds)
+r = default_registry()
+names = list(r.actionners) + list(r.outputs) + list(r.notifiers)
+print(len(names), plugin_modules())
+print(r.actionner("kubernetes:label").name, r.actionner("kubernetes:nope"), plugin_modules())
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    first, second = out.splitlines()
+    assert first == f"{len(_plugins(REGISTRY))} []"
+    assert second.startswith("kubernetes:label None [")
+    assert "'talon_opa.actionners.kubernetes.label'" in second
+    assert "terminate" not in second
+    assert "notifiers" not in second
+    assert "outputs" not in second
+
+
+def test_a_shipped_line_must_name_the_plugin_its_class_declares() -> None:
+    wrong = Registry.shipped(
+        ("actionner", "kubernetes:label", "talon_opa.actionners.kubernetes.label:Label"),
+        ("actionner", "kubernetes:tag", "talon_opa.actionners.kubernetes.label:Label"),
+        ("output", "kubernetes:label", "talon_opa.actionners.kubernetes.label:Label"),
+    )
+    assert wrong.actionner("kubernetes:label") is Label.spec
+    assert wrong.actionners.origin("kubernetes:tag") == "talon_opa.actionners.kubernetes.label:Label"
+    with pytest.raises(
+        PluginDeclarationError,
+        match="declares the actionner 'kubernetes:label': the registry files it as the actionner 'kubernetes:tag'",
+    ):
+        wrong.actionner("kubernetes:tag")
+    with pytest.raises(PluginDeclarationError, match="as the output 'kubernetes:label'"):
+        wrong.output("kubernetes:label")
+    with pytest.raises(ValueError, match="two notifiers"):
+        Registry.shipped(("notifier", "slack", "a:B"), ("notifier", "slack", "c:D"))
 
 
 def test_actionners_list_has_talons_shape() -> None:

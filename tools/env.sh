@@ -1,6 +1,7 @@
 # Sourced by tools/build and tools/path: the pins, the cache location and a Go environment that
 # never leaves the cache (module cache and build cache included) and never fetches a toolchain.
-_tools_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+case ${BASH_SOURCE[0]} in */*) _tools_dir=${BASH_SOURCE[0]%/*} ;; *) _tools_dir=. ;; esac
+_tools_dir=$(cd "$_tools_dir" && pwd)  # (no dirname: tools/path runs at each engine start)
 # shellcheck source=tools/versions.env
 . "$_tools_dir/versions.env"
 

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from talon_opa.cli import approve, completion, operator_api
 
@@ -89,9 +89,19 @@ def _rules_command_args(p: argparse.ArgumentParser, level: int) -> None:
     _config_option(p, level)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line (also walked by `completion`)."""
-    p = argparse.ArgumentParser(
+class _Refused(Exception):
+    """What a parser of `server` alone refuses: the whole command line then parses it again, and says why."""
+
+
+class _ServerOnlyParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _Refused(message)
+
+
+def build_parser(*, server_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command line (also walked by `completion`); with `server_only`, the root and `server` alone
+    (refusing rather than exiting: `parse`)."""
+    p = (_ServerOnlyParser if server_only else argparse.ArgumentParser)(
         prog=PROG,
         description=(__doc__ or "").splitlines()[0],
         epilog=_EPILOG,
@@ -113,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         server, 1, help=f"config file (YAML); default: ${DEFAULT_CONFIG_ENV} or {DEFAULT_CONFIG}, if it exists"
     )
     _rules_option(server, 1, required=False)
+    if server_only:
+        return p
 
     rules = sub.add_parser("rules", help="check, print, translate, plan or test rules")
     _config_option(rules, 1)
@@ -220,8 +232,9 @@ fish: {PROG} completion fish | source     (or save it in ~/.config/fish/completi
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line into one namespace: `rules` (every -r, in order), `config` (the last -c)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse_server(argv) if _names_server(sys.argv[1:] if argv is None else argv) else None
+    if args is None:
+        args = build_parser().parse_args(argv)
     args.rules = [f for level in range(_LEVELS) for f in vars(args).pop(f"rules_{level}", [])]
     configs = [vars(args).pop(f"config_{level}") for level in range(_LEVELS) if hasattr(args, f"config_{level}")]
     args.config = configs[-1] if configs else None
@@ -231,6 +244,31 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if required_by is not None and not args.rules:
         required_by.error("the following arguments are required: -r/--rules")
     return args
+
+
+def _names_server(argv: Sequence[str]) -> bool:
+    """Whether the command is `server` and no help or version is asked for before it."""
+    values = False  # the previous word was -c or -r: this one is its value
+    for word in argv:
+        if values:
+            values = False
+        elif word in ("-c", "--config", "-r", "--rules"):
+            values = True
+        elif not word.startswith("-"):
+            return word == "server"
+        elif not word.startswith(("-c", "--config=", "-r", "--rules=")):
+            return False  # -h, --version, an abbreviation...: the whole parser
+    return False
+
+
+def _parse_server(argv: Sequence[str] | None) -> argparse.Namespace | None:
+    """`server`'s command line, parsed without building every other command's parser (8 ms of start-up,
+    docs/performance.md); None when that parser refuses it (the whole one then reports why)."""
+    server_only = build_parser(server_only=True)
+    try:
+        return server_only.parse_args(argv)
+    except _Refused:
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -294,10 +332,12 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _start_server(args: argparse.Namespace) -> int:
-    from talon_opa.core import compile_cache
+    from talon_opa.core import compile_cache, deferred_certs
 
-    with compile_cache.cached():  # dataclass methods and regular expressions, compiled at an earlier start
-        head_start = _prestart(args)
+    # dataclass methods and regular expressions compiled at an earlier start; the CA certificates of the TLS
+    # contexts aiohttp makes when imported, loaded when first used
+    with compile_cache.cached(), deferred_certs.deferred():
+        head_start = _prestart(args)  # imports neither aiohttp nor the engine's serving parts
         if head_start is None:
             return 1
         from talon_opa.engine import server  # the rest of the engine, imported while OPA starts
@@ -313,16 +353,20 @@ def _import_aiohttp() -> None:
 
 
 def import_server() -> None:
-    """Import what `server` imports before it is ready (cli/compile_table.py)."""
+    """Import what `server` imports before it is ready, every shipped plugin included: a start imports those
+    its rules and config use (cli/compile_table.py)."""
     _import_aiohttp()
+    from talon_opa.catalog import default_registry
     from talon_opa.core import config, logs  # noqa: F401
     from talon_opa.engine import prestart, server  # noqa: F401
     from talon_opa.translator import rules  # noqa: F401 (when a bundle is built)
 
+    for _ in default_registry().specs():
+        pass
+
 
 def _prestart(args: argparse.Namespace) -> tuple[config.Config, prestart.Prestart] | None:
     """The config read and the child OPA spawned on the first bundle; None once the reason is reported."""
-    _import_aiohttp()
     from talon_opa.core import config, logs
 
     looked_at = None

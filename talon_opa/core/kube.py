@@ -17,13 +17,15 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-import aiohttp
 import yaml
 
 from talon_opa.core.errors import TalonError
+
+if TYPE_CHECKING:  # imported where used: the rules are validated and OPA spawned before aiohttp is imported
+    import aiohttp
 
 IN_CLUSTER_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -203,6 +205,8 @@ class KubeClient:
     """JSON verbs on API paths, exec and logs. Pass a session to share its pool; `close` closes our own."""
 
     def __init__(self, config: KubeConfig, session: aiohttp.ClientSession | None = None) -> None:
+        import aiohttp
+
         self.config = config
         self._ssl = config.ssl_context()
         self._own = session is None
@@ -230,6 +234,8 @@ class KubeClient:
         content_type: str = "application/json",
         timeout: float = 10.0,
     ) -> Any:
+        import aiohttp
+
         data = None if body is None else json.dumps(body).encode()
         async with self._session.request(
             method,
@@ -305,6 +311,8 @@ class KubeClient:
         The API server is asked for `limitBytes=limit+1` so it never sends much more than we keep; the
         extra byte tells a log of exactly `limit` bytes from a longer one.
         """
+        import aiohttp
+
         params: dict[str, str] = {}
         if container:
             params["container"] = container
@@ -366,6 +374,8 @@ class KubeClient:
         without, the rest is read and dropped until the command exits. `timeout` bounds each wait for
         data, not the whole run.
         """
+        import aiohttp
+
         params: list[tuple[str, str]] = [("command", c) for c in command]
         params += [("stdout", "true"), ("stderr", "true")]
         if stdin is not None:

@@ -28,11 +28,12 @@ from talon_opa.core import config, logs
 from talon_opa.core.backoff import Backoff, Policy
 from talon_opa.core.errors import OpaError
 from talon_opa.engine.reload import DROP_DECISION_PATH
-from talon_opa.opa.client import Endpoint
 from talon_opa.opa.process import OpaProcess, new_token
 
-if TYPE_CHECKING:  # not imported at run time: engine/prestart.py spawns OPA before the metrics are imported
+# not imported here at run time: engine/prestart.py spawns OPA before aiohttp and the metrics are imported
+if TYPE_CHECKING:
     from talon_opa.engine.metrics import Metrics
+    from talon_opa.opa.client import Endpoint
 
 log = logs.get("opa")
 
@@ -105,6 +106,8 @@ class OpaSupervisor:
         async with self._lock:
             self.bundle, self.revision = bundle, revision
             if self.external:
+                from talon_opa.opa.client import Endpoint
+
                 self._endpoint = Endpoint.for_url(self.cfg.url, self.token)
                 return
             spawned, self._spawned = self._spawned, None
@@ -138,6 +141,8 @@ class OpaSupervisor:
 
     @staticmethod
     def _open(proc: OpaProcess) -> Endpoint:
+        from talon_opa.opa.client import Endpoint
+
         return Endpoint.open(proc.base_url, proc.connector(), proc.headers())
 
     async def _retire(self, proc: OpaProcess | None, endpoint: Endpoint | None) -> None:

@@ -24,11 +24,13 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from talon_opa.core import binaries
 from talon_opa.core.errors import OpaError
+
+if TYPE_CHECKING:  # imported when first used: OPA is spawned (engine/prestart.py) before aiohttp is imported
+    import aiohttp
 
 _HANDED_OUT: set[int] = set()
 READY_POLL_S = 0.01  # OPA answers /health in about a millisecond: polling often starts decisions sooner
@@ -97,6 +99,8 @@ class OpaProcess:
         return self.addr if self.unix_socket else None
 
     def connector(self) -> aiohttp.BaseConnector:
+        import aiohttp
+
         if self.unix_socket:
             return aiohttp.UnixConnector(path=self.addr)
         return aiohttp.TCPConnector(limit=64)
@@ -161,6 +165,8 @@ class OpaProcess:
             shutil.rmtree(Path(self._dir.name) / "authz", ignore_errors=True)
 
     async def _wait_ready(self, ready_within: float) -> None:
+        import aiohttp
+
         deadline = asyncio.get_running_loop().time() + ready_within
         last = ""
         async with aiohttp.ClientSession(connector=self.connector()) as http:

@@ -1,16 +1,22 @@
 """The one registry: every actionner, output and notifier, by kind and name.
 
 A registry is a value: the engine, the translator and the CLI are handed one (`talon_opa.catalog`
-builds the shipped one; tests build their own with `Registry.of`). `Registry.of` refuses a plugin that
-does not declare what it is: a `spec` of a known kind, and exactly one capability (the runtime base of
-its kind, or `Planned`), with known clients.
+builds the shipped one with `Registry.shipped`; tests build their own with `Registry.of`). A registry
+refuses a plugin that does not declare what it is: a `spec` of a known kind, and exactly one capability
+(the runtime base of its kind, or `Planned`), with known clients.
+
+The shipped registry names each plugin by the module and class that hold it, and imports a plugin's
+module the first time the plugin is asked for: a start imports the plugins its rules and config use, not
+the thirty it ships (docs/performance.md). Listing names imports nothing; a plugin's spec, or every
+plugin (`values()`, `specs()`, the docs), imports what it needs.
 """
 
 from __future__ import annotations
 
+import importlib
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from talon_opa.plugins import clients, reversal, runtime
@@ -43,13 +49,72 @@ def _check(plugin: type[Any]) -> Spec[Any]:
     return spec
 
 
+class Plugins(Mapping[str, type[Plugin]]):
+    """The plugins of one kind, by name, in listing order; each class imported when first looked up.
+
+    `where` names a plugin's class as "module:Class"; what that class declares must be that kind and name
+    (PluginDeclarationError otherwise, when it is first looked up).
+    """
+
+    def __init__(self, kind: str, where: Mapping[str, str], loaded: Mapping[str, type[Plugin]] | None = None) -> None:
+        self.kind = kind
+        self._where = dict(where)
+        self._loaded: dict[str, type[Plugin]] = dict(loaded or {})
+        self._lock = threading.Lock()  # a reload's build (a worker thread) may look one up as the loop does
+
+    @classmethod
+    def of(cls, kind: str, plugins: Mapping[str, type[Plugin]]) -> Plugins:
+        """Plugins already imported."""
+        return cls(kind, {n: origin(p) for n, p in plugins.items()}, plugins)
+
+    def origin(self, name: str) -> str:
+        """The plugin's class as "module:Class", without importing it; KeyError when unknown."""
+        return self._where[name]
+
+    def __getitem__(self, name: str) -> type[Plugin]:
+        plugin = self._loaded.get(name)
+        if plugin is not None:
+            return plugin
+        where = self._where[name]
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = _load(self.kind, name, where)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
+
+
+def origin(plugin: type[Any]) -> str:
+    return f"{plugin.__module__}:{plugin.__qualname__}"
+
+
+def _load(kind: str, name: str, where: str) -> type[Plugin]:
+    module, _, qualname = where.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    spec = _check(found)
+    if (spec.kind, spec.name) != (kind, name):
+        raise PluginDeclarationError(
+            f"{where} declares the {spec.kind} {spec.name!r}: the registry files it as the {kind} {name!r}"
+        )
+    return found  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True)
 class Registry:
     """Plugins by name, per kind, in listing order (Talon's order for `actionners list`)."""
 
-    actionners: Mapping[str, type[Plugin]] = field(default_factory=dict)
-    outputs: Mapping[str, type[Plugin]] = field(default_factory=dict)
-    notifiers: Mapping[str, type[Plugin]] = field(default_factory=dict)
+    actionners: Plugins = field(default_factory=lambda: Plugins("actionner", {}))
+    outputs: Plugins = field(default_factory=lambda: Plugins("output", {}))
+    notifiers: Plugins = field(default_factory=lambda: Plugins("notifier", {}))
 
     @classmethod
     def of(cls, *plugins: type[Any]) -> Registry:
@@ -61,11 +126,22 @@ class Registry:
             if spec.name in table:
                 raise ValueError(f"two {spec.kind}s are named {spec.name!r}: {table[spec.name]!r} and {plugin!r}")
             table[spec.name] = plugin
-        return cls(
-            actionners=MappingProxyType(by_kind["actionner"]),
-            outputs=MappingProxyType(by_kind["output"]),
-            notifiers=MappingProxyType(by_kind["notifier"]),
-        )
+        return cls._tables({kind: Plugins.of(kind, table) for kind, table in by_kind.items()})
+
+    @classmethod
+    def shipped(cls, *plugins: tuple[str, str, str]) -> Registry:
+        """A registry of (kind, name, "module:Class") lines, each class imported when first looked up."""
+        by_kind: dict[str, dict[str, str]] = {"actionner": {}, "output": {}, "notifier": {}}
+        for kind, name, where in plugins:
+            table = by_kind[kind]
+            if name in table:
+                raise ValueError(f"two {kind}s are named {name!r}: {table[name]} and {where}")
+            table[name] = where
+        return cls._tables({kind: Plugins(kind, table) for kind, table in by_kind.items()})
+
+    @classmethod
+    def _tables(cls, by_kind: Mapping[str, Plugins]) -> Registry:
+        return cls(actionners=by_kind["actionner"], outputs=by_kind["output"], notifiers=by_kind["notifier"])
 
     def actionner(self, name: str) -> Spec[Any] | None:
         """The spec of an actionner by its full name ("kubernetes:label"), None when unknown."""
