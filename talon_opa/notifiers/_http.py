@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
-
-import aiohttp
 
 from talon_opa.core.backoff import Backoff, Policy, Sleep
 from talon_opa.core.errors import TalonError
 
-TIMEOUT = aiohttp.ClientTimeout(total=10)  # one attempt (aiohttp's default would be 5 minutes)
+if TYPE_CHECKING:  # imported where used: rules naming a notifier are validated before aiohttp is imported
+    import aiohttp
+
+TIMEOUT_S = 10.0  # one attempt (aiohttp's default would be 5 minutes)
 ATTEMPTS = 3
 BACKOFF = Policy(initial=0.2, maximum=1.0)
 BODY_EXCERPT = 300  # characters of a refusal's body kept in the error
@@ -50,6 +52,8 @@ def under(url: str, path: str) -> str:
 
 def basic_auth(user: str, password: str) -> dict[str, str]:
     """The Authorization header of HTTP basic auth."""
+    import aiohttp
+
     return {"Authorization": aiohttp.encode_basic_auth(user, password)}
 
 
@@ -68,7 +72,7 @@ async def send(
     ok: Collection[int] | None = None,
     hint: str,
     shown_as: str | None = None,
-    timeout: aiohttp.ClientTimeout = TIMEOUT,
+    timeout_s: float = TIMEOUT_S,
     attempts: int = ATTEMPTS,
     sleep: Sleep | None = None,
 ) -> Reply:
@@ -77,6 +81,9 @@ async def send(
     `hint` says what to check when the receiver refuses; a connection problem gets its own hint. Errors
     name the receiver by `shown_as`, by default the URL without credentials, query or fragment.
     """
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     backoff = Backoff(BACKOFF, sleep=sleep)
     where = f"{notifier} {method} {shown(url) if shown_as is None else shown_as}"
     while True:

@@ -11,8 +11,10 @@ certificate that CA signed is delivered; one to a receiver with a certificate no
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import ssl
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -237,3 +239,71 @@ def _kept_table(pycache: Path) -> tuple[bytes, set[bytes]]:
 
 def _damage(pycache: Path) -> None:
     _kept_path(pycache).write_bytes(b"damaged")
+
+
+SPAWN_PROBE = """
+import asyncio, json, sys
+from talon_opa.core import config
+from talon_opa.engine import prestart
+head = prestart.prestart(config.load(sys.argv[1], rules=[sys.argv[2]]))
+imported = sorted(m for m in sys.modules if m.split(".")[0] in ("aiohttp", "prometheus_client", "talon_opa"))
+asyncio.run(head.opa.wait_ready(60))  # the bundle it was spawned on is active
+asyncio.run(head.opa.stop())
+print(json.dumps({"rules": len(head.built.rules), "imported": imported}))
+"""
+
+SPAWN_RULES = """\
+- rule: Shell in a container
+  match: {rules: [Terminal shell in container]}
+  notifiers: [slack, webhook]
+  actions:
+    - action: Mark the pod
+      actionner: kubernetes:label
+      parameters: {labels: {suspicious: "true"}}
+    - action: Keep its logs
+      actionner: kubernetes:log
+      output: {target: local:file, parameters: {destination: /tmp}}
+"""
+
+
+def test_the_child_opa_is_spawned_before_aiohttp_and_the_serving_parts_are_imported(tmp_path: Path) -> None:
+    """`engine/prestart.py` on rules naming actionners, an output and HTTP notifiers: OPA is spawned (and
+    activates the bundle) with only those plugins imported, and neither aiohttp, nor the metrics, nor any
+    serving part of the engine (docs/performance.md, "What start-up does")."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "log_format: json\nnotifiers:\n  slack: {webhook_url: 'https://hooks.example/T/B/x'}\n"
+        "  webhook: {url: 'http://127.0.0.1:9/hook'}\n"
+    )
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(SPAWN_RULES)
+    done = subprocess.run(
+        [sys.executable, "-c", SPAWN_PROBE, str(cfg), str(rules)],
+        env=server_env({}),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = json.loads(done.stdout.splitlines()[-1])
+    assert probe["rules"] == 1
+    imported = set(probe["imported"])
+    plugins = {m for m in imported if m.split(".")[1:2] in (["actionners"], ["outputs"], ["notifiers"])}
+    assert plugins >= {
+        "talon_opa.actionners.kubernetes.label",
+        "talon_opa.actionners.kubernetes.log",
+        "talon_opa.outputs.file",
+        "talon_opa.notifiers.slack",
+        "talon_opa.notifiers.webhook",
+    }
+    assert "talon_opa.actionners.kubernetes.terminate" not in imported
+    assert "talon_opa.notifiers.smtp" not in imported
+    assert not {m for m in imported if m.split(".")[0] in ("aiohttp", "prometheus_client")}
+    assert not imported & {
+        "talon_opa.engine.server",
+        "talon_opa.engine.app",
+        "talon_opa.engine.metrics",
+        "talon_opa.opa.client",
+    }
