@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from talon_opa.core import config
 from talon_opa.core.kube import KubeConfig
 from talon_opa.engine.lifecycle import decide_ahead, decide_waiting
 from tests.e2e import engine_harness
-from tests.e2e.engine_harness import running_engine, shell_alert
+from tests.e2e.engine_harness import RunningEngine, running_engine, shell_alert
 from tests.e2e.engine_plugins import SCRIPT, scripted_registry
 
 UNUSED_KUBE = KubeConfig(server="http://127.0.0.1:9")  # the scripted actionners never call Kubernetes
@@ -53,37 +54,44 @@ async def until(check: Callable[[], Awaitable[bool]]) -> None:
         await asyncio.sleep(0.02)
 
 
-async def decided_ahead(tmp_path: Path, caps: dict[str, Any] | None = None) -> tuple[float, InMemorySpanExporter]:
-    """Two alerts about pod "same" then six about other pods, 2 workers, capacity 6, every step held by the
-    gate: how many were decided while the first two plans ran; then the gate opens and everything runs."""
-    SCRIPT.reset()  # the gate is closed: every step waits on it
-    queue = config.Queue(capacity=6, workers=2, drain_timeout_seconds=20)
-    opa = dataclasses.replace(config.Opa(), batch_size=8)
-    exporter = InMemorySpanExporter()
-    async with running_engine(
+def gated_engine(
+    tmp_path: Path, opa: config.Opa, exporter: InMemorySpanExporter, **more: Any
+) -> AbstractAsyncContextManager[RunningEngine]:
+    """The engine on WAITING_RULES with the scripted actionners (each step waits on SCRIPT's gate), 2 workers
+    and room for 6 alerts, its spans kept by `exporter`."""
+    return running_engine(
         tmp_path,
         WAITING_RULES,
         registry=scripted_registry(),
         kube_config=UNUSED_KUBE,
-        queue=queue,
+        queue=config.Queue(capacity=6, workers=2, drain_timeout_seconds=20),
         opa=opa,
         span_exporter=exporter,
-        caps=caps or {},
-    ) as e:
+        **more,
+    )
+
+
+async def decided_ahead(tmp_path: Path, caps: dict[str, Any] | None = None) -> tuple[float, InMemorySpanExporter]:
+    """Two alerts about pod "same" then six about other pods, 2 workers, capacity 6, every step held by the
+    gate: how many were decided while the first two plans ran; then the gate opens and everything runs."""
+    SCRIPT.reset()  # the gate is closed: every step waits on it
+    exporter = InMemorySpanExporter()
+    async with gated_engine(tmp_path, dataclasses.replace(config.Opa(), batch_size=8), exporter, caps=caps or {}) as e:
         assert e.engine.decide_ahead == 8
         pods = ["same", "same", *(f"other-{i}" for i in range(6))]
+
+        async def both_running() -> bool:
+            return len(SCRIPT.calls) == 2
+
+        async def decidable_decided() -> bool:  # at least the alerts that may be decided are
+            return await e.metric("talon_opa_decision_duration_seconds_count") >= 7
+
         for i, pod in enumerate(pods):
             assert (await e.post(json_body=shell_alert(pod, output=f"shell {i} in {pod}"))).status == 200
             if i == 2:  # the first "same" and other-0 hold both workers before the rest fill the capacity
-                for _ in range(250):  # bounded
-                    if len(SCRIPT.calls) == 2:
-                        break
-                    await asyncio.sleep(0.02)
+                await until(both_running)
                 assert len(SCRIPT.calls) == 2
-        for _ in range(250):  # bounded: until the alerts that may be decided are
-            if await e.metric("talon_opa_decision_duration_seconds_count") >= 7:
-                break
-            await asyncio.sleep(0.02)
+        await until(decidable_decided)
         await asyncio.sleep(0.1)
         decided = await e.metric("talon_opa_decision_duration_seconds_count")
         assert len(SCRIPT.calls) == 2
@@ -143,15 +151,7 @@ async def test_a_decision_that_failed_while_its_alert_waited_is_reported_in_its_
     native.write_text(BROKEN_WHEN_MATCHED)
     opa = dataclasses.replace(config.Opa(), batch_size=8, rego=(str(native),))
     exporter = InMemorySpanExporter()
-    async with running_engine(
-        tmp_path,
-        WAITING_RULES,
-        registry=scripted_registry(),
-        kube_config=UNUSED_KUBE,
-        queue=config.Queue(capacity=6, workers=2, drain_timeout_seconds=20),
-        opa=opa,
-        span_exporter=exporter,
-    ) as e:
+    async with gated_engine(tmp_path, opa, exporter) as e:
         assert (await e.post(json_body=shell_alert("same", output="shell 0 in same"))).status == 200
 
         async def first_running() -> bool:
