@@ -12,10 +12,12 @@ steps run in dry-run: the engine has no kubeconfig). Figures, per run:
 * processed/s (talon-opa only, from /metrics): alerts decided, from the first alert until the last accepted
   one is decided, per second (load + drain);
 * drain: from the end of the load until every accepted alert is decided (queue empty, nothing in flight);
-* CPU per alert: user + system CPU of the engine process and of its children (the OPA child) from /proc,
-  from the start of the load until the end of the drain, over the alerts processed (talon-opa's count; wrk
-  misses the answers cut by the end of the load) or else accepted (split engine / OPA);
-* p50/p99: wrk's latency distribution of the answers; RSS: peak resident memory (VmHWM) of engine and OPA.
+* CPU per alert: user + system CPU of the engine process and of its children (the OPA child, and the intake
+  processes of `--intake-processes N`) from /proc, from the start of the load until the end of the drain,
+  over the alerts processed (talon-opa's count; wrk misses the answers cut by the end of the load) or else
+  accepted (split engine / intake processes / OPA);
+* p50/p99: wrk's latency distribution of the answers; RSS: peak resident memory (VmHWM) of engine, intake
+  processes and OPA.
 
 Talon's figures are not measured here (its Go module cannot be fetched on this machine): they are the ones
 issue 15 recorded, measured on the machine the issue was written on with the same wrk load (32 connections,
@@ -24,6 +26,7 @@ as fast (docs/performance.md ties machines together through the engine of that t
 Prints one `rules=... key=value` line per run, then the table.
 
     make bench-tools && .venv/bin/python benchmarks/side_by_side.py --rules 1,1000
+    .venv/bin/python benchmarks/side_by_side.py --rules 1,1000 --intake-processes 1   # the engine on 2 cores
     .venv/bin/python benchmarks/side_by_side.py --url http://127.0.0.1:2803/ --pid 12345 --token s3cret
 """
 
@@ -77,8 +80,10 @@ class Figures:
     drain_s: float | None = None
     engine_cpu_s: float | None = None
     opa_cpu_s: float | None = None
+    intake_cpu_s: float = 0.0  # the engine's intake processes (intake.processes), children like its OPA
     rss_mb: float | None = None
     opa_rss_mb: float | None = None
+    intake_rss_mb: float = 0.0
 
     @property
     def accepted_per_s(self) -> float:
@@ -99,7 +104,7 @@ class Figures:
     def cpu_ms_per_alert(self) -> float | None:
         if self.engine_cpu_s is None or not self.alerts:
             return None
-        return 1000 * (self.engine_cpu_s + (self.opa_cpu_s or 0.0)) / self.alerts
+        return 1000 * (self.engine_cpu_s + (self.opa_cpu_s or 0.0) + self.intake_cpu_s) / self.alerts
 
     def line(self) -> str:
 
@@ -113,10 +118,12 @@ class Figures:
             "cpu_ms_per_alert": _num(self.cpu_ms_per_alert, "{:.3f}"),
             "engine_cpu_ms_per_alert": per(self.engine_cpu_s),
             "opa_cpu_ms_per_alert": per(self.opa_cpu_s),
+            "intake_processes_cpu_ms_per_alert": per(self.intake_cpu_s),
             "p50_ms": f"{self.p50_ms:.2f}",
             "p99_ms": f"{self.p99_ms:.2f}",
             "rss_peak_mb": _num(self.rss_mb, "{:.0f}"),
             "opa_rss_peak_mb": _num(self.opa_rss_mb, "{:.0f}"),
+            "intake_processes_rss_peak_mb": f"{self.intake_rss_mb:.0f}",
             "accepted": str(self.accepted),
             "refused": str(self.refused),
             "processed": _num(self.processed, "{}"),
@@ -129,9 +136,18 @@ def _num(value: float | None, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User + system CPU seconds of a process (all its threads) and, summed, of its children (its OPA)."""
-    return cpu_s(pid), sum(cpu_s(c) for c in children(pid))
+def cpu_seconds(pid: int) -> tuple[float, float, float]:
+    """User + system CPU seconds of a process (all its threads) and, summed, of its children: its OPA (and any
+    other child), and talon-opa's intake processes."""
+    kids = children(pid)
+    intake = [c for c in kids if is_intake_process(c)]
+    return cpu_s(pid), sum(cpu_s(c) for c in kids if c not in intake), sum(cpu_s(c) for c in intake)
+
+
+def is_intake_process(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return b"talon_opa.engine.front" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    return False
 
 
 async def run_wrk(a: argparse.Namespace, url: str, seconds: float) -> dict[str, int]:
@@ -195,9 +211,12 @@ async def measure(a: argparse.Namespace, label: str, url: str, pid: int | None) 
             after_cpu = cpu_seconds(pid)
             figures.engine_cpu_s = after_cpu[0] - before_cpu[0]
             figures.opa_cpu_s = after_cpu[1] - before_cpu[1]
+            figures.intake_cpu_s = after_cpu[2] - before_cpu[2]
             figures.rss_mb = status_mb(pid)
-            rss = [r for r in (status_mb(c) for c in children(pid)) if r is not None]
+            kids = children(pid)
+            rss = [r for r in (status_mb(c) for c in kids if not is_intake_process(c)) if r is not None]
             figures.opa_rss_mb = sum(rss) if rss else None
+            figures.intake_rss_mb = sum(r for r in (status_mb(c) for c in kids if is_intake_process(c)) if r)
     return figures
 
 
@@ -223,7 +242,8 @@ async def wait_drained(http: aiohttp.ClientSession, base: str, limit: float) -> 
 async def engine_for(a: argparse.Namespace, rules: int) -> AsyncIterator[Running]:
     queue = {"capacity": a.queue_capacity, "workers": 16}
     text = a.rules_file.read_text() if a.rules_file else rules_file(rules)
-    async with running_engine(text, src=a.engine_src, queue=queue) as engine:
+    extra = {"intake": {"processes": a.intake_processes}} if a.intake_processes else {}
+    async with running_engine(text, src=a.engine_src, queue=queue, **extra) as engine:
         yield engine
 
 
@@ -252,11 +272,13 @@ def table(runs: list[tuple[Figures, int | None]]) -> str:
             "cpu": f.cpu_ms_per_alert,
             "p50": f.p50_ms,
             "p99": f.p99_ms,
-            "rss": None if f.rss_mb is None else f.rss_mb + (f.opa_rss_mb or 0.0),
+            "rss": None if f.rss_mb is None else f.rss_mb + (f.opa_rss_mb or 0.0) + f.intake_rss_mb,
         }
         cell = {k: "n/a" if v is None else fmt[k].format(v) for k, v in values.items()}
         if f.engine_cpu_s is not None and f.opa_cpu_s is not None and f.alerts:
-            cell["cpu"] += f" ({1000 * f.engine_cpu_s / f.alerts:.2f} + OPA {1000 * f.opa_cpu_s / f.alerts:.2f})"
+            engine, opa = 1000 * f.engine_cpu_s / f.alerts, 1000 * f.opa_cpu_s / f.alerts
+            intake = f" + intake processes {1000 * f.intake_cpu_s / f.alerts:.2f}" if f.intake_cpu_s else ""
+            cell["cpu"] += f" ({engine:.2f}{intake} + OPA {opa:.2f})"
         cols.append((f.label if rules is None else f"talon-opa now, {rules} rule{'s' if rules != 1 else ''}", cell))
     rows = [
         ("accepted/s", "accepted"),
@@ -265,7 +287,7 @@ def table(runs: list[tuple[Figures, int | None]]) -> str:
         ("CPU per alert (ms, all processes)", "cpu"),
         ("HTTP p50 (ms)", "p50"),
         ("HTTP p99 (ms)", "p99"),
-        ("peak RSS (MB, engine + OPA)", "rss"),
+        ("peak RSS (MB, all processes)", "rss"),
     ]
     head = ["", *(c[0] for c in cols)]
     body = [[name, *(c[1][key] for c in cols)] for name, key in rows]
@@ -291,6 +313,9 @@ async def main() -> None:
     p.add_argument("--queue-capacity", type=int, default=100_000)
     p.add_argument("--max-drain", type=float, default=120.0, help="give up waiting for the drain after this")
     p.add_argument("--engine-src", type=Path, default=REPO, help="the talon-opa source tree to run (A/B runs)")
+    p.add_argument(
+        "--intake-processes", type=int, default=0, help="start talon-opa with intake.processes: N (docs/performance.md)"
+    )
     a = p.parse_args()
     if not 0 < a.seconds <= 600 or a.connections < 1:
         p.error("--seconds must be in (0, 600] and --connections at least 1")

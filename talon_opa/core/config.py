@@ -38,6 +38,9 @@ MIB = 1024 * 1024
 DEDUP_ALERT_KEYS = ("output", "rule", "priority", "source", "hostname")
 
 
+MAX_INTAKE_PROCESSES = 64
+
+
 class ConfigError(TalonError):
     """The configuration is invalid: names the key and what to do."""
 
@@ -194,6 +197,9 @@ class Intake:
     """headers must come within this long of connecting or of the last answer (idle ones close), a body too (408)"""
     max_connections: int = 1000
     """open intake connections at most; beyond it a new connection gets 503 and is closed"""
+    processes: int = 0
+    """helper processes that answer alerts beside the engine's own (HTTP, token, decoding; the engine still
+    deduplicates, queues and decides): 0 or 1 per spare core; plain HTTP only (docs/performance.md)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -769,6 +775,7 @@ def _validate(cfg: Config) -> None:
         ("audit.buffer", cfg.audit.buffer, 1),
         ("audit.segment_lines", cfg.audit.segment_lines, 1),
         ("intake.max_connections", cfg.intake.max_connections, 1),
+        ("intake.processes", cfg.intake.processes, 0),
         ("queue.max_bytes", cfg.queue.max_bytes, cfg.intake.max_body_bytes),
     ):
         if value < low:
@@ -804,6 +811,16 @@ def _validate(cfg: Config) -> None:
         raise bad("opa.verification_key", "is set without opa.signing_key", "set both: the engine signs, OPA verifies")
     if bool(cfg.tls.cert_file) != bool(cfg.tls.key_file):
         raise bad("tls.cert_file/tls.key_file", "must be set together", "give both the certificate and its key")
+    if cfg.intake.processes > MAX_INTAKE_PROCESSES:
+        raise bad(
+            "intake.processes", f"is {cfg.intake.processes}", f"use at most {MAX_INTAKE_PROCESSES}, one per spare core"
+        )
+    if cfg.intake.processes and cfg.tls.cert_file:
+        raise bad(
+            "intake.processes",
+            "is set with tls.cert_file",
+            "use intake.processes: 0 with TLS (a TLS connection cannot move between processes), or TLS in front",
+        )
     if cfg.tls.client_ca_file and not cfg.tls.cert_file:
         raise bad("tls.client_ca_file", "needs tls.cert_file", "client certificates need TLS: set tls.cert_file")
     for key, f in (("tls.cert_file", cfg.tls.cert_file), ("tls.key_file", cfg.tls.key_file)):

@@ -118,9 +118,12 @@ class Intake:
             return False
         return hmac.compare_digest(value, self.token.encode())
 
+    def count_refusal(self, status: int) -> None:
+        self._metrics.rejected.labels(status=str(status)).inc()
+
     def unauthorized(self, missing: bool) -> Reply:
         """The 401 of a request without the token (`missing`: no token header at all)."""
-        self._metrics.rejected.labels(status="401").inc()
+        self.count_refusal(401)
         return refusal(
             401,
             f"{'missing' if missing else 'invalid'} token in header {self.header}",
@@ -131,7 +134,7 @@ class Intake:
 
     def refused(self, e: AlertError) -> Reply:
         """The answer to an alert refused before acceptance: counted, logged (throttled)."""
-        self._metrics.rejected.labels(status=str(e.status)).inc()
+        self.count_refusal(e.status)
         held = self._refused_log.allow()
         if held is not None:
             log.warning(
@@ -233,7 +236,7 @@ class Intake:
         if not self.authorized(request):
             return response(self.unauthorized(self.header not in request.headers))
         if request.method != "POST":
-            self._metrics.rejected.labels(status="405").inc()
+            self.count_refusal(405)
             return refuse(
                 405,
                 f"{request.method} is not accepted here",
@@ -271,7 +274,7 @@ class Intake:
                 if admission.duplicate_of:  # unknown when another replica's copy is already consumed
                     doc["duplicate_of"] = admission.duplicate_of
             return Reply(200, json.dumps(doc).encode())
-        self._metrics.rejected.labels(status="503").inc()
+        self.count_refusal(503)
         if admission.verdict == "closing":
             error, hint, retry_after = "the engine is shutting down", "send it again (another replica)", 5
         elif admission.verdict == "unavailable":

@@ -59,7 +59,7 @@ def _field(exc: BaseException | None) -> str:
     return ""
 
 
-def _busy_answer() -> bytes:
+def busy_answer() -> bytes:
     body = json.dumps(
         {
             "error": "too many open connections",
@@ -131,7 +131,7 @@ class _Handler(web.RequestHandler):
 _busy_log = logs.Throttle(1.0)
 
 
-def _reserved(path: bytes) -> bool:
+def reserved_path(path: bytes) -> bool:
     """Paths aiohttp routes elsewhere than the intake (engine.app's routes)."""
     return path in RESERVED or path.startswith(b"/v1/")
 
@@ -148,7 +148,7 @@ class _Server(web.Server):
     def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
         if self._intake is None:
             return self.handler()
-        return IntakeProtocol(self, self._intake, _reserved)
+        return IntakeProtocol(self, self._intake, reserved_path)
 
     def handler(self) -> web.RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
@@ -166,7 +166,7 @@ class _Server(web.Server):
                 "connection refused: too many open connections",
                 extra={"max_connections": self._max, "also_refused_since_last_line": held},
             )
-        transport.write(_busy_answer())
+        transport.write(busy_answer())
         transport.close()
         return True
 
@@ -195,6 +195,12 @@ class Runner(web.AppRunner):
         )
         self._max_connections = intake.max_connections
         self._own_protocol = own_protocol  # False: aiohttp serves every request (benchmarks' and tests' A/B)
+
+    def handler(self) -> asyncio.Protocol:
+        """aiohttp's protocol for a connection accepted elsewhere (an intake process hands it over)."""
+        server = self.server
+        assert isinstance(server, _Server), "the runner is set up"
+        return server.handler()
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # starts the app; its handler and request factory are kept

@@ -89,6 +89,18 @@ class Metrics:
         self.rejected = Counter(
             f"{OURS}_intake_rejected", "Alerts refused at intake, by HTTP status", ["status"], registry=r
         )
+        self.intake_processes = Gauge(
+            f"{OURS}_intake_processes", "Intake processes running beside the engine (intake.processes)", registry=r
+        )
+        self.intake_process_alerts = Counter(
+            f"{OURS}_intake_process_alerts",
+            "Alerts an intake process passed to the engine, by process",
+            ["process"],
+            registry=r,
+        )
+        self.intake_process_exits = Counter(
+            f"{OURS}_intake_process_exits", "Intake processes that exited while the engine ran", registry=r
+        )
         self.reloads = Counter(
             f"{OURS}_rules_reloads",
             "Rules reloads, by result (success, unchanged, failure, refused_empty)",

@@ -12,14 +12,18 @@ import asyncio
 import contextlib
 import gc
 import signal
+import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiohttp import web
 
 from talon_opa.core import config, logs
 from talon_opa.core.errors import RulesError, TalonError
+from talon_opa.engine import fronts
 from talon_opa.engine.app import create_app
+from talon_opa.engine.intake import INTAKE
 from talon_opa.engine.lifecycle import Engine
 from talon_opa.engine.listener import Runner
 from talon_opa.engine.prestart import Prestart
@@ -50,7 +54,9 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_star
         loop.add_signal_handler(sig, stop.set)
     engine = Engine(cfg, head_start=head_start)
     app = create_app(engine)
-    runner = Runner(app, cfg.intake)
+    processes = cfg.intake.processes
+    runner = Runner(app, replace(cfg.intake, max_connections=fronts.share(cfg.intake)) if processes else cfg.intake)
+    intake_processes: fronts.Fronts | None = None
     try:
         await runner.setup()  # starts the engine: rules → bundle → OPA
     except RulesError as e:
@@ -60,8 +66,27 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_star
         log.error("engine did not start", extra={"error": str(e)})
         return 1
     try:
-        site = web.TCPSite(runner, cfg.address, cfg.listen_port, ssl_context=ssl_context(cfg.tls))
+        site: web.BaseSite
+        if processes:  # one listening socket, accepted from by the engine and by each intake process
+            listening = socket.create_server(
+                (cfg.address, cfg.listen_port),
+                family=socket.AF_INET6 if ":" in cfg.address else socket.AF_INET,
+                backlog=1024,
+            )
+            site = web.SockSite(runner, listening)
+        else:
+            site = web.TCPSite(runner, cfg.address, cfg.listen_port, ssl_context=ssl_context(cfg.tls))
         await site.start()
+        if processes:
+            intake_processes = fronts.Fronts(
+                cfg,
+                listening=listening,
+                acceptor=engine.acceptor,
+                intake=app[INTAKE],
+                metrics=engine.metrics,
+                handler=runner.handler,
+            )
+            await intake_processes.start()
         log.info(
             "listening",
             extra={
@@ -70,6 +95,7 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_star
                 "tls": bool(cfg.tls.cert_file),
                 "auth": cfg.authentication,
                 "event_loop": type(loop).__module__.split(".", 1)[0],  # uvloop, or asyncio without it
+                "intake_processes": processes,
             },
         )
         if cfg.authentication == "none":
@@ -98,6 +124,8 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_star
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if intake_processes is not None:
+            await intake_processes.stop()  # their last answers, while the engine still accepts
         await runner.cleanup()  # closes the listener, then drains the queue (engine.stop)
     log.info("stopped")
     return 0

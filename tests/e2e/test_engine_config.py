@@ -83,6 +83,9 @@ Unknown_Key: 1
         ("opa: {url: 'localhost:8181'}\n", {}, "opa.url"),
         ("tls: {cert_file: /nonexistent.pem, key_file: /nonexistent.key}\n", {}, "tls.cert_file"),
         ("log_format: xml\n", {}, "log_format"),
+        ("intake: {processes: -1}\n", {}, "intake.processes"),
+        ("intake: {processes: 65}\n", {}, "intake.processes"),
+        ("intake: {processes: 1}\ntls: {cert_file: /nonexistent.pem, key_file: /nonexistent.key}\n", {}, "intake.processes"),
         ("- a\n", {}, "mapping"),
     ],
 )

@@ -1,0 +1,245 @@
+"""An intake process (`intake.processes`): it answers alerts beside the engine, on another core.
+
+The engine (engine/fronts.py) starts it with three descriptors: its link to the engine, a channel for
+handing connections over, and the engine's listening socket, from which it accepts connections as the
+engine's own listener does. The engine's intake settings and token come first on the link. Each connection
+is served by the intake's own protocol (engine/intake_protocol.py) with those limits: the request is parsed,
+the token checked and the alert decoded here, and a refused request answered here (its status counted by the
+engine). An alert goes to the engine, which deduplicates, queues and decides it as if it had received it
+itself, and the engine's answer comes back to be written. A request the protocol does not take (the engine's
+other routes, a compressed or chunked body...) hands its connection to the engine: its descriptor and what
+was read of it go over the channel, and aiohttp serves it in the engine's process from there.
+
+It stops when the engine says so (it stops accepting, closes idle connections and writes the answers still
+to come), and at once when its link to the engine closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from typing import Any, cast
+
+from talon_opa.core import config, logs
+from talon_opa.engine import front_wire
+from talon_opa.engine.intake import Intake, Reply
+from talon_opa.engine.intake_protocol import IntakeProtocol
+from talon_opa.engine.listener import busy_answer, reserved_path
+from talon_opa.engine.metrics import Metrics
+from talon_opa.engine.work import WorkItem
+
+log = logs.get("intake.process")
+HAND_OVER_TIMEOUT_S = 5.0
+
+
+class _Engine(asyncio.Protocol):
+    """The link to the engine: alerts and refusals out in batches (one write per turn of the loop), answers in."""
+
+    def __init__(self, stopped: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = stopped
+        self._transport: asyncio.Transport | None = None
+        self._frames = front_wire.Frames()
+        self._out: list[tuple[Any, ...]] = []
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._seq = 0
+        self.stop_asked = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._transport = None
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("the engine is gone"))
+        self._stopped.set()
+
+    def data_received(self, data: bytes) -> None:
+        for payload in self._frames.feed(data):
+            if type(payload) is list:
+                for seq, status, body, headers in payload:
+                    fut = self._pending.pop(seq, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(Reply(status, body, headers))
+            elif payload == (front_wire.STOP,):
+                self.stop_asked.set()
+
+    def submit(self, item: WorkItem) -> asyncio.Future[Reply]:
+        self._seq += 1
+        fut = self._pending[self._seq] = self._loop.create_future()
+        self._send(
+            (
+                front_wire.ALERT,
+                self._seq,
+                item.alert_id,
+                front_wire.alert_values(item.alert),
+                item.body,
+                item.content_type,
+                item.traceparent,
+                item.tracestate,
+            )
+        )
+        return fut
+
+    def refused(self, status: int) -> None:
+        self._send((front_wire.REFUSED, status))
+
+    def _send(self, record: tuple[Any, ...]) -> None:
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(record)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if not out:
+            return
+        try:
+            if self._transport is None:
+                raise ConnectionError("the engine is gone")
+            self._transport.write(front_wire.frame(out))
+        except Exception as e:  # each alert of the batch gets the intake's 500, none waits forever
+            log.exception("alerts could not be passed to the engine", extra={"alerts": len(out)})
+            for record in out:
+                fut = self._pending.pop(record[1], None) if record[0] == front_wire.ALERT else None
+                if fut is not None and not fut.done():
+                    fut.set_exception(e)
+
+
+class _FrontIntake(Intake):
+    """The intake's steps, with acceptance and the refusal counts in the engine."""
+
+    def __init__(self, cfg: config.Config, engine: _Engine) -> None:
+        super().__init__(cfg, self._unused, Metrics())
+        self._engine = engine
+
+    async def _unused(self, item: WorkItem) -> Any:
+        raise AssertionError("accept_later sends the item to the engine")
+
+    def count_refusal(self, status: int) -> None:
+        self._engine.refused(status)
+
+    async def accept_later(self, item: WorkItem) -> Reply:
+        return await self._engine.submit(item)
+
+
+class _Listener:
+    """What the intake protocol asks of its listener, in this process."""
+
+    def __init__(self, max_connections: int, channel: socket.socket) -> None:
+        self.fast: set[IntakeProtocol] = set()
+        self._max = max_connections
+        self._channel = channel
+        self._busy_log = logs.Throttle(1.0)
+
+    def open_connections(self) -> int:
+        return len(self.fast)
+
+    def handler(self) -> asyncio.Protocol:
+        return _HandOver(self._channel)
+
+    def refuse_busy(self, transport: asyncio.Transport) -> bool:
+        if len(self.fast) <= self._max:
+            return False
+        held = self._busy_log.allow()
+        if held is not None:
+            log.warning(
+                "connection refused: too many open connections",
+                extra={"max_connections": self._max, "also_refused_since_last_line": held},
+            )
+        transport.write(busy_answer())
+        transport.close()
+        return True
+
+
+class _HandOver(asyncio.Protocol):
+    """A connection going to the engine's process: once what was read of it is in, its descriptor is sent."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
+        self._read = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._waited = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = t = cast(asyncio.Transport, transport)
+        t.pause_reading()
+        asyncio.get_running_loop().call_soon(self._send)  # after `data_received` of what was read already
+
+    def data_received(self, data: bytes) -> None:
+        self._read += data
+
+    def _send(self) -> None:
+        t = self._transport
+        if t is None or t.is_closing():
+            return
+        if t.get_write_buffer_size():  # answers written before it must reach the client first
+            self._waited += 1
+            if self._waited * 0.01 < HAND_OVER_TIMEOUT_S:
+                asyncio.get_running_loop().call_later(0.01, self._send)
+                return
+            t.abort()
+            return
+        sock = t.get_extra_info("socket")
+        try:
+            front_wire.send_connection(self._channel, sock.fileno(), bytes(self._read))
+        except OSError as e:
+            log.error("a connection could not be handed to the engine", extra={"error": str(e)})
+        t.abort()  # this process's descriptor only: the engine's copy keeps the connection
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._transport = None
+
+
+async def serve(link: socket.socket, channel: socket.socket, listening: socket.socket, cfg: config.Config) -> None:
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    _, engine = await loop.create_unix_connection(lambda: _Engine(stopped), sock=link)
+    intake = _FrontIntake(cfg, engine)
+    listener = _Listener(cfg.intake.max_connections, channel)
+    server = await loop.create_server(lambda: IntakeProtocol(listener, intake, reserved_path), sock=listening)
+    stop = loop.create_task(engine.stop_asked.wait())
+    gone = loop.create_task(stopped.wait())
+    await asyncio.wait([stop, gone], return_when=asyncio.FIRST_COMPLETED)
+    server.close()
+    if gone.done():
+        return  # the engine is gone: nothing can be answered any more
+    for conn in list(listener.fast):
+        conn.close_idle()
+    waits = [asyncio.ensure_future(conn.wait_closed()) for conn in list(listener.fast)]
+    if waits:
+        await asyncio.wait([*waits, gone], timeout=cfg.intake.read_timeout_seconds, return_when=asyncio.ALL_COMPLETED)
+    stop.cancel()
+    gone.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    link_fd, channel_fd, listen_fd = (int(a) for a in (argv or sys.argv[1:])[:3])
+    link = socket.socket(fileno=link_fd)
+    channel = socket.socket(fileno=channel_fd)
+    listening = socket.socket(fileno=listen_fd)
+    settings = front_wire.read_settings(link)
+    logs.setup(settings["log_format"], settings["log_level"])
+    cfg = config.Config(
+        intake=config.Intake(
+            max_body_bytes=settings["max_body_bytes"],
+            read_timeout_seconds=settings["read_timeout_seconds"],
+            max_connections=settings["max_connections"],
+        ),
+        auth=config.Auth(token=settings["token"], header=settings["header"]),
+    )
+    channel.settimeout(HAND_OVER_TIMEOUT_S)
+    link.setblocking(False)
+    listening.setblocking(False)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(link, channel, listening, cfg))
+    else:
+        uvloop.run(serve(link, channel, listening, cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""`intake.processes`: intake processes answer alerts beside the engine (engine/front.py, engine/fronts.py).
+
+`talon-opa server` runs as a process with two intake processes and a real child OPA. The kernel gives each
+new connection to whichever process accepts it first, so the tests open connections until both the engine's
+own listener and the intake processes have answered some (read from /metrics), then send the same requests
+on every connection: whichever process holds it, the answers are the engine's (one deduplication, the
+refusals counted by the engine, its other routes served through a connection handed over), every accepted
+alert is decided and acted on in its trace, and SIGTERM stops the intake processes and drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import re
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import yaml
+
+from talon_opa.opa.process import free_port
+from tests.e2e.engine_harness import DRY_RUN_RULES, shell_alert
+from tests.e2e.server_process import log_lines, spawn_server, stop_server, wait_ready
+
+TOKEN = "processes-token"
+PROCESSES = 2
+MAX_CONNECTIONS = 300
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection to the engine's port."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(
+        self, body: bytes, *, method: str = "POST", path: str = "/", token: bool = True, headers: str = ""
+    ) -> tuple[int, str, bytes]:
+        auth = f"Authorization: Bearer {TOKEN}\r\n" if token else ""
+        head = f"{method} {path} HTTP/1.1\r\nHost: engine\r\n{auth}{headers}Content-Length: {len(body)}\r\n\r\n"
+        self.writer.write(head.encode() + body)
+        answer = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        status = int(answer.split(b" ", 2)[1])
+        m = re.search(rb"\r\ncontent-length: *(\d+)\r\n", answer, re.IGNORECASE)
+        assert m, answer
+        return status, answer.decode(), await asyncio.wait_for(self.reader.readexactly(int(m[1])), 10)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def alert(output: str, pod: str = "api-1") -> bytes:
+    return json.dumps(shell_alert(pod=pod, output=output)).encode()
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of a metric's series in a Prometheus exposition."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+@asynccontextmanager
+async def server(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, Path]]:
+    port = free_port()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(DRY_RUN_RULES)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "listen_port": port,
+                "auth": {"token": TOKEN},
+                "listen_address": "127.0.0.1",
+                "intake": {"processes": PROCESSES, "max_body_bytes": 4096},
+                "watch_rules": False,
+            }
+        )
+    )
+    log = tmp_path / "server.log"
+    proc = await spawn_server(cfg, rules, log)
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}", proc)
+        for _ in range(100):
+            if len(started(log)) == PROCESSES:
+                break
+            await asyncio.sleep(0.1)
+        assert len(started(log)) == PROCESSES, "the intake processes were started"
+        yield proc, port, log
+    finally:
+        await stop_server(proc, gracefully=False)
+
+
+def started(log: Path) -> list[int]:
+    return [line["pid"] for line in log_lines(log) if line["message"] == "intake process started"]
+
+
+async def metrics_text(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = Connection(reader, writer)
+    try:
+        status, _, body = await conn.send(b"", method="GET", path="/metrics")
+        assert status == 200
+        return body.decode()
+    finally:
+        conn.close()
+
+
+async def spread(port: int, tag: str, process: str = "") -> list[Connection]:
+    """Connections, each having posted one alert, until both the engine and the intake processes (or the one
+    numbered `process`) answered some."""
+    conns: list[Connection] = []
+    series = f'talon_opa_intake_process_alerts_total{{process="{process}"}}' if process else ""
+    while len(conns) < MAX_CONNECTIONS:
+        for _ in range(10):
+            conn = Connection(*await asyncio.open_connection("127.0.0.1", port))
+            status, _, body = await conn.send(alert(f"{tag} {len(conns)}", pod=f"{tag}-{len(conns)}"))
+            assert status == 200, body
+            conns.append(conn)
+        text = await metrics_text(port)
+        by_processes = metric(text, "talon_opa_intake_process_alerts_total")
+        if 0 < by_processes < metric(text, "falcosecurity_falco_talon_events_total") and (
+            not series or metric(text, series) > 0
+        ):
+            return conns
+    raise AssertionError(f"{MAX_CONNECTIONS} connections did not reach both the engine and an intake process")
+
+
+async def test_intake_processes_answer_as_the_engine_does(tmp_path: Path) -> None:
+    async with server(tmp_path) as (proc, port, log):
+        conns = await spread(port, "spread")
+        n = len(conns)
+
+        # one deduplication whichever process holds the connection
+        answers = [await c.send(alert("the same alert on every connection")) for c in conns]
+        first = json.loads(answers[0][2])
+        assert answers[0][0] == 200
+        assert "duplicate" not in first
+        for status, _, body in answers[1:]:
+            assert status == 200
+            doc = json.loads(body)
+            assert doc["duplicate"] is True
+            assert doc["duplicate_of"] == first["id"], doc
+
+        # alerts, each decided and acted on in the trace its answer names
+        traces = {}
+        for i, c in enumerate(conns):
+            status, _, body = await c.send(alert(f"acted on {i}", pod=f"acted-{i}"))
+            assert status == 200
+            traces[json.loads(body)["trace_id"]] = f"acted-{i}"
+
+        # an object with a repeated key inside output_fields crosses to the engine too
+        nested = b'{"rule": "Terminal shell in container", "output": "nested %d", "priority": "Notice",'
+        nested += b' "output_fields": {"k8s.pod.name": "nested", "k8s.ns.name": "payments", "x": {"a": 1, "a": 2}}}'
+        for i, c in enumerate(conns):
+            status, _, body = await c.send(nested % i)
+            assert status == 200, body
+
+        # refusals, answered where they arrive and counted by the engine
+        for c in conns:
+            status, _, body = await c.send(b"{")
+            assert status == 400
+            assert json.loads(body)["error"].startswith("malformed JSON"), body
+            status, head, body = await c.send(alert("no token"), token=False)
+            assert status == 401
+            assert "WWW-Authenticate" in head, body
+        text = await metrics_text(port)
+        assert metric(text, 'talon_opa_intake_rejected_total{status="400"}') == n
+        assert metric(text, 'talon_opa_intake_rejected_total{status="401"}') == n
+
+        # what the intake protocol does not take: the connection goes on in the engine, served by aiohttp
+        for i, c in enumerate(conns):
+            status, _, body = await c.send(gzip.compress(alert(f"gzip {i}")), headers="Content-Encoding: gzip\r\n")
+            assert status == 200
+            assert "trace_id" in json.loads(body), body
+            status, _, body = await c.send(b"", method="GET", path="/healthz")
+            assert (status, json.loads(body)) == (200, {"status": "ok"})
+            status, _, body = await c.send(alert(f"after the hand-over {i}"))
+            assert status == 200
+            assert "trace_id" in json.loads(body), body
+        text = await metrics_text(port)
+        assert metric(text, "talon_opa_intake_processes") == PROCESSES
+        for c in conns:
+            c.close()
+
+        pids = started(log)
+        assert await stop_server(proc) == 0
+    lines = log_lines(log)
+    acted = {line["trace_id"] for line in lines if line["message"] == "action" and line.get("status") == "dry_run"}
+    assert set(traces) <= acted, "every alert an intake process passed on was decided and acted on in its trace"
+    for pid in pids:
+        assert not _alive(pid), "the intake processes stopped with the engine"
+    messages = [line["message"] for line in lines]
+    assert "drained, every accepted alert finished" in messages
+    assert messages[-1] == "stopped"
+
+
+async def test_an_intake_process_that_exits_is_started_again(tmp_path: Path) -> None:
+    async with server(tmp_path) as (proc, port, log):
+        first = next(line for line in log_lines(log) if line["message"] == "intake process started")
+        victim, index = first["pid"], first["intake_process"]
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(100):
+            if len(started(log)) == PROCESSES + 1:
+                break
+            await asyncio.sleep(0.1)
+        pids = started(log)
+        assert len(pids) == PROCESSES + 1, "a new one was started"
+        assert victim not in pids[PROCESSES:]
+        exited = [line for line in log_lines(log) if line["message"].startswith("an intake process exited")]
+        assert [(line["pid"], line["exit_code"]) for line in exited] == [(victim, -signal.SIGKILL)]
+        conns = await spread(port, "after", process=str(index))  # the new one answers
+        text = await metrics_text(port)
+        assert metric(text, "talon_opa_intake_process_exits_total") == 1
+        assert metric(text, "talon_opa_intake_processes") == PROCESSES
+        for c in conns:
+            c.close()
+        assert await stop_server(proc) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
