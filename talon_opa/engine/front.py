@@ -1,8 +1,9 @@
 """An intake process (`intake.processes`): it answers alerts beside the engine, on another core.
 
-The engine (engine/fronts.py) starts it with three descriptors: its link to the engine, a channel for
-handing connections over, and the engine's listening socket, from which it accepts connections as the
-engine's own listener does. The engine's intake settings and token come first on the link. Each connection
+The engine (engine/fronts.py) starts it with two descriptors: its link to the engine, and a channel for
+handing connections over. The engine's intake settings and token come first on the link. It listens on the
+engine's address and port beside the engine's own listener (SO_REUSEPORT: the kernel spreads new connections
+evenly over the listening processes). Each connection
 is served by the intake's own protocol (engine/intake_protocol.py) with those limits: the request is parsed,
 the token checked and the alert decoded here, and a refused request answered here (its status counted by the
 engine). An alert goes to the engine, which deduplicates, queues and decides it as if it had received it
@@ -192,13 +193,15 @@ class _HandOver(asyncio.Protocol):
         self._transport = None
 
 
-async def serve(link: socket.socket, channel: socket.socket, listening: socket.socket, cfg: config.Config) -> None:
+async def serve(link: socket.socket, channel: socket.socket, address: str, port: int, cfg: config.Config) -> None:
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     _, engine = await loop.create_unix_connection(lambda: _Engine(stopped), sock=link)
     intake = _FrontIntake(cfg, engine)
     listener = _Listener(cfg.intake.max_connections, channel)
-    server = await loop.create_server(lambda: IntakeProtocol(listener, intake, reserved_path), sock=listening)
+    server = await loop.create_server(
+        lambda: IntakeProtocol(listener, intake, reserved_path), host=address, port=port, reuse_port=True
+    )
     stop = loop.create_task(engine.stop_asked.wait())
     gone = loop.create_task(stopped.wait())
     await asyncio.wait([stop, gone], return_when=asyncio.FIRST_COMPLETED)
@@ -215,10 +218,9 @@ async def serve(link: socket.socket, channel: socket.socket, listening: socket.s
 
 
 def main(argv: list[str] | None = None) -> int:
-    link_fd, channel_fd, listen_fd = (int(a) for a in (argv or sys.argv[1:])[:3])
+    link_fd, channel_fd = (int(a) for a in (argv or sys.argv[1:])[:2])
     link = socket.socket(fileno=link_fd)
     channel = socket.socket(fileno=channel_fd)
-    listening = socket.socket(fileno=listen_fd)
     settings = front_wire.read_settings(link)
     logs.setup(settings["log_format"], settings["log_level"])
     cfg = config.Config(
@@ -231,13 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     channel.settimeout(HAND_OVER_TIMEOUT_S)
     link.setblocking(False)
-    listening.setblocking(False)
+    run = serve(link, channel, settings["address"], settings["port"], cfg)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(link, channel, listening, cfg))
+        asyncio.run(run)
     else:
-        uvloop.run(serve(link, channel, listening, cfg))
+        uvloop.run(run)
     return 0
 
 

@@ -1,7 +1,7 @@
 """The engine's intake processes (`intake.processes`, engine/front.py): started, answered, restarted, stopped.
 
-Each runs `python -m talon_opa.engine.front` with the engine's listening socket, so the kernel gives each new
-connection to whichever process accepts it first: the engine's own listener or one of them. What they send
+Each runs `python -m talon_opa.engine.front` and listens on the engine's address and port beside the engine's
+own listener (SO_REUSEPORT: the kernel spreads new connections evenly over the listening processes). What they send
 is handled here, in the engine's loop, as the engine's own intake handles an alert once decoded: each alert
 is accepted (deduplicated, queued or decided at once, counted and traced) and its answer sent back; each
 request they refused is counted (`rejected`); each connection they hand over is served by aiohttp here.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -103,6 +104,15 @@ class _Link(asyncio.Protocol):
             self._transport.write(front_wire.frame(answers))
 
 
+def _environment() -> dict[str, str]:
+    """What Python needs of the engine's environment, without the rest: the process that parses what clients
+    send holds none of the engine's credentials (cloud keys, tokens given as environment variables)."""
+    return {k: v for k, v in os.environ.items() if k in _KEPT or k.startswith(("PYTHON", "LC_"))}
+
+
+_KEPT = frozenset(("PATH", "HOME", "LANG", "TZ", "VIRTUAL_ENV", "TMPDIR"))
+
+
 def _answer(seq: int, reply: Reply) -> tuple[int, int, bytes, tuple[tuple[str, str], ...]]:
     return seq, reply.status, reply.body, reply.headers
 
@@ -118,14 +128,12 @@ class Fronts:
         self,
         cfg: config.Config,
         *,
-        listening: socket.socket,
         acceptor: Acceptor,
         intake: Intake,
         metrics: Metrics,
         handler: Callable[[], asyncio.Protocol],
     ) -> None:
         self._cfg = cfg
-        self._listening = listening
         self._acceptor = acceptor
         self._intake = intake
         self._metrics = metrics
@@ -167,7 +175,7 @@ class Fronts:
         loop = asyncio.get_running_loop()
         link_here, link_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         channel_here, channel_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = (link_there.fileno(), channel_there.fileno(), self._listening.fileno())
+        fds = (link_there.fileno(), channel_there.fileno())
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -176,6 +184,7 @@ class Fronts:
                 *(str(fd) for fd in fds),
                 pass_fds=fds,
                 stdin=asyncio.subprocess.DEVNULL,
+                env=_environment(),
             )
         except OSError as e:
             log.error("an intake process could not be started", extra={"error": str(e), "intake_process": index})
@@ -203,6 +212,8 @@ class Fronts:
     def _settings(self) -> dict[str, Any]:
         cfg = self._cfg
         return {
+            "address": cfg.address,
+            "port": cfg.listen_port,
             "log_format": cfg.log_format,
             "log_level": cfg.log_level,
             "max_body_bytes": cfg.intake.max_body_bytes,

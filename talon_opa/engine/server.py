@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import gc
 import signal
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import replace
@@ -66,21 +65,14 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_star
         log.error("engine did not start", extra={"error": str(e)})
         return 1
     try:
-        site: web.BaseSite
-        if processes:  # one listening socket, accepted from by the engine and by each intake process
-            listening = socket.create_server(
-                (cfg.address, cfg.listen_port),
-                family=socket.AF_INET6 if ":" in cfg.address else socket.AF_INET,
-                backlog=1024,
-            )
-            site = web.SockSite(runner, listening)
-        else:
-            site = web.TCPSite(runner, cfg.address, cfg.listen_port, ssl_context=ssl_context(cfg.tls))
+        # with intake processes, each listens on the port too: the kernel spreads new connections over them
+        site = web.TCPSite(
+            runner, cfg.address, cfg.listen_port, ssl_context=ssl_context(cfg.tls), reuse_port=bool(processes) or None
+        )
         await site.start()
         if processes:
             intake_processes = fronts.Fronts(
                 cfg,
-                listening=listening,
                 acceptor=engine.acceptor,
                 intake=app[INTAKE],
                 metrics=engine.metrics,

@@ -85,7 +85,7 @@ Unknown_Key: 1
         ("log_format: xml\n", {}, "log_format"),
         ("intake: {processes: -1}\n", {}, "intake.processes"),
         ("intake: {processes: 65}\n", {}, "intake.processes"),
-        ("intake: {processes: 1}\ntls: {cert_file: /nonexistent.pem, key_file: /nonexistent.key}\n", {}, "intake.processes"),
+        ("intake: {processes: 1}\ntls: {cert_file: /x.pem, key_file: /x.key}\n", {}, "intake.processes"),
         ("- a\n", {}, "mapping"),
     ],
 )

@@ -25,8 +25,10 @@ import yaml
 from talon_opa.opa.process import free_port
 from tests.e2e.engine_harness import DRY_RUN_RULES, shell_alert
 from tests.e2e.server_process import log_lines, spawn_server, stop_server, wait_ready
+from tests.harness.nats import Nats
 
 TOKEN = "processes-token"
+SECRET = "engine-only-credential"
 PROCESSES = 2
 MAX_CONNECTIONS = 300
 
@@ -63,7 +65,7 @@ def metric(text: str, name: str) -> float:
 
 
 @asynccontextmanager
-async def server(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, Path]]:
+async def server(tmp_path: Path, **more: object) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, Path]]:
     port = free_port()
     rules = tmp_path / "rules.yaml"
     rules.write_text(DRY_RUN_RULES)
@@ -76,11 +78,12 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Proce
                 "listen_address": "127.0.0.1",
                 "intake": {"processes": PROCESSES, "max_body_bytes": 4096},
                 "watch_rules": False,
+                **more,
             }
         )
     )
     log = tmp_path / "server.log"
-    proc = await spawn_server(cfg, rules, log)
+    proc = await spawn_server(cfg, rules, log, {"AWS_SECRET_ACCESS_KEY": SECRET})
     try:
         await wait_ready(f"http://127.0.0.1:{port}", proc)
         for _ in range(100):
@@ -212,6 +215,9 @@ async def test_an_intake_process_that_exits_is_started_again(tmp_path: Path) -> 
         exited = [line for line in log_lines(log) if line["message"].startswith("an intake process exited")]
         assert [(line["pid"], line["exit_code"]) for line in exited] == [(victim, -signal.SIGKILL)]
         conns = await spread(port, "after", process=str(index))  # the new one answers
+        for pid in pids[1:]:  # what parses clients' requests holds none of the engine's credentials
+            assert SECRET.encode() not in _environ(pid)
+        assert SECRET.encode() in _environ(proc.pid)
         text = await metrics_text(port)
         assert metric(text, "talon_opa_intake_process_exits_total") == 1
         assert metric(text, "talon_opa_intake_processes") == PROCESSES
@@ -220,9 +226,36 @@ async def test_an_intake_process_that_exits_is_started_again(tmp_path: Path) -> 
         assert await stop_server(proc) == 0
 
 
+def _environ(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/environ").read_bytes()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_intake_processes_with_the_jetstream_queue(tmp_path: Path, nats: Nats) -> None:
+    """Each alert an intake process passes on is answered once stored in the stream, and a duplicate is
+    dropped whichever process received it."""
+    stream = f"P{os.getpid()}"
+    queue = {"kind": "nats", "nats_url": nats.url, "nats_stream": stream, "workers": 4, "partitions": 4}
+    async with server(tmp_path, queue=queue) as (proc, port, log):
+        conns = await spread(port, "stored")
+        answers = [await c.send(alert("one alert, stored once")) for c in conns]
+        assert {status for status, _, _ in answers} == {200}
+        docs = [json.loads(body) for _, _, body in answers]
+        assert [d.get("duplicate", False) for d in docs] == [False] + [True] * (len(conns) - 1)
+        traces = {}
+        for i, c in enumerate(conns):
+            status, _, body = await c.send(alert(f"stored and run {i}", pod=f"stored-{i}"))
+            assert status == 200
+            traces[json.loads(body)["trace_id"]] = i
+        for c in conns:
+            c.close()
+        assert await stop_server(proc) == 0
+    acted = {line["trace_id"] for line in log_lines(log) if line["message"] == "action"}
+    assert set(traces) <= acted
