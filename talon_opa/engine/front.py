@@ -1,9 +1,8 @@
 """An intake process (`intake.processes`): it answers alerts beside the engine, on another core.
 
-The engine (engine/fronts.py) starts it with two descriptors: its link to the engine, and a channel for
-handing connections over. The engine's intake settings and token come first on the link. It listens on the
-engine's address and port beside the engine's own listener (SO_REUSEPORT: the kernel spreads new connections
-evenly over the listening processes). Each connection
+The engine (engine/fronts.py) starts it with two descriptors: its link to the engine, and a channel that
+carries connections. The engine's intake settings and token come first on the link. The engine's listener
+accepts each connection and passes it on the channel to the intake process holding the fewest. Each connection
 is served by the intake's own protocol (engine/intake_protocol.py) with those limits: the request is parsed,
 the token checked and the alert decoded here, and a refused request answered here (its status counted by the
 engine). An alert goes to the engine, which deduplicates, queues and decides it as if it had received it
@@ -26,12 +25,13 @@ from talon_opa.core import config, logs
 from talon_opa.engine import front_wire
 from talon_opa.engine.intake import Intake, Reply
 from talon_opa.engine.intake_protocol import IntakeProtocol
-from talon_opa.engine.listener import busy_answer, reserved_path
+from talon_opa.engine.listener import reserved_path
 from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.work import WorkItem
 
 log = logs.get("intake.process")
 HAND_OVER_TIMEOUT_S = 5.0
+HELD_EVERY_S = 0.2  # how often the count of connections held is told to the engine, when it changed
 
 
 class _Engine(asyncio.Protocol):
@@ -87,6 +87,9 @@ class _Engine(asyncio.Protocol):
     def refused(self, status: int) -> None:
         self._send((front_wire.REFUSED, status))
 
+    def held(self, held: int, taken: int) -> None:
+        self._send((front_wire.HELD, held, taken))
+
     def _send(self, record: tuple[Any, ...]) -> None:
         if not self._out:
             self._loop.call_soon(self._flush)
@@ -124,15 +127,17 @@ class _FrontIntake(Intake):
     async def accept_later(self, item: WorkItem) -> Reply:
         return await self._engine.submit(item)
 
+    def answer_later(self, item: WorkItem) -> asyncio.Future[Reply]:
+        return self._engine.submit(item)  # no task per alert: the engine's answer resolves it
+
 
 class _Listener:
-    """What the intake protocol asks of its listener, in this process."""
+    """What the intake protocol asks of its listener, in this process: the engine's listener accepted the
+    connection and counted it toward `intake.max_connections` already."""
 
-    def __init__(self, max_connections: int, channel: socket.socket) -> None:
+    def __init__(self, channel: socket.socket) -> None:
         self.fast: set[IntakeProtocol] = set()
-        self._max = max_connections
         self._channel = channel
-        self._busy_log = logs.Throttle(1.0)
 
     def open_connections(self) -> int:
         return len(self.fast)
@@ -141,17 +146,7 @@ class _Listener:
         return _HandOver(self._channel)
 
     def refuse_busy(self, transport: asyncio.Transport) -> bool:
-        if len(self.fast) <= self._max:
-            return False
-        held = self._busy_log.allow()
-        if held is not None:
-            log.warning(
-                "connection refused: too many open connections",
-                extra={"max_connections": self._max, "also_refused_since_last_line": held},
-            )
-        transport.write(busy_answer())
-        transport.close()
-        return True
+        return False
 
 
 class _HandOver(asyncio.Protocol):
@@ -193,21 +188,62 @@ class _HandOver(asyncio.Protocol):
         self._transport = None
 
 
-async def serve(link: socket.socket, channel: socket.socket, address: str, port: int, cfg: config.Config) -> None:
+async def serve(link: socket.socket, channel: socket.socket, cfg: config.Config) -> None:
+    """Serve the connections the engine passes until it says stop (or is gone)."""
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     _, engine = await loop.create_unix_connection(lambda: _Engine(stopped), sock=link)
     intake = _FrontIntake(cfg, engine)
-    listener = _Listener(cfg.intake.max_connections, channel)
-    server = await loop.create_server(
-        lambda: IntakeProtocol(listener, intake, reserved_path), host=address, port=port, reuse_port=True
-    )
+    listener = _Listener(channel)
+    received = front_wire.Connections()
+    tasks: set[asyncio.Task[None]] = set()
+    taken = 0
+
+    async def take(fd: int, read: bytes) -> None:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        protocol = IntakeProtocol(listener, intake, reserved_path)
+        try:
+            await loop.connect_accepted_socket(lambda: protocol, sock)
+        except OSError:
+            sock.close()  # the client went away meanwhile
+            return
+        if read:
+            protocol.data_received(read)
+
+    def readable() -> None:
+        try:
+            passed = received.receive(channel)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return
+        if passed is None:  # the engine is gone (its link says so too)
+            loop.remove_reader(channel.fileno())
+            return
+        nonlocal taken
+        for fd, read in passed:
+            taken += 1
+            task = loop.create_task(take(fd, read))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def report() -> None:  # the engine passes each new connection to the process holding the fewest
+        said = (0, 0)
+        while True:
+            now = (len(listener.fast), taken)
+            if now != said:
+                said = now
+                engine.held(*now)
+            await asyncio.sleep(HELD_EVERY_S)
+
+    loop.add_reader(channel.fileno(), readable)
+    reporter = loop.create_task(report())
     stop = loop.create_task(engine.stop_asked.wait())
     gone = loop.create_task(stopped.wait())
     await asyncio.wait([stop, gone], return_when=asyncio.FIRST_COMPLETED)
-    server.close()
+    reporter.cancel()
     if gone.done():
         return  # the engine is gone: nothing can be answered any more
+    loop.remove_reader(channel.fileno())  # the engine passes no more connections
     for conn in list(listener.fast):
         conn.close_idle()
     waits = [asyncio.ensure_future(conn.wait_closed()) for conn in list(listener.fast)]
@@ -225,15 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(settings["log_format"], settings["log_level"])
     cfg = config.Config(
         intake=config.Intake(
-            max_body_bytes=settings["max_body_bytes"],
-            read_timeout_seconds=settings["read_timeout_seconds"],
-            max_connections=settings["max_connections"],
+            max_body_bytes=settings["max_body_bytes"], read_timeout_seconds=settings["read_timeout_seconds"]
         ),
         auth=config.Auth(token=settings["token"], header=settings["header"]),
     )
     channel.settimeout(HAND_OVER_TIMEOUT_S)
     link.setblocking(False)
-    run = serve(link, channel, settings["address"], settings["port"], cfg)
+    run = serve(link, channel, cfg)
     try:
         import uvloop
     except ImportError:

@@ -2,9 +2,10 @@
 
 Two Unix socket pairs per intake process. On the first, frames: a 4-byte big-endian length, then a
 `marshal` payload (both ends are this package, in processes the engine started): the engine's settings
-for the intake first, then batches of records one way and of answers the other way. On the second, each
-connection the intake process hands over (a request its protocol does not take) travels as its file
-descriptor (SCM_RIGHTS) with a frame of the bytes it already read from it.
+for the intake first, then batches of records one way and of answers the other way. On the second,
+connections travel as their file descriptors (SCM_RIGHTS), each with a frame of the bytes already read from
+it: the engine passes each new connection on, and the intake process hands one back when a request on it is
+not one its protocol takes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ MAX_FRAME = 1 << 30
 
 ALERT = 0  # (ALERT, seq, alert id, alert fields, body, content type, traceparent, tracestate)
 REFUSED = 1  # (REFUSED, status): the intake process refused a request itself (counted by the engine)
-STOP = 2  # engine → intake process: stop accepting, answer what is pending, exit
+STOP = 2  # engine → intake process: take no more connections, write the answers to come, exit
+HELD = 3  # (HELD, held, taken): the connections the intake process holds, and has taken in all, when they change
 
 _ALERT_FIELDS = tuple(f.name for f in dataclasses.fields(Alert))
 _alert_values = operator.attrgetter(*_ALERT_FIELDS)

@@ -261,6 +261,10 @@ class Intake:
         """The answer of an item `accept_now` could not take (the JetStream queue stores it first)."""
         return self.reply(await self._accept(item))
 
+    def answer_later(self, item: WorkItem) -> asyncio.Future[Reply]:
+        """`accept_later`, running: what the intake's own protocol waits for."""
+        return asyncio.ensure_future(self.accept_later(item))
+
     def reply(self, admission: Admission) -> Reply:
         """The answer of an accepted, or refused, work item."""
         if admission.verdict == "queued":  # the usual answer, written directly: ids are hex digits

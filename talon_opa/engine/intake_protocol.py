@@ -24,6 +24,7 @@ import http
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol, cast
 
 from aiohttp.http import SERVER_SOFTWARE
@@ -31,7 +32,6 @@ from aiohttp.tcp_helpers import tcp_keepalive
 
 from talon_opa.core import logs
 from talon_opa.engine.intake import Intake, Reply, refusal
-from talon_opa.engine.work import WorkItem
 
 log = logs.get("http")
 
@@ -113,7 +113,7 @@ class IntakeProtocol(asyncio.Protocol):
         self._body_wait = False
         self._continued = False  # `100 Continue` written for the request whose body is awaited
         self._timer: asyncio.TimerHandle | None = None
-        self._pending: asyncio.Task[None] | None = None  # an answer that awaits the queue (JetStream)
+        self._pending: asyncio.Future[Reply] | None = None  # an answer that awaits the queue (JetStream, the engine)
         self._paused = False  # reading paused: an answer is pending, or the client does not read ours
         self._closing = False  # the engine stops, or the client asked to close: no request after this one
 
@@ -146,8 +146,11 @@ class IntakeProtocol(asyncio.Protocol):
             if type(buf) is bytes:
                 buf = self._buf = bytearray(buf)
             buf += data
-        if self._pending is None and len(self._buf) >= self._need:
-            self._serve()
+        if self._pending is None:
+            if len(self._buf) >= self._need:
+                self._serve()
+        elif len(self._buf) > self._intake.max_body + MAX_HEAD:  # the client sends on while it waits: enough
+            self._pause()
 
     def eof_received(self) -> bool | None:
         if self._pending is not None:
@@ -257,10 +260,12 @@ class IntakeProtocol(asyncio.Protocol):
                 else:
                     admission = intake.accept_now(item)
                     if admission is None:  # the queue stores it first: answered once it has
-                        self._buf = buf[pos:]
-                        self._pending = self._loop.create_task(self._answer_later(item))
+                        self._buf = rest = buf[pos:]
+                        pending = self._pending = intake.answer_later(item)
+                        pending.add_done_callback(partial(self._answered, item.alert_id))
                         self._flush(out)
-                        self._pause()
+                        if len(rest) > intake.max_body + MAX_HEAD:
+                            self._pause()
                         return None
                     reply = intake.reply(admission)
             out.append(render(reply, self._closing))
@@ -268,14 +273,14 @@ class IntakeProtocol(asyncio.Protocol):
         self._flush(out)
         return None
 
-    async def _answer_later(self, item: WorkItem) -> None:
-        try:
-            reply = await self._intake.accept_later(item)
-        except Exception:
-            log.exception("the alert could not be accepted", extra={"id": item.alert_id})
+    def _answered(self, alert_id: str, pending: asyncio.Future[Reply]) -> None:
+        self._pending = None
+        error = None if pending.cancelled() else pending.exception()
+        if pending.cancelled() or error is not None:
+            log.error("the alert could not be accepted", exc_info=error, extra={"id": alert_id})
             reply = refusal(500, "internal error while handling the request", "", hint="see the engine's log")
-        finally:
-            self._pending = None
+        else:
+            reply = pending.result()
         transport = self._transport
         if transport is None:
             return  # the client went away: the alert is accepted all the same

@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aiohttp import http_exceptions, web
 from aiohttp.web_request import BaseRequest
 
 from talon_opa.core import config, logs
 from talon_opa.engine.intake import INTAKE, RESERVED, Intake
-from talon_opa.engine.intake_protocol import IntakeProtocol
+from talon_opa.engine.intake_protocol import Connections, IntakeProtocol
 
 log = logs.get("http")
 
@@ -136,6 +136,16 @@ def reserved_path(path: bytes) -> bool:
     return path in RESERVED or path.startswith(b"/v1/")
 
 
+class Elsewhere(Protocol):
+    """Processes that serve connections the listener accepts (the intake processes, engine/fronts.py)."""
+
+    def protocol(self, listener: Connections) -> asyncio.Protocol | None:
+        """The protocol that passes a new connection on; None: the listener serves it."""
+
+    def open_connections(self) -> int:
+        """The connections they hold."""
+
+
 class _Server(web.Server):
     """aiohttp's server, whose connections start with the intake's own protocol when the app has an intake."""
 
@@ -144,17 +154,23 @@ class _Server(web.Server):
         self._max = max_connections
         self._intake = intake
         self.fast: set[IntakeProtocol] = set()
+        self.elsewhere: Elsewhere | None = None
 
     def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
         if self._intake is None:
             return self.handler()
+        if self.elsewhere is not None:
+            passing = self.elsewhere.protocol(self)
+            if passing is not None:
+                return passing
         return IntakeProtocol(self, self._intake, reserved_path)
 
     def handler(self) -> web.RequestHandler:
         return _Handler(self, loop=self._loop, **self._kwargs)
 
     def open_connections(self) -> int:
-        return len(self.fast) + len(self._connections)
+        elsewhere = self.elsewhere.open_connections() if self.elsewhere is not None else 0
+        return len(self.fast) + len(self._connections) + elsewhere
 
     def refuse_busy(self, transport: asyncio.Transport) -> bool:
         """Over `intake.max_connections`: a 503 is written and the connection closed (True)."""
@@ -197,10 +213,17 @@ class Runner(web.AppRunner):
         self._own_protocol = own_protocol  # False: aiohttp serves every request (benchmarks' and tests' A/B)
 
     def handler(self) -> asyncio.Protocol:
-        """aiohttp's protocol for a connection accepted elsewhere (an intake process hands it over)."""
+        """aiohttp's protocol for a connection an intake process hands back."""
+        return self._listening().handler()
+
+    def serve_elsewhere(self, elsewhere: Elsewhere | None) -> None:
+        """Pass new connections on to `elsewhere` while it takes them (None: serve them all here)."""
+        self._listening().elsewhere = elsewhere
+
+    def _listening(self) -> _Server:
         server = self.server
         assert isinstance(server, _Server), "the runner is set up"
-        return server.handler()
+        return server
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # starts the app; its handler and request factory are kept

@@ -14,7 +14,6 @@ import gc
 import signal
 import ssl
 from collections.abc import Callable
-from dataclasses import replace
 
 from aiohttp import web
 
@@ -23,8 +22,9 @@ from talon_opa.core.errors import RulesError, TalonError
 from talon_opa.engine import fronts
 from talon_opa.engine.app import create_app
 from talon_opa.engine.intake import INTAKE
+from talon_opa.engine.intake_protocol import IntakeProtocol
 from talon_opa.engine.lifecycle import Engine
-from talon_opa.engine.listener import Runner
+from talon_opa.engine.listener import Runner, reserved_path
 from talon_opa.engine.prestart import Prestart
 from talon_opa.engine.reload import log_problems
 
@@ -54,7 +54,7 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_star
     engine = Engine(cfg, head_start=head_start)
     app = create_app(engine)
     processes = cfg.intake.processes
-    runner = Runner(app, replace(cfg.intake, max_connections=fronts.share(cfg.intake)) if processes else cfg.intake)
+    runner = Runner(app, cfg.intake)
     intake_processes: fronts.Fronts | None = None
     try:
         await runner.setup()  # starts the engine: rules → bundle → OPA
@@ -65,10 +65,7 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_star
         log.error("engine did not start", extra={"error": str(e)})
         return 1
     try:
-        # with intake processes, each listens on the port too: the kernel spreads new connections over them
-        site = web.TCPSite(
-            runner, cfg.address, cfg.listen_port, ssl_context=ssl_context(cfg.tls), reuse_port=bool(processes) or None
-        )
+        site = web.TCPSite(runner, cfg.address, cfg.listen_port, ssl_context=ssl_context(cfg.tls))
         await site.start()
         if processes:
             intake_processes = fronts.Fronts(
@@ -77,8 +74,10 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_star
                 intake=app[INTAKE],
                 metrics=engine.metrics,
                 handler=runner.handler,
+                here=lambda listener: IntakeProtocol(listener, app[INTAKE], reserved_path),
             )
             await intake_processes.start()
+            runner.serve_elsewhere(intake_processes)
         log.info(
             "listening",
             extra={
@@ -117,6 +116,7 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_star
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         if intake_processes is not None:
+            runner.serve_elsewhere(None)
             await intake_processes.stop()  # their last answers, while the engine still accepts
         await runner.cleanup()  # closes the listener, then drains the queue (engine.stop)
     log.info("stopped")

@@ -1,11 +1,11 @@
 """`intake.processes`: intake processes answer alerts beside the engine (engine/front.py, engine/fronts.py).
 
-`talon-opa server` runs as a process with two intake processes and a real child OPA. The kernel gives each
-new connection to whichever process accepts it first, so the tests open connections until both the engine's
-own listener and the intake processes have answered some (read from /metrics), then send the same requests
-on every connection: whichever process holds it, the answers are the engine's (one deduplication, the
-refusals counted by the engine, its other routes served through a connection handed over), every accepted
-alert is decided and acted on in its trace, and SIGTERM stops the intake processes and drains.
+`talon-opa server` runs as a process with two intake processes and a real child OPA; the engine's listener
+passes each new connection to the intake process holding the fewest (counted on /metrics). The same requests
+go on every connection: the answers are the engine's (one deduplication across processes, the refusals
+counted by the engine, its other routes served through a connection handed back to it), every accepted alert
+is decided and acted on in its trace, and SIGTERM stops the intake processes and drains. An intake process
+that dies is started again; with none running, the engine serves new connections itself.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tests.harness.nats import Nats
 TOKEN = "processes-token"
 SECRET = "engine-only-credential"
 PROCESSES = 2
-MAX_CONNECTIONS = 300
+CONNECTIONS = 8
 
 
 class Connection:
@@ -111,30 +111,28 @@ async def metrics_text(port: int) -> str:
         conn.close()
 
 
-async def spread(port: int, tag: str, process: str = "") -> list[Connection]:
-    """Connections, each having posted one alert, until both the engine and the intake processes (or the one
-    numbered `process`) answered some."""
-    conns: list[Connection] = []
-    series = f'talon_opa_intake_process_alerts_total{{process="{process}"}}' if process else ""
-    while len(conns) < MAX_CONNECTIONS:
-        for _ in range(10):
-            conn = Connection(*await asyncio.open_connection("127.0.0.1", port))
-            status, _, body = await conn.send(alert(f"{tag} {len(conns)}", pod=f"{tag}-{len(conns)}"))
-            assert status == 200, body
-            conns.append(conn)
-        text = await metrics_text(port)
-        by_processes = metric(text, "talon_opa_intake_process_alerts_total")
-        if 0 < by_processes < metric(text, "falcosecurity_falco_talon_events_total") and (
-            not series or metric(text, series) > 0
-        ):
-            return conns
-    raise AssertionError(f"{MAX_CONNECTIONS} connections did not reach both the engine and an intake process")
+async def connections(port: int, tag: str, n: int = CONNECTIONS) -> list[Connection]:
+    """New connections to the engine's port, each having posted one alert."""
+    conns = []
+    for i in range(n):
+        conn = Connection(*await asyncio.open_connection("127.0.0.1", port))
+        status, _, body = await conn.send(alert(f"{tag} {i}", pod=f"{tag}-{i}"))
+        assert status == 200, body
+        conns.append(conn)
+    return conns
+
+
+def by_process(text: str, index: int | str) -> float:
+    return metric(text, f'talon_opa_intake_process_alerts_total{{process="{index}"}}')
 
 
 async def test_intake_processes_answer_as_the_engine_does(tmp_path: Path) -> None:
     async with server(tmp_path) as (proc, port, log):
-        conns = await spread(port, "spread")
+        conns = await connections(port, "spread")
         n = len(conns)
+        text = await metrics_text(port)  # the engine passed each connection to the intake process holding fewest
+        assert [by_process(text, i) for i in range(PROCESSES)] == [n / PROCESSES] * PROCESSES
+        assert metric(text, "falcosecurity_falco_talon_events_total") == n
 
         # one deduplication whichever process holds the connection
         answers = [await c.send(alert("the same alert on every connection")) for c in conns]
@@ -214,13 +212,42 @@ async def test_an_intake_process_that_exits_is_started_again(tmp_path: Path) -> 
         assert victim not in pids[PROCESSES:]
         exited = [line for line in log_lines(log) if line["message"].startswith("an intake process exited")]
         assert [(line["pid"], line["exit_code"]) for line in exited] == [(victim, -signal.SIGKILL)]
-        conns = await spread(port, "after", process=str(index))  # the new one answers
+        conns = await connections(port, "after")
+        text = await metrics_text(port)
+        assert by_process(text, index) > 0, "the new one answers"
         for pid in pids[1:]:  # what parses clients' requests holds none of the engine's credentials
             assert SECRET.encode() not in _environ(pid)
         assert SECRET.encode() in _environ(proc.pid)
-        text = await metrics_text(port)
         assert metric(text, "talon_opa_intake_process_exits_total") == 1
         assert metric(text, "talon_opa_intake_processes") == PROCESSES
+        for c in conns:
+            c.close()
+        assert await stop_server(proc) == 0
+
+
+async def test_with_no_intake_process_running_the_engine_serves_connections_itself(tmp_path: Path) -> None:
+    async with server(tmp_path) as (proc, port, log):
+        for pid in started(log):
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            if len([line for line in log_lines(log) if line["message"].startswith("an intake process exited")]) == 2:
+                break
+            await asyncio.sleep(0.05)
+        # within the second before they are started again (RESTART_DELAY_S)
+        assert metric(await metrics_text(port), "talon_opa_intake_processes") == 0
+        [conn] = await connections(port, "while down", n=1)
+        text = await metrics_text(port)
+        assert metric(text, "falcosecurity_falco_talon_events_total") == 1
+        assert metric(text, "talon_opa_intake_process_alerts_total") == 0, "the engine answered it itself"
+        status, _, body = await conn.send(alert("on the same connection"))
+        assert status == 200, body
+        conn.close()
+        for _ in range(100):
+            if len(started(log)) == 2 * PROCESSES:
+                break
+            await asyncio.sleep(0.1)
+        conns = await connections(port, "back up")
+        assert metric(await metrics_text(port), "talon_opa_intake_process_alerts_total") == len(conns)
         for c in conns:
             c.close()
         assert await stop_server(proc) == 0
@@ -244,7 +271,7 @@ async def test_intake_processes_with_the_jetstream_queue(tmp_path: Path, nats: N
     stream = f"P{os.getpid()}"
     queue = {"kind": "nats", "nats_url": nats.url, "nats_stream": stream, "workers": 4, "partitions": 4}
     async with server(tmp_path, queue=queue) as (proc, port, log):
-        conns = await spread(port, "stored")
+        conns = await connections(port, "stored")
         answers = [await c.send(alert("one alert, stored once")) for c in conns]
         assert {status for status, _, _ in answers} == {200}
         docs = [json.loads(body) for _, _, body in answers]
