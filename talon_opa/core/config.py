@@ -198,8 +198,10 @@ class Intake:
     max_connections: int = 1000
     """open intake connections at most; beyond it a new connection gets 503 and is closed"""
     processes: int = 0
-    """helper processes that answer alerts beside the engine's own (HTTP, token, decoding; the engine still
-    deduplicates, queues and decides): 0 or 1 per spare core; plain HTTP only (docs/performance.md)"""
+    """intake processes: the engine passes each connection to one of them, which parses, checks and decodes the
+    alerts and passes them back to the engine (it still deduplicates, queues, decides and acts): more alerts a
+    second on more than one core (one per core); 0: the engine serves every connection; not with TLS
+    (docs/performance.md)"""
 
 
 @dataclass(frozen=True, slots=True)

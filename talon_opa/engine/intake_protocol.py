@@ -184,7 +184,8 @@ class IntakeProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        buf, pos, out = bytes(self._buf), 0, list[bytes]()
+        buf, pos = bytes(self._buf), 0
+        out: list[bytes] = []
         self._need = 0
         intake = self._intake
         while pos < len(buf) and not self._closing:
@@ -288,7 +289,8 @@ class IntakeProtocol(asyncio.Protocol):
         if transport.is_closing():
             return
         self._resume()
-        self._serve()
+        if self._buf and len(self._buf) >= self._need:  # what the client sent meanwhile
+            self._serve()
 
     def _flush(self, out: list[bytes]) -> None:
         transport = self._transport
