@@ -7,11 +7,14 @@ GETs another pod and PATCHes the same label onto it (what the actionner does, wi
 until the watch shows it. Prints `p50_ms=X p99_ms=Y n=N floor_p50_ms=F floor_p99_ms=G ratio_p50=R`.
 Loopback only, bounded.
 With `--queue nats --replicas N`, N engine processes share one JetStream stream and the alerts go round-robin.
-With `--caps-pod`, the config sets caps.protected_labels and caps.keep_last_replica, so the engine reads each
-alert's pod (and its owner) from the API server before deciding (docs/caps.md): the cost of that lookup.
+With `--intake-processes N`, the engine runs with intake.processes: N (an alert passes through an intake
+process first). With `--caps-pod`, the config sets caps.protected_labels and caps.keep_last_replica, so the
+engine reads each alert's pod (and its owner) from the API server before deciding (docs/caps.md): the cost of
+that lookup.
 With `--burst`, every alert is posted at once (a noisy rule matching many pods), after the floor's writes
 all at once: each alert's time until its label shows.
 Usage: benchmarks/alert_to_action.py [--alerts 100] [--queue memory|nats] [--replicas 1] [--caps-pod] [--burst]
+    [--intake-processes N]
 """
 
 from __future__ import annotations
@@ -58,9 +61,12 @@ async def main() -> None:
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--caps-pod", action="store_true", help="caps that read the pod before deciding")
     p.add_argument("--burst", action="store_true", help="post every alert at once (and the floor's writes at once)")
+    p.add_argument("--intake-processes", type=int, default=0, help="the engine with intake.processes: N")
     a = p.parse_args()
     caps = {"protected_labels": {"talon-opa.io/protected": "true"}, "keep_last_replica": ["kubernetes:terminate"]}
     extra: dict[str, object] = {"caps": caps} if a.caps_pod else {}
+    if a.intake_processes:
+        extra["intake"] = {"processes": a.intake_processes}
     with tempfile.TemporaryDirectory(prefix="talon-opa-bench-kube-") as tmp:
         kube = KubeCluster(Path(tmp))
         try:
@@ -112,7 +118,8 @@ async def main() -> None:
     f50, f99 = statistics.median(floor), percentile(floor, 0.99)
     print(
         f"p50_ms={p50:.1f} p99_ms={p99:.1f} n={len(latencies)} floor_p50_ms={f50:.1f} floor_p99_ms={f99:.1f} "
-        f"ratio_p50={p50 / f50:.2f} queue={a.queue} replicas={a.replicas} caps_pod={a.caps_pod} burst={a.burst}"
+        f"ratio_p50={p50 / f50:.2f} queue={a.queue} replicas={a.replicas} caps_pod={a.caps_pod} burst={a.burst} "
+        f"intake_processes={a.intake_processes}"
     )
 
 
