@@ -31,6 +31,7 @@ from talon_opa.engine.work import WorkItem
 
 log = logs.get("intake.process")
 HAND_OVER_TIMEOUT_S = 5.0
+BATCH_BYTES = 1 << 22  # alerts' bodies in one frame to the engine, at most (one body may be larger)
 HELD_EVERY_S = 0.2  # how often the count of connections held is told to the engine, when it changed
 
 
@@ -43,6 +44,7 @@ class _Engine(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._frames = front_wire.Frames()
         self._out: list[tuple[Any, ...]] = []
+        self._out_bytes = 0
         self._pending: dict[int, asyncio.Future[Reply]] = {}
         self._seq = 0
         self.stop_asked = asyncio.Event()
@@ -70,6 +72,7 @@ class _Engine(asyncio.Protocol):
     def submit(self, item: WorkItem) -> asyncio.Future[Reply]:
         self._seq += 1
         fut = self._pending[self._seq] = self._loop.create_future()
+        self._out_bytes += len(item.body)
         self._send(
             (
                 front_wire.ALERT,
@@ -94,9 +97,11 @@ class _Engine(asyncio.Protocol):
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(record)
+        if self._out_bytes > BATCH_BYTES:  # large bodies: sent now rather than one frame of them all
+            self._flush()
 
     def _flush(self) -> None:
-        out, self._out = self._out, []
+        out, self._out, self._out_bytes = self._out, [], 0
         if not out:
             return
         try:
@@ -200,6 +205,7 @@ async def serve(link: socket.socket, channel: socket.socket, cfg: config.Config)
     taken = 0
 
     async def take(fd: int, read: bytes) -> None:
+        nonlocal taken
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         protocol = IntakeProtocol(listener, intake, reserved_path)
@@ -208,6 +214,8 @@ async def serve(link: socket.socket, channel: socket.socket, cfg: config.Config)
         except OSError:
             sock.close()  # the client went away meanwhile
             return
+        finally:
+            taken += 1  # held from now on (`listener.fast`), or gone
         if read:
             protocol.data_received(read)
 
@@ -219,9 +227,7 @@ async def serve(link: socket.socket, channel: socket.socket, cfg: config.Config)
         if passed is None:  # the engine is gone (its link says so too)
             loop.remove_reader(channel.fileno())
             return
-        nonlocal taken
         for fd, read in passed:
-            taken += 1
             task = loop.create_task(take(fd, read))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

@@ -8,9 +8,10 @@ engine's own intake handles an alert once decoded: each alert is accepted (dedup
 once, counted and traced) and its answer sent back; each request they refused is counted (`rejected`); each
 connection they hand back (a request their protocol does not take) is served by aiohttp here.
 
-An intake process that exits while the engine runs is logged and started again a second later (its
-connections are closed; clients connect again); the engine serves new connections itself meanwhile. On stop,
-each is asked to stop and given `intake.read_timeout_seconds` to write its last answers, then killed.
+An intake process that exits while the engine runs is logged and started again a second later (up to 30 s
+while they keep exiting); its connections are closed, and their clients connect again; the engine serves new
+connections itself meanwhile. On stop, each is asked to stop and given `intake.read_timeout_seconds` to write
+its last answers, then killed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from talon_opa.engine.metrics import Metrics
 from talon_opa.engine.work import WorkItem
 
 log = logs.get("intake.process")
-RESTART_DELAY_S = 1.0
+RESTART_DELAY_S = 1.0  # before an intake process that exited is started again; doubled while they keep exiting
+RESTART_DELAY_MAX_S = 30.0
+STEADY_S = 60.0  # an intake process that ran this long exited alone: the next restart waits RESTART_DELAY_S
 _KEPT = frozenset(("PATH", "HOME", "LANG", "TZ", "VIRTUAL_ENV", "TMPDIR"))
 
 Answer = tuple[int, int, bytes, tuple[tuple[str, str], ...]]  # seq, status, body, headers
@@ -78,7 +81,13 @@ class _Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         answers: list[Answer] = []
         alerts = 0
-        for batch in self._frames.feed(data):
+        try:
+            batches = list(self._frames.feed(data))
+        except ValueError as e:  # not what an intake process writes: it is closed (and started again)
+            log.error("an intake process sent what is not a frame", extra={"error": str(e)})
+            self._front.proc.kill()
+            return
+        for batch in batches:
             for record in batch:
                 kind = record[0]
                 if kind == front_wire.ALERT:
@@ -185,6 +194,7 @@ class Fronts:
         self._here = here
         self._stopping = False
         self._running: dict[int, _Front] = {}
+        self._delays: dict[int, float] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._handed: set[asyncio.Task[None]] = set()
 
@@ -279,6 +289,7 @@ class Fronts:
         }
 
     async def _watch(self, front: _Front) -> None:
+        started = asyncio.get_running_loop().time()
         try:
             code = await front.proc.wait()
         finally:
@@ -289,11 +300,14 @@ class Fronts:
         if self._stopping:
             return
         self._metrics.intake_process_exits.inc()
+        steady = asyncio.get_running_loop().time() - started > STEADY_S
+        delay = RESTART_DELAY_S if steady else self._delays.get(front.index, RESTART_DELAY_S / 2) * 2
+        delay = self._delays[front.index] = min(delay, RESTART_DELAY_MAX_S)
         log.error(
             "an intake process exited; the engine serves new connections itself until it is started again",
-            extra={"intake_process": front.index, "pid": front.proc.pid, "exit_code": code},
+            extra={"intake_process": front.index, "pid": front.proc.pid, "exit_code": code, "restart_in_s": delay},
         )
-        await asyncio.sleep(RESTART_DELAY_S)
+        await asyncio.sleep(delay)
         if not self._stopping:
             await self._start(front.index)
 
