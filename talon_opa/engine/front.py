@@ -17,6 +17,7 @@ to come), and at once when its link to the engine closes.
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import sys
 from typing import Any, cast
@@ -260,6 +261,10 @@ async def serve(link: socket.socket, channel: socket.socket, cfg: config.Config)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # the engine stops it (after its last answers), and a Ctrl-C or a SIGTERM sent to the whole process group
+    # reaches the engine too; without the engine, its link closes and it exits
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     link_fd, channel_fd = (int(a) for a in (argv or sys.argv[1:])[:2])
     link = socket.socket(fileno=link_fd)
     channel = socket.socket(fileno=channel_fd)

@@ -181,12 +181,20 @@ async def test_intake_processes_answer_as_the_engine_does(tmp_path: Path) -> Non
             status, _, body = await c.send(alert(f"after the hand-over {i}"))
             assert status == 200
             assert "trace_id" in json.loads(body), body
+        # a Ctrl-C or SIGTERM sent to the process group reaches them too: the engine stops them, after it
+        pids = started(log)
+        for pid in pids:
+            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGTERM)
+        before = metric(await metrics_text(port), "talon_opa_intake_process_alerts_total")
+        conns += await connections(port, "after the signals")  # new connections: the intake processes hold them
         text = await metrics_text(port)
+        assert metric(text, "talon_opa_intake_process_alerts_total") == before + CONNECTIONS
         assert metric(text, "talon_opa_intake_processes") == PROCESSES
+        assert metric(text, "talon_opa_intake_process_exits_total") == 0
         for c in conns:
             c.close()
 
-        pids = started(log)
         assert await stop_server(proc) == 0
     lines = log_lines(log)
     acted = {line["trace_id"] for line in lines if line["message"] == "action" and line.get("status") == "dry_run"}
