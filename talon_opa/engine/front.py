@@ -118,20 +118,18 @@ class _Engine(asyncio.Protocol):
 
 
 class _FrontIntake(Intake):
-    """The intake's steps, with acceptance and the refusal counts in the engine."""
+    """The intake's steps up to the decoded alert; its acceptance and the refusal counts are the engine's.
+    Only the intake's own protocol uses it (`accept_now` is None for every alert, so it asks `answer_later`)."""
 
     def __init__(self, cfg: config.Config, engine: _Engine) -> None:
-        super().__init__(cfg, self._unused, Metrics())
+        super().__init__(cfg, self._in_the_engine, Metrics())
         self._engine = engine
 
-    async def _unused(self, item: WorkItem) -> Any:
-        raise AssertionError("accept_later sends the item to the engine")
+    async def _in_the_engine(self, item: WorkItem) -> Any:
+        raise AssertionError("an intake process answers through answer_later: the engine accepts the alert")
 
     def count_refusal(self, status: int) -> None:
         self._engine.refused(status)
-
-    async def accept_later(self, item: WorkItem) -> Reply:
-        return await self._engine.submit(item)
 
     def answer_later(self, item: WorkItem) -> asyncio.Future[Reply]:
         return self._engine.submit(item)  # no task per alert: the engine's answer resolves it
