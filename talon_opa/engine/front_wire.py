@@ -1,11 +1,12 @@
 """What the engine and its intake processes (engine/fronts.py, engine/front.py) say to each other.
 
 Two Unix socket pairs per intake process. On the first, frames: a 4-byte big-endian length, then a
-`marshal` payload (both ends are this package, in processes the engine started): the engine's settings
-for the intake first, then batches of records one way and of answers the other way. On the second,
-connections travel as their file descriptors (SCM_RIGHTS), each with a frame of the bytes already read from
-it: the engine passes each new connection on, and the intake process hands one back when a request on it is
-not one its protocol takes.
+`marshal` payload (both ends are this package, in processes the engine started as its own user; marshal
+trusts what it reads, as the engine trusts its intake processes): the engine's settings for the intake
+first, then batches of records one way and of answers the other way. On the second, connections travel as
+their file descriptors (SCM_RIGHTS), each with a frame of the bytes already read from it: the engine passes
+each new connection on, and the intake process hands one back when a request on it is not one its protocol
+takes.
 """
 
 from __future__ import annotations

@@ -146,7 +146,9 @@ def _internal() -> Reply:
 
 def _environment() -> dict[str, str]:
     """What Python needs of the engine's environment, without the rest: the process that parses what clients
-    send holds none of the engine's credentials (cloud keys, tokens given as environment variables)."""
+    send is not given the engine's credentials (cloud keys, tokens given as environment variables). It runs
+    as the engine's user: this keeps them out of its memory, its crash reports and its children, not out of
+    its reach (it is no security boundary)."""
     return {k: v for k, v in os.environ.items() if k in _KEPT or k.startswith(("PYTHON", "LC_"))}
 
 
