@@ -37,6 +37,7 @@ log = logs.get("intake.process")
 RESTART_DELAY_S = 1.0  # before an intake process that exited is started again; doubled while they keep exiting
 RESTART_DELAY_MAX_S = 30.0
 STEADY_S = 60.0  # an intake process that ran this long exited alone: the next restart waits RESTART_DELAY_S
+_pass_log = logs.Throttle(1.0)
 _KEPT = frozenset(("PATH", "HOME", "LANG", "TZ", "VIRTUAL_ENV", "TMPDIR"))
 
 Answer = tuple[int, int, bytes, tuple[tuple[str, str], ...]]  # seq, status, body, headers
@@ -115,6 +116,7 @@ class _Link(asyncio.Protocol):
             admission = self._acceptor.accept_now(item)
         except Exception:
             log.exception("the alert could not be accepted", extra={"id": alert_id})
+            self._intake.count_refusal(500)
             return _answer(seq, _internal())
         if admission is None:  # the queue stores it first (JetStream): answered once it has
             task = asyncio.get_running_loop().create_task(self._accept_later(seq, item))
@@ -128,6 +130,7 @@ class _Link(asyncio.Protocol):
             reply = await self._intake.accept_later(item)
         except Exception:
             log.exception("the alert could not be accepted", extra={"id": item.alert_id})
+            self._intake.count_refusal(500)
             reply = _internal()
         self._write([_answer(seq, reply)])
 
@@ -166,7 +169,13 @@ class _PassOn(asyncio.Protocol):
             return
         try:
             front_wire.send_connection(self._front.channel, t.get_extra_info("socket").fileno(), b"")
-        except OSError:  # its channel is full or gone: served here
+        except OSError as e:  # its channel is full or gone: served here
+            held = _pass_log.allow()
+            if held is not None:
+                log.warning(
+                    "a connection could not be passed to an intake process: the engine serves it",
+                    extra={"intake_process": self._front.index, "error": str(e), "also_logged_since_last_line": held},
+                )
             protocol = self._here()
             t.set_protocol(protocol)
             protocol.connection_made(t)
@@ -186,14 +195,12 @@ class Fronts:
         intake: Intake,
         metrics: Metrics,
         handler: Callable[[], asyncio.Protocol],
-        here: Callable[[Connections], asyncio.Protocol],
     ) -> None:
         self._cfg = cfg
         self._acceptor = acceptor
         self._intake = intake
         self._metrics = metrics
         self._handler = handler
-        self._here = here
         self._stopping = False
         self._running: dict[int, _Front] = {}
         self._delays: dict[int, float] = {}
@@ -227,12 +234,11 @@ class Fronts:
 
     # the listener's Elsewhere
 
-    def protocol(self, listener: Connections) -> asyncio.Protocol | None:
+    def protocol(self, listener: Connections, here: Callable[[], asyncio.Protocol]) -> asyncio.Protocol | None:
         fronts = [f for f in self._running.values() if f.link is not None]
         if self._stopping or not fronts:
             return None
-        front = min(fronts, key=lambda f: f.load)
-        return _PassOn(listener, front, lambda: self._here(listener))
+        return _PassOn(listener, min(fronts, key=lambda f: f.load), here)
 
     def open_connections(self) -> int:
         return sum(f.load for f in self._running.values())

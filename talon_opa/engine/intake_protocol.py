@@ -279,6 +279,7 @@ class IntakeProtocol(asyncio.Protocol):
         error = None if pending.cancelled() else pending.exception()
         if pending.cancelled() or error is not None:
             log.error("the alert could not be accepted", exc_info=error, extra={"id": alert_id})
+            self._intake.count_refusal(500)
             reply = refusal(500, "internal error while handling the request", "", hint="see the engine's log")
         else:
             reply = pending.result()

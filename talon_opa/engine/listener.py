@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from aiohttp import http_exceptions, web
@@ -59,7 +60,7 @@ def _field(exc: BaseException | None) -> str:
     return ""
 
 
-def busy_answer() -> bytes:
+def _busy_answer() -> bytes:
     body = json.dumps(
         {
             "error": "too many open connections",
@@ -139,8 +140,9 @@ def reserved_path(path: bytes) -> bool:
 class Elsewhere(Protocol):
     """Processes that serve connections the listener accepts (the intake processes, engine/fronts.py)."""
 
-    def protocol(self, listener: Connections) -> asyncio.Protocol | None:
-        """The protocol that passes a new connection on; None: the listener serves it."""
+    def protocol(self, listener: Connections, here: Callable[[], asyncio.Protocol]) -> asyncio.Protocol | None:
+        """The protocol that passes a new connection on (`here` makes the listener's own, should that fail);
+        None: the listener serves it."""
 
     def open_connections(self) -> int:
         """The connections they hold."""
@@ -160,9 +162,13 @@ class _Server(web.Server):
         if self._intake is None:
             return self.handler()
         if self.elsewhere is not None:
-            passing = self.elsewhere.protocol(self)
+            passing = self.elsewhere.protocol(self, self._own)
             if passing is not None:
                 return passing
+        return self._own()
+
+    def _own(self) -> IntakeProtocol:
+        assert self._intake is not None
         return IntakeProtocol(self, self._intake, reserved_path)
 
     def handler(self) -> web.RequestHandler:
@@ -182,7 +188,7 @@ class _Server(web.Server):
                 "connection refused: too many open connections",
                 extra={"max_connections": self._max, "also_refused_since_last_line": held},
             )
-        transport.write(busy_answer())
+        transport.write(_busy_answer())
         transport.close()
         return True
 

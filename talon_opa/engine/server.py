@@ -14,19 +14,21 @@ import gc
 import signal
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from talon_opa.core import config, logs
 from talon_opa.core.errors import RulesError, TalonError
-from talon_opa.engine import fronts
 from talon_opa.engine.app import create_app
 from talon_opa.engine.intake import INTAKE
-from talon_opa.engine.intake_protocol import IntakeProtocol
 from talon_opa.engine.lifecycle import Engine
-from talon_opa.engine.listener import Runner, reserved_path
+from talon_opa.engine.listener import Runner
 from talon_opa.engine.prestart import Prestart
 from talon_opa.engine.reload import log_problems
+
+if TYPE_CHECKING:
+    from talon_opa.engine.fronts import Fronts
 
 log = logs.get("server")
 
@@ -55,7 +57,7 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_star
     app = create_app(engine)
     processes = cfg.intake.processes
     runner = Runner(app, cfg.intake)
-    intake_processes: fronts.Fronts | None = None
+    intake_processes: Fronts | None = None
     try:
         await runner.setup()  # starts the engine: rules → bundle → OPA
     except RulesError as e:
@@ -68,13 +70,10 @@ async def serve(cfg: config.Config, stop: asyncio.Event | None = None, head_star
         site = web.TCPSite(runner, cfg.address, cfg.listen_port, ssl_context=ssl_context(cfg.tls))
         await site.start()
         if processes:
-            intake_processes = fronts.Fronts(
-                cfg,
-                acceptor=engine.acceptor,
-                intake=app[INTAKE],
-                metrics=engine.metrics,
-                handler=runner.handler,
-                here=lambda listener: IntakeProtocol(listener, app[INTAKE], reserved_path),
+            from talon_opa.engine.fronts import Fronts  # only when configured: nothing more to import otherwise
+
+            intake_processes = Fronts(
+                cfg, acceptor=engine.acceptor, intake=app[INTAKE], metrics=engine.metrics, handler=runner.handler
             )
             await intake_processes.start()
             runner.serve_elsewhere(intake_processes)
