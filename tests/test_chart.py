@@ -43,7 +43,11 @@ NON_DEFAULT: dict[str, Any] = {
     "operator": {"existingSecret": "my-token", "existingSecretKey": "operator"},
     "rules": {"files": {"10-more.yaml": MORE_RULES, "00-base.yaml": OWN_RULES}},
     "rbac": {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}]},
-    "config": {"queue": {"workers": 4, "capacity": 500}, "deduplication": {"key": ["rule", "k8s.pod.name"]}},
+    "config": {
+        "queue": {"workers": 4, "capacity": 500},
+        "deduplication": {"key": ["rule", "k8s.pod.name"]},
+        "opa": {"cache_dir": ""},  # the bundle cache turned off
+    },
     "service": {"port": 2900},
     "serviceMonitor": {"enabled": True},
     "prometheusRule": {"enabled": True},
@@ -108,6 +112,10 @@ def test_default_render_runs_the_engine_with_an_opa_sidecar(tmp_path: Path) -> N
     assert cfg.auth.token == "t0ken"
     assert cfg.opa.url == "unix:///var/run/talon-opa/opa.sock"
     assert cfg.opa.bundle_dir == "/var/cache/talon-opa/bundles"
+    # the bundle cache: in the same emptyDir, beside (not in) the bundle folder; a restarted container uses it
+    assert cfg.opa.cache_dir == "/var/cache/talon-opa/bundle-cache"
+    (mount,) = [m for m in engine["volumeMounts"] if cfg.opa.cache_dir.startswith(m["mountPath"] + "/")]
+    assert not mount.get("readOnly")
     assert cfg.rules_files == ("/etc/talon-opa/rules/rules.yaml",)
     assert cfg.watch_rules
     # the intake token: a Secret, to the engine (AUTH_TOKEN) and to the sidecar (for the bundle endpoint)
@@ -189,6 +197,8 @@ def test_non_default_values_child_opa_own_token_secret_and_rules_files_in_name_o
     cfg = load_config(r, tmp_path)
     assert cfg.unknown_keys == ()
     assert cfg.opa.url == ""  # the engine starts its own OPA
+    assert cfg.opa.cache_dir == ""
+    assert cfg.opa.bundle_dir == "/var/cache/talon-opa/bundles"
     assert cfg.listen_port == 2900
     assert cfg.auth.header == "X-Talon-Token"
     assert (cfg.queue.workers, cfg.queue.capacity) == (4, 500)
