@@ -6,7 +6,8 @@ machine and in alternation with it, what no change to the engine's own code can 
 - `python_s`: the interpreter alone (`python -c pass`, with the virtualenv's site), exec to exit;
 - `imports_s`: a Python that imports exactly the standard-library and third-party modules a start of the
   engine imports, in the same order, with the same compile cache (core/compile_cache.py) and deferred CA
-  certificates, and none of the engine's own modules; exec until the last import is done. The module list is
+  certificates, and none of the engine's own modules but those two; exec until the last import is done
+  (the process then exits at once, without its teardown). The module list is
   read from `-X importtime` of one real start of the engine to ready, so it follows the dependencies;
 - `no_aiohttp_s`: the same without aiohttp and the packages only it brings (`AIOHTTP_PACKAGES`): what an engine
   with its own HTTP server and client would still import (the standard-library modules aiohttp imports stay
