@@ -1,8 +1,9 @@
 """calico:networkpolicy and cilium:networkpolicy through the running engine: alert → OPA plan → both
 actionners against the real API server (serving the vendors' CRDs) as a ServiceAccount bound to the
 ClusterRole `talon-opa rbac` prints for these rules; one trace per alert in a real Jaeger with a span
-per action, and the counts on /metrics. Then the failure path: Cilium's CRD gone, its step fails with
-the server's answer and the hint to install Cilium, traced and counted, while the Calico step still runs."""
+per action, and the counts on /metrics. Then the failure paths: Cilium's CRD gone, or being deleted, its step
+fails with the server's answer and the hint to install Cilium, traced and counted, while the Calico step
+still runs."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from typing import Any
 import yaml
 
 from talon_opa.core import config
-from talon_opa.core.kube import KubeConfig
+from talon_opa.core.kube import KubeApiError, KubeConfig
 from tests.e2e.engine_harness import RunningEngine, running_engine, sample
 from tests.e2e.server_process import cli
 from tests.harness.jaeger import Jaeger
-from tests.harness.kube import KubeCluster
+from tests.harness.kube import CRD_PATH, KubeCluster
 
 RULES = """\
 - rule: Connection to a miner pool or a C2 server
@@ -38,6 +39,8 @@ RULES = """\
           - kube-system
 """
 ACTIONS = "falcosecurity_falco_talon_actions_total"
+CILIUM_CRD = "ciliumnetworkpolicies.cilium.io"
+HOLD = "talon-opa.test/hold"  # a finalizer no controller removes: the test does
 
 
 async def engine_account(kube: KubeCluster, namespace: str, rules: Path) -> KubeConfig:
@@ -141,7 +144,7 @@ async def test_engine_isolates_the_workload_with_calico_and_cilium_and_reports_a
             }
         ]
 
-        removed = await kube.remove_crd("ciliumnetworkpolicies.cilium.io")
+        removed = await kube.remove_crd(CILIUM_CRD)
         try:
             failed = await post(e, alert("falco-outbound-connection-to-miner-pool-ports", pod, namespace, "3"))
             await e.drained()
@@ -149,6 +152,35 @@ async def test_engine_isolates_the_workload_with_calico_and_cilium_and_reports_a
             await kube.install_crd(removed)
         assert await e.metric(ACTIONS, actionner="calico:networkpolicy", status="success") == 3
         assert await e.metric(ACTIONS, actionner="cilium:networkpolicy", status="failure") == 1
+
+        # Cilium being uninstalled: its CRD deleted but held (an object of it keeps a finalizer), so the
+        # API server still serves the resource and refuses creates with 403 "terminating". That is no
+        # missing permission: the step says the resource is being removed, with the hint to install Cilium.
+        crd = await kube.api.get(f"{CRD_PATH}/{CILIUM_CRD}")
+        collection = f"/apis/cilium.io/v2/namespaces/{namespace}/ciliumnetworkpolicies"
+        spec: dict[str, Any] = {"endpointSelector": {}, "ingress": [{}]}
+        held = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "spec": spec}
+        await kube.api.post(collection, {**held, "metadata": {"name": "held", "finalizers": [HOLD]}})
+        await kube.api.delete(f"{CRD_PATH}/{CILIUM_CRD}")
+        try:
+
+            async def creates_refused() -> bool:
+                try:
+                    await kube.api.post(collection, {**held, "metadata": {"name": "probe"}})
+                except KubeApiError as e:
+                    return e.crd_terminating
+                await kube.api.delete(f"{collection}/probe")
+                return False
+
+            await kube.wait_for(creates_refused, "creates refused while the CRD is terminating")
+            held_back = await post(e, alert("falco-outbound-connection-to-miner-pool-ports", pod, namespace, "4"))
+            await e.drained()
+        finally:
+            await kube.api.patch(f"{collection}/held", {"metadata": {"finalizers": None}})
+            await kube.wait_crd_gone(crd)
+            await kube.install_crd(removed)
+        assert await e.metric(ACTIONS, actionner="calico:networkpolicy", status="success") == 4
+        assert await e.metric(ACTIONS, actionner="cilium:networkpolicy", status="failure") == 2
 
     for trace_id in (miner, c2):
         for span in await step_spans(jaeger, trace_id):
@@ -163,3 +195,10 @@ async def test_engine_isolates_the_workload_with_calico_and_cilium_and_reports_a
         "the API server does not serve ciliumnetworkpolicies.cilium.io" in tags(cilium_step)["otel.status_description"]
     )
     assert "install Cilium" in tags(cilium_step)["otel.status_description"]
+    _, cilium_step = await step_spans(jaeger, held_back)
+    assert tags(cilium_step)["otel.status_code"] == "ERROR"
+    description = tags(cilium_step)["otel.status_description"]
+    assert "the API server is removing ciliumnetworkpolicies.cilium.io" in description
+    assert "custom resource definition is terminating" in description
+    assert "lacks this permission" not in description
+    assert "install Cilium" in description

@@ -352,18 +352,11 @@ class KubeCluster:
         return True
 
     async def remove_crd(self, name: str) -> dict[str, Any]:
-        """Delete a CRD (and so every object of it) and wait until it is gone; returns what was removed."""
+        """Delete a CRD (and so every object of it) and wait until it is gone (`wait_crd_gone`); returns what
+        was removed, to install again."""
         crd: dict[str, Any] = await self.api.get(f"{CRD_PATH}/{name}")
         await self.api.delete(f"{CRD_PATH}/{name}")
-
-        async def removed() -> bool:
-            try:
-                await self.api.get(f"{CRD_PATH}/{name}")
-            except KubeApiError as e:
-                return e.status == 404
-            return False
-
-        await self.wait_for(removed, f"CRD {name} deleted", within=60)
+        await self.wait_crd_gone(crd)
         meta = crd["metadata"]
         return {
             "apiVersion": crd["apiVersion"],
@@ -371,6 +364,27 @@ class KubeCluster:
             "metadata": {"name": meta["name"]},
             "spec": crd["spec"],
         }
+
+    async def wait_crd_gone(self, crd: Mapping[str, Any]) -> None:
+        """Wait until a deleted CRD is gone and its resources are no longer served: for a moment after the
+        CRD itself is gone the API server still serves them, refusing creates as "terminating"."""
+        name, spec = crd["metadata"]["name"], crd["spec"]
+        collections = [
+            f"/apis/{spec['group']}/{v['name']}/{spec['names']['plural']}" for v in spec["versions"] if v.get("served")
+        ]
+
+        async def gone() -> bool:
+            for path in (f"{CRD_PATH}/{name}", *collections):
+                try:
+                    await self.api.get(path, params={"limit": "1"})
+                except KubeApiError as e:
+                    if e.status == 404:
+                        continue
+                    raise
+                return False
+            return True
+
+        await self.wait_for(gone, f"CRD {name} deleted and its resources no longer served", within=60)
 
     async def install_calico_admission(self) -> None:
         """The Tigera operator's MutatingAdmissionPolicies for v3 CRDs, at the version the server serves.

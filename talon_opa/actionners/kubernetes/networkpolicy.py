@@ -189,11 +189,11 @@ async def apply_policy(
             except KubeApiError as e2:
                 if e2.status == 409 and attempt < _ATTEMPTS:
                     continue  # created meanwhile: look again
-                if e2.status == 404 and served_by is not None:
+                if (e2.status == 404 or e2.crd_terminating) and served_by is not None:
                     resource, hint = served_by
+                    serves = "is removing" if e2.crd_terminating else "does not serve"
                     raise StepFailed(
-                        f"the API server does not serve {resource} "
-                        f"(POST {collection}: {e2.status} {e2.api_message.strip()})",
+                        f"the API server {serves} {resource} (POST {collection}: {e2.status} {e2.api_message.strip()})",
                         hint=hint,
                     ) from e2
                 raise
