@@ -79,6 +79,14 @@ def ready(url: str) -> bool:
         return False
 
 
+def engine_env(repo: Path, pycache: Path) -> dict[str, str]:
+    """The environment a measured start runs in: as installed, Python's bytecode cached (in `pycache`, a
+    private folder), whatever PYTHONDONTWRITEBYTECODE says here."""
+    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONPYCACHEPREFIX": str(pycache)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def run_once(rules: Path, work: Path, cache: Path | None, repo: Path = REPO) -> Run:
     port = free_port()
     config = work / "config.yaml"
@@ -86,9 +94,7 @@ def run_once(rules: Path, work: Path, cache: Path | None, repo: Path = REPO) -> 
     config.write_text(
         f"listen_address: 127.0.0.1\nlisten_port: {port}\nlog_format: json\nlog_level: warning\n{opa_cfg}\n"
     )
-    # as installed: Python's bytecode cached (a private folder), whatever PYTHONDONTWRITEBYTECODE says here
-    env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONPYCACHEPREFIX": str(work / "pycache")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = engine_env(repo, work / "pycache")
     url = f"http://127.0.0.1:{port}/readyz"
     with (work / "engine.log").open("wb") as log:
         t0 = time.perf_counter()

@@ -13,8 +13,8 @@ machine and in alternation with it, what no change to the engine's own code can 
   with its own HTTP server and client would still import (the standard-library modules aiohttp imports stay
   in: they are counted for aiohttp only when nothing else imports them, so this is an upper bound);
 - `opa_s`: the child OPA alone, as the engine spawns it (opa_supervisor.child_process, the default `opa:`
-  config: a Unix socket and a token), from exec to /health?bundles answering 200, on the bundle of the
-  same rules, polled every 2 ms;
+  config: a Unix socket and a token), from exec until its bundle is active, on the bundle of the same
+  rules, waited for as the engine waits for it (OpaProcess.wait_ready: /health?bundles every 10 ms);
 - `engine_s`: the engine, exec to /readyz 200, as startup.py measures it (polled every 10 ms).
 
 The engine starts OPA once its bundle is built and imports the rest meanwhile (engine/prestart.py), so its
@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
-import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,14 +45,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.decision_latency import rules_file  # noqa: E402
-from benchmarks.startup import READY_WITHIN_S, ready, run_once  # noqa: E402
+from benchmarks.startup import READY_WITHIN_S, engine_env, ready, run_once  # noqa: E402
 from talon_opa.core import config  # noqa: E402
 from talon_opa.engine.opa_supervisor import child_process, child_token  # noqa: E402
 from talon_opa.opa.process import free_port  # noqa: E402
 
 # aiohttp and the packages it alone brings into the engine (its install requirements)
 AIOHTTP_PACKAGES = ("aiohttp", "aiohappyeyeballs", "aiosignal", "attr", "frozenlist", "multidict", "propcache", "yarl")
-OPA_POLL_S = 0.002
 # imports the listed modules as the engine imports them (compile cache, deferred certificates), then exits at once
 _IMPORTER = """\
 import importlib, os, sys
@@ -73,10 +69,8 @@ _IMPORTTIME = re.compile(r"^import time:\s+\d+ \|\s+\d+ \| *(\S+)$")
 
 
 def _env(work: Path, cache: str) -> dict[str, str]:
-    """The engine's environment in startup.py: bytecode cached in a private folder (one per kind of run, so
-    that each keeps its own compile cache table)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONPYCACHEPREFIX": str(work / cache)}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    """startup.py's environment, with a bytecode folder per kind of run (each keeps its own compile table)."""
+    env = engine_env(REPO, work / cache)
     env.pop("PYTHONPROFILEIMPORTTIME", None)
     return env
 
@@ -117,48 +111,20 @@ def timed(argv: list[str], env: dict[str, str]) -> float:
 
 
 def opa_alone(bundle: Path, work: Path) -> float:
-    """Seconds from the child OPA's exec to its first 200 on /health?bundles."""
+    """Seconds from the child OPA's exec until it reports its bundle active."""
     opa_cfg = config.Opa()
     child = child_process(opa_cfg, bundle, work, 0, child_token(opa_cfg))
-    t0 = time.perf_counter()
-    child.spawn()
-    try:
-        while not _healthy(child.socket_path, child.addr, child.headers()):
-            if not child.running:
-                raise RuntimeError(f"opa exited: {child.log_tail()}")
-            if time.perf_counter() - t0 > READY_WITHIN_S:
-                raise RuntimeError(f"opa not ready after {READY_WITHIN_S:.0f} s: {child.log_tail()}")
-            time.sleep(OPA_POLL_S)
-        return time.perf_counter() - t0
-    finally:
-        asyncio.run(child.stop())
 
+    async def start() -> float:
+        t0 = time.perf_counter()
+        child.spawn()
+        try:
+            await child.wait_ready(READY_WITHIN_S)
+            return time.perf_counter() - t0
+        finally:
+            await child.stop()
 
-def _healthy(unix_path: str | None, addr: str, headers: dict[str, str]) -> bool:
-    conn: http.client.HTTPConnection
-    if unix_path is not None:
-        conn = _UnixConnection(unix_path)
-    else:
-        host, port = addr.rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=1)
-    try:
-        conn.request("GET", "/health?bundles", headers=headers)
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("opa", timeout=1)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
+    return asyncio.run(start())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,22 +39,15 @@ class KubeApiError(TalonError):
             403: "the service account lacks this permission: regenerate the ClusterRole with `talon-opa rbac`",
             404: "the object does not exist (any more)",
         }.get(status, "")
-        if self.crd_terminating_message(message):
+        # refused because the resource's CustomResourceDefinition is being deleted (403 or 405, no missing
+        # permission): the API server still serves the resource for a moment, but creates nothing
+        self.crd_terminating = "custom resource definition is terminating" in message
+        if self.crd_terminating:
             hint = "the resource's CustomResourceDefinition is being deleted: wait until it is gone, or reinstall it"
         super().__init__(f"{method} {path}: {status} {reason}: {message}", hint=hint)
         self.status = status
         self.reason = reason
         self.api_message = message
-
-    @property
-    def crd_terminating(self) -> bool:
-        """Refused because the resource's CustomResourceDefinition is being deleted (403 or 405, not a
-        missing permission): the API server still serves the resource for a moment, but creates nothing."""
-        return self.crd_terminating_message(self.api_message)
-
-    @staticmethod
-    def crd_terminating_message(message: str) -> bool:
-        return "custom resource definition is terminating" in message
 
 
 @dataclass(frozen=True, slots=True)
